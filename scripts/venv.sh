@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Make (or refresh) ./.venv and install Lamina into it.
+#   bash scripts/venv.sh          -> runtime install (for `lamina demo`)
+#   bash scripts/venv.sh test     -> runtime + test/lint tools
+#   bash scripts/venv.sh bench    -> runtime + benchmark peers (lmdb)
+# Works as root on PEP 668 distributions: it never touches the system site-packages,
+# and installs Debian's python3-venv when the interpreter lacks the venv module.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+py="${PYTHON:-python3}"
+if ! "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        ver=$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+        apt-get update -qq
+        apt-get install -y -qq "python${ver}-venv" >/dev/null 2>&1 || apt-get install -y -qq python3-venv
+    fi
+fi
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pip' >/dev/null 2>&1; then
+    "$py" -m venv --clear .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+case "$extra" in
+    "") .venv/bin/python -m pip install -q . ;;
+    test) .venv/bin/python -m pip install -q -e '.[test]' ;;
+    bench) .venv/bin/python -m pip install -q -e '.[test,bench]' ;;
+    *) echo "usage: scripts/venv.sh [test|bench]" >&2; exit 2 ;;
+esac

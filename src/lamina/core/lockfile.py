@@ -1,0 +1,442 @@
+"""The database's ``LOCK`` file: cross-process locks, reader slots and shared counters.
+
+Concurrency model (docs/architecture.md, "Concurrency"):
+
+* Every process that opens a database maps the lock file and holds a *shared* ``fcntl``
+  lock on byte ``LOCK_ALIVE``. The first process to get it *exclusively* is alone, so it
+  (re)initializes the file and runs the caller's ``init`` callback (which seeds the commit
+  seq and the published btree meta from disk) before downgrading to shared.
+* POSIX record locks belong to a process and vanish when it dies, or when it closes *any*
+  descriptor of the file. So a process keeps exactly one :class:`LockFile` per lock file
+  (a registry keyed by device and inode), shared by every ``Database`` handle in it.
+* Record locks do not exclude threads of one process, so each lock here pairs the
+  ``fcntl`` lock with an in-process lock.
+* Reader slots: a reader (or a backup) owns a slot while it holds the slot's byte lock;
+  it writes its pid and snapshot txnid there. A slot whose byte lock can be taken by
+  someone else belongs to a dead process and is reclaimed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import xxhash
+
+from lamina.core import lockfile_format as F
+from lamina.errors import LockedError, NotADatabaseError, VersionError, storage_error
+
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+
+# Shortest and longest sleep while polling a non-blocking lock.
+_POLL_MIN = 0.0002
+_POLL_MAX = 0.01
+
+
+def _try_lock(fd: int, kind: int, offset: int) -> bool:
+    try:
+        fcntl.lockf(fd, kind | fcntl.LOCK_NB, 1, offset)
+        return True
+    except (BlockingIOError, PermissionError):
+        return False
+
+
+def _lock_with_timeout(fd: int, kind: int, offset: int, timeout: float | None, what: str) -> None:
+    """Take an ``fcntl`` lock, polling until ``timeout`` seconds (None = wait forever)."""
+    if timeout is None:
+        fcntl.lockf(fd, kind, 1, offset)
+        return
+    if _try_lock(fd, kind, offset):
+        return
+    deadline = time.monotonic() + timeout
+    delay = _POLL_MIN
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            raise LockedError(f"{what} is locked by another process (waited {timeout:g}s)")
+        time.sleep(min(delay, deadline - now))
+        delay = min(delay * 2, _POLL_MAX)
+        if _try_lock(fd, kind, offset):
+            return
+
+
+def _unlock(fd: int, offset: int) -> None:
+    fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+
+
+class ExclusiveLock:
+    """An exclusive lock across processes *and* threads on one byte of the lock file."""
+
+    def __init__(self, fd: int, offset: int, what: str) -> None:
+        self._fd = fd
+        self._offset = offset
+        self._what = what
+        self._thread_lock = threading.Lock()
+
+    def acquire(self, timeout: float | None) -> None:
+        """Block until held or ``timeout`` seconds pass; raises :class:`LockedError`."""
+        start = time.monotonic()
+        if not self._thread_lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise LockedError(f"{self._what} is locked by another thread (waited {timeout:g}s)")
+        try:
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+            _lock_with_timeout(self._fd, fcntl.LOCK_EX, self._offset, left, self._what)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def release(self) -> None:
+        """Release a held lock."""
+        _unlock(self._fd, self._offset)
+        self._thread_lock.release()
+
+    @contextlib.contextmanager
+    def held(self, timeout: float | None) -> Iterator[None]:
+        """Context manager form of :meth:`acquire` / :meth:`release`."""
+        self.acquire(timeout)
+        try:
+            yield
+        finally:
+            self.release()
+
+
+class SharedExclusiveLock:
+    """A readers-writer lock across processes and threads on one byte of the lock file.
+
+    In-process shared holders are counted; the process holds the ``fcntl`` read lock while
+    the count is positive. Exclusive holders exclude everyone, in this and other processes.
+    """
+
+    def __init__(self, fd: int, offset: int, what: str) -> None:
+        self._fd = fd
+        self._offset = offset
+        self._what = what
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    def acquire_shared(self) -> None:
+        """Block until a shared hold is granted (no timeout: exclusive holds are brief)."""
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            if self._shared == 0:
+                fcntl.lockf(self._fd, fcntl.LOCK_SH, 1, self._offset)
+            self._shared += 1
+
+    def release_shared(self) -> None:
+        """Release one shared hold."""
+        with self._cond:
+            self._shared -= 1
+            if self._shared == 0:
+                _unlock(self._fd, self._offset)
+                self._cond.notify_all()
+
+    def acquire_exclusive(self, timeout: float | None) -> None:
+        """Block until exclusive (or ``timeout``); raises :class:`LockedError`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._exclusive or self._shared:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise LockedError(f"{self._what} is held by this process (waited {timeout:g}s)")
+                self._cond.wait(left)
+            self._exclusive = True
+        try:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            _lock_with_timeout(self._fd, fcntl.LOCK_EX, self._offset, left, self._what)
+        except BaseException:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+            raise
+
+    def release_exclusive(self) -> None:
+        """Release the exclusive hold."""
+        _unlock(self._fd, self._offset)
+        with self._cond:
+            self._exclusive = False
+            self._cond.notify_all()
+
+
+class Slot:
+    """A reader slot owned by this process: publish a snapshot txnid, clear it, release it.
+
+    ``set(txnid)`` and ``clear()`` are plain memory writes (no system call).
+    """
+
+    def __init__(self, owner: LockFile, index: int) -> None:
+        self.owner = owner
+        self.index = index
+
+    def set(self, txnid: int, kind: int = F.SLOT_READER) -> None:
+        """Publish ``txnid`` (> 0) as the snapshot this slot's user reads."""
+        self.owner._write_slot(self.index, os.getpid(), txnid, kind)
+
+    def clear(self) -> None:
+        """Stop pinning any snapshot (the slot stays owned)."""
+        self.owner._write_slot(self.index, os.getpid(), 0, F.SLOT_READER)
+
+    def release(self) -> None:
+        """Clear the slot and return it to this process's pool."""
+        self.clear()
+        self.owner._release_slot(self)
+
+
+class LockFile:
+    """The mapped ``LOCK`` file of one database, one instance per process and file.
+
+    Use :meth:`open`; call :meth:`close` once per :meth:`open`. Thread-safe.
+    """
+
+    _registry: dict[tuple[int, int, int], LockFile] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, path: Path, fd: int, mm: mmap.mmap) -> None:
+        self.path = path
+        self._fd = fd
+        self._mm = mm
+        self._refs = 0
+        self._key: tuple[int, int, int] = (0, 0, 0)
+        self._slot_lock = threading.Lock()
+        self._owned_slots: set[int] = set()
+        self._free_slots: list[int] = []
+        self._table_locks: dict[tuple[int, int], ExclusiveLock] = {}
+        self.btree_writer = ExclusiveLock(fd, F.LOCK_BTREE_WRITER, f"database {path.parent}")
+        self.commit_gate = SharedExclusiveLock(fd, F.LOCK_COMMIT_GATE, "commit gate")
+        self.commit_blocker = SharedExclusiveLock(fd, F.LOCK_COMMIT_BLOCKER, "commit blocker")
+        self.seq_mutex = ExclusiveLock(fd, F.LOCK_SEQ_MUTEX, "commit seq")
+        self.history_lock = ExclusiveLock(fd, F.LOCK_HISTORY, "backup history")
+        #: True when this process (re)initialized the file: it was the only user.
+        self.initialized_here = False
+
+    # ---------------------------------------------------------------- open / close
+    @classmethod
+    def open(cls, directory: str | Path, init: Callable[[LockFile], None]) -> LockFile:
+        """Open (creating if needed) ``directory/LOCK`` and return this process's instance.
+
+        If no other process has the database open, the file is reset and ``init(lockfile)``
+        runs while every other opener waits; it must seed :meth:`set_commit_seq` and
+        :meth:`publish_btree_meta`. Raises NotADatabaseError / VersionError for a foreign or
+        future lock file that is in use by other processes.
+        """
+        path = Path(directory) / F.FILE_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise storage_error(exc, "open lock file", path) from exc
+        st = os.fstat(fd)
+        key = (os.getpid(), st.st_dev, st.st_ino)
+        with cls._registry_lock:
+            existing = cls._registry.get(key)
+            if existing is not None:
+                os.close(fd)  # safe: this fd never held a lock, and the registry's fd stays
+                existing._refs += 1
+                return existing
+            try:
+                if st.st_size < F.FILE_SIZE:
+                    os.ftruncate(fd, F.FILE_SIZE)
+                mm = mmap.mmap(fd, F.FILE_SIZE)
+            except OSError as exc:
+                os.close(fd)
+                raise storage_error(exc, "map lock file", path) from exc
+            lf = cls(path, fd, mm)
+            lf._key = key
+            try:
+                lf._attach(init)
+            except BaseException:
+                mm.close()
+                os.close(fd)
+                raise
+            lf._refs = 1
+            cls._registry[key] = lf
+            return lf
+
+    def _attach(self, init: Callable[[LockFile], None]) -> None:
+        if _try_lock(self._fd, fcntl.LOCK_EX, F.LOCK_ALIVE):
+            # Alone: whatever the file holds is stale runtime state. Reset and seed it.
+            self._reset()
+            try:
+                init(self)
+            except BaseException:
+                _unlock(self._fd, F.LOCK_ALIVE)
+                raise
+            self.initialized_here = True
+            fcntl.lockf(self._fd, fcntl.LOCK_SH, 1, F.LOCK_ALIVE)  # atomic downgrade
+            return
+        fcntl.lockf(self._fd, fcntl.LOCK_SH, 1, F.LOCK_ALIVE)  # waits while someone inits
+        self._validate()
+
+    def _reset(self) -> None:
+        mm = self._mm
+        mm[: F.FILE_SIZE] = bytes(F.FILE_SIZE)
+        static = F.STATIC_HEADER.pack(F.MAGIC, F.VERSION, F.HEADER_SIZE, F.SLOT_COUNT,
+                                      F.SLOT_SIZE)
+        mm[: F.STATIC_HEADER.size] = static
+        F.STATIC_CHECKSUM.pack_into(mm, F.STATIC_HEADER.size, xxhash.xxh3_64_intdigest(static))
+        count = _U64.unpack_from(mm, F.OFF_INIT_COUNT)[0]
+        _U64.pack_into(mm, F.OFF_INIT_COUNT, count + 1)
+
+    def _validate(self) -> None:
+        magic, version, header_size, slots, slot_size = F.STATIC_HEADER.unpack_from(self._mm)
+        if magic != F.MAGIC:
+            raise NotADatabaseError(f"{self.path} is not a Lamina lock file (bad magic)")
+        if version > F.VERSION:
+            raise VersionError(f"{self.path} is lock file version {version}; "
+                               f"this build knows up to {F.VERSION}")
+        checksum = F.STATIC_CHECKSUM.unpack_from(self._mm, F.STATIC_HEADER.size)[0]
+        static = bytes(self._mm[: F.STATIC_HEADER.size])
+        if checksum != xxhash.xxh3_64_intdigest(static) or (header_size, slots, slot_size) != (
+                F.HEADER_SIZE, F.SLOT_COUNT, F.SLOT_SIZE):
+            raise NotADatabaseError(f"{self.path} has a damaged header")
+
+    def close(self) -> None:
+        """Drop one reference; the last one unmaps the file and releases every lock."""
+        with LockFile._registry_lock:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            LockFile._registry.pop(self._key, None)
+        with self._slot_lock:
+            for index in self._owned_slots:
+                self._write_slot(index, 0, 0, 0)
+            self._owned_slots.clear()
+            self._free_slots.clear()
+        self._mm.close()
+        os.close(self._fd)  # releases every fcntl lock this process held on the file
+
+    # ---------------------------------------------------------------- shared counters
+    def set_commit_seq(self, seq: int) -> None:
+        """Set the last handed-out commit seq (only during ``init`` or under ``seq_mutex``)."""
+        _U64.pack_into(self._mm, F.OFF_COMMIT_SEQ, seq)
+
+    def commit_seq(self) -> int:
+        """The last commit seq handed out (a plain memory read)."""
+        return int(_U64.unpack_from(self._mm, F.OFF_COMMIT_SEQ)[0])
+
+    def next_commit_seq(self) -> int:
+        """Hand out the next commit seq. Call only while holding the commit blocker shared,
+        so a validity point (blocker exclusive) sees every seq handed out as published."""
+        with self.seq_mutex.held(None):
+            seq = self.commit_seq() + 1
+            self.set_commit_seq(seq)
+            return seq
+
+    def publish_btree_meta(self, record: bytes) -> None:
+        """Publish the last committed btree meta record (under the commit blocker)."""
+        if len(record) > F.BTREE_META_MAX:
+            raise ValueError("btree meta record too large for the lock file")
+        _U32.pack_into(self._mm, F.OFF_BTREE_META_LEN, len(record))
+        self._mm[F.OFF_BTREE_META: F.OFF_BTREE_META + len(record)] = record
+
+    def btree_meta(self) -> bytes:
+        """The last published btree meta record (a plain memory read, no file I/O)."""
+        n = _U32.unpack_from(self._mm, F.OFF_BTREE_META_LEN)[0]
+        return bytes(self._mm[F.OFF_BTREE_META: F.OFF_BTREE_META + n])
+
+    # ---------------------------------------------------------------- commit blocker
+    @contextlib.contextmanager
+    def publishing_commit(self) -> Iterator[None]:
+        """Hold the commit blocker shared while a commit publishes itself.
+
+        Passing through the gate first means a waiting validity point is not starved by
+        an endless stream of commits.
+        """
+        self.commit_gate.acquire_shared()
+        try:
+            self.commit_blocker.acquire_shared()
+        finally:
+            self.commit_gate.release_shared()
+        try:
+            yield
+        finally:
+            self.commit_blocker.release_shared()
+
+    @contextlib.contextmanager
+    def commits_blocked(self, timeout: float | None = None) -> Iterator[None]:
+        """Hold the commit blocker exclusively: no commit of any engine publishes meanwhile."""
+        self.commit_gate.acquire_exclusive(timeout)
+        try:
+            self.commit_blocker.acquire_exclusive(timeout)
+            try:
+                yield
+            finally:
+                self.commit_blocker.release_exclusive()
+        finally:
+            self.commit_gate.release_exclusive()
+
+    # ---------------------------------------------------------------- table locks
+    def table_lock(self, base: int, table_id: int, what: str) -> ExclusiveLock:
+        """The exclusive lock at ``base + table_id`` (table writer or default-driver lock)."""
+        key = (base, table_id)
+        with self._slot_lock:
+            lock = self._table_locks.get(key)
+            if lock is None:
+                lock = ExclusiveLock(self._fd, base + table_id, what)
+                self._table_locks[key] = lock
+            return lock
+
+    def table_writer_lock(self, table_id: int, name: str) -> ExclusiveLock:
+        """The lock a writer of archive table ``table_id`` holds while it writes."""
+        return self.table_lock(F.LOCK_TABLE_WRITER_BASE, table_id, f"table {name!r}")
+
+    # ---------------------------------------------------------------- reader slots
+    def _write_slot(self, index: int, pid: int, txnid: int, kind: int) -> None:
+        F.SLOT.pack_into(self._mm, F.HEADER_SIZE + index * F.SLOT_SIZE, pid, txnid,
+                         time.time_ns() if txnid else 0, kind)
+
+    def _read_slot(self, index: int) -> tuple[int, int, int, int]:
+        pid, txnid, ns, kind = F.SLOT.unpack_from(self._mm, F.HEADER_SIZE + index * F.SLOT_SIZE)
+        return pid, txnid, ns, kind
+
+    def acquire_slot(self) -> Slot:
+        """Own a reader slot (from this process's pool, or claim a free or dead one).
+
+        Raises LockedError when all slots are in use by live processes.
+        """
+        with self._slot_lock:
+            if self._free_slots:
+                return Slot(self, self._free_slots.pop())
+            for index in range(F.SLOT_COUNT):
+                if index in self._owned_slots:
+                    continue
+                if _try_lock(self._fd, fcntl.LOCK_EX, F.LOCK_SLOT_BASE + index):
+                    self._owned_slots.add(index)
+                    self._write_slot(index, os.getpid(), 0, F.SLOT_READER)
+                    return Slot(self, index)
+        raise LockedError(f"all {F.SLOT_COUNT} reader slots of {self.path.parent} are in use")
+
+    def _release_slot(self, slot: Slot) -> None:
+        with self._slot_lock:
+            if slot.index in self._owned_slots:
+                self._free_slots.append(slot.index)
+
+    def live_slots(self) -> list[tuple[int, int, int, int]]:
+        """(index, pid, txnid, kind) of every slot pinning a snapshot; reclaims dead ones."""
+        result = []
+        for index, (pid, txnid, _ns, kind) in enumerate(
+                F.SLOT.iter_unpack(self._mm[F.HEADER_SIZE: F.FILE_SIZE])):
+            if txnid == 0:
+                continue
+            with self._slot_lock:
+                ours = index in self._owned_slots
+            if not ours and _try_lock(self._fd, fcntl.LOCK_EX, F.LOCK_SLOT_BASE + index):
+                # Nobody holds the slot's lock, yet it pins a txnid: its owner died.
+                self._write_slot(index, 0, 0, 0)
+                _unlock(self._fd, F.LOCK_SLOT_BASE + index)
+                continue
+            result.append((index, pid, txnid, kind))
+        return result
+
+    def oldest_reader_txnid(self) -> int | None:
+        """Smallest snapshot txnid pinned by any live reader in any process, or None."""
+        txnids = [txnid for _i, _p, txnid, _k in self.live_slots()]
+        return min(txnids) if txnids else None
