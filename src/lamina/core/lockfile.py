@@ -215,6 +215,7 @@ class LockFile:
         self.commit_blocker = SharedExclusiveLock(fd, F.LOCK_COMMIT_BLOCKER, "commit blocker")
         self.seq_mutex = ExclusiveLock(fd, F.LOCK_SEQ_MUTEX, "commit seq")
         self.history_lock = ExclusiveLock(fd, F.LOCK_HISTORY, "backup history")
+        self.ddl_lock = ExclusiveLock(fd, F.LOCK_DDL, f"table catalog of {path.parent}")
         #: True when this process (re)initialized the file: it was the only user.
         self.initialized_here = False
 
@@ -229,18 +230,23 @@ class LockFile:
         future lock file that is in use by other processes.
         """
         path = Path(directory) / F.FILE_NAME
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError as exc:
-            raise storage_error(exc, "open lock file", path) from exc
-        st = os.fstat(fd)
-        key = (os.getpid(), st.st_dev, st.st_ino)
         with cls._registry_lock:
-            existing = cls._registry.get(key)
+            # Look up by stat, never by opening: closing a second descriptor of the file
+            # would drop every record lock this process holds on it.
+            try:
+                st = os.stat(path)
+                existing = cls._registry.get((os.getpid(), st.st_dev, st.st_ino))
+            except FileNotFoundError:
+                existing = None
             if existing is not None:
-                os.close(fd)  # safe: this fd never held a lock, and the registry's fd stays
                 existing._refs += 1
                 return existing
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            except OSError as exc:
+                raise storage_error(exc, "open lock file", path) from exc
+            st = os.fstat(fd)
+            key = (os.getpid(), st.st_dev, st.st_ino)
             try:
                 if st.st_size < F.FILE_SIZE:
                     os.ftruncate(fd, F.FILE_SIZE)

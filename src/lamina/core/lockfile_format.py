@@ -26,7 +26,6 @@ OFF_INIT_COUNT = 40          # u64: how many times the file was (re)initialized
 OFF_BTREE_META_LEN = 48      # u32: length of the published btree meta record
 OFF_BTREE_META = 64          # up to BTREE_META_MAX bytes: last committed btree meta record
 BTREE_META_MAX = 448
-OFF_BACKUP_PINS = 512        # u64: number of running backups (archive optimize keeps old gens)
 
 HEADER_SIZE = 4096
 SLOT_COUNT = 256
@@ -45,6 +44,7 @@ LOCK_COMMIT_GATE = 2         # turnstile so a backup is not starved by a stream 
 LOCK_COMMIT_BLOCKER = 3      # shared while publishing a commit; exclusive to create a VP
 LOCK_SEQ_MUTEX = 4           # guards the commit seq counter
 LOCK_HISTORY = 5             # guards the backup history file
+LOCK_DDL = 6                 # create/drop table and orphan cleanup, across processes
 LOCK_SLOT_BASE = 1 << 20     # + slot index: held by the slot's owner while the slot is in use
 LOCK_TABLE_WRITER_BASE = 1 << 32   # + table id: archive table writer
 LOCK_TABLE_BACKUP_BASE = 1 << 33   # + table id: default-driver table lock (blocks writers)

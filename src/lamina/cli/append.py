@@ -1,0 +1,32 @@
+"""``lamina append DB TABLE ROW...`` (or ``-`` for rows from stdin, one per line)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from lamina.cli.common import encode_arg, hex_option, open_database
+from lamina.errors import UsageError
+
+
+@click.command("append")
+@click.argument("db", type=click.Path())
+@click.argument("table")
+@click.argument("rows", nargs=-1, required=True)
+@hex_option
+def command(db: str, table: str, rows: tuple[str, ...], as_hex: bool) -> None:
+    """Append rows to an archive table in one commit; prints the row ids."""
+    if rows == ("-",):
+        data = [encode_arg(line.rstrip("\n"), as_hex, "row")
+                for line in sys.stdin if line.strip("\n")]
+    elif "-" in rows:
+        raise UsageError("'-' (rows from stdin) must be the only ROW argument")
+    else:
+        data = [encode_arg(r, as_hex, "row") for r in rows]
+    if not data:
+        click.echo("nothing to append")
+        return
+    with open_database(db) as database:
+        ids = database.append_many(table, data)
+    click.echo(f"appended rows {ids[0]}..{ids[-1]}" if len(ids) > 1 else f"appended row {ids[0]}")

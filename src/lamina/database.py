@@ -1,0 +1,345 @@
+"""The ``Database`` facade: one directory, its lock file, its btree store and archive tables.
+
+This module ties the engines together; it sits above ``lamina.engines`` and below
+``lamina.backup``. Concurrency: a ``Database`` may be shared by the threads of a process;
+each transaction belongs to one thread. Any number of processes may open the same
+directory; they coordinate through the ``LOCK`` file (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lamina.core import lockfile_format
+from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE, CatalogEntry
+from lamina.core.check import CheckReport
+from lamina.core.identity import FILE_NAME as IDENTITY_FILE
+from lamina.core.identity import Identity
+from lamina.core.lockfile import LockFile
+from lamina.core.names import validate_table_name
+from lamina.engines.archive import ArchiveTable
+from lamina.engines.btree import BtreeStore, ReadTxn, WriteTxn
+from lamina.errors import (
+    AlreadyExistsError,
+    ClosedError,
+    NotADatabaseError,
+    NotFoundError,
+    ReadOnlyError,
+    TableNotFoundError,
+    UsageError,
+)
+
+ENGINES = (ENGINE_BTREE, ENGINE_ARCHIVE)
+#: Files a database creation may leave before its identity file exists.
+_CREATION_FILES = {lockfile_format.FILE_NAME, BtreeStore.DATA_FILE_NAME, IDENTITY_FILE + ".tmp"}
+#: How long DDL and open-time cleanup wait for another process's DDL.
+DDL_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class TableInfo:
+    """A table as the catalog knows it."""
+
+    name: str
+    engine: str
+    table_id: int
+    created_seq: int
+
+
+def _arm_name(name: str) -> str:
+    return name + ".ARM"
+
+
+class Database:
+    """An open Lamina database. Use :func:`lamina.open`; close it (or use ``with``)."""
+
+    def __init__(self, path: Path, *, create: bool, readonly: bool, page_size: int,
+                 sync: bool, lock_timeout: float) -> None:
+        self.path = path
+        self.readonly = readonly
+        self.sync = sync
+        self.lock_timeout = lock_timeout
+        self._closed = False
+        self._archive_handles: dict[str, ArchiveTable] = {}
+        self._handles_lock = threading.Lock()
+        self.identity = self._ensure_directory(create, page_size)
+        self.lockfile = LockFile.open(path, init=self._init_lockfile)
+        try:
+            self.store = BtreeStore.open(path, self.lockfile, create=create and not readonly,
+                                         readonly=readonly, page_size=page_size, sync=sync)
+        except BaseException:
+            self.lockfile.close()
+            raise
+        if create and not (path / IDENTITY_FILE).exists():
+            # Last step of a creation: from here on the directory is a database.
+            self.identity.write(path, sync=sync)
+        if not readonly:
+            self._remove_orphan_files()
+
+    # ------------------------------------------------------------------ opening
+    def _ensure_directory(self, create: bool, page_size: int) -> Identity:
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise NotADatabaseError(f"{path} is not a directory, so not a Lamina database")
+        if (path / IDENTITY_FILE).exists():
+            return Identity.read(path)
+        if not create:
+            if path.exists():
+                raise NotADatabaseError(f"{path} is not a Lamina database (no {IDENTITY_FILE})")
+            raise NotFoundError(f"database {path} does not exist")
+        if self.readonly:
+            raise ReadOnlyError(f"cannot create database {path} read-only")
+        if path.exists():
+            leftovers = {p.name for p in path.iterdir()} - _CREATION_FILES
+            if leftovers:
+                raise NotADatabaseError(
+                    f"{path} is a non-empty directory that is not a Lamina database")
+            # An interrupted creation: start it again from scratch.
+            for name in _CREATION_FILES:
+                (path / name).unlink(missing_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
+        return Identity.new()
+
+    def _init_lockfile(self, lockfile: LockFile) -> None:
+        """Seed the shared commit seq and btree meta: we are the only process here."""
+        seq, meta = 0, b""
+        if (self.path / BtreeStore.DATA_FILE_NAME).exists():
+            seq, meta = BtreeStore.read_committed_meta(self.path)
+        for arm in self.path.glob("*.ARM"):
+            try:
+                seq = max(seq, ArchiveTable.read_last_commit_seq(self.path, arm.name[:-4]))
+            except Exception:  # noqa: BLE001 - a damaged orphan must not block opening
+                continue
+        if self.identity.restored_vp_seq > seq:
+            seq = self.identity.restored_vp_seq
+        lockfile.set_commit_seq(seq)
+        lockfile.publish_btree_meta(meta)
+
+    def _remove_orphan_files(self) -> None:
+        """Delete archive files no catalog entry owns (a create or drop cut by a crash)."""
+        with self.lockfile.ddl_lock.held(DDL_TIMEOUT):
+            with self.store.begin_read() as txn:
+                owners = {e.name: e.table_id for e in txn.catalog() if e.engine == ENGINE_ARCHIVE}
+            for arm in self.path.glob("*.ARM"):
+                name = arm.name[:-4]
+                if owners.get(name) != ArchiveTable.file_table_id(self.path, name):
+                    ArchiveTable.remove_files(self.path, name)
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Close every handle; idempotent. Open transactions must have ended."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._handles_lock:
+            for handle in self._archive_handles.values():
+                handle.close()
+            self._archive_handles.clear()
+        self.store.close()
+        self.lockfile.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"database {self.path} is closed")
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    # ------------------------------------------------------------------ transactions
+    def read(self) -> ReadTxn:
+        """Begin a read transaction: a stable snapshot of every btree table and the catalog.
+
+        Never blocks on writers; pins its snapshot (a reader slot) until closed.
+        """
+        self._check_open()
+        return self.store.begin_read()
+
+    def write(self, timeout: float | None = None) -> WriteTxn:
+        """Begin the write transaction (one at a time across processes).
+
+        Waits up to ``timeout`` (default: the database's ``lock_timeout``) for the writer
+        lock, then raises :class:`~lamina.errors.LockedError`. Commits on normal exit of a
+        ``with`` block, aborts on an exception.
+        """
+        self._check_open()
+        if self.readonly:
+            raise ReadOnlyError(f"database {self.path} is open read-only")
+        return self.store.begin_write(self.lock_timeout if timeout is None else timeout)
+
+    # ------------------------------------------------------------------ catalog
+    def tables(self) -> list[TableInfo]:
+        """Every table, sorted by name."""
+        self._check_open()
+        with self.store.begin_read() as txn:
+            return [TableInfo(e.name, e.engine, e.table_id, e.created_seq)
+                    for e in sorted(txn.catalog(), key=lambda e: e.name)]
+
+    def table_info(self, name: str) -> TableInfo:
+        """The catalog entry of ``name``; raises TableNotFoundError."""
+        self._check_open()
+        with self.store.begin_read() as txn:
+            entry = txn.catalog_get(name)
+        if entry is None:
+            raise TableNotFoundError(f"no table {name!r} in {self.path}")
+        return TableInfo(entry.name, entry.engine, entry.table_id, entry.created_seq)
+
+    def create_table(self, name: str, engine: str = ENGINE_BTREE, *, codec: str = "zstd",
+                     level: int | None = None, block_target: int | None = None) -> TableInfo:
+        """Create a table, crash-atomically: after a crash it exists whole or not at all.
+
+        Raises InvalidNameError, AlreadyExistsError, UsageError (unknown engine).
+        """
+        self._check_open()
+        validate_table_name(name)
+        if engine not in ENGINES:
+            raise UsageError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.readonly:
+            raise ReadOnlyError(f"database {self.path} is open read-only")
+        with self.lockfile.ddl_lock.held(DDL_TIMEOUT), self.write() as txn:
+            if txn.catalog_get(name) is not None:
+                raise AlreadyExistsError(f"table {name!r} already exists in {self.path}")
+            entry: CatalogEntry = txn.create_table(name, engine)
+            if engine == ENGINE_ARCHIVE:
+                kwargs: dict[str, Any] = {"codec": codec, "level": level, "sync": self.sync}
+                if block_target is not None:
+                    kwargs["block_target"] = block_target
+                ArchiveTable.create(self.path, name, entry.table_id, **kwargs)
+                from lamina.core.failpoints import failpoint
+                failpoint("catalog.after_files_created")
+        return self.table_info(name)
+
+    def drop_table(self, name: str) -> None:
+        """Drop a table and its data, crash-atomically. Raises TableNotFoundError, LockedError
+        (an archive table's writer is busy)."""
+        self._check_open()
+        if self.readonly:
+            raise ReadOnlyError(f"database {self.path} is open read-only")
+        info = self.table_info(name)
+        with self.lockfile.ddl_lock.held(DDL_TIMEOUT):
+            writer_lock = None
+            if info.engine == ENGINE_ARCHIVE:
+                writer_lock = self.lockfile.table_writer_lock(info.table_id, name)
+                writer_lock.acquire(self.lock_timeout)
+            try:
+                with self.write() as txn:
+                    txn.drop_table(name)
+                from lamina.core.failpoints import failpoint
+                failpoint("catalog.after_commit_before_unlink")
+                if info.engine == ENGINE_ARCHIVE:
+                    with self._handles_lock:
+                        handle = self._archive_handles.pop(name, None)
+                    if handle is not None:
+                        handle.close()
+                    ArchiveTable.remove_files(self.path, name)
+            finally:
+                if writer_lock is not None:
+                    writer_lock.release()
+
+    # ------------------------------------------------------------------ archive tables
+    def archive(self, name: str) -> ArchiveTable:
+        """The handle of archive table ``name`` (cached per database handle).
+
+        Raises TableNotFoundError, or UsageError if ``name`` is a btree table.
+        """
+        info = self.table_info(name)
+        if info.engine != ENGINE_ARCHIVE:
+            raise UsageError(f"table {name!r} is a {info.engine} table, not an archive table")
+        with self._handles_lock:
+            handle = self._archive_handles.get(name)
+            if handle is not None and getattr(handle, "table_id", info.table_id) != info.table_id:
+                handle.close()  # dropped and re-created by another process
+                handle = None
+            if handle is None:
+                handle = ArchiveTable.open(self.path, name, info.table_id, self.lockfile,
+                                           readonly=self.readonly, sync=self.sync)
+                self._archive_handles[name] = handle
+            return handle
+
+    # ------------------------------------------------------------------ conveniences
+    def get(self, table: str, key: bytes, default: bytes | None = None) -> bytes | None:
+        """One-shot read of ``key`` in btree table ``table``."""
+        with self.read() as txn:
+            return txn.table(table).get(key, default)
+
+    def put(self, table: str, key: bytes, value: bytes) -> int:
+        """One-shot write; returns the commit seq."""
+        with self.write() as txn:
+            txn.table(table).put(key, value)
+            return txn.commit()
+
+    def delete(self, table: str, key: bytes) -> bool:
+        """One-shot delete; returns whether the key existed."""
+        with self.write() as txn:
+            found = txn.table(table).delete(key)
+            txn.commit()
+            return found
+
+    def append(self, table: str, row: bytes) -> int:
+        """Append one row to archive table ``table`` in its own commit; returns its row id."""
+        return self.archive(table).append(row)
+
+    def append_many(self, table: str, rows: Iterable[bytes]) -> list[int]:
+        """Append rows to archive table ``table`` in one commit; returns their row ids."""
+        return self.archive(table).append_many(rows)
+
+    def scan(self, table: str, start: int = 1) -> Iterator[tuple[int, bytes]]:
+        """Committed rows of archive table ``table`` from row id ``start``."""
+        return self.archive(table).scan(start)
+
+    # ------------------------------------------------------------------ check / stat
+    def check(self) -> CheckReport:
+        """Run the checker over the btree file and every archive table (read-only)."""
+        self._check_open()
+        report = self.store.check()
+        for info in self.tables():
+            if info.engine == ENGINE_ARCHIVE:
+                report.extend(self.archive(info.name).check(), prefix=f"archive.{info.name}.")
+        return report
+
+    def stat(self) -> dict[str, Any]:
+        """Database-wide statistics: identity, commit seq, btree store, each table."""
+        self._check_open()
+        ident = self.identity
+        result: dict[str, Any] = {
+            "path": str(self.path),
+            "db_id": str(ident.db_id),
+            "created_ns": ident.created_ns,
+            "commit_seq": self.lockfile.commit_seq(),
+            "btree": self.store.stat(),
+            "archive": {},
+        }
+        if ident.restored_from is not None:
+            result["restored_from"] = {"image_id": str(ident.restored_from),
+                                       "vp_seq": ident.restored_vp_seq,
+                                       "vp_time_ns": ident.restored_vp_time_ns}
+        for info in self.tables():
+            if info.engine == ENGINE_ARCHIVE:
+                result["archive"][info.name] = self.archive(info.name).stat()
+        return result
+
+
+def open(path: str | os.PathLike[str], create: bool = True, readonly: bool = False, *,  # noqa: A001
+         page_size: int = 4096, sync: bool = True, lock_timeout: float = 5.0) -> Database:
+    """Open (by default creating) the database in directory ``path``.
+
+    ``page_size`` (a power of two, 1 KiB..64 KiB) applies only when the database is created.
+    ``sync=False`` skips fsync on commit: a power loss may lose the last commits but never
+    corrupts. ``lock_timeout`` bounds waits for the writer and table locks.
+    Raises NotFoundError (missing and ``create=False``), NotADatabaseError, VersionError,
+    CorruptionError, StorageError.
+    """
+    return Database(Path(path), create=create, readonly=readonly, page_size=page_size,
+                    sync=sync, lock_timeout=lock_timeout)
