@@ -17,7 +17,7 @@ from typing import Any
 
 from lamina.core import lockfile_format
 from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE, CatalogEntry
-from lamina.core.check import CheckReport
+from lamina.core.check import CheckReport, Finding
 from lamina.core.identity import FILE_NAME as IDENTITY_FILE
 from lamina.core.identity import Identity
 from lamina.core.lockfile import LockFile
@@ -27,6 +27,7 @@ from lamina.engines.btree import BtreeStore, ReadTxn, WriteTxn
 from lamina.errors import (
     AlreadyExistsError,
     ClosedError,
+    DataError,
     NotADatabaseError,
     NotFoundError,
     ReadOnlyError,
@@ -113,7 +114,7 @@ class Database:
         for arm in self.path.glob("*.ARM"):
             try:
                 seq = max(seq, ArchiveTable.read_last_commit_seq(self.path, arm.name[:-4]))
-            except Exception:  # noqa: BLE001 - a damaged orphan must not block opening
+            except Exception:
                 continue
         if self.identity.restored_vp_seq > seq:
             seq = self.identity.restored_vp_seq
@@ -304,9 +305,20 @@ class Database:
         """Run the checker over the btree file and every archive table (read-only)."""
         self._check_open()
         report = self.store.check()
-        for info in self.tables():
-            if info.engine == ENGINE_ARCHIVE:
-                report.extend(self.archive(info.name).check(), prefix=f"archive.{info.name}.")
+        try:
+            tables = self.tables()
+        except DataError as exc:  # the store check has already located the damage
+            report.findings.append(Finding(None, "catalog", f"cannot list tables: {exc}"))
+            return report
+        for info in tables:
+            if info.engine != ENGINE_ARCHIVE:
+                continue
+            try:
+                table_report = self.archive(info.name).check()
+            except DataError as exc:
+                report.findings.append(Finding(info.name, "archive files", str(exc)))
+                continue
+            report.extend(table_report, prefix=f"archive.{info.name}.")
         return report
 
     def stat(self) -> dict[str, Any]:
@@ -331,7 +343,7 @@ class Database:
         return result
 
 
-def open(path: str | os.PathLike[str], create: bool = True, readonly: bool = False, *,  # noqa: A001
+def open(path: str | os.PathLike[str], create: bool = True, readonly: bool = False, *,
          page_size: int = 4096, sync: bool = True, lock_timeout: float = 5.0) -> Database:
     """Open (by default creating) the database in directory ``path``.
 

@@ -30,14 +30,15 @@ TABLE = "dbm"
 __all__ = ["LaminaDbm", "error", "open"]
 
 
-class error(OSError):  # noqa: N801 - the dbm protocol names its exception class "error"
+class error(OSError):
     """Raised for dbm-level failures (closed object, bad flag, missing database, ...)."""
 
 
 Key = bytes | str
 
 
-def _as_bytes(obj: Key, what: str) -> bytes:
+def _as_bytes(obj: object, what: str) -> bytes:
+    # Typed `object`: callers (shelve, users) pass anything; the dbm contract is TypeError.
     if isinstance(obj, bytes):
         return obj
     if isinstance(obj, str):
@@ -125,11 +126,11 @@ class LaminaDbm(MutableMapping[bytes, bytes]):
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
+        except Exception:
             pass
 
 
-def open(file: str | os.PathLike[str], flag: str = "r", mode: int = 0o666) -> LaminaDbm:  # noqa: A001
+def open(file: str | os.PathLike[str], flag: str = "r", mode: int = 0o666) -> LaminaDbm:
     """Open a Lamina database as a dbm object (flags ``r``, ``w``, ``c``, ``n``).
 
     ``mode`` sets the permission bits of a newly created database (masked by the umask).

@@ -7,7 +7,7 @@ exception escaping Lamina is a bug. The CLI prints ``str(error)`` as one line an
 ::
 
     LaminaError                      1  (never raised directly)
-    ├── UsageError                   2  the caller asked for something invalid; nothing on disk is wrong
+    ├── UsageError                   2  an invalid request; nothing stored is wrong
     │   ├── InvalidNameError         2  table name with a separator, "..", NUL, or too long
     │   ├── KeyTooLargeError         2  key longer than the engine's documented maximum
     │   ├── ValueTooLargeError       2  value/row larger than the documented maximum
@@ -17,9 +17,9 @@ exception escaping Lamina is a bug. The CLI prints ``str(error)`` as one line an
     │   └── ClosedError              2  a Database or dbm handle used after close()
     ├── NotFoundError                3  a database, table, image or backup that does not exist
     │   └── TableNotFoundError       3
-    ├── AlreadyExistsError           3  create of something that exists (table, DEST without --force)
+    ├── AlreadyExistsError           3  creating what exists (a table, DEST without --force)
     ├── DataError                    -  bytes on disk or in an image are not what they must be
-    │   ├── CorruptionError          4  checksum/structure failure; names file, page/offset, what
+    │   ├── CorruptionError          4  checksum/structure failure: file, page/offset, what
     │   ├── NotADatabaseError        5  wrong magic: this is not a Lamina file of that kind
     │   ├── VersionError             6  a format version (or driver version) from the future
     │   ├── UnsupportedError         6  a codec, engine or driver this build does not have

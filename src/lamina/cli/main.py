@@ -28,6 +28,7 @@ COMMANDS = {
     "scan": "scan",
     "append": "append",
     "optimize": "optimize",
+    "workload": "workload",
 }
 
 

@@ -7,8 +7,14 @@ from collections.abc import Iterator
 
 import click
 
-from lamina.cli.common import decode_out, emit_json, encode_arg, hex_option, json_option
-from lamina.cli.common import open_database
+from lamina.cli.common import (
+    decode_out,
+    emit_json,
+    encode_arg,
+    hex_option,
+    json_option,
+    open_database,
+)
 from lamina.errors import UsageError
 
 

@@ -26,7 +26,7 @@ VERSION = 1
 # restored_from_image[16], restored_vp_seq u64, restored_vp_time_ns u64, checksum u64
 _LAYOUT = struct.Struct("<8sII16sQ16sQQ")
 _CHECKSUM = struct.Struct("<Q")
-SIZE = _LAYOUT.size + _CHECKSUM.size  # 88
+SIZE = _LAYOUT.size + _CHECKSUM.size  # 80
 _NIL = bytes(16)
 
 

@@ -1,0 +1,330 @@
+"""Read a backup image: front to back (any stream, even stdin), or header + footer +
+manifest only (:func:`read_info`, seekable files).
+
+Trust nothing: every length is used only after the checksum covering it passed, and is
+capped (:data:`~lamina.backup.image_format.MAX_CHUNK_SIZE` and friends), so hostile input
+cannot make the reader allocate much or loop long. Everything that goes wrong is raised as
+a :mod:`lamina.errors` class: CorruptionError naming stream/chunk/offset, NotADatabaseError,
+VersionError, UnsupportedError, StorageError (OS read errors). Nothing else escapes.
+
+Not thread-safe; a reader is used by one thread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from lamina.backup import image_format as F
+from lamina.backup.codec import decompress
+from lamina.errors import CorruptionError, NotFoundError, storage_error
+
+
+class ReadableStream(Protocol):
+    """Any readable, blocking binary stream: a file, ``sys.stdin.buffer``, a pipe, a raw
+    stream. ``read`` may return fewer bytes than asked (the reader loops); ``b""`` or None
+    means end of input."""
+
+    def read(self, size: int = -1, /) -> bytes | None:
+        """Up to ``size`` bytes; ``b""`` at end of stream."""
+        ...
+
+
+class _Source:
+    """Exact reads from a binary stream, tracking the offset and hashing every byte."""
+
+    def __init__(self, stream: ReadableStream, path: object) -> None:
+        self.stream = stream
+        self.path = path
+        self.offset = 0
+        self.hasher = F.blake2b_128()
+
+    def _read(self, n: int) -> bytes:
+        try:
+            return self.stream.read(n) or b""
+        except OSError as exc:
+            raise storage_error(exc, "read", self.path or "input stream") from exc
+
+    def read_exact(self, n: int, what: str) -> bytes:
+        """Exactly ``n`` bytes, or CorruptionError "truncated" naming ``what`` and offset."""
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            part = self._read(n - got)
+            if not part:
+                raise CorruptionError(f"image truncated: {what} needs {n} bytes, "
+                                      f"{got} left", path=self.path,
+                                      where=f"offset {self.offset}")
+            parts.append(part)
+            got += len(part)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.hasher.update(data)
+        self.offset += n
+        return data
+
+    def at_eof(self) -> bool:
+        """True if nothing follows (consumes one byte otherwise)."""
+        return not self._read(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One verified chunk: its header, its raw (decompressed) bytes, its image offset."""
+
+    header: F.ChunkHeader
+    data: bytes
+    offset: int
+
+    @property
+    def stream(self) -> int:
+        """Global stream number."""
+        return self.header.stream
+
+    @property
+    def seq(self) -> int:
+        """Sequence number within the stream, from 0."""
+        return self.header.seq
+
+    @property
+    def last(self) -> bool:
+        """True on the stream's final chunk."""
+        return self.header.last
+
+
+class _Tally:
+    __slots__ = ("closed", "hasher", "raw", "seq", "stored")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.raw = 0
+        self.stored = 0
+        self.closed = False
+        self.hasher = F.blake2b_128()
+
+
+def check_manifest(header: F.ImageHeader, catalog: F.ImageCatalog, manifest: F.Manifest,
+                   offset: int, path: object = None) -> None:
+    """Cross-check a decoded manifest against the header and catalog (CorruptionError)."""
+    def bad(what: str) -> CorruptionError:
+        return CorruptionError(f"manifest: {what}", path=path,
+                               where=f"manifest at offset {offset}")
+
+    if manifest.image_id != header.image_id:
+        raise bad("image id differs from the header's")
+    if manifest.kind != header.kind:
+        raise bad("image kind differs from the header's")
+    if len(manifest.streams) != catalog.stream_count:
+        raise bad(f"{len(manifest.streams)} streams, the catalog has {catalog.stream_count}")
+    if len(manifest.vp.drivers) != len(catalog.drivers):
+        raise bad("VP facts do not match the catalog's drivers")
+    is_layer = manifest.kind == F.ImageKind.LAYER
+    if is_layer != (manifest.base_image_id != F.ZERO_UUID) or (
+            not is_layer and manifest.base_vp_seq):
+        raise bad("base image fields do not match the image kind")
+    if sum(s.chunks for s in manifest.streams) != manifest.chunk_count:
+        raise bad("chunk count differs from the streams' sum")
+    for i, s in enumerate(manifest.streams):
+        if s.stored_bytes > s.raw_bytes or s.raw_bytes > s.chunks * F.MAX_CHUNK_SIZE:
+            raise bad(f"stream {i} sizes are impossible")
+
+
+class ImageReader:
+    """Reads an image front to back from ``source`` (any readable binary stream).
+
+    The constructor reads and validates header and catalog. :meth:`chunks` then yields every
+    chunk, verified (header and payload checksums, sequence, last flags, decompression);
+    it ends only after the manifest, every stream hash, the footer and the whole-image hash
+    were verified and nothing follows the footer; then :attr:`manifest` is set. Any failure
+    raises a lamina error (see the module doc) at the point where it is found.
+    """
+
+    def __init__(self, source: ReadableStream, *, path: object = None) -> None:
+        self.path = path
+        self._src = _Source(source, path)
+        self.header = F.decode_header(self._src.read_exact(F.HEADER_SIZE, "header"), path)
+        offset = self._src.offset
+        head = self._src.read_exact(F.CATALOG_HEAD_SIZE, "catalog head")
+        drivers, tables, length, checksum = F.decode_catalog_head(head, offset, path)
+        payload = self._src.read_exact(length, "catalog")
+        self.catalog = F.decode_catalog_payload(payload, drivers, tables, checksum, offset, path)
+        self.manifest: F.Manifest | None = None
+        self.footer: F.Footer | None = None
+        self.size: int | None = None
+        self._started = False
+
+    @property
+    def offset(self) -> int:
+        """Bytes consumed so far."""
+        return self._src.offset
+
+    def chunks(self) -> Iterator[Chunk]:
+        """Yield every chunk in image order; verify the trailer at the end. Single use."""
+        if self._started:
+            raise RuntimeError("ImageReader.chunks() can be iterated only once")
+        self._started = True
+        src, path = self._src, self.path
+        tallies = [_Tally() for _ in range(self.catalog.stream_count)]
+        names = self.catalog.stream_names()
+        while True:
+            offset = src.offset
+            tag = src.read_exact(4, "chunk or manifest")
+            if tag == F.MANIFEST_MAGIC:
+                self._finish(tag, offset, tallies, names)
+                return
+            if tag != F.CHUNK_MAGIC:
+                raise CorruptionError("expected a chunk or the manifest", path=path,
+                                      where=f"offset {offset}")
+            head = F.decode_chunk_header(
+                tag + src.read_exact(F.CHUNK_HEAD_SIZE - 4, "chunk header"), offset, path)
+            where = f"stream {head.stream} chunk {head.seq} at offset {offset}"
+            if head.stream >= len(tallies):
+                raise CorruptionError("chunk of a stream not in the catalog", path=path,
+                                      where=where)
+            tally = tallies[head.stream]
+            if tally.closed:
+                raise CorruptionError(f"chunk after the last chunk of {names[head.stream]}",
+                                      path=path, where=where)
+            if head.seq != tally.seq:
+                raise CorruptionError(f"sequence gap: expected chunk {tally.seq}", path=path,
+                                      where=where)
+            payload = src.read_exact(head.stored_length, "chunk payload")
+            if F.xxh3(payload) != head.payload_checksum:
+                raise CorruptionError("chunk payload checksum mismatch", path=path, where=where)
+            data = decompress(head.codec, payload, head.raw_length, path=path, where=where)
+            tally.seq += 1
+            tally.raw += len(data)
+            tally.stored += len(payload)
+            tally.closed = head.last
+            tally.hasher.update(data)
+            yield Chunk(head, data, offset)
+
+    def _finish(self, tag: bytes, offset: int, tallies: list[_Tally],
+                names: dict[int, str]) -> None:
+        src, path = self._src, self.path
+        head = tag + src.read_exact(F.MANIFEST_HEAD_SIZE - 4, "manifest head")
+        _streams, length = F.decode_manifest_head(head, offset, path)
+        raw = head + src.read_exact(length - F.MANIFEST_HEAD_SIZE, "manifest")
+        manifest = F.decode_manifest(raw, offset, path)
+        check_manifest(self.header, self.catalog, manifest, offset, path)
+        image_hash = src.hasher.digest()  # every byte before the footer
+        footer_offset = src.offset
+        footer = F.decode_footer(src.read_exact(F.FOOTER_SIZE, "footer"), footer_offset, path)
+        if footer.manifest_offset != offset or footer.manifest_length != length:
+            raise CorruptionError("footer does not point at the manifest", path=path,
+                                  where=f"footer at offset {footer_offset}")
+        if footer.image_hash != image_hash:
+            raise CorruptionError("whole-image hash mismatch", path=path,
+                                  where=f"footer at offset {footer_offset}")
+        if not src.at_eof():
+            raise CorruptionError("bytes after the footer", path=path,
+                                  where=f"offset {src.offset}")
+        for i, tally in enumerate(tallies):
+            if tally.seq and not tally.closed:
+                raise CorruptionError("stream has no last chunk", path=path,
+                                      where=f"stream {i} ({names[i]})")
+        for i, (tally, stats) in enumerate(zip(tallies, manifest.streams, strict=True)):
+            where = f"stream {i} ({names[i]})"
+            found = F.StreamStats(tally.raw, tally.stored, tally.seq, tally.hasher.digest())
+            if found != stats:
+                raise CorruptionError("stream size or hash differs from the manifest",
+                                      path=path, where=where)
+        self.manifest = manifest
+        self.footer = footer
+        self.size = src.offset
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """Header, catalog and manifest of an image, read without reading its chunks."""
+
+    path: Path
+    size: int
+    header: F.ImageHeader
+    catalog: F.ImageCatalog
+    manifest: F.Manifest
+
+    @property
+    def vp(self) -> F.ValidityPoint:
+        """The image's validity point."""
+        return self.manifest.vp
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready summary (for ``lamina info --json``)."""
+        return image_summary(self.header, self.catalog, self.manifest, self.size)
+
+
+def image_summary(header: F.ImageHeader, catalog: F.ImageCatalog, manifest: F.Manifest,
+                  size: int) -> dict[str, Any]:
+    """A JSON-ready description of an image (shared by ``info`` and ``verify`` reports)."""
+    streams = manifest.streams
+    drivers = [{"name": d.name, "version": d.version, "kind": d.kind.label,
+                "common_stream": d.common_stream, "vp_info": dict(manifest.vp.drivers[i])}
+               for i, d in enumerate(catalog.drivers)]
+    tables = [{"name": t.name, "engine": t.engine, "table_id": t.table_id,
+               "stream": t.stream, "driver": catalog.drivers[t.driver].name,
+               "raw_bytes": streams[t.stream].raw_bytes,
+               "stored_bytes": streams[t.stream].stored_bytes,
+               "chunks": streams[t.stream].chunks, "hash": streams[t.stream].hash.hex()}
+              for t in catalog.tables]
+    return {
+        "image_id": str(header.image_id), "database_id": str(header.database_id),
+        "created_ns": header.created_ns, "lamina_version": header.lamina_version,
+        "kind": manifest.kind.name.lower(), "size": size,
+        "base_image_id": (str(manifest.base_image_id)
+                          if manifest.kind == F.ImageKind.LAYER else None),
+        "base_vp_seq": manifest.base_vp_seq,
+        "vp": {"commit_seq": manifest.vp.commit_seq, "wall_ns": manifest.vp.wall_ns},
+        "blocker_held_ns": manifest.blocker_held_ns,
+        "raw_bytes": sum(s.raw_bytes for s in streams),
+        "stored_bytes": sum(s.stored_bytes for s in streams),
+        "chunks": manifest.chunk_count, "drivers": drivers, "tables": tables,
+    }
+
+
+def read_info(path: str | os.PathLike[str]) -> ImageInfo:
+    """Read header, catalog, footer and manifest of the image file at ``path`` (seeks; does
+    not read chunks, so it does not prove the data: use ``verify_image`` for that).
+
+    Raises NotFoundError if there is no such file, StorageError for other OS errors, and
+    CorruptionError / NotADatabaseError / VersionError / UnsupportedError for bad images.
+    """
+    p = Path(path)
+    try:
+        f = open(p, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise NotFoundError(f"no backup image {p}") from None
+    except OSError as exc:
+        raise storage_error(exc, "open", p) from exc
+    with f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+        except OSError as exc:
+            raise storage_error(exc, "stat", p) from exc
+        reader = ImageReader(f, path=p)
+        data_start = reader.offset
+        footer_offset = size - F.FOOTER_SIZE
+        if footer_offset < data_start + F.MANIFEST_HEAD_SIZE + F.HASH_SIZE:
+            raise CorruptionError("image truncated: no room for manifest and footer", path=p,
+                                  where=f"offset {data_start}")
+        footer = F.decode_footer(_pread(f, footer_offset, F.FOOTER_SIZE, p), footer_offset, p)
+        if footer.manifest_offset < data_start:
+            raise CorruptionError("footer points into the catalog", path=p,
+                                  where=f"footer at offset {footer_offset}")
+        raw = _pread(f, footer.manifest_offset, footer.manifest_length, p)
+        manifest = F.decode_manifest(raw, footer.manifest_offset, p)
+        check_manifest(reader.header, reader.catalog, manifest, footer.manifest_offset, p)
+        return ImageInfo(p, size, reader.header, reader.catalog, manifest)
+
+
+def _pread(f: BinaryIO, offset: int, n: int, path: Path) -> bytes:
+    try:
+        f.seek(offset)
+        data = f.read(n)
+    except OSError as exc:
+        raise storage_error(exc, "read", path) from exc
+    if len(data) != n:
+        raise CorruptionError("image truncated", path=path, where=f"offset {offset}")
+    return data

@@ -1,0 +1,293 @@
+"""Write one backup image front to back, in one pass, to a file or a binary stream.
+
+A file target is written under a temporary name in the same directory
+(``.NAME.tmp-XXXXXXXXXXXX``), fsynced, and published under its name only by
+:meth:`ImageWriter.finish`; :meth:`ImageWriter.abort` (or leaving the ``with`` block by an
+exception) removes it, so a failed or cancelled backup leaves no file that looks like an
+image. A stream target (stdout, a pipe, an upload) cannot be taken back; an aborted image
+simply lacks its manifest and footer, which every reader refuses.
+
+Not thread-safe: one writer is driven by one kernel thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Protocol
+
+from lamina.backup import image_format as F
+from lamina.backup.codec import Compressor
+from lamina.core.fileio import fsync_dir
+from lamina.errors import (
+    AlreadyExistsError,
+    CorruptionError,
+    LaminaError,
+    UsageError,
+    storage_error,
+)
+
+
+class WritableStream(Protocol):
+    """Any writable binary stream (a file, ``sys.stdout.buffer``, a pipe, an upload)."""
+
+    def write(self, data: bytes, /) -> object:
+        """Write all of ``data`` (a buffered stream's ``write`` does)."""
+        ...
+
+    def flush(self) -> object:
+        """Push buffered bytes out."""
+        ...
+
+
+#: Where an image goes: a path (file, published atomically) or a writable binary stream.
+ImageTarget = str | os.PathLike[str] | WritableStream
+
+
+class _Sink(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class _FileSink:
+    """A temp file next to ``path``, published by link (no clobber) or rename (overwrite)."""
+
+    def __init__(self, path: Path, overwrite: bool) -> None:
+        self.path = path
+        self.overwrite = overwrite
+        if path.exists() and not overwrite:
+            raise AlreadyExistsError(f"{path} exists")
+        self.tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            self._file: BinaryIO | None = open(self.tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        except OSError as exc:
+            raise storage_error(exc, "create", self.tmp) from exc
+
+    def write(self, data: bytes) -> None:
+        assert self._file is not None
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise storage_error(exc, "write", self.tmp) from exc
+
+    def commit(self) -> None:
+        assert self._file is not None
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            self._publish()
+        except OSError as exc:
+            raise storage_error(exc, "publish", self.path) from exc
+        fsync_dir(self.path.parent)
+
+    def _publish(self) -> None:
+        if self.overwrite:
+            os.replace(self.tmp, self.path)
+            return
+        try:
+            os.link(self.tmp, self.path)  # atomic and never replaces an existing image
+        except FileExistsError:
+            raise AlreadyExistsError(f"{self.path} exists") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                                 errno.EMLINK):
+                raise
+            if self.path.exists():  # filesystem without hard links: check, then rename
+                raise AlreadyExistsError(f"{self.path} exists") from None
+            os.rename(self.tmp, self.path)
+            return
+        os.unlink(self.tmp)
+
+    def abort(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+
+
+class _StreamSink:
+    def __init__(self, stream: WritableStream) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.stream.write(data)
+        except OSError as exc:
+            raise storage_error(exc, "write", "output stream") from exc
+
+    def commit(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as exc:
+            raise storage_error(exc, "flush", "output stream") from exc
+
+    def abort(self) -> None:
+        """Nothing to undo: without manifest and footer the bytes are not a valid image."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSummary:
+    """What :meth:`ImageWriter.finish` wrote: the manifest, footer and total size."""
+
+    path: Path | None
+    size: int
+    manifest: F.Manifest
+    footer: F.Footer
+
+
+class _StreamState:
+    __slots__ = ("closed", "hasher", "raw", "seq", "stored")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.raw = 0
+        self.stored = 0
+        self.closed = False
+        self.hasher = F.blake2b_128()
+
+
+class ImageWriter:
+    """Writes header and catalog at construction, chunks as they come, and the manifest and
+    footer at :meth:`finish`.
+
+    Raises UsageError for an invalid catalog or misuse (unknown stream, data after the
+    stream's last chunk, oversize chunk), AlreadyExistsError if a file target exists and
+    ``overwrite`` is False, StorageError for OS errors. Use as a context manager: leaving
+    the block without :meth:`finish` aborts.
+    """
+
+    def __init__(self, target: ImageTarget, header: F.ImageHeader, catalog: F.ImageCatalog,
+                 *, codec: F.Codec = F.Codec.ZSTD, level: int | None = None,
+                 overwrite: bool = False) -> None:
+        try:
+            F.check_catalog(catalog)
+        except CorruptionError as exc:
+            raise UsageError(f"cannot write image: {exc.what}") from exc
+        if header.flags & ~F.HEADER_FLAGS_KNOWN:
+            raise UsageError(f"unknown header flags {header.flags:#x}")
+        self.header = header
+        self.catalog = catalog
+        self._compressor = Compressor(codec, level)
+        self._streams = [_StreamState() for _ in range(catalog.stream_count)]
+        self._hasher = F.blake2b_128()
+        self._chunks = 0
+        self.offset = 0
+        self.raw_bytes = 0
+        self._done = False
+        self.path: Path | None = None
+        if isinstance(target, (str, os.PathLike)):
+            self.path = Path(target)
+            self._sink: _Sink = _FileSink(self.path, overwrite)
+        else:
+            self._sink = _StreamSink(target)
+        try:
+            self._write(F.encode_header(header))
+            self._write(F.encode_catalog(catalog))
+        except BaseException:
+            self.abort()
+            raise
+
+    def _write(self, data: bytes) -> None:
+        self._sink.write(data)
+        self._hasher.update(data)
+        self.offset += len(data)
+
+    def stream_closed(self, stream: int) -> bool:
+        """True once ``stream``'s last chunk was written."""
+        return self._streams[stream].closed
+
+    def stream_started(self, stream: int) -> bool:
+        """True once ``stream`` has at least one chunk."""
+        return self._streams[stream].seq > 0
+
+    def write_chunk(self, stream: int, data: bytes | bytearray | memoryview, last: bool) -> int:
+        """Compress ``data`` and append it as the next chunk of global ``stream``.
+
+        Returns the stored (compressed) size. ``last`` closes the stream.
+        """
+        if self._done:
+            raise UsageError("image writer is closed")
+        if not 0 <= stream < len(self._streams):
+            raise UsageError(f"stream {stream} is not in the catalog")
+        state = self._streams[stream]
+        if state.closed:
+            raise UsageError(f"stream {stream} got data after its last chunk")
+        if len(data) > F.MAX_CHUNK_SIZE:
+            raise UsageError(f"chunk of {len(data)} bytes exceeds {F.MAX_CHUNK_SIZE}")
+        codec, stored = self._compressor.compress(data)
+        self._write(F.encode_chunk_header(stream, state.seq, last, codec, len(data), stored))
+        self._write(stored)
+        state.hasher.update(data)
+        state.seq += 1
+        state.raw += len(data)
+        state.stored += len(stored)
+        state.closed = last
+        self._chunks += 1
+        self.raw_bytes += len(data)
+        return len(stored)
+
+    def finish(self, *, vp_seq: int, vp_wall_ns: int, vp_info: Sequence[Mapping[str, Any]],
+               base_image_id: uuid.UUID | None = None, base_vp_seq: int = 0,
+               blocker_held_ns: int = 0) -> WriteSummary:
+        """Write manifest and footer, sync and publish the image. Every stream that has
+        chunks must be closed (its last chunk written). ``vp_info[i]`` is catalog driver i's
+        VP facts. A layer (header flag) needs ``base_image_id``; a full image must not."""
+        if self._done:
+            raise UsageError("image writer is closed")
+        try:
+            open_streams = [i for i, s in enumerate(self._streams) if s.seq and not s.closed]
+            if open_streams:
+                raise UsageError(f"streams {open_streams} have no last chunk")
+            if len(vp_info) != len(self.catalog.drivers):
+                raise UsageError("need one VP facts mapping per catalog driver")
+            kind = self.header.kind
+            if (kind == F.ImageKind.LAYER) != (base_image_id is not None):
+                raise UsageError("a layer needs a base image id; a full image has none")
+            manifest = F.Manifest(
+                image_id=self.header.image_id, kind=kind,
+                base_image_id=base_image_id or F.ZERO_UUID, base_vp_seq=base_vp_seq,
+                vp=F.ValidityPoint(vp_seq, vp_wall_ns, tuple(vp_info)),
+                blocker_held_ns=blocker_held_ns, chunk_count=self._chunks,
+                streams=tuple(F.StreamStats(s.raw, s.stored, s.seq, s.hasher.digest())
+                              for s in self._streams))
+            try:
+                manifest_bytes = F.encode_manifest(manifest)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"VP facts are not JSON-serializable: {exc}") from exc
+            offset = self.offset
+            self._write(manifest_bytes)
+            footer = F.Footer(offset, len(manifest_bytes), self._hasher.digest())
+            self._write(F.encode_footer(footer))
+            self._sink.commit()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return WriteSummary(self.path, self.offset, manifest, footer)
+
+    def abort(self) -> None:
+        """Give up: remove the temporary file (file target). Idempotent; never raises."""
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(OSError, LaminaError):
+            self._sink.abort()
+
+    def __enter__(self) -> ImageWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.abort()

@@ -1,0 +1,479 @@
+"""The backup kernel: drives every backup driver through the online-backup protocol and
+writes what they send into one image.
+
+Protocol (see :mod:`lamina.backup.driver` for each call's contract)::
+
+    get_backup -> begin -> initial transfer ("at end") -> prelock until READY
+    -> [commit blocker] lock -> VP (commit seq, wall clock) -> unlock [release]
+    -> final transfer, round-robin, until every driver is DONE -> vp_info -> end
+    -> manifest + footer; the image is published (renamed into place) last.
+
+On any failure, or when the cancel token fires (checked before every driver call), the
+kernel calls ``cancel()`` on every driver whose ``begin()`` was called and has not ended,
+releases the commit blocker (a ``with`` block), removes the temporary image file, and
+re-raises (CancelledError for a cancellation). A file target therefore either appears
+complete and valid, or not at all.
+
+The kernel knows nothing about engines: it is given :class:`~lamina.backup.driver.DriverGroup`
+objects (a backup engine and its tables), a commit blocker and a commit seq source. Native,
+consistent-snapshot and blocking default drivers all fit this shape: a default driver's
+``prelock`` answers OK until its table locks are held, then READY.
+
+Concurrency: :func:`run_backup` runs in the calling thread and shares no state between
+calls; drivers are called one at a time.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from lamina.backup import image_format as F
+from lamina.backup.codec import parse_codec
+from lamina.backup.driver import (
+    BackupDriver,
+    Buffer,
+    DriverGroup,
+    DriverKind,
+    DriverProtocolError,
+    Result,
+)
+from lamina.backup.image_writer import ImageTarget, ImageWriter
+from lamina.core.names import validate_table_name
+from lamina.errors import CancelledError, LockedError, UsageError
+
+log = logging.getLogger("lamina.backup")
+
+#: A cancel request: an Event that gets set, or a callable returning True, or None.
+CancelToken = threading.Event | Callable[[], bool] | None
+#: ``progress(bytes_done, bytes_expected_or_None)``, called after every chunk.
+ProgressCallback = Callable[[int, int | None], None]
+
+# Back-off while every driver is BUSY or not yet prepared: short, growing, capped.
+_BACKOFF_MIN = 0.0002
+_BACKOFF_MAX = 0.01
+
+
+class CommitBlocker(Protocol):
+    """What the kernel needs from the database: :meth:`LockFile.commits_blocked
+    <lamina.core.lockfile.LockFile.commits_blocked>` (exclusive, with a timeout that raises
+    LockedError)."""
+
+    def commits_blocked(self, timeout: float | None = None) -> AbstractContextManager[None]:
+        """Hold the commit blocker exclusively for the ``with`` block."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BaseImageRef:
+    """The image a layer builds on: its id and its VP commit seq."""
+
+    image_id: uuid.UUID
+    vp_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class BackupResult:
+    """What a backup produced and what it cost the writers.
+
+    ``blocker_held_ns`` is the time the commit blocker was held exclusively (lock, VP,
+    unlock: the longest any commit could have been delayed by the backup), and
+    ``blocker_wait_ns`` the time spent waiting to get it.
+    """
+
+    path: Path | None
+    size: int
+    header: F.ImageHeader
+    catalog: F.ImageCatalog
+    manifest: F.Manifest
+    blocker_held_ns: int
+    blocker_wait_ns: int
+    raw_bytes: int
+    elapsed_ns: int
+
+    @property
+    def image_id(self) -> uuid.UUID:
+        """The new image's id."""
+        return self.header.image_id
+
+    @property
+    def vp(self) -> F.ValidityPoint:
+        """The validity point recorded in the image."""
+        return self.manifest.vp
+
+
+def is_cancelled(token: CancelToken) -> bool:
+    """True if ``token`` (Event, callable or None) asks to stop."""
+    if token is None:
+        return False
+    if isinstance(token, threading.Event):
+        return token.is_set()
+    return bool(token())
+
+
+def lamina_version() -> str:
+    """This build's version string, recorded in image headers."""
+    try:
+        return importlib.metadata.version("lamina")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
+        return "unknown"
+
+
+class Backoff:
+    """Sleeps that grow from 0.2 ms to 10 ms while nothing progresses; reset on progress."""
+
+    def __init__(self) -> None:
+        self.delay = _BACKOFF_MIN
+
+    def reset(self) -> None:
+        """Progress was made: the next wait is short again."""
+        self.delay = _BACKOFF_MIN
+
+    def wait(self) -> None:
+        """Sleep, then lengthen the next sleep."""
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, _BACKOFF_MAX)
+
+
+class _DriverState:
+    """One driver's bookkeeping in a run."""
+
+    def __init__(self, index: int, group: DriverGroup, driver: BackupDriver,
+                 local_to_global: list[int]) -> None:
+        self.index = index
+        self.group = group
+        self.driver = driver
+        self.name = group.engine.name
+        self.local_to_global = local_to_global
+        self.began = False
+        self.ended = False
+        self.cancelled = False
+
+    @property
+    def kind(self) -> DriverKind:
+        return self.driver.kind
+
+
+class _BackupRun:
+    """State of one :func:`run_backup` call; its methods are the protocol's phases."""
+
+    def __init__(self, groups: Sequence[DriverGroup], *, commit_blocker: CommitBlocker,
+                 commit_seq: Callable[[], int], buf_size: int, cancel: CancelToken,
+                 progress: ProgressCallback | None, blocker_timeout: float | None,
+                 prelock_timeout: float | None) -> None:
+        self.groups = list(groups)
+        self.blocker = commit_blocker
+        self.commit_seq = commit_seq
+        self.buf_size = buf_size
+        self.cancel_token = cancel
+        self.progress = progress
+        self.blocker_timeout = blocker_timeout
+        self.prelock_timeout = prelock_timeout
+        self.states: list[_DriverState] = []
+        self.writer: ImageWriter | None = None
+        self.after_vp = False
+        self.done_bytes = 0
+
+    # ------------------------------------------------------------------ plumbing
+    def check_cancel(self) -> None:
+        if is_cancelled(self.cancel_token):
+            raise CancelledError("backup cancelled")
+
+    def call(self, s: _DriverState, method: str, allowed: frozenset[Result],
+             *args: Any) -> Result:
+        """Call ``s.driver.method(*args)``; enforce the allowed results; raise on ERROR."""
+        self.check_cancel()
+        result = getattr(s.driver, method)(*args)
+        if result is Result.ERROR:
+            if s.driver.error is not None:
+                raise s.driver.error
+            raise DriverProtocolError(f"backup driver {s.name!r} returned ERROR from "
+                                      f"{method}() without setting .error")
+        if not isinstance(result, Result) or result not in allowed:
+            raise DriverProtocolError(f"backup driver {s.name!r} returned {result!r} from "
+                                      f"{method}(); allowed: "
+                                      f"{', '.join(sorted(r.name for r in allowed))}")
+        return result
+
+    def get_data(self, s: _DriverState, allowed: frozenset[Result]) -> Result:
+        buf = Buffer(self.buf_size)
+        result = self.call(s, "get_data", allowed, buf)
+        if result in (Result.PROCESSING, Result.BUSY):
+            if buf.data or buf.last:
+                raise DriverProtocolError(f"backup driver {s.name!r} filled a buffer but "
+                                          f"returned {result.name}")
+            return result
+        self.take(s, buf)
+        return result
+
+    def take(self, s: _DriverState, buf: Buffer) -> None:
+        """Write a buffer the driver filled as the next chunk of its stream."""
+        assert self.writer is not None
+        if not 0 <= buf.stream < len(s.local_to_global):
+            raise DriverProtocolError(f"backup driver {s.name!r} wrote to stream "
+                                      f"{buf.stream}; it has 0..{len(s.local_to_global) - 1}")
+        if len(buf.data) > self.buf_size:
+            raise DriverProtocolError(f"backup driver {s.name!r} put {len(buf.data)} bytes in "
+                                      f"a {self.buf_size}-byte buffer")
+        if not buf.data and not buf.last:
+            return
+        stream = s.local_to_global[buf.stream]
+        if self.writer.stream_closed(stream):
+            raise DriverProtocolError(f"backup driver {s.name!r} sent data on stream "
+                                      f"{buf.stream} after its last block")
+        self.writer.write_chunk(stream, buf.data, buf.last)
+        self.done_bytes += len(buf.data)
+        if self.progress is not None:
+            self.progress(self.done_bytes, self.expected_bytes())
+
+    def expected_bytes(self) -> int | None:
+        """Sum of the drivers' estimates (``init_size`` before the VP, ``size`` after)."""
+        total = 0
+        for s in self.states:
+            if self.after_vp:
+                n = s.driver.size()
+            else:
+                n = s.driver.init_size() if s.kind == DriverKind.AT_END else 0
+            if n is None:
+                return None
+            total += n
+        return total
+
+    def cancel_all(self) -> None:
+        """``cancel()`` every begun, not yet ended driver, once; never raises."""
+        for s in self.states:
+            if not s.began or s.ended or s.cancelled:
+                continue
+            s.cancelled = True
+            try:
+                if s.driver.cancel() is not Result.OK:
+                    log.warning("backup driver %r did not cancel cleanly", s.name)
+            except Exception:
+                log.exception("backup driver %r raised from cancel()", s.name)
+
+    # ------------------------------------------------------------------ phases
+    def begin_all(self) -> None:
+        for s in self.states:
+            self.check_cancel()
+            s.began = True  # before the call: a failing begin() still gets cancel()
+            self.call(s, "begin", _OK, self.buf_size)
+
+    def initial_transfer(self) -> None:
+        """Poll "at end" drivers' get_data until each says READY for the VP."""
+        pending = [s for s in self.states if s.kind == DriverKind.AT_END]
+        backoff = Backoff()
+        while pending:
+            progressed = False
+            for s in list(pending):
+                result = self.get_data(s, _BEFORE_VP)
+                if result is Result.READY:
+                    pending.remove(s)
+                if result is not Result.BUSY:
+                    progressed = True
+            if pending:
+                if progressed:
+                    backoff.reset()
+                else:
+                    backoff.wait()
+
+    def prelock_all(self) -> None:
+        """Poll prelock() until every driver answers READY (OK/BUSY = not yet)."""
+        pending = list(self.states)
+        backoff = Backoff()
+        deadline = (None if self.prelock_timeout is None
+                    else time.monotonic() + self.prelock_timeout)
+        while True:
+            for s in list(pending):
+                if self.call(s, "prelock", _PRELOCK) is Result.READY:
+                    pending.remove(s)
+            if not pending:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LockedError(f"backup drivers {[s.name for s in pending]} not ready for "
+                                  f"the validity point after {self.prelock_timeout:g}s")
+            self.check_cancel()
+            backoff.wait()
+
+    def validity_point(self) -> tuple[int, int, int, int]:
+        """Take the blocker, lock() all, read the VP, unlock() all, release.
+
+        Returns (vp_seq, vp_wall_ns, held_ns, wait_ns).
+        """
+        self.check_cancel()
+        asked = time.perf_counter_ns()
+        with self.blocker.commits_blocked(self.blocker_timeout):
+            got = time.perf_counter_ns()
+            for s in self.states:
+                self.call(s, "lock", _OK)
+            vp_seq = self.commit_seq()
+            vp_wall_ns = time.time_ns()
+            for s in self.states:
+                self.call(s, "unlock", _OK)
+        released = time.perf_counter_ns()
+        self.after_vp = True
+        return vp_seq, vp_wall_ns, released - got, got - asked
+
+    def final_transfer(self) -> None:
+        """Poll get_data round-robin until every driver says DONE."""
+        assert self.writer is not None
+        pending = list(self.states)
+        backoff = Backoff()
+        while pending:
+            progressed = False
+            for s in list(pending):
+                result = self.get_data(s, _AFTER_VP)
+                if result is Result.DONE:
+                    pending.remove(s)
+                    self.close_streams(s)
+                if result is not Result.BUSY:
+                    progressed = True
+            if pending:
+                if progressed:
+                    backoff.reset()
+                else:
+                    backoff.wait()
+
+    def close_streams(self, s: _DriverState) -> None:
+        """A DONE driver's streams are complete: mark any it left open with an empty last
+        chunk, so every non-empty stream in the image ends with exactly one last chunk."""
+        assert self.writer is not None
+        for stream in s.local_to_global:
+            if self.writer.stream_started(stream) and not self.writer.stream_closed(stream):
+                self.writer.write_chunk(stream, b"", True)
+
+    def collect_vp_info(self) -> list[Mapping[str, Any]]:
+        infos: list[Mapping[str, Any]] = []
+        for s in self.states:
+            self.check_cancel()
+            info = s.driver.vp_info()
+            try:
+                F.encode_vp_info([info])
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise DriverProtocolError(f"backup driver {s.name!r}: vp_info() is not a "
+                                          f"JSON-serializable mapping: {exc}") from exc
+            infos.append(dict(info))
+        return infos
+
+    def end_all(self) -> None:
+        for s in self.states:
+            self.call(s, "end", _OK)
+            s.ended = True
+
+
+_OK = frozenset({Result.OK})
+_BEFORE_VP = frozenset({Result.OK, Result.PROCESSING, Result.BUSY, Result.READY})
+_AFTER_VP = frozenset({Result.OK, Result.PROCESSING, Result.BUSY, Result.DONE})
+_PRELOCK = frozenset({Result.READY, Result.OK, Result.BUSY})
+
+
+def _check_groups(groups: Sequence[DriverGroup], buf_size: int, base: BaseImageRef | None,
+                  ) -> None:
+    if not 1 <= buf_size <= F.MAX_CHUNK_SIZE:
+        raise UsageError(f"buffer size must be 1..{F.MAX_CHUNK_SIZE} bytes, not {buf_size}")
+    if len(groups) > F.MAX_DRIVERS or sum(len(g.tables) for g in groups) > F.MAX_TABLES:
+        raise UsageError("too many drivers or tables for one image")
+    names: set[str] = set()
+    ids: set[int] = set()
+    for g in groups:
+        if not g.tables:
+            raise UsageError(f"backup driver {g.engine.name!r} was given no tables")
+        if base is None and g.flags.layer:
+            raise UsageError("a layer backup needs a base image")
+        for t in g.tables:
+            validate_table_name(t.name)
+            if t.name in names or t.table_id in ids:
+                raise UsageError(f"table {t.name!r} (id {t.table_id}) is listed twice")
+            names.add(t.name)
+            ids.add(t.table_id)
+
+
+def _build_catalog(groups: Sequence[DriverGroup], drivers: Sequence[BackupDriver],
+                   ) -> tuple[F.ImageCatalog, list[list[int]]]:
+    """Streams: driver i's common stream is i; tables follow, in group order."""
+    cat_drivers = []
+    for i, (g, d) in enumerate(zip(groups, drivers, strict=True)):
+        if not isinstance(d.kind, DriverKind):
+            raise DriverProtocolError(f"backup driver {g.engine.name!r} has no valid kind")
+        cat_drivers.append(F.CatalogDriver(g.engine.name, g.engine.version, d.kind, i))
+    tables = []
+    local_maps = []
+    stream = len(groups)
+    for i, g in enumerate(groups):
+        local = [i]
+        for t in g.tables:
+            tables.append(F.CatalogTable(t.name, t.engine, t.table_id, stream, i))
+            local.append(stream)
+            stream += 1
+        local_maps.append(local)
+    return F.ImageCatalog(tuple(cat_drivers), tuple(tables)), local_maps
+
+
+def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
+               commit_blocker: CommitBlocker, commit_seq: Callable[[], int],
+               database_id: uuid.UUID, codec: F.Codec | str = F.Codec.ZSTD,
+               level: int | None = None, buf_size: int = F.DEFAULT_BUF_SIZE,
+               base: BaseImageRef | None = None, cancel: CancelToken = None,
+               progress: ProgressCallback | None = None,
+               blocker_timeout: float | None = 30.0, prelock_timeout: float | None = None,
+               overwrite: bool = False, image_id: uuid.UUID | None = None) -> BackupResult:
+    """Back up every group's tables into one image at ``target`` (a path or a binary
+    stream) and return what was written.
+
+    ``commit_blocker`` is the database's (e.g. its ``LockFile``); ``commit_seq()`` returns
+    the last published commit seq and is read while the blocker is held. ``base`` makes the
+    image a layer on top of that image (the groups' flags tell drivers what to send).
+    ``cancel`` is checked before every driver call. ``progress(done, expected)`` is called
+    after every chunk.
+
+    Raises UsageError/InvalidNameError (bad request, nothing started), AlreadyExistsError
+    (target exists, not ``overwrite``), LockedError (blocker or prelock timeout),
+    CancelledError, StorageError, any LaminaError a driver reports, DriverProtocolError (a
+    driver bug). After any error no image file exists and every begun driver was cancelled.
+    """
+    started = time.perf_counter_ns()
+    codec = parse_codec(codec)
+    _check_groups(groups, buf_size, base)
+    run = _BackupRun(groups, commit_blocker=commit_blocker, commit_seq=commit_seq,
+                     buf_size=buf_size, cancel=cancel, progress=progress,
+                     blocker_timeout=blocker_timeout, prelock_timeout=prelock_timeout)
+    run.check_cancel()
+    # get_backup() holds no resources (driver contract), so a failure here needs no cancel.
+    drivers = [g.engine.get_backup(list(g.tables), g.flags) for g in groups]
+    catalog, local_maps = _build_catalog(groups, drivers)
+    run.states = [_DriverState(i, g, d, local_maps[i])
+                  for i, (g, d) in enumerate(zip(groups, drivers, strict=True))]
+    header = F.ImageHeader(image_id=image_id or uuid.uuid4(), database_id=database_id,
+                           created_ns=time.time_ns(), lamina_version=lamina_version(),
+                           flags=F.HEADER_FLAG_LAYER if base is not None else 0)
+    writer = ImageWriter(target, header, catalog, codec=codec, level=level,
+                         overwrite=overwrite)
+    run.writer = writer
+    try:
+        run.begin_all()
+        run.initial_transfer()
+        run.prelock_all()
+        vp_seq, vp_wall_ns, held_ns, wait_ns = run.validity_point()
+        run.final_transfer()
+        vp_info = run.collect_vp_info()
+        run.end_all()
+        run.check_cancel()
+        summary = writer.finish(vp_seq=vp_seq, vp_wall_ns=vp_wall_ns, vp_info=vp_info,
+                                base_image_id=None if base is None else base.image_id,
+                                base_vp_seq=0 if base is None else base.vp_seq,
+                                blocker_held_ns=held_ns)
+    except BaseException:
+        run.cancel_all()
+        writer.abort()
+        raise
+    return BackupResult(path=summary.path, size=summary.size, header=header, catalog=catalog,
+                        manifest=summary.manifest, blocker_held_ns=held_ns,
+                        blocker_wait_ns=wait_ns, raw_bytes=writer.raw_bytes,
+                        elapsed_ns=time.perf_counter_ns() - started)

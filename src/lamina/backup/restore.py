@@ -1,0 +1,262 @@
+"""The restore kernel: feed an image's streams to restore drivers, and publish the restored
+database directory only once it is proven.
+
+:func:`run_restore` reads the image front to back (so it works from a pipe): header and
+catalog first, then asks each backup engine named in the catalog for a restore driver, then
+sends every chunk to its driver in image order, and calls ``end()`` only after the reader
+verified the manifest, every stream hash, the footer and the whole-image hash. Any failure
+cancels every begun driver.
+
+:func:`restore_into_directory` wraps any restore: it restores into a temporary directory
+next to the destination, runs the caller's verification (e.g. the checker and the btree
+root hash), and only then renames it into place; on failure or cancellation the temporary
+directory is removed and the destination is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from lamina.backup import image_format as F
+from lamina.backup.driver import (
+    BackupEngine,
+    Buffer,
+    DriverProtocolError,
+    RestoreDriver,
+    RestoreFlags,
+    Result,
+    TableSpec,
+)
+from lamina.backup.image_reader import ImageReader, ReadableStream
+from lamina.backup.kernel import Backoff, CancelToken, ProgressCallback, is_cancelled
+from lamina.core.fileio import fsync_dir
+from lamina.errors import (
+    AlreadyExistsError,
+    CancelledError,
+    NotFoundError,
+    UnsupportedError,
+    VersionError,
+    storage_error,
+)
+
+log = logging.getLogger("lamina.backup")
+
+T = TypeVar("T")
+
+#: Where restore finds backup engines by the driver name recorded in the image catalog.
+EngineLookup = Mapping[str, BackupEngine] | Callable[[str], BackupEngine | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    """A completed restore: the image's header, catalog and verified manifest."""
+
+    header: F.ImageHeader
+    catalog: F.ImageCatalog
+    manifest: F.Manifest
+    size: int
+    chunks: int
+    raw_bytes: int
+
+
+class _Restored:
+    __slots__ = ("began", "cancelled", "driver", "ended", "name")
+
+    def __init__(self, name: str, driver: RestoreDriver) -> None:
+        self.name = name
+        self.driver = driver
+        self.began = False
+        self.ended = False
+        self.cancelled = False
+
+
+def _lookup(engines: EngineLookup, name: str) -> BackupEngine | None:
+    if callable(engines):
+        return engines(name)
+    return engines.get(name)
+
+
+def _call(r: _Restored, method: str, allowed: frozenset[Result], *args: object) -> Result:
+    result = getattr(r.driver, method)(*args)
+    if result is Result.ERROR:
+        if r.driver.error is not None:
+            raise r.driver.error
+        raise DriverProtocolError(f"restore driver {r.name!r} returned ERROR from {method}() "
+                                  "without setting .error")
+    if not isinstance(result, Result) or result not in allowed:
+        raise DriverProtocolError(f"restore driver {r.name!r} returned {result!r} from "
+                                  f"{method}()")
+    return result
+
+
+_OK = frozenset({Result.OK})
+_SEND = frozenset({Result.OK, Result.PROCESSING, Result.BUSY})
+
+
+def run_restore(source: str | os.PathLike[str] | ReadableStream, engines: EngineLookup,
+                destination: str | os.PathLike[str], *, cancel: CancelToken = None,
+                progress: ProgressCallback | None = None) -> RestoreResult:
+    """Restore the image at ``source`` (path or readable binary stream) into the directory
+    ``destination`` through restore drivers from ``engines`` (looked up by the catalog's
+    driver names).
+
+    ``progress(image_bytes_read, image_size_or_None)`` is called after every chunk and
+    once the trailer is verified.
+    Raises UnsupportedError (a driver this build lacks), VersionError (a driver version
+    newer than the build's), CorruptionError & co. (a bad image; drivers are cancelled and
+    ``end()`` is never called), CancelledError, StorageError, driver errors.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise NotFoundError(f"no backup image {path}") from None
+        except OSError as exc:
+            raise storage_error(exc, "open", path) from exc
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            return _restore(f, path, size, engines, Path(destination), cancel, progress)
+    return _restore(source, None, None, engines, Path(destination), cancel, progress)
+
+
+def _restore(stream: ReadableStream, path: Path | None, size: int | None, engines: EngineLookup,
+             destination: Path, cancel: CancelToken, progress: ProgressCallback | None,
+             ) -> RestoreResult:
+    def check_cancel() -> None:
+        if is_cancelled(cancel):
+            raise CancelledError("restore cancelled")
+
+    check_cancel()
+    reader = ImageReader(stream, path=path)
+    catalog = reader.catalog
+    flags = RestoreFlags(destination, layer=reader.header.kind == F.ImageKind.LAYER)
+    drivers: list[_Restored] = []
+    for i, entry in enumerate(catalog.drivers):
+        engine = _lookup(engines, entry.name)
+        if engine is None:
+            raise UnsupportedError(f"the image needs backup driver {entry.name!r}, which this "
+                                   "build does not have")
+        if entry.version > engine.version:
+            raise VersionError(f"the image's {entry.name!r} data is version {entry.version}; "
+                               f"this build reads up to {engine.version}")
+        tables = [TableSpec(t.name, t.engine, t.table_id) for t in catalog.tables_of(i)]
+        drivers.append(_Restored(entry.name, engine.get_restore(entry.version, tables, flags)))
+    stream_map = catalog.stream_map()
+    chunks = 0
+    raw = 0
+    try:
+        for r in drivers:
+            check_cancel()
+            r.began = True  # before the call: a failing begin() still gets cancel()
+            _call(r, "begin", _OK)
+        for chunk in reader.chunks():
+            index, local = stream_map[chunk.stream]
+            r = drivers[index]
+            buf = Buffer(len(chunk.data), local, chunk.data, chunk.last)
+            backoff = Backoff()
+            while True:
+                check_cancel()
+                if _call(r, "send_data", _SEND, buf) is not Result.BUSY:
+                    break
+                backoff.wait()
+            chunks += 1
+            raw += len(chunk.data)
+            if progress is not None:
+                progress(reader.offset, size)
+        manifest = reader.manifest
+        assert manifest is not None  # chunks() ends only after the trailer verified
+        if progress is not None:
+            progress(reader.offset, size)  # the whole image, trailer included
+        for i, r in enumerate(drivers):
+            check_cancel()
+            r.driver.set_vp_info(manifest.vp.drivers[i])
+        for r in drivers:
+            check_cancel()
+            _call(r, "end", _OK)
+            r.ended = True
+    except BaseException:
+        for r in drivers:
+            if r.began and not r.ended and not r.cancelled:
+                r.cancelled = True
+                try:
+                    if r.driver.cancel() is not Result.OK:
+                        log.warning("restore driver %r did not cancel cleanly", r.name)
+                except Exception:
+                    log.exception("restore driver %r raised from cancel()", r.name)
+        raise
+    assert reader.size is not None
+    return RestoreResult(reader.header, catalog, manifest, reader.size, chunks, raw)
+
+
+def restore_into_directory(dest: str | os.PathLike[str], restore: Callable[[Path], T],
+                           verify: Callable[[Path, T], None] | None = None, *,
+                           force: bool = False, cancel: CancelToken = None) -> T:
+    """Run ``restore(tmp)`` into a new temporary directory next to ``dest``, then
+    ``verify(tmp, result)``, then publish ``tmp`` as ``dest`` by rename; return the result.
+
+    ``dest`` must not exist unless ``force`` (then the old one is moved aside, replaced and
+    deleted; between the two renames ``dest`` is briefly absent). If ``restore`` or
+    ``verify`` raises (CancelledError, CorruptionError, CheckFailedError, ...), the
+    temporary directory is removed, ``dest`` is untouched, and the error propagates.
+    ``cancel`` is checked once more just before publishing (CancelledError).
+    Raises AlreadyExistsError (``dest`` exists, no ``force``), NotFoundError (no parent
+    directory), StorageError.
+    """
+    dest = Path(dest)
+    parent = dest.parent
+    if not parent.is_dir():
+        raise NotFoundError(f"directory {parent} does not exist")
+    if (dest.exists() or dest.is_symlink()) and not force:
+        raise AlreadyExistsError(f"{dest} exists (use --force to replace it)")
+    tmp = parent / f".{dest.name}.restore-{uuid.uuid4().hex[:12]}"
+    try:
+        os.mkdir(tmp, 0o755)
+    except OSError as exc:
+        raise storage_error(exc, "create directory", tmp) from exc
+    try:
+        result = restore(tmp)
+        if verify is not None:
+            verify(tmp, result)
+        if is_cancelled(cancel):
+            raise CancelledError("restore cancelled")
+        fsync_dir(tmp)
+        _publish(tmp, dest, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(parent)
+    return result
+
+
+def _publish(tmp: Path, dest: Path, force: bool) -> None:
+    old: Path | None = None
+    try:
+        if dest.exists() or dest.is_symlink():
+            if not force:  # appeared while we restored
+                raise AlreadyExistsError(f"{dest} exists (use --force to replace it)")
+            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:12]}"
+            os.rename(dest, old)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if old is not None:  # put the old destination back
+                with contextlib.suppress(OSError):
+                    os.rename(old, dest)
+            raise
+    except OSError as exc:
+        raise storage_error(exc, "publish restored directory", dest) from exc
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(old)

@@ -1,0 +1,111 @@
+"""Retained generations: what a running backup needs when ``optimize`` replaces a generation.
+
+A backup's validity point V is a commit seq. The table state at V is "the generation current
+at V, cut at the blocks with commit seq <= V". If an ``optimize`` publishes generation N+1
+(at seq S > V) while the backup runs, generation N must stay readable. So ``optimize``, if any
+live reader slot of kind *backup* exists when it publishes, keeps:
+
+* ``NAME.ARZ.g<N>`` — a hard link to generation N's data file (never written again once
+  replaced, so the link is a frozen copy for free);
+* ``NAME.ARM.g<N>`` — a *copy* of the meta as of the publish (the live ``.ARM`` is updated
+  in place, so a hard link to it would not stay frozen).
+
+Protocol for the backup (next issue): set its slot (kind 1) *before* creating the VP, keep it
+until it has read everything, then call :func:`cleanup`. The check runs inside the commit
+blocker, so either the optimize saw the slot, or it published before the VP (then the current
+generation is the right one).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lamina.core import fileio
+from lamina.core.lockfile import LockFile
+from lamina.core.lockfile_format import SLOT_BACKUP
+from lamina.engines.archive import format as F
+from lamina.engines.archive.meta import MetaRead, encode_file, read_meta_file
+from lamina.errors import LaminaError, NotFoundError, storage_error
+
+if TYPE_CHECKING:
+    from lamina.engines.archive.table import ArchiveTable
+
+
+def backup_running(lockfile: LockFile) -> bool:
+    """True if any live reader slot belongs to a backup."""
+    return any(kind == SLOT_BACKUP for _i, _p, _t, kind in lockfile.live_slots())
+
+
+def retained(directory: Path, name: str) -> list[tuple[int, tuple[Path, Path]]]:
+    """``[(generation, (arm, arz))]`` of every retained generation (either file present)."""
+    gens: set[int] = set()
+    prefix = name + "."
+    try:
+        entries = os.listdir(directory)
+    except OSError as exc:
+        raise storage_error(exc, "list", directory) from exc
+    for entry in entries:
+        if not entry.startswith(prefix):
+            continue
+        match = F.RETAINED_RE.search(entry)
+        if match and entry[:match.start()] == name:
+            gens.add(int(match.group(2)))
+    return [(g, F.retained_paths(directory, name, g)) for g in sorted(gens)]
+
+
+def retain_if_backup(table: ArchiveTable, read: MetaRead) -> bool:
+    """Keep the current generation as ``.g<N>`` files if a backup is running (called by
+    optimize inside the commit blocker, before the rename). Returns True if kept."""
+    if not backup_running(table.lockfile):
+        return False
+    arm_keep, arz_keep = F.retained_paths(table.directory, table.name, read.meta.generation)
+    try:
+        if arz_keep.exists():
+            os.unlink(arz_keep)
+        os.link(table.arz_path, arz_keep)
+    except OSError as exc:
+        raise storage_error(exc, "link", arz_keep) from exc
+    fileio.atomic_write_file(arm_keep, encode_file(read.meta), sync=table.sync)
+    return True
+
+
+def files_at(directory: Path, name: str, seq: int) -> tuple[Path, Path]:
+    """The ``(arm, arz)`` files of the generation current at commit seq ``seq``: the one
+    with the greatest generation commit seq <= ``seq``. NotFoundError if not retained."""
+    candidates: list[tuple[int, Path, Path]] = []
+    current = read_meta_file(F.arm_path(directory, name)).meta
+    candidates.append((current.generation_commit_seq, F.arm_path(directory, name),
+                       F.arz_path(directory, name)))
+    for _gen, (arm, arz) in retained(directory, name):
+        try:
+            meta = read_meta_file(arm).meta
+        except LaminaError:
+            continue  # half-written or already cleaned up
+        if arz.exists():
+            candidates.append((meta.generation_commit_seq, arm, arz))
+    eligible = [c for c in candidates if c[0] <= seq]
+    if not eligible:
+        raise NotFoundError(f"archive table {name!r}: the generation current at commit seq "
+                            f"{seq} was not retained")
+    _s, arm, arz = max(eligible, key=lambda c: c[0])
+    return arm, arz
+
+
+def cleanup(directory: Path, name: str, lockfile: LockFile) -> int:
+    """Remove retained generations if no backup is running; returns files removed."""
+    found = retained(directory, name)
+    if not found or backup_running(lockfile):
+        return 0
+    removed = 0
+    for _gen, pair in found:
+        for path in pair:
+            try:
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise storage_error(exc, "remove", path) from exc
+    return removed

@@ -1,0 +1,213 @@
+"""The ``.ARM`` meta file: two alternating self-validating slots (like LMDB's meta pages).
+
+A write goes to the slot that does *not* hold the current meta, with counter + 1, then one
+fsync. A torn write damages only that slot, so a reader falls back to the other — the
+previous committed state. No rename and no directory fsync per commit.
+
+Reading: each slot is validated magic, then version, then checksum. A slot with our magic
+and a future version makes the whole file a :class:`VersionError` (a newer build wrote it;
+the older slot would be stale). Of the valid slots, the highest counter wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+from lamina.core import fileio
+from lamina.core.failpoints import failpoint
+from lamina.engines.archive import format as F
+from lamina.errors import CorruptionError, NotADatabaseError, TableNotFoundError, VersionError
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """One committed state of an archive table (the content of a meta slot).
+
+    ``data_length`` is the committed length of the ``.ARZ`` (header included): bytes past it
+    are a torn tail. ``generation_commit_seq`` is the commit seq at which this generation was
+    published (0 for the first generation); ``last_commit_seq`` the seq of the table's last
+    commit (or optimize publish).
+    """
+
+    counter: int
+    table_id: int
+    codec: int
+    level: int
+    generation: int
+    row_count: int
+    next_row_id: int
+    data_length: int
+    block_target: int
+    last_commit_seq: int
+    generation_commit_seq: int
+    blocks: int
+    raw_bytes: int
+
+    def replace(self, **changes: int) -> Meta:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def encode_slot(meta: Meta) -> bytes:
+    """The 128 bytes of one slot holding ``meta``."""
+    body = F.ARM_SLOT_BODY.pack(
+        F.ARM_MAGIC, F.ARM_VERSION, F.ARM_SLOT_SIZE, meta.counter, meta.table_id, meta.codec,
+        meta.level, 0, meta.generation, meta.row_count, meta.next_row_id, meta.data_length,
+        meta.block_target, 0, meta.last_commit_seq, meta.generation_commit_seq, meta.blocks,
+        meta.raw_bytes)
+    return body + F.ARM_SLOT_CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
+
+
+def encode_file(meta: Meta) -> bytes:
+    """A whole fresh ``.ARM`` file: both slots valid (counters n and n+1), same state."""
+    out = bytearray(F.ARM_FILE_SIZE)
+    out[0:F.ARM_SLOT_SIZE] = encode_slot(meta)
+    second = encode_slot(meta.replace(counter=meta.counter + 1))
+    out[F.ARM_SLOT_STRIDE:F.ARM_SLOT_STRIDE + F.ARM_SLOT_SIZE] = second
+    return bytes(out)
+
+
+# Slot states reported by decode_slot.
+SLOT_VALID = "valid"
+SLOT_MISSING = "missing"
+SLOT_BAD_MAGIC = "bad magic"
+SLOT_FUTURE = "future version"
+SLOT_BAD_VERSION = "bad version or size"
+SLOT_BAD_CHECKSUM = "bad checksum"
+
+
+def decode_slot(raw: bytes) -> tuple[str, Meta | None, int]:
+    """Validate one slot: ``(state, meta or None, version)``; never raises."""
+    if len(raw) < F.ARM_SLOT_SIZE:
+        return SLOT_MISSING, None, 0
+    fields = F.ARM_SLOT_BODY.unpack_from(raw)
+    magic, version, size = fields[0], fields[1], fields[2]
+    if magic != F.ARM_MAGIC:
+        return SLOT_BAD_MAGIC, None, 0
+    if version > F.ARM_VERSION:
+        return SLOT_FUTURE, None, version
+    if version < 1 or size != F.ARM_SLOT_SIZE:
+        return SLOT_BAD_VERSION, None, version
+    (checksum,) = F.ARM_SLOT_CHECKSUM.unpack_from(raw, F.ARM_SLOT_BODY.size)
+    if checksum != xxhash.xxh3_64_intdigest(raw[:F.ARM_SLOT_BODY.size]):
+        return SLOT_BAD_CHECKSUM, None, version
+    (_m, _v, _s, counter, table_id, codec_id, level, _flags, generation, row_count, next_row_id,
+     data_length, block_target, _r, last_seq, gen_seq, blocks, raw_bytes) = fields
+    return SLOT_VALID, Meta(counter, table_id, codec_id, level, generation, row_count,
+                            next_row_id, data_length, block_target, last_seq, gen_seq, blocks,
+                            raw_bytes), version
+
+
+@dataclass(frozen=True, slots=True)
+class MetaRead:
+    """The result of reading the meta file: the current state, its slot, every slot's state."""
+
+    meta: Meta
+    slot: int
+    states: tuple[str, ...]
+
+    @property
+    def damaged_slots(self) -> list[int]:
+        """Indexes of slots that are not valid (torn write or damage)."""
+        return [i for i, s in enumerate(self.states) if s != SLOT_VALID]
+
+
+def decode_file(raw: bytes, path: Path) -> MetaRead:
+    """Choose the current slot of a meta file's bytes; raises on no usable slot.
+
+    Raises VersionError (a slot from a newer format), NotADatabaseError (no slot has the
+    magic: not an archive meta file), CorruptionError (every slot damaged).
+    """
+    decoded = [decode_slot(raw[i * F.ARM_SLOT_STRIDE:i * F.ARM_SLOT_STRIDE + F.ARM_SLOT_SIZE])
+               for i in range(F.ARM_SLOT_COUNT)]
+    states = tuple(d[0] for d in decoded)
+    for state, _m, version in decoded:
+        if state == SLOT_FUTURE:
+            raise VersionError(f"{path} is archive meta format version {version}; this build "
+                               f"knows up to {F.ARM_VERSION}")
+    valid = [(m.counter, i, m) for i, (s, m, _v) in enumerate(decoded) if m is not None]
+    if not valid:
+        if len(raw) == 0:
+            raise CorruptionError("archive meta file is empty", path=path)
+        if all(s in (SLOT_BAD_MAGIC, SLOT_MISSING) for s in states):
+            raise NotADatabaseError(f"{path} is not an archive meta file (bad magic)")
+        raise CorruptionError("both archive meta slots are damaged", path=path,
+                              where="; ".join(f"slot {i}: {s}" for i, s in enumerate(states)))
+    _c, slot, meta = max(valid)
+    return MetaRead(meta, slot, states)
+
+
+class ArmFile:
+    """An open ``.ARM`` file. ``read()`` is safe from any thread; ``write()`` only under the
+    table writer lock (the lock, not this object, serializes writers across processes)."""
+
+    def __init__(self, path: Path, fd: int, writable: bool) -> None:
+        self.path = path
+        self.fd = fd
+        self.writable = writable
+
+    @classmethod
+    def open(cls, path: Path, *, writable: bool) -> ArmFile:
+        """Open ``path``; TableNotFoundError if it does not exist."""
+        try:
+            fd = fileio.open_fd(path, os.O_RDWR if writable else os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise TableNotFoundError(f"archive meta file {path} does not exist") from exc
+        return cls(path, fd, writable)
+
+    def read(self) -> MetaRead:
+        """The current committed state. One pread of both slots.
+
+        A reader racing the writer's in-place slot write can see that slot torn; the other
+        slot is then valid. Re-reading covers the (theoretical) case of two writes during
+        one pread.
+        """
+        for attempt in range(3):
+            raw = fileio.pread(self.fd, F.ARM_FILE_SIZE, 0, self.path)
+            try:
+                return decode_file(raw, self.path)
+            except CorruptionError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.001)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def write(self, current: MetaRead, meta: Meta, *, sync: bool) -> MetaRead:
+        """Publish ``meta`` into the slot not holding ``current``; returns the new MetaRead.
+
+        The counter is set to ``current.meta.counter + 1``. Failpoint ``archive.mid_meta_write``
+        sits between the two halves of the slot write (a torn slot).
+        """
+        slot = 1 - current.slot
+        meta = meta.replace(counter=current.meta.counter + 1)
+        data = encode_slot(meta)
+        offset = slot * F.ARM_SLOT_STRIDE
+        fileio.pwrite(self.fd, data[:F.ARM_SLOT_TEAR_AT], offset, self.path)
+        failpoint("archive.mid_meta_write")
+        fileio.pwrite(self.fd, data[F.ARM_SLOT_TEAR_AT:], offset + F.ARM_SLOT_TEAR_AT, self.path)
+        if sync:
+            fileio.fsync(self.fd, self.path)
+        states = list(current.states)
+        states[slot] = SLOT_VALID
+        return MetaRead(meta, slot, tuple(states))
+
+    def close(self) -> None:
+        """Close the descriptor (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def read_meta_file(path: Path) -> MetaRead:
+    """Open, read and close a meta file (for static helpers); TableNotFoundError if absent."""
+    arm = ArmFile.open(path, writable=False)
+    try:
+        return arm.read()
+    finally:
+        arm.close()

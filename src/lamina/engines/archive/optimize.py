@@ -1,0 +1,140 @@
+"""``optimize``: rewrite a table into larger blocks as a new generation, published atomically.
+
+Under the table writer lock (so no commit interleaves):
+
+1. write ``NAME.ARZ.new``: a placeholder header, then the rows re-packed at the new block
+   target; each new block's commit seq is the max of the seqs of the blocks its rows came
+   from (so "blocks with seq <= V" still never includes a row committed after V);
+   ``fdatasync``. Failpoint ``archive.optimize_before_publish``.
+2. hold the commit blocker shared (``publishing_commit``) and inside it: take a commit seq
+   (the generation commit seq), write the final header (generation N+1, base state, that
+   seq), sync; if a backup is running, keep generation N as ``.g<N>`` files; rename
+   ``.new`` over ``NAME.ARZ`` and sync the directory (failpoint
+   ``archive.optimize_mid_publish``); write the meta slot of generation N+1, sync.
+
+Readers holding generation N keep reading it through their open descriptor (the replaced
+inode lives until the last one closes). Crash states are resolved by ``recovery.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from lamina.core import fileio
+from lamina.core.failpoints import failpoint
+from lamina.engines.archive import format as F
+from lamina.engines.archive import generations, recovery
+from lamina.engines.archive.block import PendingBlock, pack_block
+from lamina.engines.archive.datafile import DataFile, FileHeader
+from lamina.errors import storage_error
+
+if TYPE_CHECKING:
+    from lamina.engines.archive.table import ArchiveTable
+
+
+def optimize(table: ArchiveTable, block_target: int | None, timeout: float | None,
+             ) -> dict[str, Any]:
+    """Rewrite ``table`` as a new generation (see module doc); returns stats:
+    ``generation``, ``rows``, ``blocks_before``, ``blocks_after``, ``bytes_before``,
+    ``bytes_after``, ``block_target``, ``commit_seq``, ``retained`` (old generation kept for a
+    backup), ``seconds``. Raises LockedError if the writer lock is not free in ``timeout``."""
+    started = time.monotonic()
+    lock = table.lockfile.table_writer_lock(table.table_id, table.name)
+    lock.acquire(timeout)
+    try:
+        read = recovery.recover(table)
+        generations.cleanup(table.directory, table.name, table.lockfile)
+        meta = read.meta
+        target = block_target or max(F.DEFAULT_OPTIMIZE_TARGET, 4 * meta.block_target)
+        old = table._data_at_path()
+        new_path = F.arz_new_path(table.directory, table.name)
+        fd = fileio.open_fd(new_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        published = installed = False
+        try:
+            end, blocks, raw_bytes = _rewrite(old, meta.data_length, fd, new_path, meta.codec,
+                                              meta.level, target)
+            if table.sync:
+                fileio.fdatasync(fd, new_path)
+            failpoint("archive.optimize_before_publish")
+            lockfile = table.lockfile
+            with lockfile.publishing_commit():
+                seq = lockfile.next_commit_seq()
+                header = FileHeader(table.table_id, meta.codec, meta.level,
+                                    meta.generation + 1, target, meta.row_count,
+                                    meta.next_row_id, end, blocks, raw_bytes, seq)
+                fileio.pwrite(fd, header.encode(), 0, new_path)
+                if table.sync:
+                    fileio.fdatasync(fd, new_path)
+                retained = generations.retain_if_backup(table, read)
+                try:
+                    os.replace(new_path, table.arz_path)
+                except OSError as exc:
+                    raise storage_error(exc, "rename", new_path) from exc
+                published = True
+                if table.sync:
+                    fileio.fsync_dir(table.directory)
+                failpoint("archive.optimize_mid_publish")
+                new_meta = meta.replace(generation=header.generation, data_length=end,
+                                        blocks=blocks, raw_bytes=raw_bytes,
+                                        last_commit_seq=seq, generation_commit_seq=seq)
+                table._arm_file().write(read, new_meta, sync=table.sync)
+            installed = True
+            table._install(DataFile(table.arz_path, fd, header, table.name))
+        except BaseException:
+            if not installed:
+                os.close(fd)
+            if not published:
+                try:
+                    os.unlink(new_path)
+                except OSError:
+                    pass
+            raise
+    finally:
+        lock.release()
+    return {
+        "generation": meta.generation + 1, "rows": meta.row_count,
+        "blocks_before": meta.blocks, "blocks_after": blocks,
+        "bytes_before": meta.data_length, "bytes_after": end, "block_target": target,
+        "commit_seq": seq, "retained": retained, "seconds": round(time.monotonic() - started, 6),
+    }
+
+
+def _rewrite(old: DataFile, upto: int, fd: int, path: os.PathLike[str], codec_id: int,
+             level: int, target: int) -> tuple[int, int, int]:
+    """Copy every row of ``old`` below ``upto`` into new blocks; returns (end, blocks, raw)."""
+    fileio.pwrite(fd, bytes(F.ARZ_HEADER_SIZE), 0, path)  # placeholder until publish
+    offset = F.ARZ_HEADER_SIZE
+    count = old.ensure_index(upto)
+    run: list[bytes] = []
+    run_size = 0
+    run_first = 1
+    run_seq = 0
+    blocks = 0
+    raw_bytes = 0
+
+    def flush() -> None:
+        nonlocal offset, blocks, raw_bytes, run, run_size, run_first
+        block: PendingBlock = pack_block(run, run_first, codec_id, level)
+        data = block.encode(run_seq)
+        fileio.pwrite(fd, data, offset, path)
+        offset += len(data)
+        blocks += 1
+        raw_bytes += block.raw_bytes
+        run_first += len(run)
+        run, run_size = [], 0
+
+    for i in range(count):
+        header = old.blocks[i]
+        for row in old.read_rows(header):
+            if not run:
+                run_seq = 0
+            run.append(row)
+            run_size += 4 + len(row)
+            run_seq = max(run_seq, header.commit_seq)
+            if run_size >= target:
+                flush()
+    if run:
+        flush()
+    return offset, blocks, raw_bytes

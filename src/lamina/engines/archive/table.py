@@ -1,0 +1,489 @@
+"""``ArchiveTable``: one open archive table — reads, writer handout, stats, static helpers.
+
+Reads work on a *snapshot*: the meta read at the start of the operation (committed length,
+row count) plus a reference to the data file of that generation. A reader never reads past
+the snapshot's committed length, so it sees whole commits only, in any process, without
+locks. Writes go through :class:`~lamina.engines.archive.writer.Appender` under the table
+writer lock; ``optimize`` and ``check`` live in their own modules.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lamina.core import fileio
+from lamina.core.check import CheckReport
+from lamina.core.lockfile import LockFile
+from lamina.core.names import validate_table_name
+from lamina.engines.archive import codec
+from lamina.engines.archive import format as F
+from lamina.engines.archive.datafile import DataFile, FileHeader, read_header_at
+from lamina.engines.archive.meta import ArmFile, Meta, encode_file, read_meta_file
+from lamina.engines.archive.writer import Appender
+from lamina.errors import (
+    AlreadyExistsError,
+    ClosedError,
+    CorruptionError,
+    LaminaError,
+    LockedError,
+    NotFoundError,
+    ReadOnlyError,
+    TableNotFoundError,
+    UsageError,
+    storage_error,
+)
+
+
+def meta_from_header(header: FileHeader, prev: Meta) -> Meta:
+    """The meta of a generation whose data file was renamed into place but whose meta was
+    not yet rolled forward (an optimize publish cut short): the header's base state."""
+    return prev.replace(
+        generation=header.generation, row_count=header.base_row_count,
+        next_row_id=header.base_next_row_id, data_length=header.base_data_length,
+        blocks=header.base_blocks, raw_bytes=header.base_raw_bytes,
+        generation_commit_seq=header.generation_commit_seq,
+        last_commit_seq=max(prev.last_commit_seq, header.generation_commit_seq))
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A committed state and the data file holding it (a reference the caller releases)."""
+
+    meta: Meta
+    data: DataFile
+
+
+class RowIterator:
+    """Iterator over ``(row_id, row)`` of one snapshot; releases the snapshot when exhausted,
+    closed or garbage-collected (so a retired generation's descriptor is closed)."""
+
+    def __init__(self, snap: Snapshot, start: int) -> None:
+        self._snap: Snapshot | None = snap
+        self._gen = self._rows(snap, start)
+
+    @staticmethod
+    def _rows(snap: Snapshot, start: int) -> Generator[tuple[int, bytes], None, None]:
+        meta, data = snap.meta, snap.data
+        if start >= meta.next_row_id:
+            return
+        start = max(start, 1)
+        i = data.find(start, meta.data_length)
+        n = data.block_count_below(meta.data_length)
+        blocks = data.blocks
+        while i < n:
+            header = blocks[i]
+            rows = data.read_rows(header)
+            skip = start - header.first_row_id
+            if skip > 0:
+                yield from zip(itertools.count(start), rows[skip:])
+            else:
+                yield from zip(itertools.count(header.first_row_id), rows)
+            i += 1
+
+    def __iter__(self) -> RowIterator:
+        return self
+
+    def __next__(self) -> tuple[int, bytes]:
+        try:
+            return next(self._gen)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop early and release the snapshot (idempotent)."""
+        snap, self._snap = self._snap, None
+        if snap is not None:
+            self._gen.close()
+            snap.data.release()
+
+    def __enter__(self) -> RowIterator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class ArchiveTable:
+    """One open archive table (``NAME.ARM`` + ``NAME.ARZ``).
+
+    Concurrency: any number of threads may read through one instance; readers in other
+    processes see only committed rows. Writers (``writer``/``append``/``optimize``) serialize
+    across threads and processes on the table writer lock in the database ``LOCK`` file.
+    Every method raises :class:`ClosedError` after :meth:`close`.
+    """
+
+    def __init__(self, directory: Path, name: str, table_id: int, lockfile: LockFile,
+                 arm: ArmFile, *, readonly: bool, sync: bool) -> None:
+        self.directory = Path(directory)
+        self.name = name
+        self.table_id = table_id
+        self.lockfile = lockfile
+        self.readonly = readonly
+        self.sync = sync
+        self.arm_path = F.arm_path(self.directory, name)
+        self.arz_path = F.arz_path(self.directory, name)
+        self._arm: ArmFile | None = arm
+        self._data: DataFile | None = None
+        self._lock = threading.Lock()
+
+    # ================================================================ lifecycle
+    @classmethod
+    def create(cls, directory: Path, name: str, table_id: int, *, codec: str = "zstd",
+               level: int | None = None, block_target: int = F.DEFAULT_BLOCK_TARGET,
+               sync: bool = True) -> None:
+        """Create an empty table's ``NAME.ARZ`` then ``NAME.ARM`` (each written to a temp
+        file, synced, renamed; the ``.ARM`` last, so its presence means the table exists).
+
+        Raises InvalidNameError, UsageError (codec, level, block target, table id),
+        UnsupportedError (codec library missing), AlreadyExistsError (``NAME.ARM`` exists).
+        """
+        validate_table_name(name)
+        codec_id, lvl = _resolve_codec(codec, level)
+        _check_block_target(block_target)
+        if not 0 < table_id < 2**32:
+            raise UsageError(f"table id must be in 1..{2**32 - 1}, not {table_id}")
+        directory = Path(directory)
+        arm_p, arz_p = F.arm_path(directory, name), F.arz_path(directory, name)
+        if arm_p.exists():
+            raise AlreadyExistsError(f"archive table {name!r} already exists in {directory}")
+        header = FileHeader(table_id, codec_id, lvl, 1, block_target, 0, 1, F.ARZ_HEADER_SIZE,
+                            0, 0, 0)
+        fileio.atomic_write_file(arz_p, header.encode(), sync=sync)
+        meta = Meta(1, table_id, codec_id, lvl, 1, 0, 1, F.ARZ_HEADER_SIZE, block_target, 0, 0,
+                    0, 0)
+        fileio.atomic_write_file(arm_p, encode_file(meta), sync=sync)
+
+    @classmethod
+    def open(cls, directory: Path, name: str, table_id: int, lockfile: LockFile, *,
+             readonly: bool = False, sync: bool = True) -> ArchiveTable:
+        """Open and validate a table; ``table_id`` must match the one in its files.
+
+        A writable open also finishes recovery if no other writer is active: completes or
+        discards a half-done ``optimize`` publish, repairs a torn meta slot and truncates a
+        torn tail. Raises TableNotFoundError (no files), CorruptionError (a file missing or
+        damaged, wrong table id), NotADatabaseError, VersionError, UnsupportedError.
+        """
+        validate_table_name(name)
+        directory = Path(directory)
+        arm_p, arz_p = F.arm_path(directory, name), F.arz_path(directory, name)
+        if not arm_p.exists():
+            if arz_p.exists():
+                raise CorruptionError(f"archive table {name!r} has no meta file", path=arm_p)
+            raise TableNotFoundError(f"archive table {name!r} does not exist in {directory}")
+        arm = ArmFile.open(arm_p, writable=not readonly)
+        table = cls(directory, name, table_id, lockfile, arm, readonly=readonly, sync=sync)
+        try:
+            meta = arm.read().meta
+            if meta.table_id != table_id:
+                raise CorruptionError(f"archive table {name!r} has table id {meta.table_id}, "
+                                      f"expected {table_id}", path=arm_p)
+            codec.require(meta.codec, f"table {name!r}")
+            if not readonly:
+                table._recover_if_idle()
+            table._snapshot().data.release()  # validates the data file header
+        except BaseException:
+            table.close()
+            raise
+        return table
+
+    def _recover_if_idle(self) -> None:
+        from lamina.engines.archive import generations, recovery
+
+        lock = self.lockfile.table_writer_lock(self.table_id, self.name)
+        try:
+            lock.acquire(0)
+        except LockedError:
+            return  # a live writer owns the table; it recovers whenever it takes the lock
+        try:
+            recovery.recover(self)
+            generations.cleanup(self.directory, self.name, self.lockfile)
+        finally:
+            lock.release()
+
+    def close(self) -> None:
+        """Close the files (idempotent). Scans still running keep their data file open."""
+        with self._lock:
+            arm, self._arm = self._arm, None
+            data, self._data = self._data, None
+        if arm is not None:
+            arm.close()
+        if data is not None:
+            data.retire()
+
+    def __enter__(self) -> ArchiveTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ================================================================ internals
+    def _arm_file(self) -> ArmFile:
+        arm = self._arm
+        if arm is None:
+            raise ClosedError(f"archive table {self.name!r} is closed")
+        return arm
+
+    def _open_data(self) -> DataFile:
+        try:
+            data = DataFile.open(self.arz_path, self.name, writable=not self.readonly)
+        except FileNotFoundError as exc:
+            raise CorruptionError(f"archive table {self.name!r} has no data file",
+                                  path=self.arz_path) from exc
+        if data.header.table_id != self.table_id:
+            data.retire()
+            raise CorruptionError(f"data file has table id {data.header.table_id}, expected "
+                                  f"{self.table_id}", path=self.arz_path, where="offset 0")
+        return data
+
+    def _install(self, data: DataFile) -> None:
+        """Make ``data`` the current generation file; retire the previous one."""
+        with self._lock:
+            if self._arm is None:
+                data.retire()
+                raise ClosedError(f"archive table {self.name!r} is closed")
+            old, self._data = self._data, data
+        if old is not None and old is not data:
+            old.retire()
+
+    def _data_at_path(self) -> DataFile:
+        """The data file currently at ``NAME.ARZ`` (reopened if it was replaced)."""
+        try:
+            st = os.stat(self.arz_path)
+        except FileNotFoundError as exc:
+            raise CorruptionError(f"archive table {self.name!r} has no data file",
+                                  path=self.arz_path) from exc
+        except OSError as exc:
+            raise storage_error(exc, "stat", self.arz_path) from exc
+        with self._lock:
+            data = self._data
+        if data is not None and data.identity == (st.st_dev, st.st_ino):
+            return data
+        data = self._open_data()
+        self._install(data)
+        return data
+
+    def _snapshot(self) -> Snapshot:
+        """The committed state now and a referenced data file holding it."""
+        for attempt in range(20):
+            meta = self._arm_file().read().meta
+            with self._lock:
+                data = self._data
+                # Acquire under the lock so a concurrent _install cannot close it under us.
+                if data is not None and data.header.generation in (meta.generation,
+                                                                    meta.generation + 1):
+                    data.acquire()
+                else:
+                    data = None
+            if data is None:
+                data = self._open_data()
+                data.acquire()
+                try:
+                    self._install(data)
+                except BaseException:
+                    data.release()
+                    raise
+            gen = data.header.generation
+            if gen == meta.generation + 1:
+                # An optimize renamed the new generation into place and has not yet rolled
+                # the meta forward (it is publishing right now, or crashed): the header's
+                # base state is that committed state.
+                meta = meta_from_header(data.header, meta)
+            elif gen != meta.generation:
+                # Raced two publishes (or a crash left meta ahead of the rename): retry.
+                data.release()
+                time.sleep(0.001 * (attempt + 1))
+                continue
+            return Snapshot(meta, data)
+        raise CorruptionError(f"archive table {self.name!r}: data file generation does not "
+                              f"match the meta file (a half-done optimize? open the table "
+                              f"for writing to recover)", path=self.arz_path)
+
+    def _check_writable(self) -> None:
+        self._arm_file()
+        if self.readonly:
+            raise ReadOnlyError(f"archive table {self.name!r} is open read-only")
+
+    # ================================================================ writes
+    def writer(self, timeout: float | None = 5.0) -> Appender:
+        """Take the table writer lock (waiting up to ``timeout`` seconds; None = forever)
+        and return an :class:`Appender` holding it. Raises LockedError naming the table,
+        ReadOnlyError, ClosedError."""
+        from lamina.engines.archive import recovery
+
+        self._check_writable()
+        lock = self.lockfile.table_writer_lock(self.table_id, self.name)
+        lock.acquire(timeout)
+        try:
+            read = recovery.recover(self)
+        except BaseException:
+            lock.release()
+            raise
+        return Appender(self, lock, read)
+
+    def append(self, row: bytes) -> int:
+        """Append one row in its own commit; returns its row id."""
+        with self.writer() as w:
+            return w.append(row)
+
+    def append_many(self, rows: Iterable[bytes]) -> list[int]:
+        """Append rows in one commit; returns their row ids (empty list for no rows)."""
+        with self.writer() as w:
+            return w.append_many(rows)
+
+    def optimize(self, block_target: int | None = None, timeout: float | None = 5.0,
+                 ) -> dict[str, Any]:
+        """Rewrite the table into blocks of ``block_target`` raw bytes as a new generation.
+
+        Holds the table writer lock throughout (appends wait); readers keep reading the old
+        generation until they finish. Returns stats (see ``optimize.optimize``).
+        """
+        from lamina.engines.archive import optimize
+
+        self._check_writable()
+        if block_target is not None:
+            _check_block_target(block_target)
+        return optimize.optimize(self, block_target, timeout)
+
+    # ================================================================ reads
+    def count(self) -> int:
+        """Number of committed rows (one pread of the meta file: O(1))."""
+        return self._arm_file().read().meta.row_count
+
+    def get(self, row_id: int) -> bytes:
+        """The committed row ``row_id``; NotFoundError if there is none.
+
+        Raises CorruptionError naming table, block offset and rows if its block is damaged.
+        """
+        snap = self._snapshot()
+        try:
+            meta, data = snap.meta, snap.data
+            if not 1 <= row_id < meta.next_row_id:
+                raise NotFoundError(f"archive table {self.name!r} has no row {row_id} "
+                                    f"(rows 1-{meta.next_row_id - 1})")
+            header = data.blocks[data.find(row_id, meta.data_length)]
+            return data.cached_rows(header)[row_id - header.first_row_id]
+        finally:
+            snap.data.release()
+
+    def scan(self, start: int = 1) -> RowIterator:
+        """``(row_id, row)`` for every row with id >= ``start`` committed when this call
+        returned, in row id order. Unaffected by later commits or ``optimize``."""
+        return RowIterator(self._snapshot(), start)
+
+    def check(self) -> CheckReport:
+        """Run the checker on the committed state (see ``check.py``); never raises for
+        damage it can describe — it reports findings instead."""
+        from lamina.engines.archive import check
+
+        self._arm_file()
+        return check.check_table(self)
+
+    def stat(self) -> dict[str, Any]:
+        """Rows, raw/stored bytes, ratio, blocks, generation, codec and file sizes."""
+        snap = self._snapshot()
+        try:
+            m = snap.meta
+            arm_size = fileio.file_size(self._arm_file().fd)
+            arz_size = fileio.file_size(snap.data.fd)
+        finally:
+            snap.data.release()
+        stored = m.data_length - F.ARZ_HEADER_SIZE
+        return {
+            "table": self.name, "table_id": self.table_id, "rows": m.row_count,
+            "next_row_id": m.next_row_id, "raw_bytes": m.raw_bytes, "stored_bytes": stored,
+            "ratio": round(m.raw_bytes / stored, 3) if stored else 0.0, "blocks": m.blocks,
+            "generation": m.generation, "codec": F.CODEC_NAMES.get(m.codec, str(m.codec)),
+            "level": m.level, "block_target": m.block_target,
+            "last_commit_seq": m.last_commit_seq,
+            "generation_commit_seq": m.generation_commit_seq,
+            "committed_length": m.data_length,
+            "files": {self.arm_path.name: arm_size, self.arz_path.name: arz_size},
+        }
+
+    # ================================================================ static helpers
+    @staticmethod
+    def read_last_commit_seq(directory: Path, name: str) -> int:
+        """The table's last commit seq from its files (to seed the lock file's counter).
+
+        Includes an optimize publish cut short after its rename. Raises like ``open``.
+        """
+        directory = Path(directory)
+        meta = read_meta_file(F.arm_path(directory, name)).meta
+        header = read_header_at(F.arz_path(directory, name))
+        if header is not None and header.generation == meta.generation + 1:
+            return max(meta.last_commit_seq, header.generation_commit_seq)
+        return meta.last_commit_seq
+
+    @staticmethod
+    def remove_files(directory: Path, name: str) -> None:
+        """Delete every file of the table (meta first: without it the table is gone)."""
+        directory = Path(directory)
+        paths = [F.arm_path(directory, name), F.arz_path(directory, name),
+                 F.arz_new_path(directory, name)]
+        for base in (F.arm_path(directory, name), F.arz_path(directory, name)):
+            paths.append(base.with_name(base.name + ".tmp"))
+        from lamina.engines.archive import generations
+
+        paths.extend(p for _g, pair in generations.retained(directory, name) for p in pair)
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise storage_error(exc, "remove", path) from exc
+        fileio.fsync_dir(directory)
+
+    @staticmethod
+    def file_table_id(directory: Path, name: str) -> int | None:
+        """The table id recorded in ``NAME.ARM`` (else in ``NAME.ARZ``'s header), or None
+        if neither exists or is readable. Never raises for damage (orphan cleanup)."""
+        directory = Path(directory)
+        try:
+            return read_meta_file(F.arm_path(directory, name)).meta.table_id
+        except (LaminaError, OSError):
+            pass
+        try:
+            header = read_header_at(F.arz_path(directory, name))
+        except (LaminaError, OSError):
+            return None
+        return None if header is None else header.table_id
+
+    @staticmethod
+    def generation_files_at(directory: Path, name: str, seq: int) -> tuple[Path, Path]:
+        """``(arm_path, arz_path)`` of the generation that was current at commit seq ``seq``
+        (the current files, or retained ``.g<N>`` copies). NotFoundError if not retained."""
+        from lamina.engines.archive import generations
+
+        return generations.files_at(Path(directory), name, seq)
+
+    @staticmethod
+    def cleanup_generations(directory: Path, name: str, lockfile: LockFile) -> int:
+        """Remove retained generations if no backup is running; returns files removed."""
+        from lamina.engines.archive import generations
+
+        return generations.cleanup(Path(directory), name, lockfile)
+
+
+def _resolve_codec(name: str, level: int | None) -> tuple[int, int]:
+    return codec.resolve(name, level)
+
+
+def _check_block_target(block_target: int) -> None:
+    if not F.MIN_BLOCK_TARGET <= block_target <= F.MAX_BLOCK_TARGET:
+        raise UsageError(f"block target must be in {F.MIN_BLOCK_TARGET}..{F.MAX_BLOCK_TARGET} "
+                         f"bytes, not {block_target}")
+
+
+__all__ = ["ArchiveTable", "RowIterator", "Snapshot", "meta_from_header"]

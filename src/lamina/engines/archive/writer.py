@@ -1,0 +1,157 @@
+"""The commit path: an :class:`Appender` buffers rows and publishes them as one commit.
+
+A commit, in order:
+
+1. compress the buffered rows into blocks split at the block target (no lock but the table
+   writer lock: CPU work stays outside the commit blocker);
+2. hold ``lockfile.publishing_commit()`` (commit blocker shared) and inside it: take the next
+   global commit seq, stamp it into every block header, append the blocks at the committed
+   length, ``fdatasync`` the data, write the other meta slot, ``fsync`` the meta.
+
+So a validity point (commit blocker exclusive) sees a commit entirely or not at all, and a
+crash at any instruction leaves either the old meta (the blocks are a torn tail, truncated at
+the next writer's recovery) or the new one (blocks synced before it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from lamina.core import fileio
+from lamina.core.failpoints import failpoint
+from lamina.core.lockfile import ExclusiveLock
+from lamina.engines.archive import format as F
+from lamina.engines.archive.block import BlockHeader, pack_rows
+from lamina.engines.archive.meta import MetaRead
+from lamina.errors import TransactionClosedError, UsageError, ValueTooLargeError
+
+if TYPE_CHECKING:
+    from lamina.engines.archive.table import ArchiveTable
+
+
+def check_row(row: object, table: str) -> bytes:
+    """``row`` as bytes; UsageError if not bytes-like, ValueTooLargeError if too long."""
+    if isinstance(row, bytes):
+        data = row
+    elif isinstance(row, bytearray | memoryview):
+        data = bytes(row)
+    else:
+        raise UsageError(f"archive rows are bytes, not {type(row).__name__} (table {table!r})")
+    if len(data) > F.MAX_ROW_BYTES:
+        raise ValueTooLargeError(f"row of {len(data)} bytes is larger than the archive maximum "
+                                 f"of {F.MAX_ROW_BYTES} bytes (table {table!r})")
+    return data
+
+
+class Appender:
+    """Buffered inserts into one table, holding its writer lock until :meth:`close`.
+
+    As a context manager: commits on normal exit, aborts on an exception, then releases
+    the lock. :meth:`commit` may be called several times (one commit seq each). Rows appended
+    are invisible to every reader until their commit publishes. Use from one thread.
+    """
+
+    def __init__(self, table: ArchiveTable, lock: ExclusiveLock, read: MetaRead) -> None:
+        self._table = table
+        self._lock: ExclusiveLock | None = lock
+        self._read = read
+        self._rows: list[bytes] = []
+
+    def _live(self) -> MetaRead:
+        if self._lock is None:
+            raise TransactionClosedError(f"appender of table {self._table.name!r} is closed")
+        return self._read
+
+    @property
+    def pending(self) -> int:
+        """Rows buffered, not yet committed."""
+        return len(self._rows)
+
+    def append(self, row: bytes) -> int:
+        """Buffer ``row``; returns the row id it gets if this commit publishes.
+
+        Raises ValueTooLargeError (row > ``MAX_ROW_BYTES``), UsageError (not bytes).
+        """
+        read = self._live()
+        self._rows.append(check_row(row, self._table.name))
+        return read.meta.next_row_id + len(self._rows) - 1
+
+    def append_many(self, rows: Iterable[bytes]) -> list[int]:
+        """Buffer several rows; returns their future row ids. All-or-nothing on bad rows."""
+        read = self._live()
+        name = self._table.name
+        checked = [check_row(r, name) for r in rows]
+        first = read.meta.next_row_id + len(self._rows)
+        self._rows.extend(checked)
+        return list(range(first, first + len(checked)))
+
+    def commit(self) -> int:
+        """Publish the buffered rows as one commit; returns its commit seq (0 if nothing was
+        buffered: an empty commit publishes nothing and takes no seq).
+
+        Raises StorageError on I/O failure (the commit is then not visible; the buffered rows
+        stay buffered, so the caller may retry or abort).
+        """
+        read = self._live()
+        if not self._rows:
+            return 0
+        table = self._table
+        meta = read.meta
+        blocks = pack_rows(self._rows, meta.next_row_id, meta.codec, meta.level,
+                           meta.block_target)
+        data = table._data_at_path()
+        arm = table._arm_file()
+        offset = meta.data_length
+        lockfile = table.lockfile
+        with lockfile.publishing_commit():
+            seq = lockfile.next_commit_seq()
+            buf = memoryview(b"".join(b.encode(seq) for b in blocks))
+            failpoint("archive.before_block_write")
+            half = len(buf) // 2
+            fileio.pwrite(data.fd, buf[:half], offset, data.path)
+            failpoint("archive.mid_block_write")
+            fileio.pwrite(data.fd, buf[half:], offset + half, data.path)
+            if table.sync:
+                fileio.fdatasync(data.fd, data.path)
+            failpoint("archive.after_data_sync")
+            n = len(self._rows)
+            new = meta.replace(row_count=meta.row_count + n, next_row_id=meta.next_row_id + n,
+                               data_length=offset + len(buf), last_commit_seq=seq,
+                               blocks=meta.blocks + len(blocks),
+                               raw_bytes=meta.raw_bytes + sum(b.raw_bytes for b in blocks))
+            self._read = arm.write(read, new, sync=table.sync)
+            failpoint("archive.after_meta_write")
+        headers = []
+        at = offset
+        for b in blocks:
+            headers.append(BlockHeader(at, b.codec, b.flags, b.first_row_id, b.row_count,
+                                       b.raw_length, len(b.stored), seq, b.payload_checksum))
+            at += b.size
+        data.note_appended(headers, offset)
+        self._rows = []
+        return seq
+
+    def abort(self) -> None:
+        """Drop the buffered rows (nothing was written)."""
+        self._live()
+        self._rows = []
+
+    def close(self) -> None:
+        """Drop anything uncommitted and release the table writer lock (idempotent)."""
+        lock, self._lock = self._lock, None
+        self._rows = []
+        if lock is not None:
+            lock.release()
+
+    def __enter__(self) -> Appender:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if exc_type is None and self._lock is not None:
+                self.commit()
+        finally:
+            self.close()

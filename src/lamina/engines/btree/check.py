@@ -1,0 +1,306 @@
+"""The btree checker and ``stat``: full verification of one snapshot, straight from disk.
+
+The checker reads every page with its own decode (never the page cache) and proves:
+both meta pages valid; every page number in range; every page reachable exactly once or
+free exactly once (no leaks, no double use); every page checksum, page number and txnid;
+every Merkle hash (each branch record's hash equals the child page's blake2b-128, the
+meta's root hash equals the catalog root's); child txnid <= parent txnid <= meta txnid;
+keys strictly increasing within pages and inside their parent's separator bounds; subtree
+counts and depths; overflow chains (checksums, length, value hash); catalog entries and
+free-list records decode. It never raises for damage: it reports findings.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
+
+from lamina.core import fileio
+from lamina.core.catalog import ENGINE_BTREE, CatalogEntry
+from lamina.core.check import CheckReport, Finding
+from lamina.engines.btree import format as F
+from lamina.engines.btree import tree
+from lamina.engines.btree.freelist import decode_free_value
+from lamina.engines.btree.page import (
+    Branch,
+    Leaf,
+    OverflowRef,
+    decode_node,
+    page_hash,
+    verify_header,
+)
+from lamina.errors import DataError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from lamina.engines.btree.store import BtreeStore
+    from lamina.engines.btree.txn import ReadTxn
+
+
+class _Checker:
+    def __init__(self, store: BtreeStore, txn: ReadTxn, report: CheckReport) -> None:
+        self.store = store
+        self.pager = store._pager
+        self.ps = store.page_size
+        self.meta = txn.meta
+        self.report = report
+        self.owner: dict[int, str] = {}
+        self.free: set[int] = set()
+        self.by_type = {"branch": 0, "leaf": 0, "overflow": 0}
+        self.tables: list[tuple[str, F.RootDesc]] = []
+        self.table_ids: dict[int, str] = {}
+
+    def find(self, table: str | None, where: str, what: str, expected: object = "",
+             found: object = "") -> None:
+        self.report.findings.append(Finding(table, where, what, str(expected), str(found)))
+
+    def claim(self, pgno: int, label: str) -> bool:
+        if pgno < F.FIRST_DATA_PAGE or pgno >= self.meta.total_pages:
+            self.find(label, f"page {pgno}", "page number outside the data pages",
+                      f"{F.FIRST_DATA_PAGE}..{self.meta.total_pages - 1}", pgno)
+            return False
+        if pgno in self.owner:
+            self.find(label, f"page {pgno}", "page referenced twice", self.owner[pgno], label)
+            return False
+        self.owner[pgno] = label
+        return True
+
+    # ---------------------------------------------------------------- trees
+    def tree(self, label: str, desc: F.RootDesc,
+             on_entry: Callable[[bytes, bytes | OverflowRef], None] | None = None) -> None:
+        if desc.pgno == 0:
+            if desc.count or desc.depth or desc.hash != F.ZERO_HASH:
+                self.find(label, "root", "empty tree with a non-empty descriptor")
+            return
+        if desc.txnid > self.meta.txnid:
+            self.find(label, f"page {desc.pgno}", "root txnid newer than the snapshot",
+                      f"<= {self.meta.txnid}", desc.txnid)
+        count = self.visit(label, desc.pgno, desc.txnid, desc.hash, None, None, desc.depth,
+                           self.meta.txnid, on_entry)
+        if count is not None and count != desc.count:
+            self.find(label, f"page {desc.pgno}", "tree key count differs from descriptor",
+                      desc.count, count)
+
+    def visit(self, label: str, pgno: int, txnid: int, digest: bytes, lo: bytes | None,
+              hi: bytes | None, level: int, parent_txnid: int,
+              on_entry: Callable[[bytes, bytes | OverflowRef], None] | None) -> int | None:
+        where = f"page {pgno}"
+        if not self.claim(pgno, label):
+            return None
+        page = self.pager.read(pgno)
+        if len(page) < self.ps:
+            self.find(label, where, "page is past the end of the file")
+            return None
+        if txnid > parent_txnid:
+            self.find(label, where, "child txnid newer than its parent", f"<= {parent_txnid}",
+                      txnid)
+        try:
+            node = decode_node(page, pgno, txnid, self.pager.path)
+        except DataError as exc:
+            self.find(label, where, getattr(exc, "what", str(exc)))
+            return None
+        if page_hash(page) != digest:
+            self.find(label, where, "Merkle hash differs from the parent's record",
+                      digest.hex(), page_hash(page).hex())
+        if isinstance(node, Leaf):
+            self.by_type["leaf"] += 1
+            if level != 1:
+                self.find(label, where, "leaf at the wrong depth", "branch", "leaf")
+            self.keys_in_order(label, where, node.keys, lo, hi)
+            if not node.keys:
+                self.find(label, where, "empty leaf")
+            for key, val in zip(node.keys, node.vals):
+                if isinstance(val, OverflowRef):
+                    self.overflow(label, val, txnid)
+                if on_entry is not None:
+                    on_entry(key, val)
+            return len(node.keys)
+        assert isinstance(node, Branch)
+        self.by_type["branch"] += 1
+        if level <= 1:
+            self.find(label, where, "branch at leaf depth")
+            return None
+        self.keys_in_order(label, where, node.keys, lo, hi)
+        n = len(node.kids)
+        for i, kid in enumerate(node.kids):
+            assert type(kid) is tuple
+            klo = node.keys[i - 1] if i > 0 else lo
+            khi = node.keys[i] if i < n - 1 else hi
+            got = self.visit(label, kid[0], kid[1], node.hashes[i], klo, khi, level - 1, txnid,
+                             on_entry)
+            if got is not None and got != node.counts[i]:
+                self.find(label, f"page {kid[0]}", "subtree count differs from parent's record",
+                          node.counts[i], got)
+        return sum(node.counts)
+
+    def keys_in_order(self, label: str, where: str, keys: list[bytes], lo: bytes | None,
+                      hi: bytes | None) -> None:
+        for a, b in pairwise(keys):
+            if not a < b:
+                self.find(label, where, "keys out of order", f"< {b!r}", a)
+                return
+        if keys and lo is not None and keys[0] < lo:
+            self.find(label, where, "key below the parent's separator", f">= {lo!r}", keys[0])
+        if keys and hi is not None and keys[-1] >= hi:
+            self.find(label, where, "key above the parent's separator", f"< {hi!r}", keys[-1])
+
+    def overflow(self, label: str, ref: OverflowRef, leaf_txnid: int) -> None:
+        if ref.txnid > leaf_txnid:
+            self.find(label, f"page {ref.pgno}", "overflow txnid newer than its leaf",
+                      f"<= {leaf_txnid}", ref.txnid)
+        parts: list[bytes] = []
+        pgno = ref.pgno
+        for i in range(ref.npages):
+            if not self.claim(pgno, label):
+                return
+            page = self.pager.read(pgno)
+            try:
+                _t, ptype, _f, _n, aux, nxt = verify_header(page, pgno, ref.txnid,
+                                                            self.pager.path)
+            except DataError as exc:
+                self.find(label, f"page {pgno}", getattr(exc, "what", str(exc)))
+                return
+            if ptype != F.PAGE_OVERFLOW or aux > self.ps - F.HEADER_SIZE:
+                self.find(label, f"page {pgno}", "bad overflow page header")
+                return
+            if (nxt == 0) != (i == ref.npages - 1):
+                self.find(label, f"page {pgno}", "overflow chain length differs from its record")
+                return
+            self.by_type["overflow"] += 1
+            parts.append(page[F.HEADER_SIZE:F.HEADER_SIZE + aux])
+            pgno = nxt
+        value = b"".join(parts)
+        if len(value) != ref.length or page_hash(value) != ref.hash:
+            self.find(label, f"page {ref.pgno}", "overflow value length or hash mismatch")
+
+    # ---------------------------------------------------------------- record checks
+    def catalog_entry(self, key: bytes, val: bytes | OverflowRef) -> None:
+        if not isinstance(val, bytes):
+            self.find("catalog", "entry", "catalog entry stored as an overflow value", "", key)
+            return
+        try:
+            entry = CatalogEntry.decode(key, val)
+        except DataError as exc:
+            self.find("catalog", f"entry {key!r}", f"undecodable: {exc}")
+            return
+        if entry.table_id in self.table_ids:
+            self.find("catalog", f"entry {key!r}", "table id used twice",
+                      self.table_ids[entry.table_id], entry.name)
+        self.table_ids[entry.table_id] = entry.name
+        if entry.table_id >= self.meta.next_table_id:
+            self.find("catalog", f"entry {key!r}", "table id not below the meta's next id",
+                      f"< {self.meta.next_table_id}", entry.table_id)
+        if entry.engine == ENGINE_BTREE:
+            try:
+                self.tables.append((entry.name, F.RootDesc.decode(entry.state)))
+            except DataError as exc:
+                self.find(entry.name, "catalog entry", f"bad root descriptor: {exc}")
+
+    def free_record(self, key: bytes, val: bytes | OverflowRef) -> None:
+        if len(key) != F.FREE_KEY.size or not isinstance(val, bytes):
+            self.find("free list", f"record {key!r}", "malformed free-list record")
+            return
+        txnid, _chunk = F.FREE_KEY.unpack(key)
+        if txnid > self.meta.txnid:
+            self.find("free list", f"record {key.hex()}", "freed by a future txnid",
+                      f"<= {self.meta.txnid}", txnid)
+        try:
+            pages = decode_free_value(val)
+        except DataError as exc:
+            self.find("free list", f"record {key.hex()}", str(exc))
+            return
+        for pgno in pages:
+            if pgno < F.FIRST_DATA_PAGE or pgno >= self.meta.total_pages:
+                self.find("free list", f"page {pgno}", "free page number out of range")
+            elif pgno in self.free:
+                self.find("free list", f"page {pgno}", "page free twice")
+            else:
+                self.free.add(pgno)
+
+    # ---------------------------------------------------------------- run
+    def run(self) -> None:
+        meta = self.meta
+        self.tree("catalog", meta.catalog, self.catalog_entry)
+        self.tree("free list", meta.freelist, self.free_record)
+        for name, desc in self.tables:
+            self.tree(name, desc)
+        for pgno in range(F.FIRST_DATA_PAGE, meta.total_pages):
+            used = pgno in self.owner
+            free = pgno in self.free
+            if used and free:
+                self.find(self.owner[pgno], f"page {pgno}", "page both in use and free")
+            elif not used and not free:
+                self.find(None, f"page {pgno}", "leaked page: neither reachable nor free")
+        size = fileio.file_size(self.pager.fd)
+        if size < meta.total_pages * self.ps:
+            self.find(None, "file", "file shorter than the meta's page count",
+                      meta.total_pages * self.ps, size)
+        self.report.stats.update({
+            "txnid": meta.txnid, "commit_seq": meta.commit_seq, "page_size": self.ps,
+            "total_pages": meta.total_pages, "file_size": size,
+            "pages_by_type": dict(self.by_type), "free_pages": len(self.free),
+            "tables": len(self.table_ids), "root_hash": meta.root_hash.hex(),
+        })
+
+
+def check_store(store: BtreeStore) -> CheckReport:
+    """Check both meta pages and the whole current snapshot; returns the report."""
+    from lamina.engines.btree.store import read_metas
+
+    report = CheckReport()
+    try:
+        _current, slots = read_metas(store._pager.fd, store.path)
+    except DataError as exc:
+        report.findings.append(Finding(None, "meta 0, meta 1", f"no usable meta page: {exc}"))
+        return report
+    for slot, m in enumerate(slots):
+        if not isinstance(m, F.Meta):
+            report.findings.append(Finding(None, f"meta {slot}", f"invalid meta page: {m}"))
+    with store.begin_read() as txn:
+        _Checker(store, txn, report).run()
+    return report
+
+
+def stat_store(store: BtreeStore) -> dict[str, Any]:
+    """Figures of the current snapshot (walks the trees through the page cache)."""
+    with store.begin_read() as txn:
+        meta = txn.meta
+        load = txn._load
+        by_type = {"meta": F.META_PAGES, "branch": 0, "leaf": 0, "overflow": 0, "free": 0}
+
+        def walk(desc: F.RootDesc) -> dict[str, int]:
+            pages = 0
+            for node, _d in tree.iter_nodes(load, tree.TreeState(desc)):
+                pages += 1
+                if isinstance(node, Leaf):
+                    by_type["leaf"] += 1
+                    for v in node.vals:
+                        if isinstance(v, OverflowRef):
+                            by_type["overflow"] += v.npages
+                            pages += v.npages
+                else:
+                    by_type["branch"] += 1
+            return {"entries": desc.count, "depth": desc.depth, "pages": pages}
+
+        tables: dict[str, Any] = {}
+        catalog_stat = walk(meta.catalog)
+        walk(meta.freelist)
+        for entry in txn.catalog():
+            if entry.engine == ENGINE_BTREE:
+                tables[entry.name] = walk(F.RootDesc.decode(entry.state))
+            else:
+                tables[entry.name] = {"engine": entry.engine}
+        free = len(txn.free_pages())
+        by_type["free"] = free
+        btree_tables = [t for t in tables.values() if "depth" in t]
+        return {
+            "txnid": meta.txnid, "commit_seq": meta.commit_seq, "page_size": meta.page_size,
+            "file_size": fileio.file_size(store._pager.fd), "total_pages": meta.total_pages,
+            "free_pages": free, "pages_by_type": by_type,
+            "depth": max([t["depth"] for t in btree_tables] + [catalog_stat["depth"]]),
+            "entries": sum(t["entries"] for t in btree_tables),
+            "catalog_entries": catalog_stat["entries"], "root_hash": meta.root_hash.hex(),
+            "tables": tables,
+        }
+

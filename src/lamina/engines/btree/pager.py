@@ -1,0 +1,144 @@
+"""The pager: page reads through an ``mmap``, page writes through ``fileio``, decoded-page cache.
+
+A committed page never changes while any snapshot that can reach it is alive, and its
+content is fixed by ``(pgno, txnid)`` (the parent records the child's txnid). So decoded
+nodes are cached process-wide under that pair: a hit needs no I/O, no checksum and no decode.
+Pages of a transaction that has not committed are never put in the cache (its txnid may be
+reused after an abort or crash).
+
+Thread safety: reads and cache lookups may run in any number of threads; the map is replaced
+(never closed while in use) under a lock when the file has grown.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from pathlib import Path
+
+from lamina.core import fileio
+from lamina.core.failpoints import failpoint
+from lamina.engines.btree.page import Node, Ref, decode_node
+
+#: Default budget of the decoded-page cache, in page-size units times page size.
+DEFAULT_CACHE_BYTES = 256 << 20
+
+
+class Pager:
+    """Page I/O for one open data file."""
+
+    def __init__(self, path: Path, fd: int, page_size: int, *, readonly: bool,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.path = path
+        self.fd = fd
+        self.page_size = page_size
+        self.readonly = readonly
+        self._map: mmap.mmap | None = None
+        self._map_pages = 0
+        self._map_lock = threading.Lock()
+        self._cache: dict[Ref, Node] = {}
+        self._cache_lock = threading.Lock()
+        self._cache_max = max(64, cache_bytes // page_size)
+
+    # ------------------------------------------------------------------ reading
+    def _remap(self, need_pages: int) -> None:
+        with self._map_lock:
+            if need_pages <= self._map_pages:
+                return
+            size = fileio.file_size(self.fd)
+            pages = size // self.page_size
+            if pages == 0:
+                return
+            # Read-only map even for writers: every write goes through fileio.pwrite.
+            new = mmap.mmap(self.fd, pages * self.page_size, access=mmap.ACCESS_READ)
+            # The old map is not closed: other threads may be slicing it; it is released
+            # when its last reference goes.
+            self._map = new
+            self._map_pages = pages
+
+    def read(self, pgno: int) -> bytes:
+        """The raw bytes of page ``pgno`` (shorter than a page if past the end of file)."""
+        if pgno >= self._map_pages:
+            self._remap(pgno + 1)
+            if pgno >= self._map_pages:
+                return fileio.pread(self.fd, self.page_size, pgno * self.page_size, self.path)
+        m = self._map
+        assert m is not None
+        off = pgno * self.page_size
+        return m[off: off + self.page_size]
+
+    def node(self, ref: Ref) -> Node:
+        """The decoded clean node for ``ref = (pgno, txnid)``; CorruptionError if damaged."""
+        node = self._cache.get(ref)
+        if node is not None:
+            return node
+        node = decode_node(self.read(ref[0]), ref[0], ref[1], self.path)
+        self.cache_put(ref, node)
+        return node
+
+    def cache_put(self, ref: Ref, node: Node) -> None:
+        """Cache a committed node (FIFO eviction within the byte budget)."""
+        with self._cache_lock:
+            cache = self._cache
+            cache[ref] = node
+            if len(cache) > self._cache_max:
+                drop = len(cache) - self._cache_max + self._cache_max // 16
+                it = iter(cache)
+                victims = [next(it) for _ in range(drop)]
+                for victim in victims:
+                    del cache[victim]
+
+    def cache_clear(self) -> None:
+        """Forget every cached node (tests; after a failed commit nothing needs this)."""
+        with self._cache_lock:
+            self._cache.clear()
+
+    # ------------------------------------------------------------------ writing
+    def write_pages(self, pages: dict[int, bytes]) -> None:
+        """Write pages, coalescing runs of consecutive page numbers into one pwrite each."""
+        if not pages:
+            return
+        ps = self.page_size
+        order = sorted(pages)
+        start = prev = order[0]
+        run = [pages[start]]
+        for pgno in order[1:]:
+            if pgno == prev + 1 and len(run) < 256:
+                run.append(pages[pgno])
+            else:
+                fileio.pwrite(self.fd, b"".join(run), start * ps, self.path)
+                start = pgno
+                run = [pages[pgno]]
+            prev = pgno
+        fileio.pwrite(self.fd, b"".join(run), start * ps, self.path)
+
+    def ensure_size(self, total_pages: int) -> None:
+        """Extend the file to ``total_pages`` pages if it is shorter (never shrinks it)."""
+        want = total_pages * self.page_size
+        if fileio.file_size(self.fd) < want:
+            fileio.truncate(self.fd, want, self.path)
+
+    def sync(self) -> None:
+        """fdatasync the data file."""
+        fileio.fdatasync(self.fd, self.path)
+
+    def write_meta(self, slot: int, record: bytes) -> None:
+        """Write meta page ``slot``: first half of the record, failpoint, then the rest.
+
+        The checksum sits at the end of the record, so a write torn at the failpoint leaves
+        a meta that fails validation and is never chosen.
+        """
+        page = record + bytes(self.page_size - len(record))
+        half = len(record) // 2
+        base = slot * self.page_size
+        fileio.pwrite(self.fd, page[:half], base, self.path)
+        failpoint("btree.mid_meta_write")
+        fileio.pwrite(self.fd, page[half:], base + half, self.path)
+
+    def close(self) -> None:
+        """Drop the map and the cache and close the descriptor."""
+        self._map = None
+        self._map_pages = 0
+        self._cache.clear()
+        os.close(self.fd)
