@@ -4,7 +4,8 @@ Compares, in one run and on the same rows:
 
 * Lamina archive tables with codecs zstd (default level, and level 3), zlib (level 6) and
   none, in commits of ``--commit`` rows, each commit durable (data fdatasync + meta fsync)
-  unless ``--no-sync``; then ``optimize()`` and the size after it;
+  unless ``--no-sync``; zstd once more without syncs (like for like with the gzip stream);
+  then ``optimize()`` and the size after it;
 * a gzip stream at zlib level 6 (what MySQL's ARCHIVE engine writes), one line per row,
   one write per commit-sized batch and no flush or fsync until the end (its best case);
 * ``sqlite3``: one ``INTEGER PRIMARY KEY, BLOB`` table, one transaction per commit,
@@ -102,8 +103,10 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def bench_lamina(rows: list[bytes], spec: str, commit: int, sync: bool, root: Path,
                  ) -> dict[str, Any]:
+    spec, _, mode = spec.partition("/")
+    sync = sync and mode != "nosync"
     codec, _, level = spec.partition(":")
-    d = root / f"lamina-{codec}-{level}"
+    d = root / f"lamina-{codec}-{level}-{mode}"
     d.mkdir()
     lf = LockFile.open(d, init=lambda lf: lf.set_commit_seq(0))
     ArchiveTable.create(d, "logs", 1, codec=codec, level=int(level) if level else None,
@@ -129,7 +132,8 @@ def bench_lamina(rows: list[bytes], spec: str, commit: int, sync: bool, root: Pa
     opt = t.stat()
     t.close()
     lf.close()
-    return {"engine": f"lamina {codec} {st['level']}".rstrip(), "insert_s": t_ins,
+    label = f"lamina {codec} {st['level']}" + ("" if sync else " nosync")
+    return {"engine": label, "sync": sync, "insert_s": t_ins,
             "scan_s": t_scan, "bytes": size, "blocks": st["blocks"], "ratio": st["ratio"],
             "optimize_s": round(t_opt, 3), "bytes_optimized": sum(opt["files"].values()),
             "blocks_optimized": opt["blocks"]}
@@ -189,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--commit", type=int, default=1000, help="rows per commit")
-    p.add_argument("--codecs", default="zstd,zstd:3,zlib,none",
-                   help="comma list of CODEC[:LEVEL] (default level when omitted)")
+    p.add_argument("--codecs", default="zstd,zstd/nosync,zstd:3,zlib,none",
+                   help="comma list of CODEC[:LEVEL][/nosync] (default level when omitted; "
+                        "/nosync: commits without fsync, like the gzip stream)")
     p.add_argument("--no-sync", action="store_true", help="skip fsyncs (Lamina and sqlite)")
     p.add_argument("--dir", type=Path, default=None, help="scratch directory (default: tmp)")
     p.add_argument("--json", type=Path, default=RESULTS)

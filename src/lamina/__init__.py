@@ -21,6 +21,7 @@ from lamina import errors
 from lamina.errors import LaminaError
 
 if TYPE_CHECKING:
+    from lamina.backup.online import restore, verify
     from lamina.database import Database, TableInfo, open
 
 __version__ = "0.1.0"
@@ -32,6 +33,11 @@ def __getattr__(name: str) -> Any:
         from lamina import database
 
         return getattr(database, name)
+    if name in ("restore", "verify"):
+        from lamina.backup import online
+
+        return getattr(online, name)
     raise AttributeError(f"module 'lamina' has no attribute {name!r}")
 
-__all__ = ["Database", "LaminaError", "TableInfo", "__version__", "errors", "open"]
+__all__ = ["Database", "LaminaError", "TableInfo", "__version__", "errors", "open", "restore",
+           "verify"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,6 +299,23 @@ class Database:
     def scan(self, table: str, start: int = 1) -> Iterator[tuple[int, bytes]]:
         """Committed rows of archive table ``table`` from row id ``start``."""
         return self.archive(table).scan(start)
+
+    # ------------------------------------------------------------------ backup
+    def backup(self, target: Any, *, tables: Sequence[str] | None = None, codec: str = "zstd",
+               level: int | None = None, progress: Callable[[int, int | None], None] | None = None,
+               cancel: Any = None) -> Any:
+        """Take a consistent online backup into ``target`` (a path or a binary stream).
+
+        Writers in any process go on; see :func:`lamina.backup.online.backup` for the
+        contract. Returns a ``BackupResult`` (image id, validity point, sizes, the time the
+        commit blocker was held). ``progress(done_bytes, total_or_None)`` is called as data
+        is written; setting ``cancel`` (a ``threading.Event``) stops it with no image left.
+        """
+        # backup sits above this facade in the layering; import it only when used.
+        from lamina.backup import online
+
+        return online.backup(self, target, tables=tables, codec=codec, level=level,
+                             progress=progress, cancel=cancel)
 
     # ------------------------------------------------------------------ check / stat
     def check(self) -> CheckReport:

@@ -88,3 +88,48 @@ def test_two_handles_in_one_process_share_the_writer_lock(make_table: Make, db: 
         assert a.check().ok
     finally:
         b.close()
+
+
+def test_threads_share_one_handle(make_table: Make) -> None:
+    """Reader threads scan and count one handle while a thread appends and optimizes."""
+    import threading
+
+    t = make_table(block_target=400)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        try:
+            for b in range(120):
+                t.append_many(batch_rows(b, SIZE))
+                if b % 40 == 39:
+                    t.optimize()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                n = t.count()
+                assert n % SIZE == 0
+                got = list(t.scan())
+                assert len(got) % SIZE == 0 and len(got) >= n
+                for row_id, row in got[-SIZE:]:
+                    batch, j = divmod(row_id - 1, SIZE)
+                    assert row == batch_rows(batch, SIZE)[j]
+                if got:
+                    assert t.get(len(got)) == got[-1][1]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader)
+                                                    for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert not errors, errors
+    assert t.count() == 120 * SIZE and t.stat()["generation"] == 4
+    assert t.check().ok

@@ -147,11 +147,14 @@ class RestoreFlags:
     """Options for :meth:`BackupEngine.get_restore`.
 
     ``destination`` is the (temporary, not yet published) database directory to restore
-    into; ``layer`` is True when the image is an incremental layer to apply on top of what
-    ``destination`` already holds.
+    into, or None for a *verify-only* restore (``lamina verify --deep``): the driver must
+    decode and prove everything it is sent (page hashes and the Merkle root, block
+    checksums and row counts) exactly as a restore would, but write nothing. ``layer`` is
+    True when the image is an incremental layer to apply on top of what ``destination``
+    already holds.
     """
 
-    destination: Path
+    destination: Path | None
     layer: bool = False
 
 

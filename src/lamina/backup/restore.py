@@ -102,11 +102,12 @@ _SEND = frozenset({Result.OK, Result.PROCESSING, Result.BUSY})
 
 
 def run_restore(source: str | os.PathLike[str] | ReadableStream, engines: EngineLookup,
-                destination: str | os.PathLike[str], *, cancel: CancelToken = None,
+                destination: str | os.PathLike[str] | None, *, cancel: CancelToken = None,
                 progress: ProgressCallback | None = None) -> RestoreResult:
     """Restore the image at ``source`` (path or readable binary stream) into the directory
     ``destination`` through restore drivers from ``engines`` (looked up by the catalog's
-    driver names).
+    driver names). ``destination=None`` verifies only: drivers prove what they are sent
+    and write nothing (see :class:`~lamina.backup.driver.RestoreFlags`).
 
     ``progress(image_bytes_read, image_size_or_None)`` is called after every chunk and
     once the trailer is verified.
@@ -114,6 +115,7 @@ def run_restore(source: str | os.PathLike[str] | ReadableStream, engines: Engine
     newer than the build's), CorruptionError & co. (a bad image; drivers are cancelled and
     ``end()`` is never called), CancelledError, StorageError, driver errors.
     """
+    dest = None if destination is None else Path(destination)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         try:
@@ -124,12 +126,13 @@ def run_restore(source: str | os.PathLike[str] | ReadableStream, engines: Engine
             raise storage_error(exc, "open", path) from exc
         with f:
             size = os.fstat(f.fileno()).st_size
-            return _restore(f, path, size, engines, Path(destination), cancel, progress)
-    return _restore(source, None, None, engines, Path(destination), cancel, progress)
+            return _restore(f, path, size, engines, dest, cancel, progress)
+    return _restore(source, None, None, engines, dest, cancel, progress)
 
 
 def _restore(stream: ReadableStream, path: Path | None, size: int | None, engines: EngineLookup,
-             destination: Path, cancel: CancelToken, progress: ProgressCallback | None,
+             destination: Path | None, cancel: CancelToken,
+             progress: ProgressCallback | None,
              ) -> RestoreResult:
     def check_cancel() -> None:
         if is_cancelled(cancel):

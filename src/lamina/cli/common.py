@@ -63,3 +63,43 @@ def human_bytes(n: float) -> str:
 def stdout_is_terminal() -> bool:
     """True when stdout is an interactive terminal (progress bars go there)."""
     return sys.stdout.isatty()
+
+
+@contextmanager
+def progress_bar(description: str, enabled: bool | None) -> Iterator[Any]:
+    """Yield a ``progress(done_bytes, total_bytes_or_None)`` callback.
+
+    Draws a rich progress bar on stderr when ``enabled`` (None: when stderr is a terminal);
+    otherwise the callback does nothing.
+    """
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
+                               TransferSpeedColumn)
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+progress_option = click.option("--progress/--no-progress", "show_progress", default=None,
+                               help="Progress bar on stderr (default: when it is a terminal).")
+
+
+def split_tables(value: str | None) -> list[str] | None:
+    """``--tables a,b`` -> ["a", "b"]; None stays None."""
+    if value is None:
+        return None
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise UsageError("--tables needs at least one table name")
+    return names

@@ -29,6 +29,10 @@ COMMANDS = {
     "append": "append",
     "optimize": "optimize",
     "workload": "workload",
+    "backup": "backup",
+    "restore": "restore",
+    "verify": "verify",
+    "info": "info",
 }
 
 

@@ -12,10 +12,12 @@ its CPU work outside the commit blocker; :meth:`PendingBlock.encode` stamps the 
 
 from __future__ import annotations
 
+import bisect
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import accumulate, pairwise
+from itertools import accumulate, pairwise, repeat
+from operator import add
 
 import xxhash
 
@@ -179,23 +181,26 @@ def pack_block(rows: list[bytes], first_row_id: int, codec_id: int, level: int) 
                         xxhash.xxh3_64_intdigest(stored))
 
 
-def split_for_blocks(rows: Iterable[bytes], target: int) -> Iterator[list[bytes]]:
+def split_for_blocks(rows: list[bytes], target: int) -> Iterator[list[bytes]]:
     """Group rows into runs whose raw payload (4 bytes + row, each) reaches ``target``.
 
     Every run holds at least one row; a run closes as soon as it reaches the target, so a
-    block's raw length is below ``target + 4 + MAX_ROW_BYTES``.
+    block's raw length is below ``target + 4 + MAX_ROW_BYTES``. (Split points are found with
+    C-level accumulate/bisect: this runs on every commit.)
     """
-    run: list[bytes] = []
-    size = 0
-    for row in rows:
-        run.append(row)
-        size += 4 + len(row)
-        if size >= target:
-            yield run
-            run = []
-            size = 0
-    if run:
-        yield run
+    if not rows:
+        return
+    ends = list(accumulate(map(add, map(len, rows), repeat(4))))
+    if ends[-1] < target:
+        yield rows
+        return
+    start, base = 0, 0
+    while start < len(rows):
+        # first index whose cumulative size (since ``start``) reaches the target
+        stop = bisect.bisect_left(ends, base + target, lo=start) + 1
+        yield rows[start:stop]
+        base = ends[min(stop, len(rows)) - 1]
+        start = stop
 
 
 def pack_rows(rows: list[bytes], first_row_id: int, codec_id: int, level: int,

@@ -82,7 +82,11 @@ class Appender:
         """Buffer several rows; returns their future row ids. All-or-nothing on bad rows."""
         read = self._live()
         name = self._table.name
-        checked = [check_row(r, name) for r in rows]
+        checked = list(rows)
+        # Fast path in C for the common case (all bytes, none too long); else row by row.
+        if not (set(map(type, checked)) <= {bytes}
+                and max(map(len, checked), default=0) <= F.MAX_ROW_BYTES):
+            checked = [check_row(r, name) for r in checked]
         first = read.meta.next_row_id + len(self._rows)
         self._rows.extend(checked)
         return list(range(first, first + len(checked)))

@@ -223,6 +223,21 @@ class BtreeStore:
             raise
         return ReadTxn(self, meta, slot)
 
+    def read_pinned(self, meta: F.Meta) -> ReadTxn:
+        """A read transaction on the snapshot ``meta`` describes, which the *caller* pins.
+
+        For the backup driver: it publishes ``meta.txnid`` in a reader slot of its own
+        (kind ``SLOT_BACKUP``) while holding the commit blocker, and reads the snapshot
+        later, while writers go on. The transaction owns no slot: closing it unpins nothing,
+        and it must not be used after the caller's pin ends (pages could be reused, and a
+        read would then fail its txnid/checksum check with CorruptionError). No I/O here.
+        """
+        self._check_open()
+        if meta.page_size != self.page_size:
+            raise UsageError(f"meta of page size {meta.page_size} for a store of "
+                             f"page size {self.page_size}")
+        return ReadTxn(self, meta, None)
+
     def begin_write(self, timeout: float | None = 5.0) -> WriteTxn:
         """Start the write transaction. Raises ReadOnlyError (read-only store), LockedError
         (another writer held the lock for ``timeout`` seconds; None waits forever)."""

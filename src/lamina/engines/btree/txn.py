@@ -160,14 +160,16 @@ class ReadTxn:
             free.update(decode_free_value(_plain(v)))
         return free
 
-    def iter_pages(self) -> Iterator[tuple[int, bytes]]:
+    def iter_pages(self, free: set[int] | None = None) -> Iterator[tuple[int, bytes]]:
         """Every allocated, non-free page of the snapshot in page order, as (pgno, bytes).
 
         Meta pages (0, 1) are not included: the snapshot's meta record is ``meta.encode()``.
         The snapshot stays pinned while the transaction is open, so the bytes are exactly
-        the snapshot's.
+        the snapshot's. ``free`` is this snapshot's :meth:`free_pages` if the caller already
+        has it (a backup needs the count before the pages), so it is not read twice.
         """
-        free = self.free_pages()
+        if free is None:
+            free = self.free_pages()
         for pgno in range(F.FIRST_DATA_PAGE, self.meta.total_pages):
             if pgno not in free:
                 self._check_open()
