@@ -154,8 +154,12 @@ def test_reader_chunks_is_single_use() -> None:
 
 
 def test_backup_layer_does_not_import_engines() -> None:
+    """The kernel, driver API and image format know no engine; only ``online`` (the glue
+    that builds a database's native drivers) reaches down into the engines."""
     package = Path(lamina.backup.__file__).parent
     for module in package.glob("*.py"):
+        if module.stem == "online":
+            continue
         tree = ast.parse(module.read_text())
         for node in ast.walk(tree):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)

@@ -324,7 +324,7 @@ def test_invalid_requests_touch_nothing(tmp_path: Path) -> None:
             run_backup(groups, tmp_path / "img", commit_blocker=other.blocker,
                        commit_seq=lambda: 0, database_id=DB_ID)
     with pytest.raises(UsageError):
-        run_backup([DriverGroup(rig.engines[0], [])], tmp_path / "img",
+        run_backup([], tmp_path / "img",
                    commit_blocker=rig.blocker, commit_seq=lambda: 0, database_id=DB_ID)
     with pytest.raises(UsageError):
         rig.run(tmp_path / "img", buf_size=0)

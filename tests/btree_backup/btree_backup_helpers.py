@@ -71,11 +71,13 @@ def stream0(image: Path) -> bytes:
         return b"".join(bytes(c.data) for c in ImageReader(f).chunks() if c.stream == 0)
 
 
-def feed(driver: BtreeRestoreDriver, stream: bytes, piece: int = 3001) -> None:
-    """Send a raw btree stream to a restore driver in odd-sized buffers (last flagged)."""
+def feed(driver: BtreeRestoreDriver, stream: bytes, piece: int = 3001, *,
+         last: bool = True) -> None:
+    """Send a raw btree stream to a restore driver in odd-sized buffers (the final one
+    flagged ``last`` unless told otherwise)."""
     for i in range(0, len(stream), piece):
         data = stream[i:i + piece]
-        driver.send_data(Buffer(len(data), 0, data, i + piece >= len(stream)))
+        driver.send_data(Buffer(len(data), 0, data, last and i + piece >= len(stream)))
 
 
 def restore_driver(dest: Path | None, specs: Sequence[TableSpec] = ()) -> BtreeRestoreDriver:

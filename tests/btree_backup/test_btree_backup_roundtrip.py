@@ -16,10 +16,11 @@ from btree_backup_helpers import (
     open_restored,
     restore,
     restore_driver,
+    stream0,
 )
 
 import lamina
-from lamina.backup import BackupFlags, Buffer, Result, TableSpec, run_restore
+from lamina.backup import BackupFlags, Buffer, RestoreFlags, Result, TableSpec, run_restore
 from lamina.core.catalog import ENGINE_BTREE
 from lamina.core.lockfile import LockFile
 from lamina.database import Database
@@ -31,7 +32,13 @@ from lamina.engines.btree.backup import (
     BtreeBackupEngine,
 )
 from lamina.engines.btree.store import read_metas
-from lamina.errors import DriverChoiceError, UnsupportedError, UsageError
+from lamina.errors import (
+    CorruptionError,
+    DriverChoiceError,
+    TableNotFoundError,
+    UnsupportedError,
+    UsageError,
+)
 
 TABLES = ["alpha", "beta", "gamma"]
 
@@ -65,7 +72,7 @@ def churned_db(path: Path, seed: int = 7) -> Database:
 @pytest.mark.parametrize(("buf_size", "codec"), [(1000, "none"), (1 << 20, "zstd")])
 def test_round_trip_exact(tmp_path: Path, buf_size: int, codec: str) -> None:
     db = churned_db(tmp_path / "src")
-    names = TABLES + ["doomed"]
+    names = [*TABLES, "doomed"]
     with db.read() as r:
         want = contents(r, names)
         want_free = r.free_pages()
@@ -122,7 +129,12 @@ def test_fresh_database_and_empty_catalog(tmp_path: Path) -> None:
     """A never-written file (txnid 0) backs up as a header and a trailer; no pin."""
     src = tmp_path / "src"
     src.mkdir()
-    lf = LockFile.open(src, init=lambda lf: (lf.set_commit_seq(0), lf.publish_btree_meta(b"")))
+
+    def init(lf: LockFile) -> None:
+        lf.set_commit_seq(0)
+        lf.publish_btree_meta(b"")
+
+    lf = LockFile.open(src, init=init)
     store = BtreeStore.open(src, lf, create=True, readonly=False)
     try:
         drv = BtreeBackupEngine(store).get_backup([], _flags())
@@ -174,3 +186,42 @@ def _archive_spec(db: Database) -> TableSpec:
     info = db.table_info("a")
     assert info.engine != ENGINE_BTREE
     return TableSpec(info.name, info.engine, info.table_id)
+
+
+def test_tables_must_match_the_snapshot(tmp_path: Path) -> None:
+    """A table dropped between listing and the VP fails the backup (no image); a restore
+    whose image lists a table the pages do not have is refused."""
+    with lamina.open(tmp_path / "db", sync=False) as db:
+        db.create_table("keep")
+        db.create_table("gone")
+        specs = btree_specs(db)
+        db.drop_table("gone")
+        with pytest.raises(TableNotFoundError, match="gone"):
+            backup(db, tmp_path / "img", specs=specs)
+        assert not (tmp_path / "img").exists() and not backup_slots(db)
+        backup(db, tmp_path / "img", specs=[s for s in specs if s.name == "keep"])
+    stream = stream0(tmp_path / "img")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    drv = BtreeBackupEngine().get_restore(1, specs, RestoreFlags(dest))
+    drv.begin()
+    feed(drv, stream)  # type: ignore[arg-type]
+    with pytest.raises(CorruptionError, match="gone"):
+        drv.end()
+    drv.cancel()
+    assert list(dest.iterdir()) == []
+
+
+def test_engines_import_only_the_driver_api() -> None:
+    """Layering: the btree engine knows the backup package only through its driver API."""
+    import ast
+
+    package = Path(BtreeStore.__module__.replace(".", "/")).parent
+    root = Path(lamina.__file__).parent.parent
+    for module in (root / package).glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                if name.startswith("lamina.backup"):
+                    assert (module.name, name) == ("backup.py", "lamina.backup.driver")

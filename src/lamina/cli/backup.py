@@ -6,8 +6,15 @@ import sys
 
 import click
 
-from lamina.cli.common import (emit_json, human_bytes, json_option, open_database,
-                               progress_bar, progress_option, split_tables)
+from lamina.cli.common import (
+    emit_json,
+    human_bytes,
+    json_option,
+    open_database,
+    progress_bar,
+    progress_option,
+    split_tables,
+)
 
 
 @click.command("backup")

@@ -33,6 +33,7 @@ COMMANDS = {
     "restore": "restore",
     "verify": "verify",
     "info": "info",
+    "history": "history",
 }
 
 

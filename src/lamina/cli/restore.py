@@ -6,8 +6,7 @@ import sys
 
 import click
 
-from lamina.cli.common import (emit_json, json_option, progress_bar, progress_option,
-                               split_tables)
+from lamina.cli.common import emit_json, json_option, progress_bar, progress_option, split_tables
 
 
 @click.command("restore")

@@ -67,3 +67,9 @@ def arm(spec: str) -> None:
     """Arm failpoints in this process (same syntax as ``LAMINA_FAILPOINT``); for tests."""
     _armed.clear()
     _armed.update(_parse(spec))
+
+
+def is_armed(name: str) -> bool:
+    """True if failpoint ``name`` is armed, so a caller can split work around it (e.g.
+    write half a block) only in crash tests and keep the hot path one system call."""
+    return name in _armed

@@ -99,6 +99,49 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def rename(src: str | Path, dst: str | Path) -> None:
+    """Atomically rename ``src`` over ``dst`` (same file system)."""
+    COUNTERS["rename"] += 1
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        raise storage_error(exc, "rename", src) from exc
+
+
+def link(src: str | Path, dst: str | Path) -> None:
+    """Create hard link ``dst`` to ``src``; FileExistsError passes through."""
+    COUNTERS["link"] += 1
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, "link", dst) from exc
+
+
+def unlink(path: str | Path, *, missing_ok: bool = True) -> None:
+    """Remove ``path`` (a missing file is fine when ``missing_ok``)."""
+    COUNTERS["unlink"] += 1
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+    except OSError as exc:
+        raise storage_error(exc, "remove", path) from exc
+
+
+def stat(path: str | Path) -> os.stat_result:
+    """``os.stat``; FileNotFoundError passes through."""
+    COUNTERS["stat"] += 1
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, "stat", path) from exc
+
+
 def atomic_write_file(path: str | Path, data: bytes, *, sync: bool = True) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole.
 
@@ -113,10 +156,6 @@ def atomic_write_file(path: str | Path, data: bytes, *, sync: bool = True) -> No
             fsync(fd, tmp)
     finally:
         os.close(fd)
-    COUNTERS["rename"] += 1
-    try:
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise storage_error(exc, "rename", tmp) from exc
+    rename(tmp, path)
     if sync:
         fsync_dir(path.parent)

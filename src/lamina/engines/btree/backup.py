@@ -587,7 +587,6 @@ class BtreeRestoreDriver(RestoreDriver):
         self._hasher = _pages_hasher()
         self._proof: _MerkleProof | None = None
         self._root_page: bytes | None = None
-        self._ended = False
 
     # ---------------------------------------------------------------- protocol
     def begin(self) -> Result:
@@ -771,7 +770,6 @@ class BtreeRestoreDriver(RestoreDriver):
                                   f"{meta.root_hash.hex()}", path=self.path)
         if self._fd is not None:
             self._write_file(meta)
-        self._ended = True
         return Result.OK
 
     def _check_facts(self, meta: F.Meta) -> None:

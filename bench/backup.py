@@ -1,0 +1,221 @@
+"""Full online backup against its physical limit and its peers, in one run.
+
+Builds the same data three times — a Lamina database (a btree table plus an archive table),
+a SQLite database and an LMDB environment — then times, with the page cache warm for all:
+
+* ``cp`` of the Lamina files (the physical limit of a full copy),
+* ``lamina backup`` with ``--compress none`` and ``zstd``,
+* Python's ``sqlite3.Connection.backup`` and LMDB's ``Environment.copy``,
+* restore (from both images) and verify (plain and ``--deep``),
+
+and reports each as MB/s of *database* bytes, the ratio to ``cp``, and the longest time the
+commit blocker was held. Medians over ``--repeat`` runs. Prints a table, writes JSON.
+
+    .venv/bin/python bench/backup.py               # ~1 GiB
+    .venv/bin/python bench/backup.py --size-mb 100 # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lamina
+from lamina.backup import online
+
+KEY_BYTES, VALUE_BYTES = 16, 100
+ROW_TEMPLATE = (b"2026-11-21T10:00:00.%06dZ INFO svc=api req=%08x path=/v1/items/%d "
+                b"status=200 latency_ms=%d")
+
+
+def _key(i: int) -> bytes:
+    return b"%016d" % i
+
+
+def _value(i: int, rng: random.Random) -> bytes:
+    return rng.randbytes(VALUE_BYTES // 2).hex().encode()[:VALUE_BYTES]
+
+
+def _rows(n: int) -> list[bytes]:
+    rng = random.Random(5)
+    return [ROW_TEMPLATE % (i % 1_000_000, rng.getrandbits(32), rng.randrange(10_000),
+                            rng.randrange(900)) for i in range(n)]
+
+
+def dir_bytes(path: Path) -> int:
+    """Total size of the regular files under ``path`` (or of the file itself)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def build(root: Path, keys: int, rows: int) -> dict[str, Path]:
+    """Create the three databases holding the same key/values and rows."""
+    rng = random.Random(1)
+    values = [_value(i, rng) for i in range(keys)]
+    log = _rows(rows)
+    paths = {"lamina": root / "lamina.db", "sqlite": root / "sqlite.db", "lmdb": root / "lmdb"}
+    with lamina.open(paths["lamina"]) as db:
+        db.create_table("kv")
+        db.create_table("log", engine="archive")
+        with db.write() as txn:
+            txn.table("kv").bulk_load((_key(i), values[i]) for i in range(keys))
+        for start in range(0, rows, 10_000):
+            db.append_many("log", log[start:start + 10_000])
+    con = sqlite3.connect(paths["sqlite"])
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID")
+    con.execute("CREATE TABLE log (id INTEGER PRIMARY KEY, row BLOB)")
+    con.executemany("INSERT INTO kv VALUES (?, ?)", ((_key(i), values[i]) for i in range(keys)))
+    con.executemany("INSERT INTO log (row) VALUES (?)", ((r,) for r in log))
+    con.commit()
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    try:
+        import lmdb
+    except ImportError:
+        del paths["lmdb"]
+    else:
+        env = lmdb.open(str(paths["lmdb"]), map_size=8 << 30, max_dbs=2)
+        kv, lg = env.open_db(b"kv"), env.open_db(b"log")
+        with env.begin(write=True) as txn:
+            cur = txn.cursor(kv)
+            cur.putmulti(((_key(i), values[i]) for i in range(keys)), append=True)
+            cur = txn.cursor(lg)
+            cur.putmulti(((b"%016d" % i, r) for i, r in enumerate(log)), append=True)
+        env.close()
+    return paths
+
+
+def timed(fn: Callable[[], Any], repeat: int, cleanup: Callable[[], None]) -> tuple[float, Any]:
+    """Median seconds of ``fn`` over ``repeat`` runs (``cleanup`` after each); last result."""
+    times, result = [], None
+    for _ in range(repeat):
+        cleanup()
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=1024, help="approximate database size")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" /
+                        "backup.json")
+    args = parser.parse_args()
+    # ~85% of the bytes in the btree, the rest in the archive table (before compression).
+    keys = int(args.size_mb * 0.85 * 2**20 / 135)
+    rows = int(args.size_mb * 0.15 * 2**20 / 110)
+    root = Path(tempfile.mkdtemp(prefix="lamina-bench-backup-"))
+    try:
+        run(root, keys, rows, args)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(root: Path, keys: int, rows: int, args: argparse.Namespace) -> None:
+    t0 = time.perf_counter()
+    paths = build(root, keys, rows)
+    print(f"built {keys:,} keys + {rows:,} rows in {time.perf_counter() - t0:.1f}s: " +
+          ", ".join(f"{name} {dir_bytes(p) / 2**20:.0f} MiB" for name, p in paths.items()))
+    out = root / "out"
+    src_bytes = dir_bytes(paths["lamina"])
+    results: list[dict[str, Any]] = []
+
+    def clean() -> None:
+        if out.is_dir():
+            shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
+
+    def record(name: str, seconds: float, nbytes: int, **extra: Any) -> None:
+        results.append({"name": name, "seconds": seconds, "db_bytes": nbytes,
+                        "mb_per_s": nbytes / seconds / 1e6, **extra})
+
+    def cp() -> None:
+        shutil.copytree(paths["lamina"], out)
+        for f in out.iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+
+    secs, _ = timed(cp, args.repeat, clean)
+    record("cp (physical limit, + fsync)", secs, src_bytes)
+    images: dict[str, Path] = {}
+    blocker_ms: list[float] = []
+    with lamina.open(paths["lamina"], create=False) as db:
+        for codec in ("none", "zstd"):
+            image = root / f"image-{codec}.lamina"
+
+            def take(codec: str = codec, image: Path = image) -> Any:
+                return online.backup(db, image, codec=codec)
+
+            secs, res = timed(take, args.repeat, lambda image=image: image.unlink(missing_ok=True))
+            blocker_ms.append(res.blocker_held_ns / 1e6)
+            images[codec] = image
+            record(f"lamina backup ({codec})", secs, src_bytes,
+                   image_bytes=res.size, blocker_held_ms=res.blocker_held_ns / 1e6)
+    sq_bytes = dir_bytes(paths["sqlite"])
+
+    def sqlite_backup() -> None:
+        src = sqlite3.connect(paths["sqlite"])
+        dst = sqlite3.connect(out)
+        src.backup(dst)
+        dst.close()
+        src.close()
+
+    secs, _ = timed(sqlite_backup, args.repeat, clean)
+    record("sqlite3 Connection.backup", secs, sq_bytes)
+    if "lmdb" in paths:
+        import lmdb
+        lm_bytes = dir_bytes(paths["lmdb"])
+        env = lmdb.open(str(paths["lmdb"]), max_dbs=2, readonly=True)
+
+        def lmdb_copy() -> None:
+            out.mkdir()
+            env.copy(str(out))
+
+        secs, _ = timed(lmdb_copy, args.repeat, clean)
+        record("lmdb Environment.copy", secs, lm_bytes)
+        env.close()
+    for codec, image in images.items():
+        secs, _ = timed(lambda image=image: online.restore(image, out), args.repeat, clean)
+        record(f"lamina restore ({codec})", secs, src_bytes)
+        secs, _ = timed(lambda image=image: online.verify(image), args.repeat, lambda: None)
+        record(f"lamina verify ({codec})", secs, src_bytes)
+        secs, _ = timed(lambda image=image: online.verify(image, deep=True), args.repeat,
+                        lambda: None)
+        record(f"lamina verify --deep ({codec})", secs, src_bytes)
+    clean()
+    cp_rate = results[0]["mb_per_s"]
+    print(f"\n{'operation':34} {'seconds':>8} {'MB/s':>8} {'x cp':>6}  notes")
+    for r in results:
+        r["ratio_to_cp"] = r["mb_per_s"] / cp_rate
+        notes = []
+        if "image_bytes" in r:
+            notes.append(f"image {r['image_bytes'] / 2**20:.0f} MiB")
+        if "blocker_held_ms" in r:
+            notes.append(f"blocker {r['blocker_held_ms']:.3f} ms")
+        print(f"{r['name']:34} {r['seconds']:8.2f} {r['mb_per_s']:8.0f} "
+              f"{r['ratio_to_cp']:6.2f}  {', '.join(notes)}")
+    print(f"\ncommit blocker held (max over backups): {max(blocker_ms):.3f} ms")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"keys": keys, "rows": rows, "repeat": args.repeat,
+                                    "lamina_bytes": src_bytes, "results": results,
+                                    "blocker_held_ms_max": max(blocker_ms)}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
