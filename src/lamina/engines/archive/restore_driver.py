@@ -313,12 +313,17 @@ class TableRestore:
         self._head = bytearray()
         if self.destination is not None:
             path = F.arz_path(self.destination, self.name)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+            fileio.COUNTERS["open"] += 1  # os.open directly: fileio would hide EEXIST
             try:
-                self._fd = fileio.open_fd(path, flags)
+                self._fd = os.open(path, flags, 0o644)
             except FileExistsError as exc:
+                # Never overwrite (or later remove) a file this driver did not create.
                 raise AlreadyExistsError(f"{path} already exists in the restore "
                                          "destination") from exc
+            except OSError as exc:
+                raise storage_error(exc, "create", path) from exc
             self.created.append(path)
 
     def _write(self, data: bytes) -> None:

@@ -22,6 +22,7 @@ from lamina.core.catalog import ENGINE_BTREE, ENGINE_CODES, CatalogEntry
 from lamina.core.failpoints import failpoint
 from lamina.core.lockfile import Slot
 from lamina.core.names import validate_table_name
+from lamina.core.table_locks import TableBackupLock, table_backup_lock
 from lamina.engines.btree import format as F
 from lamina.engines.btree import tree
 from lamina.engines.btree.cursor import Cursor
@@ -249,6 +250,11 @@ class WriteTxn(ReadTxn):
         self._modified: set[str] = set()
         self._dirty = False
         self.new_txnid = space.txnid
+        #: How long a first write to a table waits while a default backup driver holds the
+        #: table (then LockedError); ``Database.write`` sets the database's lock timeout.
+        self.table_lock_timeout: float | None = 5.0
+        # Backup locks of the tables this transaction changed, held shared until it ends.
+        self._backup_locks: dict[int, TableBackupLock] = {}
 
     def __enter__(self) -> WriteTxn:
         return self
@@ -280,19 +286,30 @@ class WriteTxn(ReadTxn):
     def _put_entry(self, entry: CatalogEntry) -> None:
         tree.insert(self._space, self._catalog, entry.name.encode("utf-8"), entry.encode_value())
 
-    def create_table(self, name: str, engine: str = ENGINE_BTREE) -> CatalogEntry:
+    def create_table(self, name: str, engine: str = ENGINE_BTREE, *,
+                     table_id: int | None = None) -> CatalogEntry:
         """Create a table (either engine) with a new table id. Its ``created_seq`` becomes
         this transaction's commit seq at commit (0 in the entry returned now).
-        Raises AlreadyExistsError, InvalidNameError, UsageError (unknown engine)."""
+
+        ``table_id`` (for restores, which keep the source's ids) uses that id instead of the
+        next one; later tables get ids above it. Raises AlreadyExistsError (name or id in
+        use), InvalidNameError, UsageError (unknown engine, id out of range)."""
         self._writable()
         validate_table_name(name)
         if engine not in ENGINE_CODES:
             raise UsageError(f"unknown engine {engine!r}")
         if self.catalog_get(name) is not None:
             raise AlreadyExistsError(f"table {name!r} already exists")
+        if table_id is None:
+            table_id = self._next_table_id
+        elif not 0 < table_id < 2**32:
+            raise UsageError(f"table id must be in 1..{2**32 - 1}, not {table_id}")
+        elif table_id < self._next_table_id and any(
+                e.table_id == table_id for e in self.catalog()):
+            raise AlreadyExistsError(f"table id {table_id} is already in use")
         state = F.EMPTY_ROOT.encode() if engine == ENGINE_BTREE else b""
-        entry = CatalogEntry(name, engine, self._next_table_id, 0, state)
-        self._next_table_id += 1
+        entry = CatalogEntry(name, engine, table_id, 0, state)
+        self._next_table_id = max(self._next_table_id, table_id + 1)
         self._put_entry(entry)
         self._created.add(name)
         self._states.pop(name, None)
@@ -306,6 +323,7 @@ class WriteTxn(ReadTxn):
         entry = self.catalog_get(name)
         if entry is None:
             raise TableNotFoundError(f"no table {name!r}")
+        self._lock_table(entry.table_id, name)
         if entry.engine == ENGINE_BTREE:
             got = self._states.get(name)
             st = got[1] if got else tree.TreeState(F.RootDesc.decode(entry.state))
@@ -326,7 +344,24 @@ class WriteTxn(ReadTxn):
 
     def _end(self) -> None:
         self._closed = True
-        self._store._lockfile.btree_writer.release()
+        # After the commit published (or the abort): a default backup driver waiting for
+        # these tables may now freeze them.
+        locks, self._backup_locks = self._backup_locks, {}
+        try:
+            for lock in locks.values():
+                lock.release_shared()
+        finally:
+            self._store._lockfile.btree_writer.release()
+
+    def _lock_table(self, table_id: int, name: str) -> None:
+        """Hold table ``table_id``'s backup lock shared until this transaction ends (taken
+        at its first change of the table). Waits ``table_lock_timeout`` while a default
+        backup driver holds it, then raises LockedError; one ``fcntl`` call otherwise."""
+        if table_id in self._backup_locks:
+            return
+        lock = table_backup_lock(self._store._lockfile, table_id)
+        lock.acquire_shared(self.table_lock_timeout, f"table {name!r}")
+        self._backup_locks[table_id] = lock
 
     def commit(self) -> int:
         """Make the changes durable and visible; returns this commit's seq.
@@ -516,6 +551,7 @@ class Table:
         """Insert or replace. Raises KeyTooLargeError, ValueTooLargeError, ReadOnlyError."""
         txn = self._txn
         space = txn._writable()
+        txn._lock_table(self._entry.table_id, self.name)  # type: ignore[attr-defined]
         v = space.make_value(key, value)
         tree.insert(space, self._st, bytes(key), v)
         txn._touch(self.name)  # type: ignore[attr-defined]
@@ -524,6 +560,7 @@ class Table:
         """Remove ``key``; returns whether it existed. Raises ReadOnlyError."""
         txn = self._txn
         space = txn._writable()
+        txn._lock_table(self._entry.table_id, self.name)  # type: ignore[attr-defined]
         if tree.delete(space, self._st, key):
             txn._touch(self.name)  # type: ignore[attr-defined]
             return True
@@ -535,6 +572,7 @@ class Table:
         the keys are not strictly increasing (the table is then left empty)."""
         txn = self._txn
         space = txn._writable()
+        txn._lock_table(self._entry.table_id, self.name)  # type: ignore[attr-defined]
         st = self._st
         if st.count or st.root is not None:
             raise UsageError(f"bulk_load needs an empty table; {self.name!r} has {st.count}")
