@@ -178,7 +178,11 @@ class Database:
         self._check_open()
         if self.readonly:
             raise ReadOnlyError(f"database {self.path} is open read-only")
-        return self.store.begin_write(self.lock_timeout if timeout is None else timeout)
+        wait = self.lock_timeout if timeout is None else timeout
+        txn = self.store.begin_write(wait)
+        # The same bound applies to a table a default backup driver holds (LockedError).
+        txn.table_lock_timeout = wait
+        return txn
 
     # ------------------------------------------------------------------ catalog
     def tables(self) -> list[TableInfo]:
@@ -303,19 +307,28 @@ class Database:
     # ------------------------------------------------------------------ backup
     def backup(self, target: Any, *, tables: Sequence[str] | None = None, codec: str = "zstd",
                level: int | None = None, progress: Callable[[int, int | None], None] | None = None,
-               cancel: Any = None) -> Any:
+               cancel: Any = None, driver: str | dict[str, str] | None = None,
+               max_rate: float | None = None, lock_timeout: float | None = 30.0,
+               base: str | os.PathLike[str] | None = None) -> Any:
         """Take a consistent online backup into ``target`` (a path or a binary stream).
 
         Writers in any process go on; see :func:`lamina.backup.online.backup` for the
         contract. Returns a ``BackupResult`` (image id, validity point, sizes, the time the
         commit blocker was held). ``progress(done_bytes, total_or_None)`` is called as data
         is written; setting ``cancel`` (a ``threading.Event``) stops it with no image left.
+        ``driver`` forces drivers ("native", "snapshot", "default", or per table
+        ``{"t1": "default"}``; DriverChoiceError if an engine cannot use it); ``max_rate``
+        bounds the read rate in MB/s; ``lock_timeout`` bounds the default driver's table
+        locking (LockedError). ``base`` (an earlier image of this database) makes it an
+        incremental *layer* holding only what changed since the base's validity point
+        (ChainError if the base is from another database or newer than this one).
         """
         # backup sits above this facade in the layering; import it only when used.
         from lamina.backup import online
 
         return online.backup(self, target, tables=tables, codec=codec, level=level,
-                             progress=progress, cancel=cancel)
+                             progress=progress, cancel=cancel, driver=driver,
+                             max_rate=max_rate, lock_timeout=lock_timeout, base=base)
 
     # ------------------------------------------------------------------ check / stat
     def check(self) -> CheckReport:

@@ -33,10 +33,10 @@ from lamina.engines.btree.backup import (
 )
 from lamina.engines.btree.store import read_metas
 from lamina.errors import (
+    ChainError,
     CorruptionError,
     DriverChoiceError,
     TableNotFoundError,
-    UnsupportedError,
     UsageError,
 )
 
@@ -166,8 +166,10 @@ def test_engine_refuses_what_it_cannot_do(tmp_path: Path) -> None:
         specs = {s.name: s for s in btree_specs(db)}
         with pytest.raises(DriverChoiceError):
             eng.get_backup([*specs.values(), _archive_spec(db)], _flags())
-        with pytest.raises(UnsupportedError):
-            eng.get_backup(list(specs.values()), _flags(layer=True))
+        with pytest.raises(ChainError):  # a layer needs the base image's btree txnid
+            eng.get_backup(list(specs.values()), BackupFlags(layer=True, base_vp_info={}))
+        assert isinstance(eng.get_backup(list(specs.values()), _flags(layer=True)),
+                          BtreeBackupDriver)
         with pytest.raises(UsageError):
             BtreeBackupEngine().get_backup(list(specs.values()), _flags())
         assert eng.name == "btree" and eng.version == 1

@@ -143,6 +143,53 @@ class Backoff:
         self.delay = min(self.delay * 2, _BACKOFF_MAX)
 
 
+class Throttle:
+    """A token bucket bounding the rate (bytes/s) at which drivers hand data over.
+
+    Tokens accrue at ``rate`` per second up to ``burst`` bytes and every buffer spends its
+    length; a deficit is paid by sleeping before the next driver call. The bucket starts
+    empty, so even a short backup never exceeds the rate (its first buffer is paid for).
+    Only data transfers are throttled: ``lock()`` and the VP never wait for it.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None,
+                 cancel: CancelToken = None) -> None:
+        if not rate > 0:
+            raise UsageError(f"max rate must be positive, not {rate:g} bytes/s")
+        self.rate = float(rate)
+        # Idle time between buffers may be spent later, but only ~50 ms worth: a pause
+        # must not turn into a burst far above the rate.
+        self.burst = float(burst) if burst is not None else self.rate * 0.05
+        self.cancel = cancel
+        self._tokens = 0.0
+        self._last: float | None = None
+        #: Seconds spent sleeping to keep to the rate.
+        self.slept = 0.0
+
+    def spend(self, nbytes: int) -> None:
+        """Account for ``nbytes`` handed over; sleep off any deficit (in slices of at most
+        50 ms, raising CancelledError if the cancel token fires meanwhile)."""
+        now = time.monotonic()
+        if self._last is None:
+            self._last = now
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        self._tokens -= nbytes
+        if self._tokens >= 0:
+            return
+        until = now + (-self._tokens) / self.rate
+        while True:
+            left = until - time.monotonic()
+            if left <= 0:
+                break
+            if is_cancelled(self.cancel):
+                raise CancelledError("backup cancelled")
+            time.sleep(min(left, 0.05))
+        self.slept += time.monotonic() - now
+        self._tokens = 0.0
+        self._last = time.monotonic()
+
+
 class _DriverState:
     """One driver's bookkeeping in a run."""
 
@@ -168,8 +215,9 @@ class _BackupRun:
     def __init__(self, groups: Sequence[DriverGroup], *, commit_blocker: CommitBlocker,
                  commit_seq: Callable[[], int], buf_size: int, cancel: CancelToken,
                  progress: ProgressCallback | None, blocker_timeout: float | None,
-                 prelock_timeout: float | None) -> None:
+                 prelock_timeout: float | None, max_rate: float | None = None) -> None:
         self.groups = list(groups)
+        self.throttle = None if max_rate is None else Throttle(max_rate, cancel=cancel)
         self.blocker = commit_blocker
         self.commit_seq = commit_seq
         self.buf_size = buf_size
@@ -231,6 +279,8 @@ class _BackupRun:
                                       f"{buf.stream} after its last block")
         self.writer.write_chunk(stream, buf.data, buf.last)
         self.done_bytes += len(buf.data)
+        if self.throttle is not None:
+            self.throttle.spend(len(buf.data))
         if self.progress is not None:
             self.progress(self.done_bytes, self.expected_bytes())
 
@@ -425,9 +475,13 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
                base: BaseImageRef | None = None, cancel: CancelToken = None,
                progress: ProgressCallback | None = None,
                blocker_timeout: float | None = 30.0, prelock_timeout: float | None = None,
-               overwrite: bool = False, image_id: uuid.UUID | None = None) -> BackupResult:
+               overwrite: bool = False, image_id: uuid.UUID | None = None,
+               max_rate: float | None = None) -> BackupResult:
     """Back up every group's tables into one image at ``target`` (a path or a binary
     stream) and return what was written.
+
+    ``max_rate`` (bytes/s, None = unbounded) throttles the data the drivers hand over
+    (:class:`Throttle`); the validity point is never delayed by it.
 
     ``commit_blocker`` is the database's (e.g. its ``LockFile``); ``commit_seq()`` returns
     the last published commit seq and is read while the blocker is held. ``base`` makes the
@@ -445,7 +499,8 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
     _check_groups(groups, buf_size, base)
     run = _BackupRun(groups, commit_blocker=commit_blocker, commit_seq=commit_seq,
                      buf_size=buf_size, cancel=cancel, progress=progress,
-                     blocker_timeout=blocker_timeout, prelock_timeout=prelock_timeout)
+                     blocker_timeout=blocker_timeout, prelock_timeout=prelock_timeout,
+                     max_rate=max_rate)
     run.check_cancel()
     # get_backup() holds no resources (driver contract), so a failure here needs no cancel.
     drivers = [g.engine.get_backup(list(g.tables), g.flags) for g in groups]

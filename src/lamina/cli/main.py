@@ -34,6 +34,9 @@ COMMANDS = {
     "verify": "verify",
     "info": "info",
     "history": "history",
+    "repo": "repo",
+    "list": "list",
+    "prune": "prune",
 }
 
 

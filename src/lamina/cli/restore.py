@@ -1,4 +1,5 @@
-"""``lamina restore IMAGE|- --to DEST``: restore into a new, verified database directory."""
+"""``lamina restore IMAGE|- --to DEST`` or ``lamina restore FULL LAYER... --to DEST``: restore
+an image, or a chain in one pass, into a new, verified database directory."""
 
 from __future__ import annotations
 
@@ -7,28 +8,78 @@ import sys
 import click
 
 from lamina.cli.common import emit_json, json_option, progress_bar, progress_option, split_tables
+from lamina.cli.repo import lock_timeout_option
 
 
 @click.command("restore")
-@click.argument("image")
+@click.argument("images", nargs=-1)
 @click.option("--to", "dest", required=True, type=click.Path(), help="New database directory.")
 @click.option("--tables", default=None, help="Comma-separated tables to restore (default: all).")
 @click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+@click.option("--repo", "repo_path", default=None, type=click.Path(),
+              help="Restore a backup of this repository (IMAGE omitted or 'latest').")
+@click.option("--id", "backup_id", default=None, help="With --repo: the backup to restore.")
+@click.option("--at", default=None,
+              help="With --repo: the newest backup with VP time <= AT (ISO 8601, UTC if no "
+                   "zone, or epoch seconds).")
+@click.option("--database", default=None,
+              help="With --repo: the database (id or prefix) when it holds several.")
+@click.option("--page-size", type=int, default=None,
+              help="Restore a logical (snapshot/default driver) image into this btree page "
+                   "size; tables are rebuilt compact.")
+@lock_timeout_option
 @progress_option
 @json_option
-def command(image: str, dest: str, tables: str | None, force: bool, show_progress: bool | None,
-            as_json: bool) -> None:
-    """Restore IMAGE (a file, or - for stdin) into DEST; published only once proven."""
+def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
+            repo_path: str | None, backup_id: str | None, at: str | None,
+            database: str | None, page_size: int | None, lock_timeout: float,
+            show_progress: bool | None, as_json: bool) -> None:
+    """Restore IMAGE (a file, or - for stdin) into DEST; published only once proven.
+    Several images -- a full image, then its layers in chain order -- are restored as one
+    chain in one pass, to the last one's validity point. With --repo, restore a backup's
+    whole chain (the latest, --id or --at)."""
     from lamina.backup import online
+    from lamina.errors import UsageError
 
-    source = sys.stdin.buffer if image == "-" else image
-    with progress_bar("restore", show_progress) as progress:
-        summary = online.restore(source, dest, tables=split_tables(tables), force=force,
-                                 progress=progress)
+    image = images[0] if images else None
+    if repo_path is not None or image is None:
+        if len(images) > 1:
+            raise UsageError("with --repo, name at most one backup")
+        from lamina.cli.repo import restore_from_repo
+        restore_from_repo(image, repo_path, dest, backup_id=backup_id, at=at,
+                          database=database, tables=split_tables(tables), force=force,
+                          lock_timeout=lock_timeout, show_progress=show_progress,
+                          as_json=as_json)
+        return
+
+    if _is_chain(images):
+        if page_size is not None:
+            raise UsageError("--page-size applies to logical images, not to chains")
+        with progress_bar("restore", show_progress) as progress:
+            summary = online.restore_chain(list(images), dest, tables=split_tables(tables),
+                                           force=force, progress=progress)
+    else:
+        source = sys.stdin.buffer if image == "-" else image
+        with progress_bar("restore", show_progress) as progress:
+            summary = online.restore(source, dest, tables=split_tables(tables), force=force,
+                                     progress=progress, page_size=page_size)
     if as_json:
         emit_json(summary.to_json())
         return
     info = summary.to_json()
-    click.echo(f"restored image {info['image_id']} into {dest}: state at commit seq "
+    what = f"chain of {len(images)} images" if len(images) > 1 else "image"
+    click.echo(f"restored {what} {info['image_id']} into {dest}: state at commit seq "
                f"{info['vp_commit_seq']}, {len(info['tables'])} table(s), "
                f"{info['seconds']:.2f}s; root hash and checker verified")
+
+
+def _is_chain(images: tuple[str, ...]) -> bool:
+    """Several images, or one layer (refused by the chain code with a clear ChainError)."""
+    if len(images) != 1:
+        return True
+    if images[0] == "-":
+        return False
+    from lamina.backup.image_format import ImageKind
+    from lamina.backup.image_reader import read_info
+
+    return read_info(images[0]).manifest.kind == ImageKind.LAYER

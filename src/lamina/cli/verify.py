@@ -1,4 +1,5 @@
-"""``lamina verify IMAGE [--deep]``: prove an image sound without restoring it."""
+"""``lamina verify IMAGE... [--deep]``: prove an image, or a chain, sound without restoring
+it."""
 
 from __future__ import annotations
 
@@ -7,19 +8,51 @@ import sys
 import click
 
 from lamina.cli.common import emit_json, json_option, progress_bar, progress_option
+from lamina.cli.repo import lock_timeout_option
 
 
 @click.command("verify")
-@click.argument("image")
+@click.argument("images", nargs=-1)
 @click.option("--deep", is_flag=True,
               help="Also rebuild the Merkle root from the btree pages and decode every "
-                   "archive block (no database is written).")
+                   "archive block (no database is written; a chain is assembled in a "
+                   "temporary directory).")
+@click.option("--repo", "repo_path", default=None, type=click.Path(),
+              help="Verify this repository's chains (every backup, or --id) instead of IMAGE.")
+@click.option("--id", "backup_id", default=None, help="With --repo: the backup to verify.")
+@lock_timeout_option
 @progress_option
 @json_option
-def command(image: str, deep: bool, show_progress: bool | None, as_json: bool) -> None:
-    """Check every chunk checksum, stream hash, the manifest and footer (exit 4 if bad)."""
+def command(images: tuple[str, ...], deep: bool, repo_path: str | None, backup_id: str | None,
+            lock_timeout: float, show_progress: bool | None, as_json: bool) -> None:
+    """Check every chunk checksum, stream hash, the manifest and footer (exit 4 if bad).
+    Several images (a full image, then its layers in order) are verified as a chain: its
+    links (exit 11 if broken), every image, and with --deep the Merkle root at the last
+    layer's validity point. With --repo, verify each backup's whole chain (exit with the
+    first failure's code)."""
     from lamina.backup import online
 
+    image = images[0] if images else None
+    if repo_path is not None or image is None:
+        if len(images) > 1:
+            from lamina.errors import UsageError
+            raise UsageError("with --repo, name at most one backup")
+        from lamina.cli.repo import verify_repo
+        verify_repo(image, repo_path, backup_id=backup_id, deep=deep,
+                    lock_timeout=lock_timeout, show_progress=show_progress, as_json=as_json)
+        return
+
+    if len(images) > 1 or (deep and image != "-" and _is_layer(image)):
+        with progress_bar("verify", show_progress) as progress:
+            report = online.verify_chain(list(images), deep=deep, progress=progress)
+        if as_json:
+            emit_json(report)
+            return
+        deep_note = f", deep: Merkle root {report['root_hash']}" if deep else ""
+        click.echo(f"ok: chain of {len(report['images'])} images verified up to image "
+                   f"{report['image_id']} (commit seq {report['vp']['commit_seq']}, "
+                   f"{report['chunks']} chunks{deep_note})")
+        return
     source = sys.stdin.buffer if image == "-" else image
     with progress_bar("verify", show_progress) as progress:
         report = online.verify(source, deep=deep, progress=progress)
@@ -28,3 +61,11 @@ def command(image: str, deep: bool, show_progress: bool | None, as_json: bool) -
         return
     click.echo(f"ok: image {report['image_id']} verified ({report['chunks']} chunks, "
                f"{report['streams']} streams{', deep' if deep else ''})")
+
+
+def _is_layer(image: str) -> bool:
+    """A deep verification of a single layer needs its chain (the chain code says so)."""
+    from lamina.backup.image_format import ImageKind
+    from lamina.backup.image_reader import read_info
+
+    return read_info(image).manifest.kind == ImageKind.LAYER

@@ -15,6 +15,12 @@ backup stream"::
 
     stream header (64)   T.ARM as of the VP (1,024)   T.ARZ bytes [0, VP position)
 
+In a layer (``BackupFlags.layer``), a table whose data file generation and table id are the
+ones of the base image's VP sends a *tail* instead (stream version 2, docs/format.md, "Layer
+streams and chains"): the same header naming the base position B, the meta as of the VP,
+then only ``T.ARZ`` bytes [B, VP position) — the blocks committed after the base VP. A table
+created, re-created or optimized since the base (or absent from it) is sent whole.
+
 How the seed's limitations are fixed:
 
 1. *Data frozen at the VP.* Every block header carries the commit seq of the commit that
@@ -77,6 +83,7 @@ from lamina.engines.archive.datafile import FileHeader, read_header
 from lamina.engines.archive.meta import Meta, encode_file, read_meta_file
 from lamina.engines.archive.table import ArchiveTable, meta_from_header
 from lamina.errors import (
+    ChainError,
     CorruptionError,
     DriverChoiceError,
     LaminaError,
@@ -97,10 +104,15 @@ ENGINE_ARCHIVE = "archive"
 # ---------------------------------------------------------------- stream format
 STREAM_MAGIC = b"LARSTRM\x00"
 STREAM_VERSION = 1
+#: Version of a *tail* stream (layers only): bytes 48..55 hold the base position.
+TAIL_STREAM_VERSION = 2
 #: Stream header body (checksummed): magic 8s, version u32, header size u32, meta length
 #: u32, table id u32, VP commit seq u64, data length u64 (= the VP position), xxh3_64 of the
-#: meta bytes u64, reserved 8 zero bytes.
+#: meta bytes u64, 8 bytes that are zero in version 1 and hold the base position (where the
+#: tail starts, :data:`STREAM_BASE`) in version 2.
 STREAM_HEADER_BODY = struct.Struct("<8sIIIIQQQ8x")
+STREAM_BASE = struct.Struct("<Q")
+STREAM_BASE_OFFSET = 48
 STREAM_HEADER_CHECKSUM = struct.Struct("<Q")
 STREAM_HEADER_SIZE = STREAM_HEADER_BODY.size + STREAM_HEADER_CHECKSUM.size  # 64
 #: The meta travels as a whole ``.ARM`` file (both slots hold the VP state).
@@ -114,19 +126,33 @@ _RESOLVE_ATTEMPTS = 50
 
 @dataclass(frozen=True, slots=True)
 class StreamHeader:
-    """The 64-byte header that opens every table stream."""
+    """The 64-byte header that opens every table stream. ``base_position`` is 0 for a whole
+    stream (version 1) and the data file offset where a layer's tail starts (version 2)."""
 
     table_id: int
     vp_seq: int
     data_length: int
     meta_checksum: int
     meta_length: int = STREAM_META_SIZE
+    base_position: int = 0
+
+    @property
+    def is_tail(self) -> bool:
+        """True for a layer's tail stream (data from ``base_position`` on)."""
+        return self.base_position != 0
+
+    @property
+    def data_start(self) -> int:
+        """Data file offset of the first data byte the stream carries (0 or the base)."""
+        return self.base_position
 
     def encode(self) -> bytes:
         """The 64 header bytes."""
-        body = STREAM_HEADER_BODY.pack(STREAM_MAGIC, STREAM_VERSION, STREAM_HEADER_SIZE,
+        version = TAIL_STREAM_VERSION if self.base_position else STREAM_VERSION
+        body = STREAM_HEADER_BODY.pack(STREAM_MAGIC, version, STREAM_HEADER_SIZE,
                                        self.meta_length, self.table_id, self.vp_seq,
                                        self.data_length, self.meta_checksum)
+        body = body[:STREAM_BASE_OFFSET] + STREAM_BASE.pack(self.base_position)
         return body + STREAM_HEADER_CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
 
     @classmethod
@@ -141,24 +167,28 @@ class StreamHeader:
             raise CorruptionError("archive stream header cut short", where=where)
         fields = STREAM_HEADER_BODY.unpack_from(raw)
         magic, version, size, meta_len, table_id, vp_seq, length, meta_sum = fields
+        (base,) = STREAM_BASE.unpack_from(raw, STREAM_BASE_OFFSET)
         if magic != STREAM_MAGIC:
             raise CorruptionError("bad archive stream magic", where=where)
-        if version > STREAM_VERSION:
+        if version > TAIL_STREAM_VERSION:
             raise VersionError(f"archive stream of table {table!r} is version {version}; this "
-                               f"build reads up to {STREAM_VERSION}")
+                               f"build reads up to {TAIL_STREAM_VERSION}")
         (checksum,) = STREAM_HEADER_CHECKSUM.unpack_from(raw, STREAM_HEADER_BODY.size)
         if checksum != xxhash.xxh3_64_intdigest(raw[:STREAM_HEADER_BODY.size]):
             raise CorruptionError("archive stream header checksum mismatch", where=where)
         if version < 1 or size != STREAM_HEADER_SIZE or meta_len != STREAM_META_SIZE:
             raise CorruptionError(f"archive stream header has a bad version, size or meta "
                                   f"length ({version}, {size}, {meta_len})", where=where)
-        if raw[STREAM_HEADER_BODY.size - 8:STREAM_HEADER_BODY.size] != bytes(8):
+        if version == STREAM_VERSION and base:
             raise CorruptionError("archive stream header reserved bytes are not zero",
                                   where=where)
         if length < F.ARZ_HEADER_SIZE:
             raise CorruptionError(f"archive stream data length {length} is shorter than a "
                                   f"data file header", where=where)
-        return cls(table_id, vp_seq, length, meta_sum, meta_len)
+        if version == TAIL_STREAM_VERSION and not F.ARZ_HEADER_SIZE <= base <= length:
+            raise CorruptionError(f"archive tail stream starts at {base}, outside "
+                                  f"{F.ARZ_HEADER_SIZE}..{length}", where=where)
+        return cls(table_id, vp_seq, length, meta_sum, meta_len, base)
 
 
 def block_raw_bytes(codec_flags: int, row_count: int, raw_length: int) -> int:
@@ -188,30 +218,38 @@ class ArchiveBackupEngine(BackupEngine):
     def get_backup(self, tables: Sequence[TableSpec], flags: BackupFlags) -> BackupDriver:
         """A driver for ``tables`` (archive tables of this database). Holds no resources.
 
+        With ``flags.layer`` the driver sends tails for tables whose generation is the one
+        in the base image's VP facts (``flags.base_vp_info``), whole streams for the others.
         Raises UsageError (no database to back up, or a table listed twice),
-        InvalidNameError, DriverChoiceError (a table of another engine), UnsupportedError
-        (a layer: archive tables are always sent whole).
+        InvalidNameError, DriverChoiceError (a table of another engine), ChainError (base
+        facts that are not an archive driver's).
         """
         _check_specs(tables)
         if self.directory is None or self.lockfile is None:
             raise UsageError("this archive backup engine has no database to back up")
+        base: Mapping[str, Any] | None = None
         if flags.layer:
-            raise UnsupportedError("archive layer (incremental) backups are not available")
-        return ArchiveBackupDriver(self.directory, self.lockfile, tables)
+            facts = flags.base_vp_info or {}
+            base = facts.get("tables", {})
+            if not isinstance(base, Mapping):
+                raise ChainError("the base image's archive VP facts have no table map")
+        return ArchiveBackupDriver(self.directory, self.lockfile, tables, base_tables=base)
 
     def get_restore(self, version: int, tables: Sequence[TableSpec],
                     flags: RestoreFlags) -> RestoreDriver:
         """A restore driver for streams of ``version`` into ``flags.destination`` (None:
-        verify only). Raises VersionError (newer than ours), UnsupportedError (a layer, or
-        a version below 1), InvalidNameError (a name that could leave the destination),
-        DriverChoiceError, UsageError (a table listed twice)."""
+        verify only). Raises VersionError (newer than ours), UnsupportedError (a version
+        below 1), ChainError (a layer: restored only with its chain, by
+        :mod:`lamina.backup.chain`), InvalidNameError (a name that could leave the
+        destination), DriverChoiceError, UsageError (a table listed twice)."""
         if version > self.version:
             raise VersionError(f"archive backup data version {version}; this build reads "
                                f"up to {self.version}")
         if version < 1:
             raise UnsupportedError(f"archive backup data version {version} does not exist")
         if flags.layer:
-            raise UnsupportedError("archive layer (incremental) restores are not available")
+            raise ChainError("a layer image holds only what changed after its base: restore "
+                             "it with its chain (lamina restore FULL LAYER... --to DEST)")
         _check_specs(tables)
         from lamina.engines.archive.restore_driver import ArchiveRestoreDriver
 
@@ -228,6 +266,10 @@ def _check_specs(tables: Sequence[TableSpec]) -> None:
         if t.name in names:
             raise UsageError(f"archive table {t.name!r} is listed twice")
         names.add(t.name)
+
+
+def _as_mapping(value: object) -> Mapping[str, Any] | None:
+    return value if isinstance(value, Mapping) else None
 
 
 # ---------------------------------------------------------------- one table
@@ -251,12 +293,21 @@ class TableBackup:
 
     Not thread-safe (used by its driver's thread). Holds one descriptor between
     :meth:`prepare` and :meth:`close`.
+
+    ``layer`` (a layer backup) with ``base`` (this table's facts in the base image's VP, or
+    None if the base lacks it): send a tail from the base position when the table is still
+    the same generation of the same table, else the whole table.
     """
 
-    def __init__(self, directory: Path, spec: TableSpec, stream: int) -> None:
+    def __init__(self, directory: Path, spec: TableSpec, stream: int, *, layer: bool = False,
+                 base: Mapping[str, Any] | None = None) -> None:
         self.directory = directory
         self.spec = spec
         self.stream = stream
+        self.layer = layer
+        self.base = base
+        #: Data file offset the stream's data starts at (0 whole; the base position: tail).
+        self.start = 0
         #: Committed data length seen at ``begin()`` (for ``size()``).
         self.estimate = 0
         self.state: VpState | None = None
@@ -300,16 +351,32 @@ class TableBackup:
                 meta = _cut_at(fd, arz, self.name, header, committed, vp_seq)
             meta = meta.replace(counter=1)
             arm = encode_file(meta)
+            start = self._tail_start(meta)
             stream_header = StreamHeader(self.spec.table_id, vp_seq, meta.data_length,
-                                         xxhash.xxh3_64_intdigest(arm))
+                                         xxhash.xxh3_64_intdigest(arm), base_position=start)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
+        self.start = start
         self.state = VpState(meta, header, arz)
         self._head = stream_header.encode() + arm
         self._pos = 0
-        self._total = len(self._head) + meta.data_length
+        self._total = len(self._head) + meta.data_length - start
+
+    def _tail_start(self, meta: Meta) -> int:
+        """Where a layer's tail starts: the base position if the base VP saw this very
+        generation of this very table (append-only since then), else 0 (send it whole)."""
+        base = self.base
+        if not self.layer or base is None:
+            return 0
+        position = base.get("position")
+        if (base.get("table_id") != self.spec.table_id
+                or base.get("generation") != meta.generation
+                or not isinstance(position, int) or isinstance(position, bool)
+                or not F.ARZ_HEADER_SIZE <= position <= meta.data_length):
+            return 0
+        return position
 
     def fill(self, capacity: int) -> tuple[bytes, bool]:
         """The next up to ``capacity`` bytes of the stream and whether they are its end.
@@ -327,7 +394,7 @@ class TableBackup:
             out += piece
             self._pos += len(piece)
         while len(out) < want:
-            offset = self._pos - head_len
+            offset = self._pos - head_len + self.start
             got = fileio.pread(self._fd, want - len(out), offset, self.state.arz_path)
             if not got:
                 raise CorruptionError(f"data file ends at {offset}, before the validity "
@@ -342,8 +409,11 @@ class TableBackup:
         if self.state is None:
             return {}
         m = self.state.meta
-        return {"rows": m.row_count, "position": m.data_length, "generation": m.generation,
-                "last_commit_seq": m.last_commit_seq, "table_id": self.spec.table_id}
+        facts = {"rows": m.row_count, "position": m.data_length, "generation": m.generation,
+                 "last_commit_seq": m.last_commit_seq, "table_id": self.spec.table_id}
+        if self.layer:
+            facts["base_position"] = self.start  # 0: sent whole
+        return facts
 
     def close(self) -> None:
         """Close the data file (idempotent, never raises)."""
@@ -482,11 +552,14 @@ class ArchiveBackupDriver(BackupDriver):
 
     kind = DriverKind.AT_BEGIN
 
-    def __init__(self, directory: Path, lockfile: LockFile,
-                 tables: Sequence[TableSpec]) -> None:
+    def __init__(self, directory: Path, lockfile: LockFile, tables: Sequence[TableSpec], *,
+                 base_tables: Mapping[str, Any] | None = None) -> None:
         self.directory = Path(directory)
         self.lockfile = lockfile
-        self.tables = [TableBackup(self.directory, spec, i + 1)
+        layer = base_tables is not None
+        bases = base_tables or {}
+        self.tables = [TableBackup(self.directory, spec, i + 1, layer=layer,
+                                   base=_as_mapping(bases.get(spec.name)))
                        for i, spec in enumerate(tables)]
         self.state = DriverState.START
         #: The VP commit seq recorded by ``lock()`` (None before).
@@ -665,7 +738,7 @@ class ArchiveBackupDriver(BackupDriver):
         no I/O."""
         total = 0
         for t in self.tables:
-            length = t.state.position if t.state is not None else t.estimate
+            length = t.state.position - t.start if t.state is not None else t.estimate
             total += STREAM_HEADER_SIZE + STREAM_META_SIZE + length
         return total
 
@@ -677,6 +750,7 @@ __all__ = [
     "STREAM_MAGIC",
     "STREAM_META_SIZE",
     "STREAM_VERSION",
+    "TAIL_STREAM_VERSION",
     "ArchiveBackupDriver",
     "ArchiveBackupEngine",
     "DriverState",

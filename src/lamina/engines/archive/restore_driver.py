@@ -49,6 +49,7 @@ from lamina.engines.archive.datafile import FileHeader, read_header_at
 from lamina.engines.archive.meta import SLOT_VALID, Meta, decode_file, read_meta_file
 from lamina.errors import (
     AlreadyExistsError,
+    ChainError,
     CorruptionError,
     LaminaError,
     NotADatabaseError,
@@ -64,28 +65,35 @@ MAX_BLOCK_RAW = F.MAX_BLOCK_TARGET + 4 + F.MAX_ROW_BYTES
 _RECHECK_CHUNK = 1024 * 1024
 
 
-class _DataChecker:
+class DataChecker:
     """Proves a ``.ARZ`` byte sequence (file header, then blocks up to ``meta.data_length``)
     fed in pieces of any size; returns the proven prefix of what it was fed.
 
     ``decode`` also decompresses and splits every payload (the stream check); without it
     only checksums and headers are proven (the re-check of bytes already decoded).
+
+    A layer's tail starts at data file offset ``start`` > 0 (no file header), with block
+    row ids from ``first_row`` and commit seqs >= ``min_seq`` (after the base VP); its
+    :meth:`finish` can check only the end (next row id and length), not the whole-file
+    totals (the assembled file is re-checked whole).
     """
 
     def __init__(self, table: str, spec_id: int, meta: Meta, vp_seq: int, label: str,
-                 *, decode: bool) -> None:
+                 *, decode: bool, start: int = 0, first_row: int = 1,
+                 min_seq: int = 0) -> None:
         self.table = table
         self.spec_id = spec_id
         self.meta = meta
         self.vp_seq = vp_seq
         self.label = label
         self.decode = decode
-        self.offset = 0  # file offset of the first byte of ``pending``
+        self.start = start
+        self.offset = start  # file offset of the first byte of ``pending``
         self.pending = bytearray()
         self.header: FileHeader | None = None
-        self.expected = 1
+        self.expected = first_row
         self.rows = self.blocks = self.raw_bytes = 0
-        self.prev_seq = 0
+        self.prev_seq = min_seq
 
     @property
     def complete(self) -> bool:
@@ -103,7 +111,7 @@ class _DataChecker:
         self.pending += data
         buf = self.pending
         pos = 0
-        if self.header is None:
+        if self.header is None and self.offset == 0:
             if len(buf) < F.ARZ_HEADER_SIZE:
                 return b""
             self._check_file_header(bytes(buf[:F.ARZ_HEADER_SIZE]))
@@ -175,11 +183,81 @@ class _DataChecker:
             raise CorruptionError(f"data ends at offset {self.offset + len(self.pending)}, "
                                   f"before the VP position {m.data_length}", path=self.label,
                                   where=where)
+        if self.start:  # a tail: its blocks must end exactly at the VP's next row id
+            if self.expected != m.next_row_id:
+                raise CorruptionError(f"tail blocks end before row id {self.expected}, the "
+                                      f"meta's next row id is {m.next_row_id}",
+                                      path=self.label, where=where)
+            return
         got = (self.rows, self.expected, self.blocks, self.raw_bytes)
         want = (m.row_count, m.next_row_id, m.blocks, m.raw_bytes)
         if got != want:
             raise CorruptionError(f"blocks hold (rows, next row id, blocks, raw bytes) {got}, "
                                   f"the meta says {want}", path=self.label, where=where)
+
+
+def check_stream_meta(arm: bytes, header: StreamHeader, spec: TableSpec, label: str,
+                      where: str) -> Meta:
+    """Validate the ``.ARM`` bytes of a table stream against its header and the table spec:
+    hash, both slots valid, table id, data length, row counters, commit seqs <= the VP,
+    generation and block target, codec available. Returns the meta. Raises
+    CorruptionError (naming ``where``), VersionError, UnsupportedError (codec)."""
+    if xxhash.xxh3_64_intdigest(arm) != header.meta_checksum:
+        raise CorruptionError("archive meta checksum differs from the stream header's",
+                              where=where)
+    try:
+        read = decode_file(arm, Path(label))
+    except VersionError:
+        raise
+    except LaminaError as exc:  # NotADatabaseError or CorruptionError: a bad image
+        raise CorruptionError(f"archive meta does not validate: {exc}", where=where) from exc
+    if read.damaged_slots or read.states != (SLOT_VALID, SLOT_VALID):
+        raise CorruptionError(f"archive meta slots not all valid: {read.states}", where=where)
+    m = read.meta
+    problems = []
+    if m.table_id != spec.table_id:
+        problems.append(f"table id {m.table_id} != {spec.table_id}")
+    if m.data_length != header.data_length:
+        problems.append(f"data length {m.data_length} != {header.data_length}")
+    if m.row_count != m.next_row_id - 1:
+        problems.append(f"row count {m.row_count} vs next row id {m.next_row_id}")
+    if m.last_commit_seq > header.vp_seq or m.generation_commit_seq > m.last_commit_seq:
+        problems.append(f"commit seqs {m.generation_commit_seq}/{m.last_commit_seq} "
+                        f"after the VP {header.vp_seq}")
+    if m.generation < 1 or not F.MIN_BLOCK_TARGET <= m.block_target <= F.MAX_BLOCK_TARGET:
+        problems.append("impossible generation or block target")
+    if problems:
+        raise CorruptionError("archive meta is inconsistent: " + "; ".join(problems),
+                              where=where)
+    codec.require(m.codec, f"table {spec.name!r}")
+    return m
+
+
+def recheck_data_file(arz: Path, name: str, table_id: int, meta: Meta, vp_seq: int,
+                      header: FileHeader | None) -> None:
+    """Read a restored, synced ``.ARZ`` back from disk and prove it against ``meta``: its
+    size, its file header (equal to ``header`` when given), every block header and payload
+    checksum, row id continuity and the totals. Raises CorruptionError, StorageError."""
+    got_header = read_header_at(arz)
+    if got_header is None or (header is not None and got_header != header):
+        raise CorruptionError("restored data file header does not read back", path=arz)
+    check = DataChecker(name, table_id, meta, vp_seq, str(arz), decode=False)
+    fd = fileio.open_fd(arz, os.O_RDONLY)
+    try:
+        if fileio.file_size(fd) != meta.data_length:
+            raise CorruptionError(f"restored data file is not {meta.data_length} bytes",
+                                  path=arz)
+        offset = 0
+        while offset < meta.data_length:
+            piece = fileio.pread(fd, min(_RECHECK_CHUNK, meta.data_length - offset), offset,
+                                 arz)
+            if not piece:
+                break
+            check.feed(piece)
+            offset += len(piece)
+    finally:
+        os.close(fd)
+    check.finish()
 
 
 class TableRestore:
@@ -199,7 +277,7 @@ class TableRestore:
         self.arm_bytes = b""
         self.ended = False  # the last buffer arrived
         self._head = bytearray()  # stream header + meta, until both are parsed
-        self._data: _DataChecker | None = None
+        self._data: DataChecker | None = None
         self._fd = -1
         self._written = 0
         self.created: list[Path] = []
@@ -243,6 +321,9 @@ class TableRestore:
                     raise CorruptionError(f"stream is of table id {self.header.table_id}, the "
                                           f"catalog says {self.spec.table_id}",
                                           where=self._where(0))
+                if self.header.is_tail:
+                    raise ChainError(f"the stream of archive table {self.name!r} is a layer's "
+                                     "tail: restore it with its chain")
             if len(self._head) == STREAM_HEADER_SIZE + STREAM_META_SIZE:
                 self._start_data(bytes(self._head[STREAM_HEADER_SIZE:]))
         if len(view):
@@ -275,40 +356,11 @@ class TableRestore:
     def _start_data(self, arm: bytes) -> None:
         header = self.header
         assert header is not None
-        where = self._where(STREAM_HEADER_SIZE)
-        if xxhash.xxh3_64_intdigest(arm) != header.meta_checksum:
-            raise CorruptionError("archive meta checksum differs from the stream header's",
-                                  where=where)
-        try:
-            read = decode_file(arm, Path(self.label))
-        except VersionError:
-            raise
-        except LaminaError as exc:  # NotADatabaseError or CorruptionError: a bad image
-            raise CorruptionError(f"archive meta does not validate: {exc}",
-                                  where=where) from exc
-        if read.damaged_slots or read.states != (SLOT_VALID, SLOT_VALID):
-            raise CorruptionError(f"archive meta slots not all valid: {read.states}",
-                                  where=where)
-        m = read.meta
-        problems = []
-        if m.table_id != self.spec.table_id:
-            problems.append(f"table id {m.table_id} != {self.spec.table_id}")
-        if m.data_length != header.data_length:
-            problems.append(f"data length {m.data_length} != {header.data_length}")
-        if m.row_count != m.next_row_id - 1:
-            problems.append(f"row count {m.row_count} vs next row id {m.next_row_id}")
-        if m.last_commit_seq > header.vp_seq or m.generation_commit_seq > m.last_commit_seq:
-            problems.append(f"commit seqs {m.generation_commit_seq}/{m.last_commit_seq} "
-                            f"after the VP {header.vp_seq}")
-        if m.generation < 1 or not F.MIN_BLOCK_TARGET <= m.block_target <= F.MAX_BLOCK_TARGET:
-            problems.append("impossible generation or block target")
-        if problems:
-            raise CorruptionError("archive meta is inconsistent: " + "; ".join(problems),
-                                  where=where)
-        codec.require(m.codec, f"table {self.name!r}")
+        m = check_stream_meta(arm, header, self.spec, self.label,
+                              self._where(STREAM_HEADER_SIZE))
         self.meta = m
         self.arm_bytes = arm
-        self._data = _DataChecker(self.name, self.spec.table_id, m, header.vp_seq,
+        self._data = DataChecker(self.name, self.spec.table_id, m, header.vp_seq,
                                   self.label, decode=True)
         self._head = bytearray()
         if self.destination is not None:
@@ -373,27 +425,10 @@ class TableRestore:
         """Read the synced data file back: header, every block's header and payload
         checksum, continuity and totals (payloads were decoded while streaming)."""
         assert self.meta is not None and self.header is not None
-        header = read_header_at(arz)
-        if header != (self._data.header if self._data else None):
+        if self._data is None or self._data.header is None:
             raise CorruptionError("restored data file header does not read back", path=arz)
-        check = _DataChecker(self.name, self.spec.table_id, self.meta, self.header.vp_seq,
-                             str(arz), decode=False)
-        fd = fileio.open_fd(arz, os.O_RDONLY)
-        try:
-            if fileio.file_size(fd) != self.meta.data_length:
-                raise CorruptionError(f"restored data file is not {self.meta.data_length} "
-                                      "bytes", path=arz)
-            offset = 0
-            while offset < self.meta.data_length:
-                piece = fileio.pread(fd, min(_RECHECK_CHUNK, self.meta.data_length - offset),
-                                     offset, arz)
-                if not piece:
-                    break
-                check.feed(piece)
-                offset += len(piece)
-        finally:
-            os.close(fd)
-        check.finish()
+        recheck_data_file(arz, self.name, self.spec.table_id, self.meta, self.header.vp_seq,
+                          self._data.header)
 
     def remove(self) -> None:
         """Close and delete every file this table created (never raises)."""
@@ -497,4 +532,5 @@ class ArchiveRestoreDriver(RestoreDriver):
         return Result.OK
 
 
-__all__ = ["ArchiveRestoreDriver", "TableRestore"]
+__all__ = ["ArchiveRestoreDriver", "DataChecker", "TableRestore", "check_stream_meta",
+           "recheck_data_file"]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from lamina.core import fileio
 from lamina.core.failpoints import failpoint
 from lamina.core.lockfile import ExclusiveLock
+from lamina.core.table_locks import table_backup_lock
 from lamina.engines.archive import format as F
 from lamina.engines.archive.block import BlockHeader, pack_rows
 from lamina.engines.archive.meta import MetaRead
@@ -58,6 +59,9 @@ class Appender:
         self._lock: ExclusiveLock | None = lock
         self._read = read
         self._rows: list[bytes] = []
+        #: How long a commit waits while a default backup driver holds the table (then
+        #: LockedError); the database's default lock timeout.
+        self.backup_lock_timeout: float | None = 5.0
 
     def _live(self) -> MetaRead:
         if self._lock is None:
@@ -109,7 +113,11 @@ class Appender:
         arm = table._arm_file()
         offset = meta.data_length
         lockfile = table.lockfile
-        with lockfile.publishing_commit():
+        # The table backup lock, shared: a default backup driver holding the table makes
+        # this commit wait; otherwise it costs one fcntl call each way.
+        backup_lock = table_backup_lock(lockfile, table.table_id)
+        with backup_lock.shared(self.backup_lock_timeout, f"archive table {table.name!r}"), \
+                lockfile.publishing_commit():
             seq = lockfile.next_commit_seq()
             buf = memoryview(b"".join(b.encode(seq) for b in blocks))
             failpoint("archive.before_block_write")

@@ -29,8 +29,14 @@ syncs. With ``RestoreFlags.destination`` None it proves the same and writes noth
 (``lamina verify --deep``). Not proven while streaming: key order, subtree counts and
 overflow value hashes (the checker that runs on the restored database proves those).
 
-Incremental layers are not built yet: the header reserves a flag and a base txnid for a
-layer stream, whose pages would be ``ReadTxn.walk_changed_pages(base_txnid)``.
+Layers (incremental images, ``BackupFlags.layer``): the same header (flag bit 0 set, the
+base image's btree txnid) and trailer around only the pages written after the base:
+``ReadTxn.walk_changed_pages(base_txnid)`` walks from the VP roots and descends only into
+children whose recorded txnid is newer, so the pages read are the pages sent (plus nothing
+but the catalog lookups of ``begin``), never a scan of the file. The pages are sent in page
+order; the walk keeps up to :data:`LAYER_RETAIN_BYTES` of them in memory and re-reads the
+rest from the pinned snapshot. Layer streams are restored only as part of a chain
+(:mod:`lamina.engines.btree.layers`, :mod:`lamina.backup.chain`).
 
 Concurrency: a driver is used by one thread (the kernel's). Writers in any process go on
 while ``get_data`` runs; only ``lock()``/``unlock()`` run under the commit blocker.
@@ -76,6 +82,7 @@ from lamina.engines.btree.page import (
 from lamina.engines.btree.page import checksum as page_checksum
 from lamina.errors import (
     AlreadyExistsError,
+    ChainError,
     CorruptionError,
     DataError,
     DriverChoiceError,
@@ -113,24 +120,60 @@ TRAILER_CHECK = struct.Struct("<Q")
 TRAILER_SIZE = TRAILER.size + TRAILER_CHECK.size
 assert TRAILER_SIZE == 48
 
-#: Header flag bit 0: a layer (incremental) stream. Reserved: v1 streams are full only.
+#: Header flag bit 0: a layer (incremental) stream: only pages newer than the base txnid.
 FLAG_LAYER = 1
+
+#: Bytes of changed pages a layer backup keeps in memory between its walk (which must finish
+#: before the header, since the header carries the page count) and sending them in page
+#: order; pages beyond it are read a second time from the pinned snapshot.
+LAYER_RETAIN_BYTES = 64 << 20
 
 #: Largest page count a stream may declare: page numbers are u32 in the file format.
 MAX_PAGES = (1 << 32) - 1
 
 
-def encode_header(meta: F.Meta, page_count: int) -> bytes:
-    """The 256-byte stream header of a full stream of ``meta``'s snapshot."""
-    body = HEADER.pack(STREAM_MAGIC, STREAM_VERSION, HEADER_SIZE, meta.page_size, 0,
-                       meta.total_pages, page_count, 0, F.META_SIZE, meta.encode())
+def encode_header(meta: F.Meta, page_count: int, *, base_txnid: int | None = None) -> bytes:
+    """The 256-byte stream header of ``meta``'s snapshot: a full stream, or with
+    ``base_txnid`` a layer stream (flag bit 0) of the pages newer than that txnid."""
+    flags, base = (0, 0) if base_txnid is None else (FLAG_LAYER, base_txnid)
+    body = HEADER.pack(STREAM_MAGIC, STREAM_VERSION, HEADER_SIZE, meta.page_size, flags,
+                       meta.total_pages, page_count, base, F.META_SIZE, meta.encode())
     return body + HEADER_CHECK.pack(xxhash.xxh3_64_intdigest(body))
+
+
+def base_txnid_of(facts: Mapping[str, Any] | None) -> int:
+    """The btree txnid at the base image's VP, from that image's btree VP facts.
+
+    Raises ChainError when the facts lack a valid ``txnid`` (the base image has no btree
+    driver data, so no layer can be taken on it).
+    """
+    txnid = None if facts is None else facts.get("txnid")
+    if not isinstance(txnid, int) or isinstance(txnid, bool) or txnid < 0:
+        raise ChainError("the base image records no btree txnid at its validity point, so "
+                         "a layer cannot be taken on it")
+    return txnid
 
 
 def encode_trailer(page_count: int, pages_hash: bytes) -> bytes:
     """The 48-byte trailer: page count and blake2b-128 over the pages' hashes."""
     body = TRAILER.pack(TRAILER_MAGIC, page_count, pages_hash)
     return body + TRAILER_CHECK.pack(xxhash.xxh3_64_intdigest(body))
+
+
+def write_meta_file(fd: int, path: Path, meta: F.Meta) -> None:
+    """Extend the data file at ``fd`` to ``meta``'s page count (sparse), sync its pages,
+    write ``meta`` into both meta slots (slot fields 0 and 1, same txnid) and sync again:
+    the pages are durable before any meta names them. Raises StorageError."""
+    ps = meta.page_size
+    if fileio.file_size(fd) < meta.total_pages * ps:
+        fileio.truncate(fd, meta.total_pages * ps, path)
+    fileio.fdatasync(fd, path)
+    for slot in (0, 1):
+        copy = F.Meta(ps, meta.txnid, meta.commit_seq, slot, meta.total_pages,
+                      meta.next_table_id, meta.catalog, meta.freelist, meta.commit_ns)
+        rec = copy.encode()
+        fileio.pwrite(fd, rec + bytes(ps - len(rec)), slot * ps, path)
+    fileio.fsync(fd, path)
 
 
 def _pages_hasher() -> Any:
@@ -154,8 +197,10 @@ class BtreeBackupEngine(BackupEngine):
     def get_backup(self, tables: Sequence[TableSpec], flags: BackupFlags) -> BackupDriver:
         """A driver for ``tables`` (all btree tables). Holds no resources until ``begin``.
 
-        Raises UsageError (no store), DriverChoiceError (a table of another engine),
-        UnsupportedError (a layer: not built yet).
+        With ``flags.layer`` the driver sends a layer: the pages newer than the base image's
+        btree txnid (``flags.base_vp_info["txnid"]``). Raises UsageError (no store),
+        DriverChoiceError (a table of another engine), ChainError (a layer whose base facts
+        lack the txnid).
         """
         if self.store is None:
             raise UsageError("this btree backup engine has no open store to back up")
@@ -164,18 +209,21 @@ class BtreeBackupEngine(BackupEngine):
                 raise DriverChoiceError(f"table {t.name!r} is an {t.engine} table; the btree "
                                         "driver backs up btree tables only")
         if flags.layer:
-            raise UnsupportedError("btree layer (incremental) backups are not available yet")
+            return BtreeBackupDriver(self.store, tables,
+                                     base_txnid=base_txnid_of(flags.base_vp_info))
         return BtreeBackupDriver(self.store, tables)
 
     def get_restore(self, version: int, tables: Sequence[TableSpec],
                     flags: RestoreFlags) -> RestoreDriver:
         """A restore driver for a stream of ``version``. Raises VersionError (newer than
-        ours), UnsupportedError (a layer), DriverChoiceError (a non-btree table)."""
+        ours), ChainError (a layer: it is restored only with its chain, by
+        :mod:`lamina.backup.chain`), DriverChoiceError (a non-btree table)."""
         if version > self.version:
             raise VersionError(f"btree backup data version {version}; this build reads up "
                                f"to {self.version}")
         if flags.layer:
-            raise UnsupportedError("btree layer (incremental) restores are not available yet")
+            raise ChainError("a layer image holds only what changed after its base: restore "
+                             "it with its chain (lamina restore FULL LAYER... --to DEST)")
         for t in tables:
             if t.engine != ENGINE_BTREE:
                 raise DriverChoiceError(f"table {t.name!r} is an {t.engine} table, not btree")
@@ -188,12 +236,17 @@ class BtreeBackupDriver(BackupDriver):
     States: created -> begun (slot owned) -> locked (slot pins the VP txnid) -> sending ->
     done -> ended; ``cancel()`` from any state releases the slot. Errors are raised as
     LaminaError (the kernel cancels the driver and reports them).
+
+    ``base_txnid`` (not None) makes it a layer driver: only pages whose txnid is newer are
+    sent, found by :meth:`changed_pages`.
     """
 
     kind = DriverKind.AT_BEGIN
 
-    def __init__(self, store: BtreeStore, tables: Sequence[TableSpec]) -> None:
+    def __init__(self, store: BtreeStore, tables: Sequence[TableSpec], *,
+                 base_txnid: int | None = None) -> None:
         self._store = store
+        self._base_txnid = base_txnid
         self._lockfile = store._lockfile
         self._tables = list(tables)
         self._buf_size = 0
@@ -301,6 +354,9 @@ class BtreeBackupDriver(BackupDriver):
         assert meta is not None
         txn = self._txn = self._store.read_pinned(meta)
         self._check_tables(txn)
+        if self._base_txnid is not None:
+            yield from self._generate_layer(txn, meta, self._base_txnid)
+            return
         free = txn.free_pages()
         count = sum(1 for p in free if F.FIRST_DATA_PAGE <= p < meta.total_pages)
         self._page_count = meta.total_pages - F.FIRST_DATA_PAGE - count
@@ -319,6 +375,51 @@ class BtreeBackupDriver(BackupDriver):
         self._pages_hash = hasher.digest()
         yield encode_trailer(self.pages_sent, self._pages_hash)
 
+    def changed_pages(self, txn: ReadTxn, base_txnid: int) -> Iterator[tuple[int, bytes]]:
+        """The pages of ``txn``'s snapshot written after ``base_txnid``, as (pgno, bytes), in
+        any order, each once: the Merkle walk (cost O(pages yielded)). A subclass may find
+        them another way (the benchmark's scan baseline)."""
+        return txn.walk_changed_pages(base_txnid)
+
+    def _generate_layer(self, txn: ReadTxn, meta: F.Meta, base: int) -> Iterator[bytes]:
+        """A layer stream: every page newer than ``base``, in page order.
+
+        Raises ChainError when the base is newer than this snapshot (a base image from a
+        later state, e.g. of a database this one was restored from).
+        """
+        if base > meta.txnid:
+            raise ChainError(f"the base image's btree state (txnid {base}) is newer than this "
+                             f"database's (txnid {meta.txnid}): it cannot be this layer's base")
+        # The header carries the page count, so the walk finishes before anything is sent;
+        # it keeps what fits the budget and re-reads the rest (the snapshot is pinned).
+        found: dict[int, bytes | None] = {}
+        budget = LAYER_RETAIN_BYTES
+        path = self._store.path
+        for pgno, page in self.changed_pages(txn, base):
+            if pgno in found or not F.FIRST_DATA_PAGE <= pgno < meta.total_pages:
+                raise CorruptionError("the snapshot reaches a page twice or outside the file",
+                                      path=path, where=f"page {pgno}")
+            keep = budget >= len(page)
+            found[pgno] = page if keep else None
+            budget -= len(page) if keep else 0
+        order = sorted(found)
+        self._page_count = len(order)
+        yield encode_header(meta, self._page_count, base_txnid=base)
+        hasher = _pages_hasher()
+        pager = self._store._pager
+        for pgno in order:
+            kept = found.pop(pgno)
+            if kept is None:
+                page = pager.read(pgno)
+                verify_header(page, pgno, None, path)
+            else:
+                page = kept
+            hasher.update(page_hash(page))
+            self.pages_sent += 1
+            yield page
+        self._pages_hash = hasher.digest()
+        yield encode_trailer(self.pages_sent, self._pages_hash)
+
     def _check_tables(self, txn: ReadTxn) -> None:
         for t in self._tables:
             entry = txn.catalog_get(t.name)
@@ -328,14 +429,19 @@ class BtreeBackupDriver(BackupDriver):
 
     def vp_info(self) -> Mapping[str, Any]:
         """txnid, commit_seq (of the last btree commit <= the VP), root_hash (hex),
-        page_size, total_pages, pages_sent, pages_hash (hex, as in the trailer)."""
+        page_size, total_pages, pages_sent, pages_hash (hex, as in the trailer); a layer
+        adds base_txnid (the base image's btree txnid)."""
         meta = self._meta
         if meta is None:
             return {}
-        return {"txnid": meta.txnid, "commit_seq": meta.commit_seq,
-                "root_hash": meta.root_hash.hex(), "page_size": meta.page_size,
-                "total_pages": meta.total_pages, "pages_sent": self.pages_sent,
-                "pages_hash": self._pages_hash.hex()}
+        facts: dict[str, Any] = {
+            "txnid": meta.txnid, "commit_seq": meta.commit_seq,
+            "root_hash": meta.root_hash.hex(), "page_size": meta.page_size,
+            "total_pages": meta.total_pages, "pages_sent": self.pages_sent,
+            "pages_hash": self._pages_hash.hex()}
+        if self._base_txnid is not None:
+            facts["base_txnid"] = self._base_txnid
+        return facts
 
     def _close_txn(self) -> None:
         if self._txn is not None:
@@ -370,7 +476,12 @@ class BtreeBackupDriver(BackupDriver):
 
     def size(self) -> int | None:
         """Estimate: total pages x page size of the VP snapshot (of the current one before
-        the VP). Memory only."""
+        the VP). A layer: None until its walk counted the pages, then their size. Memory
+        only."""
+        if self._base_txnid is not None:
+            if self._pieces is None or self._meta is None:
+                return None
+            return self._page_count * self._meta.page_size + HEADER_SIZE + TRAILER_SIZE
         meta = self._meta
         if meta is None:
             try:
@@ -790,18 +901,8 @@ class BtreeRestoreDriver(RestoreDriver):
     def _write_file(self, meta: F.Meta) -> None:
         fd, path = self._fd, self.path
         assert fd is not None and path is not None
-        ps = meta.page_size
-        # Trailing free pages were not sent: extend (sparse) to the snapshot's size.
-        if fileio.file_size(fd) < meta.total_pages * ps:
-            fileio.truncate(fd, meta.total_pages * ps, path)
-        fileio.fdatasync(fd, path)  # pages before the metas that name them
-        for slot in (0, 1):
-            # Both slots hold the VP meta (same txnid), as a writable open's repair does.
-            copy = F.Meta(ps, meta.txnid, meta.commit_seq, slot, meta.total_pages,
-                          meta.next_table_id, meta.catalog, meta.freelist, meta.commit_ns)
-            rec = copy.encode()
-            fileio.pwrite(fd, rec + bytes(ps - len(rec)), slot * ps, path)
-        fileio.fsync(fd, path)
+        # Trailing free pages were not sent: write_meta_file extends the file (sparse).
+        write_meta_file(fd, path, meta)
         os.close(fd)
         self._fd = None
         assert self._dest is not None

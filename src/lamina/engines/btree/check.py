@@ -12,7 +12,9 @@ free-list records decode. It never raises for damage: it reports findings.
 
 from __future__ import annotations
 
+import os
 from itertools import pairwise
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lamina.core import fileio
@@ -29,21 +31,20 @@ from lamina.engines.btree.page import (
     page_hash,
     verify_header,
 )
+from lamina.engines.btree.pager import Pager
 from lamina.errors import DataError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from lamina.engines.btree.store import BtreeStore
-    from lamina.engines.btree.txn import ReadTxn
 
 
 class _Checker:
-    def __init__(self, store: BtreeStore, txn: ReadTxn, report: CheckReport) -> None:
-        self.store = store
-        self.pager = store._pager
-        self.ps = store.page_size
-        self.meta = txn.meta
+    def __init__(self, pager: Pager, meta: F.Meta, report: CheckReport) -> None:
+        self.pager = pager
+        self.ps = pager.page_size
+        self.meta = meta
         self.report = report
         self.owner: dict[int, str] = {}
         self.free: set[int] = set()
@@ -258,7 +259,24 @@ def check_store(store: BtreeStore) -> CheckReport:
         if not isinstance(m, F.Meta):
             report.findings.append(Finding(None, f"meta {slot}", f"invalid meta page: {m}"))
     with store.begin_read() as txn:
-        _Checker(store, txn, report).run()
+        _Checker(store._pager, txn.meta, report).run()
+    return report
+
+
+def check_pages(path: Path, meta: F.Meta) -> CheckReport:
+    """Check the snapshot ``meta`` describes in the page file at ``path``, which need not be
+    part of a database (no lock file, no identity; its meta pages are not read): the whole
+    checker above, from ``meta``'s roots. Used to prove a backup chain's assembled pages
+    (``lamina verify --deep``, ``combine_chain``). Raises StorageError if the file cannot
+    be opened; damage is reported as findings.
+    """
+    report = CheckReport()
+    fd = fileio.open_fd(path, os.O_RDONLY)
+    pager = Pager(path, fd, meta.page_size, readonly=True, cache_bytes=0)
+    try:
+        _Checker(pager, meta, report).run()
+    finally:
+        pager.close()
     return report
 
 

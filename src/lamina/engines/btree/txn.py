@@ -32,6 +32,7 @@ from lamina.engines.btree.page import (
     Leaf,
     OverflowRef,
     Value,
+    decode_node,
     page_hash,
     verify_header,
 )
@@ -190,8 +191,10 @@ class ReadTxn:
             pgno, txnid, kind = stack.pop()
             self._check_open()
             page = self._pager.read(pgno)
+            # Decode the bytes just read (checksum, page number and txnid are verified):
+            # one read per page, whether or not the node cache holds it.
+            node = decode_node(page, pgno, txnid, self._pager.path)
             yield pgno, page
-            node = self._load((pgno, txnid))
             if isinstance(node, Branch):
                 for kid in reversed(node.kids):
                     assert type(kid) is tuple
