@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from lamina.core import compression
 from lamina.core.lockfile import LockFile
-from lamina.engines.archive import MAX_ROW_BYTES, ArchiveTable, codec
+from lamina.engines.archive import MAX_ROW_BYTES, ArchiveTable
 from lamina.engines.archive import format as F
 from lamina.engines.archive.meta import encode_slot
 from lamina.errors import (
@@ -83,7 +84,7 @@ def test_unknown_codec_in_block(make_table: Make, db: Path, lockfile: LockFile) 
 def test_codec_library_missing(make_table: Make, db: Path, lockfile: LockFile,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     make_table().close()
-    monkeypatch.setattr(codec, "_zstd", None)
+    monkeypatch.setattr(compression, "AVAILABLE", {"zlib", "none"})
     with pytest.raises(UnsupportedError, match="codec zstd is not available"):
         ArchiveTable.open(db, "t", 1, lockfile)
     with pytest.raises(UnsupportedError):

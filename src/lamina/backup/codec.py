@@ -8,11 +8,8 @@ Not thread-safe: one :class:`Compressor` per writer.
 
 from __future__ import annotations
 
-import zlib
-
-import zstandard
-
 from lamina.backup.image_format import Codec
+from lamina.core import compression
 from lamina.errors import CorruptionError, UnsupportedError, UsageError
 
 #: Names accepted on the command line, in order of preference.
@@ -31,25 +28,23 @@ def parse_codec(name: str | Codec) -> Codec:
                          f"{', '.join(CODEC_NAMES)}") from None
 
 
+_NAMES: dict[Codec, str] = {Codec.ZSTD: compression.ZSTD, Codec.ZLIB: compression.ZLIB,
+                            Codec.NONE: compression.NONE}
+
+
 class Compressor:
     """Compresses chunk payloads with one codec and level."""
 
     def __init__(self, codec: Codec, level: int | None = None) -> None:
         self.codec = codec
         self.level = DEFAULT_LEVELS[codec] if level is None else level
-        # A zstd context is costly to build; reuse one per writer.
-        self._zstd = (zstandard.ZstdCompressor(level=self.level, write_content_size=True)
-                      if codec == Codec.ZSTD else None)
 
     def compress(self, data: bytes | bytearray | memoryview) -> tuple[Codec, bytes]:
         """Return (codec actually used, stored bytes); NONE when compression doesn't help."""
         raw = bytes(data)
         if self.codec == Codec.NONE or not raw:
             return Codec.NONE, raw
-        if self._zstd is not None:
-            packed = self._zstd.compress(raw)
-        else:
-            packed = zlib.compress(raw, self.level)
+        packed = compression.compress(_NAMES[self.codec], self.level, raw)
         if len(packed) >= len(raw):
             return Codec.NONE, raw
         return self.codec, packed
@@ -63,30 +58,11 @@ def decompress(codec: Codec, payload: bytes, raw_length: int, *, path: object = 
     (checked without ever producing more than ``raw_length + 1`` bytes), UnsupportedError
     for a codec this build lacks. Never raises zlib/zstd errors.
     """
-    if codec == Codec.NONE:
-        if len(payload) != raw_length:
-            raise CorruptionError("stored length differs from raw length", path=path,
-                                  where=where)
-        return payload
+    name = _NAMES.get(codec)
+    if name is None:  # pragma: no cover - the header decoder rejects unknown codecs first
+        raise UnsupportedError(f"codec {codec} unknown to this build ({where})")
     try:
-        if codec == Codec.ZLIB:
-            dobj = zlib.decompressobj()
-            out = dobj.decompress(payload, raw_length + 1)  # bounded output
-            complete = dobj.eof and not dobj.unused_data and not dobj.unconsumed_tail
-        elif codec == Codec.ZSTD:
-            # The frame must declare its size; libzstd then refuses to produce more.
-            if zstandard.frame_content_size(payload) != raw_length:
-                raise CorruptionError("zstd frame size differs from the chunk's raw length",
-                                      path=path, where=where)
-            zobj = zstandard.ZstdDecompressor().decompressobj()
-            out = zobj.decompress(payload)
-            complete = zobj.eof and not zobj.unused_data
-        else:  # pragma: no cover - the header decoder rejects unknown codecs first
-            raise UnsupportedError(f"codec {codec} unknown to this build ({where})")
-    except (zlib.error, zstandard.ZstdError, ValueError) as exc:
+        return compression.decompress_exact(name, payload, raw_length)
+    except ValueError as exc:
         raise CorruptionError(f"chunk payload does not decompress: {exc}", path=path,
                               where=where) from exc
-    if not complete or len(out) != raw_length:
-        raise CorruptionError("chunk payload decompresses to the wrong length", path=path,
-                              where=where)
-    return out
