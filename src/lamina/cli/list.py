@@ -1,0 +1,39 @@
+"""``lamina list --repo REPO``: every backup in a repository, with its chain and sizes."""
+
+from __future__ import annotations
+
+import click
+
+from lamina.cli.common import emit_json, human_bytes, json_option
+from lamina.cli.repo import lock_timeout_option, note_rebuilt, open_repository
+
+
+@click.command("list")
+@click.option("--repo", "repo_path", required=True, type=click.Path(), help="Repository.")
+@lock_timeout_option
+@json_option
+def command(repo_path: str, lock_timeout: float, as_json: bool) -> None:
+    """List backups: id, kind, base, database, VP time and seq, size, chain size."""
+    repo = open_repository(repo_path, lock_timeout)
+    entries, rebuilt = repo.list()
+    note_rebuilt(repo, rebuilt)
+    if as_json:
+        emit_json({"backups": [e.to_json() for e in entries], "index_rebuilt": rebuilt})
+        return
+    if not entries:
+        click.echo("no backups")
+        return
+    click.echo(f"{'ID':36}  {'KIND':9}  {'BASE':8}  {'DATABASE':8}  {'VP TIME (UTC)':26}  "
+               f"{'SEQ':>8}  {'SIZE':>10}  {'CHAIN':>10}")
+    for e in entries:
+        j = e.to_json()
+        kind = "full*" if j["synthetic"] else j["kind"]
+        if e.record.error is not None:
+            click.echo(f"{j['id']:36}  damaged: {e.record.error}")
+            continue
+        line = (f"{j['id']:36}  {kind:9}  {(j['base'] or '-')[:8]:8}  "
+                f"{j['database_id'][:8]:8}  {j['vp_time'][:26]:26}  {j['vp_seq']:>8}  "
+                f"{human_bytes(j['size']):>10}  {human_bytes(j['chain_size']):>10}")
+        click.echo(line + (f"  BROKEN: {e.problem}" if e.problem else ""))
+    if any(e.to_json()["synthetic"] for e in entries):
+        click.echo("full*: a synthetic full (a layer's chain merged by prune)")

@@ -1,0 +1,137 @@
+"""Repository layout and the config file format (constants in one place).
+
+A repository is a set of objects addressed by keys (``/``-separated, see
+:mod:`lamina.repository.storage`)::
+
+    LAMINAREPO                  config: magic, format version, repository id, settings
+    images/<backup-id>.lamina   one backup image per backup (published only when complete)
+    index.json                  derived data: one record per image (see index.py)
+
+A local repository also has ``tmp/`` (staging for images being written, never listed) and
+``locks/`` (``fcntl`` lock files); neither holds committed data.
+
+The config file is canonical JSON (sorted keys, no whitespace) of an object holding
+``magic``, ``version``, ``repository_id``, ``created_ns``, ``chain_limit`` and
+``checksum`` = ``xxh3_64`` (hex, 16 digits) of the canonical JSON of every other field.
+It is read in the order magic (else NotADatabaseError), version (newer: VersionError),
+checksum (CorruptionError), then the fields.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import xxhash
+
+from lamina.errors import CorruptionError, NotADatabaseError, UsageError, VersionError
+
+#: The config object's key; its presence marks a directory as a repository.
+CONFIG_KEY = "LAMINAREPO"
+CONFIG_MAGIC = "LAMINA-REPOSITORY"
+#: Repository format version this build writes and reads (up to).
+FORMAT_VERSION = 1
+#: Largest config file accepted (a sane bound before parsing).
+MAX_CONFIG_SIZE = 64 * 1024
+
+#: Where images live: ``images/<backup-id>.lamina``.
+IMAGES_PREFIX = "images/"
+IMAGE_SUFFIX = ".lamina"
+#: The index object (derived data, rebuilt from the images when it disagrees with them).
+INDEX_KEY = "index.json"
+INDEX_MAGIC = "LAMINA-REPOSITORY-INDEX"
+INDEX_VERSION = 1
+
+#: Local-only directories (not objects): staging of images being written, lock files.
+STAGING_DIR = "tmp"
+LOCKS_DIR = "locks"
+
+#: Default longest chain: a new backup is a layer only while the chain it would extend has
+#: fewer than this many layers on top of its full image.
+DEFAULT_CHAIN_LIMIT = 7
+
+
+def image_key(backup_id: uuid.UUID | str) -> str:
+    """The key of the image standing for ``backup_id``."""
+    return f"{IMAGES_PREFIX}{backup_id}{IMAGE_SUFFIX}"
+
+
+def backup_id_of_key(key: str) -> uuid.UUID | None:
+    """The backup id an image key names, or None for a key that is not an image's."""
+    if not (key.startswith(IMAGES_PREFIX) and key.endswith(IMAGE_SUFFIX)):
+        return None
+    stem = key[len(IMAGES_PREFIX):-len(IMAGE_SUFFIX)]
+    try:
+        parsed = uuid.UUID(stem)
+    except ValueError:
+        return None
+    return parsed if str(parsed) == stem else None  # only the canonical spelling
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON bytes (sorted keys, no whitespace, no NaN), for checksums."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False,
+                      ensure_ascii=False).encode("utf-8")
+
+
+def checksum(obj: Any) -> str:
+    """``xxh3_64`` of the canonical JSON of ``obj``, as 16 hex digits."""
+    return f"{xxhash.xxh3_64_intdigest(canonical_json(obj)):016x}"
+
+
+@dataclass(frozen=True, slots=True)
+class RepoConfig:
+    """The repository's config file: identity and settings."""
+
+    repository_id: uuid.UUID
+    created_ns: int
+    chain_limit: int = DEFAULT_CHAIN_LIMIT
+
+    @classmethod
+    def new(cls, chain_limit: int = DEFAULT_CHAIN_LIMIT) -> RepoConfig:
+        """A fresh config (new repository id, now). Raises UsageError for a bad limit."""
+        if chain_limit < 0:
+            raise UsageError("the chain limit must be 0 or more layers")
+        return cls(uuid.uuid4(), time.time_ns(), chain_limit)
+
+    def encode(self) -> bytes:
+        """The config file's bytes."""
+        body: dict[str, Any] = {"magic": CONFIG_MAGIC, "version": FORMAT_VERSION,
+                                "repository_id": str(self.repository_id),
+                                "created_ns": self.created_ns,
+                                "chain_limit": self.chain_limit}
+        return canonical_json({**body, "checksum": checksum(body)}) + b"\n"
+
+    @classmethod
+    def decode(cls, data: bytes, where: object) -> RepoConfig:
+        """Parse and validate config bytes read from ``where`` (named in errors).
+
+        Raises NotADatabaseError (no magic: not a repository), VersionError (a newer
+        format), CorruptionError (checksum or fields).
+        """
+        try:
+            obj = json.loads(data.decode("utf-8")) if len(data) <= MAX_CONFIG_SIZE else None
+        except (UnicodeDecodeError, ValueError):
+            obj = None
+        if not isinstance(obj, dict) or obj.get("magic") != CONFIG_MAGIC:
+            raise NotADatabaseError(f"{where} is not a Lamina repository config")
+        version = obj.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise CorruptionError("repository config has no valid version", path=where)
+        if version > FORMAT_VERSION:
+            raise VersionError(f"{where} is repository format {version}; this build reads "
+                               f"up to {FORMAT_VERSION}")
+        body = {k: v for k, v in obj.items() if k != "checksum"}
+        if obj.get("checksum") != checksum(body):
+            raise CorruptionError("repository config checksum mismatch", path=where)
+        try:
+            config = cls(uuid.UUID(str(obj["repository_id"])), int(obj["created_ns"]),
+                         int(obj["chain_limit"]))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CorruptionError(f"repository config field: {exc}", path=where) from exc
+        if config.chain_limit < 0:
+            raise CorruptionError("repository config chain_limit is negative", path=where)
+        return config

@@ -1,0 +1,60 @@
+"""Shared helpers of the repository tests: tiny databases, a fake VP clock, the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import lamina
+from lamina.backup import kernel
+from lamina.database import Database
+
+LAMINA = [sys.executable, "-m", "lamina.cli"]
+DAY_NS = 86_400 * 10**9
+
+
+def cli(*args: str, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run the ``lamina`` command in a new process."""
+    return subprocess.run([*LAMINA, *args], capture_output=True, text=True, timeout=timeout,
+                          **kw)
+
+
+def make_db(path: Path) -> Database:
+    """A tiny database with one btree table ``t``."""
+    db = lamina.open(path)
+    if "t" not in {t.name for t in db.tables()}:
+        db.create_table("t")
+    return db
+
+
+def content(path: Path) -> dict[bytes, bytes]:
+    """Every key and value of table ``t`` of the database at ``path``."""
+    with lamina.open(path, create=False) as db, db.read() as txn:
+        return dict(txn.table("t").items())
+
+
+class _FakeTime:
+    """The ``time`` module, except ``time_ns`` (VP wall clock, image creation time)."""
+
+    def __init__(self, now_ns: int) -> None:
+        self.now_ns = now_ns
+
+    def time_ns(self) -> int:
+        return self.now_ns
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@contextlib.contextmanager
+def vp_clock(start_ns: int) -> Iterator[_FakeTime]:
+    """Backups taken inside get the VP time ``clock.now_ns`` (set it before each)."""
+    fake = _FakeTime(start_ns)
+    with mock.patch.object(kernel, "time", fake):
+        yield fake

@@ -1,0 +1,149 @@
+"""The index is derived data: rebuilt from the images when it is missing, damaged or stale,
+and it says so; staging and temporary files are never listed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from lamina.repository import Repository
+from lamina.repository import layout as L
+from lamina.repository.index import Index
+
+from .helpers import LAMINA, cli, make_db
+
+
+def _repo_with_backups(tmp_path: Path, n: int) -> tuple[Repository, list[str]]:
+    repo = Repository.init(tmp_path / "repo")
+    ids = []
+    with make_db(tmp_path / "db") as db:
+        for i in range(n):
+            db.put("t", b"k%d" % i, b"v")
+            ids.append(str(repo.backup(db, full=True).backup_id))
+    return repo, ids
+
+
+def _listed(repo: Repository) -> tuple[list[str], str | None]:
+    entries, rebuilt = repo.list()
+    return [str(e.record.backup_id) for e in entries], rebuilt
+
+
+def test_deleted_index_is_rebuilt_and_reported(tmp_path: Path) -> None:
+    repo, ids = _repo_with_backups(tmp_path, 3)
+    before = (repo.path / L.INDEX_KEY).read_bytes()
+    (repo.path / L.INDEX_KEY).unlink()
+    listed, rebuilt = _listed(repo)
+    assert listed == ids
+    assert rebuilt is not None and "index missing" in rebuilt and "3 image(s)" in rebuilt
+    assert (repo.path / L.INDEX_KEY).read_bytes() == before  # same derived data
+    assert _listed(repo) == (ids, None)  # saved: no second rebuild
+    # The CLI says it in one line on stderr and still lists everything.
+    (repo.path / L.INDEX_KEY).unlink()
+    proc = cli("list", "--repo", str(repo.path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [b["id"] for b in json.loads(proc.stdout)["backups"]] == ids
+    assert proc.stderr.count("\n") == 1 and "rebuilt" in proc.stderr
+
+
+def test_corrupted_index_is_rebuilt(tmp_path: Path) -> None:
+    repo, ids = _repo_with_backups(tmp_path, 2)
+    path = repo.path / L.INDEX_KEY
+    for damage in (b"garbage", path.read_bytes().replace(b'"kind":"full"', b'"kind":"layer"'),
+                   path.read_bytes()[:-20], b""):
+        path.write_bytes(damage)
+        listed, rebuilt = _listed(repo)
+        assert listed == ids
+        assert rebuilt is not None and "unreadable" in rebuilt
+    # An index that parses but lies about an image (a forged record, checksum fixed up)
+    # is caught by the size/stamp comparison.
+    obj = json.loads(path.read_bytes())
+    obj["images"][0]["size"] += 1
+    obj["checksum"] = L.checksum(obj["images"])
+    path.write_bytes(L.canonical_json(obj))
+    listed, rebuilt = _listed(repo)
+    assert listed == ids and rebuilt is not None and "changed" in rebuilt
+
+
+def test_image_added_behind_the_index_appears(tmp_path: Path) -> None:
+    repo, ids = _repo_with_backups(tmp_path, 1)
+    other = Repository.init(tmp_path / "other")
+    with make_db(tmp_path / "db") as db:
+        db.put("t", b"new", b"x")
+        extra = str(other.backup(db, full=True).backup_id)
+    shutil.copy(other.path / L.image_key(extra), repo.path / L.image_key(extra))
+    listed, rebuilt = _listed(repo)
+    assert listed == [*ids, extra]
+    assert rebuilt is not None and "1 image(s) are not indexed" in rebuilt
+    assert repo.restore(tmp_path / "out", id=extra).backup_id.hex == extra.replace("-", "")
+    # And one removed behind its back disappears.
+    (repo.path / L.image_key(ids[0])).unlink()
+    listed, rebuilt = _listed(repo)
+    assert listed == [extra] and rebuilt is not None and "gone" in rebuilt
+
+
+def test_damaged_image_is_listed_as_damaged_never_dropped(tmp_path: Path) -> None:
+    repo, ids = _repo_with_backups(tmp_path, 2)
+    path = repo.path / L.image_key(ids[0])
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # the footer's checksum
+    path.write_bytes(bytes(data))
+    entries, rebuilt = repo.list()
+    assert rebuilt is not None and "changed" in rebuilt
+    by_id = {str(e.record.backup_id): e for e in entries}
+    assert set(by_id) == set(ids)
+    assert by_id[ids[0]].record.error is not None and by_id[ids[0]].problem is not None
+    assert by_id[ids[1]].problem is None
+    report = repo.verify()
+    assert not report.ok and report.first_error is not None
+    assert report.first_error.exit_code == 4
+
+
+def test_half_written_images_are_never_listed(tmp_path: Path) -> None:
+    repo, ids = _repo_with_backups(tmp_path, 1)
+    image = (repo.path / L.image_key(ids[0])).read_bytes()
+    # What a writer killed mid-way leaves: a staged image, and a put's dot-temporary.
+    (repo.path / L.STAGING_DIR / "backup-0123.lamina").write_bytes(image[:100])
+    (repo.path / "images" / f".{ids[0][:-4]}aaaa.lamina.tmp-123456789abc").write_bytes(image)
+    (repo.path / "images" / "notes.txt").write_text("not an image")
+    assert _listed(repo) == (ids, None)
+
+
+def test_backup_killed_mid_write_leaves_nothing_listed(tmp_path: Path) -> None:
+    """A real ``lamina backup --repo`` process killed with SIGKILL while it writes: the
+    repository lists exactly what it listed before, and a prune clears the leftovers."""
+    repo, ids = _repo_with_backups(tmp_path, 1)
+    db = tmp_path / "db"
+    with make_db(db) as d, d.write() as txn:  # enough data that a backup takes a moment
+        for i in range(3000):
+            txn.table("t").put(b"big%06d" % i, os.urandom(300))
+    command = [*LAMINA, "backup", str(db), "--repo", str(repo.path), "--full",
+               "--compress", "none"]
+    started = time.monotonic()
+    assert subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+    whole = time.monotonic() - started  # kill at fractions of a whole run
+    ids = _listed(repo)[0]
+    killed = 0
+    for fraction in (0.5, 0.7, 0.8, 0.9):
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(whole * fraction)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait(timeout=60)
+        listed, _ = _listed(repo)
+        assert listed[: len(ids)] == ids
+        ids = listed  # a backup that finished before the kill is complete and listed
+        report = repo.verify()
+        assert report.ok, report.results
+    index = Index.from_bytes((repo.path / L.INDEX_KEY).read_bytes())
+    assert {str(i) for i in index.records} == set(ids)
+    from lamina.repository import KeepPolicy
+    result = repo.prune(KeepPolicy(last=100))
+    assert not result.plan.delete and _listed(repo)[0] == ids
+    assert list((repo.path / L.STAGING_DIR).iterdir()) == []
+    assert killed >= 1
