@@ -154,11 +154,12 @@ def test_reader_chunks_is_single_use() -> None:
 
 
 def test_backup_layer_does_not_import_engines() -> None:
-    """The kernel, driver API and image format know no engine; only ``online`` (the glue
-    that builds a database's native drivers) reaches down into the engines."""
+    """The kernel, driver API and image format know no engine; only the glue that builds a
+    database's native drivers reaches down into the engines: ``online``, and ``chain`` (which
+    assembles a chain's last VP from the engines' page and table streams)."""
     package = Path(lamina.backup.__file__).parent
     for module in package.glob("*.py"):
-        if module.stem == "online":
+        if module.stem in ("online", "chain"):
             continue
         tree = ast.parse(module.read_text())
         for node in ast.walk(tree):

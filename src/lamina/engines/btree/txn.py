@@ -191,6 +191,12 @@ class ReadTxn:
             pgno, txnid, kind = stack.pop()
             self._check_open()
             page = self._pager.read(pgno)
+            if kind == 0 and len(page) > 21 and page[20] == F.PAGE_LEAF and not page[21] & 1:
+                # A tree leaf without overflow values references nothing: verifying its
+                # header (checksum, page number, txnid) is enough; decoding it is not needed.
+                verify_header(page, pgno, txnid, self._pager.path)
+                yield pgno, page
+                continue
             # Decode the bytes just read (checksum, page number and txnid are verified):
             # one read per page, whether or not the node cache holds it.
             node = decode_node(page, pgno, txnid, self._pager.path)

@@ -1,0 +1,647 @@
+"""Backup chains: a full image and the layers on top of it, each naming its base by id.
+
+Public functions (the repository layer codes against these):
+
+* :func:`order_chain` — read the images' headers and manifests, validate the links, return
+  them in chain order (full image first);
+* :func:`restore_chain` — restore a chain (or any prefix of it) into a new database, in one
+  pass over the images: every page and archive byte of the last VP is written once;
+* :func:`verify_chain` — prove a chain without restoring it (``deep``: the Merkle root at
+  the last VP, from the chain's pages, plus the whole checker);
+* :func:`combine_chain` — write one synthetic full image equal to the chain's last VP;
+* :func:`layer_base` / :func:`layer_groups` — what ``online.backup(..., base=...)`` uses to
+  take a layer.
+
+One pass (docs/format.md, "Layer streams and chains"): the images are read newest first.
+A btree page number is written the first time it is seen (if it is below the last VP's
+page count): a page live at the last VP is in exactly one image, and no later image has
+that number unless it was rewritten. Archive parts are written at their offsets. The
+result is then proven whole: the btree checker (every Merkle hash from the root recorded
+at the last VP, key order, counts, free list) and every archive block against the last
+meta. ``verify_chain(deep=True)`` and :func:`combine_chain` assemble the last VP in a
+temporary directory that is *not* a database (a sparse page file and archive files, no
+identity, no lock file), deleted afterwards.
+
+Concurrency: images are read-only inputs; every function may run beside writers of the
+database and beside other readers of the images. Nothing here holds database locks except
+:func:`layer_base`, which only reads shared counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+import xxhash
+
+from lamina.backup import image_format as F
+from lamina.backup.codec import parse_codec
+from lamina.backup.driver import BackupFlags, DriverGroup, TableSpec
+from lamina.backup.image_reader import ImageInfo, ImageReader, read_info
+from lamina.backup.image_writer import ImageWriter
+from lamina.backup.kernel import (
+    BaseImageRef,
+    CancelToken,
+    ProgressCallback,
+    is_cancelled,
+    lamina_version,
+)
+from lamina.backup.restore import RestoreResult, restore_into_directory
+from lamina.backup.verify import verify_image
+from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE
+from lamina.engines.archive.backup import StreamHeader as ArchiveStreamHeader
+from lamina.engines.archive.layers import TableAssembler, TablePart
+from lamina.engines.btree import format as BF
+from lamina.engines.btree.backup import base_txnid_of
+from lamina.engines.btree.check import check_pages
+from lamina.engines.btree.layers import (
+    FullStreamWriter,
+    PageAssembler,
+    PageStreamReader,
+    StreamHeader,
+)
+from lamina.errors import (
+    AlreadyExistsError,
+    CancelledError,
+    ChainError,
+    CorruptionError,
+    NotFoundError,
+    UnsupportedError,
+    UsageError,
+    storage_error,
+)
+
+if TYPE_CHECKING:
+    from lamina.backup.online import RestoreSummary
+    from lamina.database import Database
+
+#: Backup engine (driver) names a chain can hold: the native drivers, which write layers.
+CHAIN_DRIVERS = (ENGINE_BTREE, ENGINE_ARCHIVE)
+
+ImagePath = str | os.PathLike[str]
+
+
+# ====================================================================== ordering
+def _facts(info: ImageInfo, driver: str) -> Mapping[str, Any] | None:
+    """The VP facts of ``driver`` in ``info`` (None if the image has no such driver)."""
+    for entry, facts in zip(info.catalog.drivers, info.manifest.vp.drivers, strict=True):
+        if entry.name == driver:
+            return facts
+    return None
+
+
+def _label(info: ImageInfo) -> str:
+    kind = "full image" if info.manifest.kind == F.ImageKind.FULL else "layer"
+    return f"{kind} {info.path.name} ({info.header.image_id})"
+
+
+def order_chain(paths: Sequence[ImagePath]) -> list[ImageInfo]:
+    """Read every image's header, catalog and manifest (:func:`read_info`: checksums and
+    hashes of those, not of the data) and return them in chain order: the one full image,
+    then each layer after the image it names as its base.
+
+    Validates every link: exactly one full image; every layer's base image id is the
+    previous image's id, its base VP seq that image's VP seq, its btree base txnid that
+    image's btree txnid; every image from the same database; no image twice; no two layers
+    on one base (a fork); no layer whose base is missing (a gap). The paths may be given in
+    any order. Raises ChainError (one line saying which link is broken), NotFoundError (a
+    missing file), CorruptionError & co. (a damaged image), UsageError (no paths).
+    Reads files only; thread-safe.
+    """
+    if not paths:
+        raise UsageError("a chain needs at least one image")
+    infos = [read_info(p) for p in paths]
+    ids: dict[uuid.UUID, ImageInfo] = {}
+    for info in infos:
+        if info.header.image_id in ids:
+            raise ChainError(f"image {info.header.image_id} is given twice "
+                             f"({ids[info.header.image_id].path}, {info.path})")
+        ids[info.header.image_id] = info
+    fulls = [i for i in infos if i.manifest.kind == F.ImageKind.FULL]
+    if not fulls:
+        first = infos[0]
+        raise ChainError(f"the chain has no full image: it starts with {_label(first)}, whose "
+                         f"base is image {first.manifest.base_image_id}")
+    if len(fulls) > 1:
+        raise ChainError(f"a chain has one full image; got {len(fulls)}: "
+                         + ", ".join(i.path.name for i in fulls))
+    on_base: dict[uuid.UUID, ImageInfo] = {}
+    for info in infos:
+        if info.manifest.kind != F.ImageKind.LAYER:
+            continue
+        other = on_base.get(info.manifest.base_image_id)
+        if other is not None:
+            raise ChainError(f"two layers on the same base image {info.manifest.base_image_id}"
+                             f": {other.path.name} and {info.path.name} (a fork)")
+        on_base[info.manifest.base_image_id] = info
+    chain = [fulls[0]]
+    while (nxt := on_base.pop(chain[-1].header.image_id, None)) is not None:
+        _check_link(chain[-1], nxt)
+        chain.append(nxt)
+    if on_base:
+        orphan = min(on_base.values(), key=lambda i: i.manifest.base_vp_seq)
+        raise ChainError(f"gap in the chain: the base image {orphan.manifest.base_image_id} of "
+                         f"{_label(orphan)} is not among the images given")
+    return chain
+
+
+def _check_link(base: ImageInfo, layer: ImageInfo) -> None:
+    if layer.header.database_id != base.header.database_id:
+        raise ChainError(f"{_label(layer)} is from database {layer.header.database_id}, its "
+                         f"base {base.path.name} from database {base.header.database_id}")
+    if layer.manifest.base_vp_seq != base.vp.commit_seq or layer.vp.commit_seq < base.vp.commit_seq:
+        raise ChainError(f"{_label(layer)} names base VP seq {layer.manifest.base_vp_seq}, its "
+                         f"base {base.path.name} has VP seq {base.vp.commit_seq}")
+    base_btree, layer_btree = _facts(base, ENGINE_BTREE), _facts(layer, ENGINE_BTREE)
+    if base_btree is None or layer_btree is None:
+        raise ChainError(f"{_label(layer)} or its base has no btree data")
+    if layer_btree.get("base_txnid") != base_btree.get("txnid"):
+        raise ChainError(f"{_label(layer)} holds pages after btree txnid "
+                         f"{layer_btree.get('base_txnid')}, its base's VP is txnid "
+                         f"{base_btree.get('txnid')}")
+
+
+def _chain_in_order(paths: Sequence[ImagePath]) -> list[ImageInfo]:
+    """:func:`order_chain`, and the paths must already be in chain order (ChainError)."""
+    chain = order_chain(paths)
+    given = [Path(p) for p in paths]
+    if [i.path for i in chain] != given:
+        if chain[0].path != given[0]:
+            raise ChainError(f"the chain must start with its full image "
+                             f"{chain[0].path.name}, not {given[0].name}")
+        raise ChainError("images out of order; the chain is: "
+                         + " ".join(i.path.name for i in chain))
+    for info in chain:
+        for d in info.catalog.drivers:
+            if d.name not in CHAIN_DRIVERS:
+                raise UnsupportedError(f"{_label(info)} uses backup driver {d.name!r}; a "
+                                       "chain holds native btree and archive data only")
+    return chain
+
+
+# ====================================================================== the plan
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What each image contributes: per image its btree txnid; per archive table of the
+    last image its parts (whole stream, then tails)."""
+
+    infos: list[ImageInfo]
+    txnids: list[int]
+    archive: dict[str, tuple[TableSpec, list[TablePart]]]
+
+    @property
+    def final(self) -> ImageInfo:
+        return self.infos[-1]
+
+
+def _int_fact(facts: Mapping[str, Any], key: str, where: str) -> int:
+    value = facts.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CorruptionError(f"{where}: VP fact {key!r} is missing or not a count")
+    return value
+
+
+def _archive_tables(info: ImageInfo) -> Mapping[str, Any]:
+    facts = _facts(info, ENGINE_ARCHIVE)
+    tables = {} if facts is None else facts.get("tables", {})
+    if not isinstance(tables, Mapping):
+        raise CorruptionError(f"{_label(info)}: archive VP facts have no table map")
+    return tables
+
+
+def _plan(infos: list[ImageInfo]) -> _Plan:
+    txnids = []
+    for info in infos:
+        facts = _facts(info, ENGINE_BTREE)
+        if facts is None:
+            raise ChainError(f"{_label(info)} has no btree data")
+        txnids.append(_int_fact(facts, "txnid", _label(info)))
+    final = infos[-1]
+    per_image = [_archive_tables(i) for i in infos]
+    archive: dict[str, tuple[TableSpec, list[TablePart]]] = {}
+    for t in final.catalog.tables:
+        if final.catalog.drivers[t.driver].name != ENGINE_ARCHIVE:
+            continue
+        spec = TableSpec(t.name, t.engine, t.table_id)
+        archive[t.name] = (spec, _table_parts(infos, per_image, spec))
+    return _Plan(infos, txnids, archive)
+
+
+def _table_parts(infos: list[ImageInfo], per_image: list[Mapping[str, Any]],
+                 spec: TableSpec) -> list[TablePart]:
+    """Walk back from the last image to the one that sent ``spec`` whole."""
+    parts: list[TablePart] = []
+    i = len(infos) - 1
+    while True:
+        where = f"{_label(infos[i])}, archive table {spec.name!r}"
+        facts = per_image[i].get(spec.name)
+        if not isinstance(facts, Mapping) or facts.get("table_id") != spec.table_id:
+            raise ChainError(f"{where}: the image's VP facts do not describe this table")
+        position = _int_fact(facts, "position", where)
+        start = facts.get("base_position", 0) if i else 0
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            raise CorruptionError(f"{where}: VP fact 'base_position' is not an offset")
+        if not start:
+            parts.append(TablePart(i, 0, position, infos[i].vp.commit_seq))
+            return parts[::-1]
+        base = per_image[i - 1].get(spec.name)
+        if (not isinstance(base, Mapping) or base.get("table_id") != spec.table_id
+                or base.get("generation") != facts.get("generation")
+                or base.get("position") != start):
+            raise ChainError(f"{where}: the layer sends a tail from offset {start}, its base "
+                             f"image does not end this table there")
+        rows = _int_fact(base, "rows", where)
+        parts.append(TablePart(i, start, position, infos[i].vp.commit_seq,
+                               first_row=rows + 1, min_seq=infos[i - 1].vp.commit_seq + 1))
+        i -= 1
+
+
+# ====================================================================== assembling
+class _Consumer(Protocol):
+    def feed(self, data: bytes | bytearray | memoryview, last: bool) -> None: ...
+    def finish(self) -> object: ...
+
+
+@dataclass(slots=True)
+class _Assembled:
+    """The last VP assembled in a directory: its btree meta, and what it took."""
+
+    meta: BF.Meta
+    archive: dict[str, TableAssembler]
+    bytes_read: int
+    chunks: int
+    raw_bytes: int
+    pages_written: int
+    pages_read: int
+
+
+@contextlib.contextmanager
+def _open_image(path: Path) -> Iterator[BinaryIO]:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise NotFoundError(f"no backup image {path}") from None
+    except OSError as exc:
+        raise storage_error(exc, "open", path) from exc
+    with f:
+        yield f
+
+
+def _assemble(plan: _Plan, directory: Path, progress: ProgressCallback | None,
+              cancel: CancelToken) -> _Assembled:
+    """Read every image once, newest first, and write the last VP into ``directory``:
+    ``data.lamina`` (pages, then both metas) and the archive tables of the last image.
+
+    Every image is verified whole by its reader (chunk checksums, stream hashes, manifest,
+    footer) and every stream by its parser; on any failure the files written are removed
+    and the error propagates (CancelledError when ``cancel`` fires)."""
+    infos = plan.infos
+    total = sum(i.size for i in infos)
+    tables = {name: TableAssembler(directory, spec, parts)
+              for name, (spec, parts) in plan.archive.items()}
+    pages: list[PageAssembler] = []  # created by the last image's btree header (read first)
+    done = chunks = raw = pages_read = 0
+    try:
+        for index in range(len(infos) - 1, -1, -1):
+            info = infos[index]
+            with _open_image(info.path) as f:
+                reader = ImageReader(f, path=info.path)
+                if reader.header != info.header or reader.catalog != info.catalog:
+                    raise ChainError(f"{info.path} changed while the chain was read")
+                btree, consumers = _consumers(plan, index, tables, pages, directory)
+                for chunk in reader.chunks():
+                    if is_cancelled(cancel):
+                        raise CancelledError("cancelled")
+                    consumer = consumers.get(chunk.stream)
+                    if consumer is not None:
+                        consumer.feed(chunk.data, chunk.last)
+                    chunks += 1
+                    raw += len(chunk.data)
+                    if progress is not None:
+                        progress(done + reader.offset, total)
+                for consumer in consumers.values():
+                    consumer.finish()
+                if btree.pages != _int_fact(_btree_facts(info), "pages_sent", _label(info)):
+                    raise CorruptionError(f"{_label(info)}: {btree.pages} btree pages, its VP "
+                                          "facts say otherwise")
+                pages_read += btree.pages
+                pages[0].flush()
+                done += info.size
+        if is_cancelled(cancel):
+            raise CancelledError("cancelled")
+        assembler = pages[0]
+        assembler.finish()
+        for table in tables.values():
+            table.finish()
+    except BaseException:
+        for p in pages:
+            p.abort()
+        for table in tables.values():
+            table.abort()
+        raise
+    return _Assembled(assembler.meta, tables, done, chunks, raw, assembler.pages_written,
+                      pages_read)
+
+
+def _btree_facts(info: ImageInfo) -> Mapping[str, Any]:
+    facts = _facts(info, ENGINE_BTREE)
+    if facts is None:
+        raise ChainError(f"{_label(info)} has no btree data")
+    return facts
+
+
+def _consumers(plan: _Plan, index: int, tables: dict[str, TableAssembler],
+               pages: list[PageAssembler], directory: Path,
+               ) -> tuple[PageStreamReader, dict[int, _Consumer]]:
+    """A parser for every stream image ``index`` contributes: its btree stream, and the
+    streams of the last image's archive tables that this image holds a part of."""
+    info = plan.infos[index]
+    last = index == len(plan.infos) - 1
+    facts = _btree_facts(info)
+
+    def on_header(h: StreamHeader) -> None:
+        meta = h.meta
+        expect = {"txnid": meta.txnid, "root_hash": meta.root_hash.hex(),
+                  "total_pages": meta.total_pages, "page_size": meta.page_size}
+        got = {k: facts.get(k) for k in expect}
+        if got != expect:
+            raise CorruptionError(f"{_label(info)}: btree stream meta {expect} differs from "
+                                  f"the image's VP facts {got}")
+        if last:
+            pages.append(PageAssembler(directory / BF.DATA_FILE_NAME, meta))
+        elif meta.page_size != pages[0].page_size:
+            raise ChainError(f"{_label(info)} has page size {meta.page_size}, the chain's "
+                             f"last image {pages[0].page_size}")
+
+    def offer(pgno: int, page: bytes) -> None:
+        pages[0].offer(pgno, page)
+
+    consumers: dict[int, _Consumer] = {}
+    btree: PageStreamReader | None = None
+    for di, entry in enumerate(info.catalog.drivers):
+        if entry.name == ENGINE_BTREE:
+            btree = PageStreamReader(_label(info),
+                                     expect_base=None if index == 0 else plan.txnids[index - 1],
+                                     on_page=offer, on_header=on_header)
+            consumers[entry.common_stream] = btree
+        elif entry.name == ENGINE_ARCHIVE:
+            for t in info.catalog.tables_of(di):
+                table = tables.get(t.name)
+                if table is None:
+                    continue  # not in the last image: dropped, or not chosen
+                part = table.reader(index)
+                if part is not None:
+                    if t.table_id != table.spec.table_id:
+                        raise ChainError(f"{_label(info)}: archive table {t.name!r} has "
+                                         "another table id than in the last image")
+                    consumers[t.stream] = part
+    if btree is None:
+        raise ChainError(f"{_label(info)} has no btree data")
+    return btree, consumers
+
+
+# ====================================================================== restore
+def restore_chain(paths: Sequence[ImagePath], dest: ImagePath, *,
+                  tables: Sequence[str] | None = None, force: bool = False,
+                  progress: ProgressCallback | None = None, cancel: CancelToken = None,
+                  ) -> RestoreSummary:
+    """Restore the chain ``paths`` (the full image, then its layers in order; any prefix of
+    a chain is a chain) into a new database ``dest``, as of the last image's VP.
+
+    One pass: the images are read once each, newest first; every btree page and archive
+    byte of the last VP is written once. Then, as a single-image restore does, the
+    database is proven (root hash equal to the last image's, archive row counts equal to
+    its VP facts, the whole checker) in a temporary directory next to ``dest`` that is
+    renamed into place only then; on any failure nothing is left at ``dest``. The restored
+    database keeps the source's database id and records the last image as its origin.
+    ``tables`` keeps only those tables. ``progress(bytes_read, total_bytes)``.
+
+    Raises ChainError (broken or misordered chain, a chain starting with a layer),
+    NotFoundError, AlreadyExistsError (``dest`` exists, no ``force``), TableNotFoundError,
+    CorruptionError & co., CheckFailedError, CancelledError, StorageError.
+    """
+    from lamina.backup import online  # online sits above chain (it re-exports it)
+
+    start = time.monotonic_ns()
+    infos = _chain_in_order(paths)
+    plan = _plan(infos)
+    kept: list[tuple[str, ...]] = []
+
+    def do_restore(tmp: Path) -> RestoreResult:
+        done = _assemble(plan, tmp, progress, cancel)
+        final = plan.final
+        return RestoreResult(final.header, final.catalog, final.manifest, done.bytes_read,
+                             done.chunks, done.raw_bytes)
+
+    def verify(tmp: Path, result: RestoreResult) -> None:
+        kept.append(online._finish(tmp, result, tables))
+
+    result = restore_into_directory(dest, do_restore, verify, force=force, cancel=cancel)
+    return online.RestoreSummary(Path(dest), result, kept[0], time.monotonic_ns() - start)
+
+
+# ====================================================================== verify
+def _image_json(info: ImageInfo) -> dict[str, Any]:
+    return {"path": str(info.path), "image_id": str(info.header.image_id),
+            "kind": info.manifest.kind.name.lower(),
+            "base_image_id": (str(info.manifest.base_image_id)
+                              if info.manifest.kind == F.ImageKind.LAYER else None),
+            "vp_commit_seq": info.vp.commit_seq, "size": info.size}
+
+
+def _prove(assembled: _Assembled, directory: Path) -> None:
+    """The Merkle tree and the whole checker over the assembled page file."""
+    report = check_pages(directory / BF.DATA_FILE_NAME, assembled.meta)
+    if not report.ok:
+        raise CorruptionError(f"the chain's pages at its last VP fail the checker "
+                              f"({len(report.findings)} problems): {report.findings[0]}")
+
+
+def verify_chain(paths: Sequence[ImagePath], *, deep: bool = False,
+                 progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Prove a chain without restoring it; returns a JSON-ready report.
+
+    Always: the links (:func:`order_chain`, in the given order) and every image whole
+    (chunk checksums, stream hashes, manifest, footer). ``deep``: also assembles the last
+    VP in one pass into a temporary directory that is not a database (a sparse page file
+    and the archive files; removed afterwards; as much disk as a restore), decodes every
+    stream it uses, and runs the btree checker on it from the root hash the last image
+    recorded — the Merkle root at the last VP, computed from the chain's pages — and
+    re-checks every archive table against its last meta.
+
+    Raises ChainError, NotFoundError, CorruptionError (naming the image, stream and
+    offset, or the checker's first finding), VersionError, UnsupportedError, StorageError.
+    """
+    infos = _chain_in_order(paths)
+    out: dict[str, Any] = {"ok": True, "deep": deep, "images": [_image_json(i) for i in infos],
+                           "image_id": str(infos[-1].header.image_id),
+                           "database_id": str(infos[-1].header.database_id),
+                           "vp": {"commit_seq": infos[-1].vp.commit_seq,
+                                  "wall_ns": infos[-1].vp.wall_ns},
+                           "root_hash": _btree_facts(infos[-1]).get("root_hash")}
+    if not deep:
+        total = sum(i.size for i in infos)
+        done = chunks = 0
+        for info in infos:
+            report = verify_image(info.path)
+            chunks += report.chunks
+            done += report.size
+            if progress is not None:
+                progress(done, total)
+        out["chunks"] = chunks
+        return out
+    plan = _plan(infos)
+    with tempfile.TemporaryDirectory(prefix="lamina-verify-") as tmp:
+        assembled = _assemble(plan, Path(tmp), progress, None)
+        _prove(assembled, Path(tmp))
+    out.update(chunks=assembled.chunks, pages=assembled.pages_written,
+               pages_read=assembled.pages_read)
+    return out
+
+
+# ====================================================================== combine
+def _chunked(writer: ImageWriter, stream: int, pieces: Iterable[bytes], size: int) -> None:
+    """Write ``pieces`` as chunks of ``size`` bytes on ``stream``; the final one is last."""
+    buf = bytearray()
+    for piece in pieces:
+        buf += piece
+        while len(buf) > size:
+            writer.write_chunk(stream, bytes(buf[:size]), False)
+            del buf[:size]
+    writer.write_chunk(stream, bytes(buf), True)
+
+
+def _archive_pieces(table: TableAssembler, vp_seq: int) -> Iterator[bytes]:
+    """A whole (version 1) archive stream of an assembled table."""
+    meta = table.meta
+    assert meta is not None
+    yield ArchiveStreamHeader(table.spec.table_id, vp_seq, meta.data_length,
+                              xxhash.xxh3_64_intdigest(table.arm_bytes)).encode()
+    yield table.arm_bytes
+    with open(table.arz_path, "rb") as f:
+        while piece := f.read(F.DEFAULT_BUF_SIZE):
+            yield piece
+
+
+def combine_chain(paths: Sequence[ImagePath], out: ImagePath, *, codec: str = "zstd",
+                  progress: ProgressCallback | None = None, cancel: CancelToken = None,
+                  ) -> ImageInfo:
+    """Write ONE full image at ``out`` equivalent to the chain's last VP: same image format,
+    kind full, a new image id, the last image's VP (commit seq, wall clock, blocker time)
+    and database id, the same catalog; its btree VP facts list the images it was made
+    from (``combined_from``). Restoring it equals restoring the chain.
+
+    The chain is read once (newest first) into a temporary directory next to ``out`` (not a
+    database; removed afterwards), proven (checker from the last root hash, archive
+    re-checks), then written as a full image: every non-free page in page order and every
+    archive table whole. ``out`` is published only when complete (never replacing a file).
+    Returns the new image's :class:`ImageInfo`. Raises AlreadyExistsError (``out``
+    exists), NotFoundError (no such directory), ChainError, CorruptionError & co.,
+    CancelledError, StorageError; on any error nothing is left at ``out``.
+    """
+    infos = _chain_in_order(paths)
+    plan = _plan(infos)
+    target = Path(out)
+    if target.exists() or target.is_symlink():
+        raise AlreadyExistsError(f"{target} exists")
+    if not target.parent.is_dir():
+        raise NotFoundError(f"directory {target.parent} does not exist")
+    final = plan.final
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.combine-",
+                                     dir=target.parent) as tmp:
+        work = Path(tmp)
+        assembled = _assemble(plan, work, progress, cancel)
+        _prove(assembled, work)
+        header = F.ImageHeader(uuid.uuid4(), final.header.database_id, time.time_ns(),
+                               lamina_version())
+        pages = FullStreamWriter(work / BF.DATA_FILE_NAME, assembled.meta)
+        with ImageWriter(target, header, final.catalog, codec=parse_codec(codec)) as writer:
+            vp_info: list[Mapping[str, Any]] = []
+            for di, entry in enumerate(final.catalog.drivers):
+                facts = dict(final.vp.drivers[di])
+                if is_cancelled(cancel):
+                    raise CancelledError("cancelled")
+                if entry.name == ENGINE_BTREE:
+                    _chunked(writer, entry.common_stream, pages.pieces(), F.DEFAULT_BUF_SIZE)
+                    facts.pop("base_txnid", None)
+                    facts.update(pages_sent=pages.pages_sent, pages_hash=pages.pages_hash.hex(),
+                                 combined_from=[str(i.header.image_id) for i in infos])
+                else:  # archive (checked by _chain_in_order)
+                    table_facts = {name: {k: v for k, v in dict(f).items()
+                                          if k != "base_position"}
+                                   for name, f in dict(facts.get("tables", {})).items()}
+                    facts["tables"] = table_facts
+                    for t in final.catalog.tables_of(di):
+                        _chunked(writer, t.stream,
+                                 _archive_pieces(assembled.archive[t.name], final.vp.commit_seq),
+                                 F.DEFAULT_BUF_SIZE)
+                vp_info.append(facts)
+            writer.finish(vp_seq=final.vp.commit_seq, vp_wall_ns=final.vp.wall_ns,
+                          vp_info=vp_info, blocker_held_ns=final.manifest.blocker_held_ns)
+    return read_info(target)
+
+
+# ====================================================================== taking a layer
+def layer_base(db: Database, base: ImagePath,
+               ) -> tuple[BaseImageRef, dict[str, Mapping[str, Any]]]:
+    """Check that the image at ``base`` can be the base of a layer of ``db`` and return its
+    reference and its VP facts by driver name (what each driver gets as
+    ``BackupFlags.base_vp_info``).
+
+    The base must come from this database (same database id: a restored database keeps
+    its source's) and must not be newer than the database's current state (its VP commit
+    seq and btree txnid at most the current ones). Raises NotFoundError (no base file),
+    ChainError (another database, a newer base, no btree data), CorruptionError & co.
+    Reads shared memory only; safe beside writers.
+    """
+    info = read_info(base)
+    if info.header.database_id != db.identity.db_id:
+        raise ChainError(f"base image {info.path.name} is from database "
+                         f"{info.header.database_id}, not from {db.path} "
+                         f"({db.identity.db_id})")
+    current = db.lockfile.commit_seq()
+    if info.vp.commit_seq > current:
+        raise ChainError(f"base image {info.path.name} is newer than the database: its VP is "
+                         f"commit seq {info.vp.commit_seq}, the database is at {current}")
+    facts = {d.name: info.vp.drivers[i] for i, d in enumerate(info.catalog.drivers)}
+    base_txnid = base_txnid_of(facts.get(ENGINE_BTREE))
+    txnid = db.store.current_meta().txnid
+    if base_txnid > txnid:
+        raise ChainError(f"base image {info.path.name} is newer than the database: its btree "
+                         f"txnid is {base_txnid}, the database's {txnid}")
+    return BaseImageRef(info.header.image_id, info.vp.commit_seq), facts
+
+
+def layer_groups(groups: Sequence[DriverGroup], ref: BaseImageRef,
+                 facts: Mapping[str, Mapping[str, Any]]) -> list[DriverGroup]:
+    """``groups`` with layer flags: each driver gets the base image's facts of the same
+    driver (None if the base has none: then it sends everything whole). Raises
+    UsageError for a driver that cannot write layers (only the native ones can)."""
+    out = []
+    for g in groups:
+        if g.engine.name not in CHAIN_DRIVERS:
+            names = ", ".join(t.name for t in g.tables)
+            raise UsageError(f"a layer needs native drivers; table(s) {names} use the "
+                             f"{g.engine.name!r} driver")
+        out.append(dataclasses.replace(g, flags=BackupFlags(
+            layer=True, base_vp_info=facts.get(g.engine.name), base_vp_seq=ref.vp_seq)))
+    return out
+
+
+__all__ = [
+    "CHAIN_DRIVERS",
+    "combine_chain",
+    "layer_base",
+    "layer_groups",
+    "order_chain",
+    "restore_chain",
+    "verify_chain",
+]
