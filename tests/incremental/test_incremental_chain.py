@@ -310,7 +310,7 @@ def test_api_shapes() -> None:
     assert list(inspect.signature(chain.verify_chain).parameters) == [
         "paths", "deep", "progress"]
     assert list(inspect.signature(chain.combine_chain).parameters) == [
-        "paths", "out", "codec", "progress", "cancel"]
+        "paths", "out", "codec", "progress", "cancel", "image_id"]
     assert online.restore_chain is chain.restore_chain
     assert "base" in inspect.signature(online.backup).parameters
     assert "base" in inspect.signature(Database.backup).parameters

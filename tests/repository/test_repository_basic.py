@@ -307,3 +307,26 @@ def test_repository_layer_never_imports_the_cli() -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 assert not name.startswith(("lamina.cli", "click")), (module, name)
+
+
+def test_prune_merges_under_a_layer_that_stays(tmp_path: Path) -> None:
+    """F L1 L2 L3, keep the last 2: L2 becomes a synthetic full under its own id, L3 stays
+    a layer on it, F and L1 are freed — and both kept backups restore exactly."""
+    repo = Repository.init(tmp_path / "repo")
+    ids, states = [], []
+    with make_db(tmp_path / "db") as db:
+        for i in range(4):
+            db.put("t", b"k%d" % i, b"v%d" % i)
+            ids.append(repo.backup(db).backup_id)
+            states.append(content_of(db))
+    result = repo.prune(KeepPolicy(last=2))
+    assert result.plan.done_merges == [ids[2]]
+    assert set(result.plan.done_deletes) == {ids[0], ids[1]}
+    entries = {e.record.backup_id: e for e in repo.list()[0]}
+    assert set(entries) == {ids[2], ids[3]}
+    assert entries[ids[2]].record.synthetic and entries[ids[2]].record.kind == "full"
+    assert entries[ids[3]].chain == (ids[2], ids[3])
+    for i in (2, 3):
+        repo.restore(tmp_path / f"r{i}", id=str(ids[i]))
+        assert content(tmp_path / f"r{i}") == states[i]
+    assert repo.verify(deep=True).ok

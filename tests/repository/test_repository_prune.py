@@ -77,7 +77,8 @@ def apply(index: Index, policy: KeepPolicy) -> Index:
         if r.backup_id in plan.delete:
             continue
         if r.backup_id in {m.backup_id for m in plan.merges}:
-            r = ImageRecord(r.backup_id, uuid.uuid4(), r.database_id, "full", None, 0,
+            # The synthetic full keeps the backup's image id, so layers on it still link.
+            r = ImageRecord(r.backup_id, r.image_id, r.database_id, "full", None, 0,
                             r.vp_seq, r.vp_wall_ns, r.created_ns, 1000, 2)
         records.append(r)
     return Index(records)
@@ -99,9 +100,6 @@ def test_plan_keeps_every_chain_and_only_what_is_needed(plan: list[tuple[int, bo
         assert list(m.chain) == chain and len(chain) > 1
         assert not set(chain[:-1]) & keep
         assert chain[0] in p.delete  # ... and it frees the chain's full image
-    for r in index.records.values():  # no remaining layer builds on a merged backup
-        if r.backup_id in p.needed and r.base_image_id is not None:
-            assert r.base_image_id not in merged
     after = apply(index, policy)
     survivors = set(after.records)
     assert survivors == p.needed and not survivors & set(p.delete)
@@ -130,10 +128,14 @@ def test_merge_only_when_it_frees_a_full() -> None:
     p = plan_prune(index, KeepPolicy(last=1))
     assert [m.backup_id for m in p.merges] == [records[3].backup_id]
     assert set(p.delete) == {r.backup_id for r in records[:3]}
-    # Keep L2 and L3 (last 2): L3 stays a layer on L2, and a chain links a layer to its
-    # base by image id, which a merge would change: nothing is merged, nothing freed.
+    # Keep L2 and L3 (last 2): L2 becomes a synthetic full under its own image id, L3
+    # stays a layer on it, and F and L1 go.
     p = plan_prune(index, KeepPolicy(last=2))
-    assert not p.merges and not p.delete
+    assert [m.backup_id for m in p.merges] == [records[2].backup_id]
+    assert set(p.delete) == {records[0].backup_id, records[1].backup_id}
+    after = apply(index, KeepPolicy(last=2))
+    assert [r.backup_id for r in after.chain(after.records[records[3].backup_id])] == [
+        records[2].backup_id, records[3].backup_id]
     # Keep F (weekly: the only week's newest is L3, so use last=4): nothing to merge.
     p = plan_prune(index, KeepPolicy(last=4))
     assert not p.merges and not p.delete

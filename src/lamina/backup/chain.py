@@ -533,11 +533,15 @@ def _archive_pieces(table: TableAssembler, vp_seq: int) -> Iterator[bytes]:
 
 def combine_chain(paths: Sequence[ImagePath], out: ImagePath, *, codec: str = "zstd",
                   progress: ProgressCallback | None = None, cancel: CancelToken = None,
-                  ) -> ImageInfo:
+                  image_id: uuid.UUID | None = None) -> ImageInfo:
     """Write ONE full image at ``out`` equivalent to the chain's last VP: same image format,
-    kind full, a new image id, the last image's VP (commit seq, wall clock, blocker time)
-    and database id, the same catalog; its btree VP facts list the images it was made
-    from (``combined_from``). Restoring it equals restoring the chain.
+    kind full, the last image's VP (commit seq, wall clock, blocker time) and database id,
+    the same catalog; its btree VP facts list the images it was made from
+    (``combined_from``). Restoring it equals restoring the chain.
+
+    ``image_id`` defaults to a new id. A synthetic full that *replaces* the chain's last
+    image (a repository prune) passes that image's id: it is the same backup — same
+    database, same VP, same btree txnid — so layers taken on it still link to it.
 
     The chain is read once (newest first) into a temporary directory next to ``out`` (not a
     database; removed afterwards), proven (checker from the last root hash, archive
@@ -560,8 +564,8 @@ def combine_chain(paths: Sequence[ImagePath], out: ImagePath, *, codec: str = "z
         work = Path(tmp)
         assembled = _assemble(plan, work, progress, cancel)
         _prove(assembled, work)
-        header = F.ImageHeader(uuid.uuid4(), final.header.database_id, time.time_ns(),
-                               lamina_version())
+        header = F.ImageHeader(image_id or uuid.uuid4(), final.header.database_id,
+                               time.time_ns(), lamina_version())
         pages = FullStreamWriter(work / BF.DATA_FILE_NAME, assembled.meta)
         with ImageWriter(target, header, final.catalog, codec=parse_codec(codec)) as writer:
             vp_info: list[Mapping[str, Any]] = []

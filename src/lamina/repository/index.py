@@ -10,12 +10,13 @@ Format (``index.json``): canonical JSON ``{"magic", "version", "images": [record
 "checksum"}`` where ``checksum`` is ``xxh3_64`` (hex) of the canonical JSON of ``images``;
 records are sorted by backup id (fields: see :meth:`ImageRecord.to_json`).
 
-Backup id vs image id: a backup's image is ``images/<backup-id>.lamina``. Normally the image
+Backup id vs image id: a backup's image is ``images/<backup-id>.lamina`` and the image
 inside has the same id. ``prune`` may replace a layer by a *synthetic full* (its chain merged
-into one image, the same validity point) under the same key: then the image inside has a new
-id, and the key records which backup it stands for, so ``list`` and ``restore --id`` still
-find the backup. Layers name their base by image id (a layer taken later on a synthetic
-full names the new id); prune never merges a backup that a remaining layer builds on.
+into one image, the same validity point) under the same key and with the same image id
+(``chain.combine_chain(image_id=...)``), so layers built on it still link to it and ``list``
+and ``restore --id`` still find it; ``synthetic`` marks such an image (its VP facts name
+the images it was combined from). Images from older repositories whose inner id differs
+from the key are still found by either id.
 
 Concurrency: callers hold the repository's index lock around load + save.
 """
@@ -66,6 +67,8 @@ class ImageRecord:
     size: int
     mtime_ns: int
     error: str | None = None
+    #: A synthetic full made by ``prune`` from a chain (standing for this backup).
+    synthetic: bool = False
 
     @property
     def key(self) -> str:
@@ -77,11 +80,6 @@ class ImageRecord:
         """True for an incremental image (it needs its base)."""
         return self.kind == "layer"
 
-    @property
-    def synthetic(self) -> bool:
-        """True when the image is a synthetic full standing for backup ``backup_id``."""
-        return self.image_id != self.backup_id
-
     def to_json(self) -> dict[str, Any]:
         """The record as stored in the index (and printed by ``lamina list --json``)."""
         return {"backup_id": str(self.backup_id), "image_id": str(self.image_id),
@@ -89,7 +87,8 @@ class ImageRecord:
                 "base_image_id": None if self.base_image_id is None else str(self.base_image_id),
                 "base_vp_seq": self.base_vp_seq, "vp_seq": self.vp_seq,
                 "vp_wall_ns": self.vp_wall_ns, "created_ns": self.created_ns,
-                "size": self.size, "mtime_ns": self.mtime_ns, "error": self.error}
+                "size": self.size, "mtime_ns": self.mtime_ns, "error": self.error,
+                "synthetic": self.synthetic}
 
     @classmethod
     def from_json(cls, obj: Any) -> ImageRecord:
@@ -103,11 +102,14 @@ class ImageRecord:
         error = obj["error"]
         if error is not None and not isinstance(error, str):
             raise TypeError("error is not a string")
+        synthetic = obj.get("synthetic", False)
+        if not isinstance(synthetic, bool):
+            raise TypeError("synthetic is not a boolean")
         return cls(uuid.UUID(obj["backup_id"]), uuid.UUID(obj["image_id"]),
                    uuid.UUID(obj["database_id"]), kind,
                    None if base is None else uuid.UUID(base), _int(obj["base_vp_seq"]),
                    _int(obj["vp_seq"]), _int(obj["vp_wall_ns"]), _int(obj["created_ns"]),
-                   _int(obj["size"]), _int(obj["mtime_ns"]), error)
+                   _int(obj["size"]), _int(obj["mtime_ns"]), error, synthetic)
 
 
 def _int(value: Any) -> int:
@@ -134,7 +136,8 @@ def record_from_image(storage: Storage, stat: ObjectStat) -> ImageRecord:
     return ImageRecord(backup_id, info.header.image_id, info.header.database_id,
                        "layer" if layer else "full", m.base_image_id if layer else None,
                        m.base_vp_seq, m.vp.commit_seq, m.vp.wall_ns, info.header.created_ns,
-                       info.size, stat.mtime_ns)
+                       info.size, stat.mtime_ns,
+                       synthetic=any("combined_from" in facts for facts in m.vp.drivers))
 
 
 class Index:

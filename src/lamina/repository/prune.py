@@ -8,9 +8,9 @@ Plan (:func:`plan_prune`, pure):
 3. a kept layer whose ancestors are all unkept is *merged*: replaced, under its own key, by
    a synthetic full of its chain (``chain.combine_chain``: same validity point, one image),
    so its ancestors are no longer needed by it — but only when that lets the chain's old
-   full image go (otherwise the merge would add a full without removing one), and only
-   when no image that stays builds on it (the synthetic full has a new image id, and a
-   chain links a layer to its base by image id);
+   full image go (otherwise the merge would add a full without removing one). The
+   synthetic full keeps the layer's image id (same database, same VP, same btree txnid),
+   so layers that stay on it still link to it;
 4. every image nothing needs is deleted; images whose header cannot be read, and chains
    that do not resolve (a base missing), are kept as they are, with their ancestors.
 
@@ -106,15 +106,9 @@ def plan_prune(index: Index, policy: KeepPolicy) -> PrunePlan:
                 r.backup_id in keep for r in chain[:-1]):
             candidates[kid] = chain
     merged = set(candidates)
-    children = index.children()
-    while True:  # drop merges that free no full image or would orphan a layer, to a fixpoint
+    while True:  # drop merges that free no full image, to a fixpoint
         needed = _needed(index, set(keep), merged)
-        dropped = {m for m in merged
-                   if candidates[m][0].backup_id in needed
-                   # A synthetic full has a new image id and chain.order_chain links a
-                   # layer to its base by image id, so a layer that stays on a merged
-                   # backup would lose its base.
-                   or any(c.backup_id in needed for c in children.get(m, ()))}
+        dropped = {m for m in merged if candidates[m][0].backup_id in needed}
         if not dropped:
             break
         merged -= dropped
@@ -128,9 +122,9 @@ def plan_prune(index: Index, policy: KeepPolicy) -> PrunePlan:
     return PrunePlan(policy, keep, needed, merges, delete, broken, freed)
 
 
-#: ``combine(chain_paths, out_path) -> (image id, vp commit seq, is_full)`` of the image it
-#: wrote: the repository passes ``chain.combine_chain``.
-Combine = Callable[[list[Path], Path], tuple[uuid.UUID, int, bool]]
+#: ``combine(chain_paths, out_path, backup_id) -> (image id, vp commit seq, is_full)`` of the
+#: image it wrote, which must keep ``backup_id``: the repository wraps ``chain.combine_chain``.
+Combine = Callable[[list[Path], Path, uuid.UUID], tuple[uuid.UUID, int, bool]]
 
 
 class PruneTarget(Protocol):
@@ -169,11 +163,11 @@ def execute(plan: PrunePlan, index: Index, target: PruneTarget, combine: Combine
         paths = [target.image_path(index.records[i]) for i in merge.chain]
         staged = target.staging_path()
         try:
-            _image_id, vp_seq, is_full = combine(paths, staged)
-            if vp_seq != record.vp_seq or not is_full:
-                raise CorruptionError(f"synthetic full of backup {merge.backup_id} is at "
-                                      f"commit seq {vp_seq}, not {record.vp_seq}",
-                                      path=staged)
+            image_id, vp_seq, is_full = combine(paths, staged, merge.backup_id)
+            if image_id != merge.backup_id or vp_seq != record.vp_seq or not is_full:
+                raise CorruptionError(f"synthetic full of backup {merge.backup_id} does not "
+                                      f"stand for it (id {image_id}, commit seq {vp_seq}, "
+                                      f"expected seq {record.vp_seq})", path=staged)
         except BaseException:
             target.discard(staged)
             raise

@@ -197,10 +197,12 @@ class _Target:
             staged.unlink()
 
 
-def _combine(paths: list[Path], out: Path) -> tuple[uuid.UUID, int, bool]:
-    """One synthetic full image of the chain ``paths`` at ``out``, checked whole before
-    the caller publishes it (it replaces a layer that restores today)."""
-    info = chain.combine_chain(paths, out)
+def _combine(paths: list[Path], out: Path,
+             backup_id: uuid.UUID) -> tuple[uuid.UUID, int, bool]:
+    """One synthetic full image of the chain ``paths`` at ``out`` that keeps the replaced
+    backup's id (so layers on it still link), checked whole before the caller publishes it
+    (it replaces a layer that restores today)."""
+    info = chain.combine_chain(paths, out, image_id=backup_id)
     chain.verify_chain([out])
     return info.header.image_id, info.vp.commit_seq, info.manifest.kind == F.ImageKind.FULL
 
