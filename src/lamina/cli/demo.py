@@ -6,6 +6,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -161,16 +162,21 @@ def _run(console: Console, path: Path, keys: int, rows: int) -> None:
 
 
 def _online_backup(db: lamina.Database, work: Path, steps: _Steps) -> list[str]:
-    """Back up while a workload writer commits; restore; verify deep; prove the VP state."""
+    """While a workload writer commits: a full backup and two layers. Then restore the
+    whole chain and its middle point, verify both deep, and prove each holds exactly the
+    workload's state at its validity point."""
     import threading
+    import time
 
     from lamina import workload
-    from lamina.backup import online
+    from lamina.backup import chain
 
     workload.ensure_tables(db)
     log_path = work / "workload.log"
     stop = threading.Event()
     done: list[int] = []
+    images = [work / "full.lamina", work / "layer1.lamina", work / "layer2.lamina"]
+    results = []
     with open(log_path, "w") as log:
         workload.run(db, seed=3, steps=50, log=log)  # some history before the backup
 
@@ -183,22 +189,28 @@ def _online_backup(db: lamina.Database, work: Path, steps: _Steps) -> list[str]:
         thread = threading.Thread(target=writer)
         thread.start()
         try:
-            image = work / "demo.lamina"
-            result = steps.run("online backup while a writer commits", 0, "",
-                               lambda: db.backup(image))
+            results.append(steps.run("online full backup while a writer commits", 0, "",
+                                     lambda: db.backup(images[0])))
+            for n in (1, 2):
+                time.sleep(0.2)  # let the writer change things between the backups
+                results.append(steps.run(f"online layer {n} (changed pages only)", 0, "",
+                                         partial(db.backup, images[n], base=images[n - 1])))
         finally:
             stop.set()
             thread.join()
-    restored = work / "restored.db"
-    steps.run("restore (root hash + checker verified)", 0, "",
-              lambda: online.restore(image, restored))
-    steps.run("verify --deep (Merkle root, every block)", 0, "",
-              lambda: online.verify(image, deep=True))
-    with lamina.open(restored, create=False) as copy:
-        summary = workload.verify(copy, log_path)
-    held = result.blocker_held_ns / 1e6
-    return [f"online backup: image {result.image_id}, {result.size:,} bytes, "
-            f"VP commit seq {result.vp.commit_seq}; commit blocker held {held:.3f} ms; "
-            f"writer committed {sum(done):,} transactions meanwhile",
-            f"restored state = workload state after seq {summary['at_seq']} "
-            f"({summary['commits_applied']} workload commits): exact"]
+    lines = []
+    for label, prefix in (("chain full+layer1+layer2", images), ("middle point full+layer1",
+                                                                  images[:2])):
+        dest = work / ("restored-" + str(len(prefix)))
+        steps.run(f"restore {label} (one pass)", 0, "",
+                  partial(chain.restore_chain, prefix, dest))
+        steps.run(f"verify --deep {label}", 0, "", partial(chain.verify_chain, prefix, deep=True))
+        with lamina.open(dest, create=False) as copy:
+            summary = workload.verify(copy, log_path)
+        lines.append(f"restored {label} = workload state after seq {summary['at_seq']} "
+                     f"({summary['commits_applied']} workload commits): exact")
+    sizes = ", ".join(f"{r.manifest.kind.name.lower()} {r.size:,} B at seq {r.vp.commit_seq}"
+                      for r in results)
+    held = max(r.blocker_held_ns for r in results) / 1e6
+    return [f"online backups: {sizes}; commit blocker held at most {held:.3f} ms; "
+            f"writer committed {sum(done):,} transactions meanwhile", *lines]
