@@ -25,7 +25,7 @@ class Pieces:
     def build(self) -> bytes:
         """Reassemble, with a footer whose offsets and whole-image hash are right."""
         body = self.header + self.catalog + b"".join(self.chunks)
-        hasher = F.blake2b_128()
+        hasher = F.data_hasher()
         hasher.update(body + self.manifest)
         footer = F.encode_footer(F.Footer(len(body), len(self.manifest), hasher.digest()))
         return body + self.manifest + footer

@@ -42,7 +42,7 @@ def table(name: str, stream: int = 1, table_id: int = 1, driver: int = 0,
 
 def with_catalog(catalog: F.ImageCatalog) -> bytes:
     """An image with no chunks whose (unvalidated) catalog is ``catalog``."""
-    streams = tuple(F.StreamStats(0, 0, 0, F.blake2b_128().digest())
+    streams = tuple(F.StreamStats(0, 0, 0, F.data_hasher().digest())
                     for _ in range(catalog.stream_count))
     header = F.ImageHeader(uuid.uuid4(), uuid.uuid4(), 1, "test")
     manifest = F.Manifest(header.image_id, F.ImageKind.FULL, F.ZERO_UUID, 0,
@@ -133,7 +133,7 @@ def _one_chunk_image(chunk: bytes, stats: F.StreamStats | None = None) -> bytes:
     pieces = split(small_image(seed=9))
     pieces.chunks = [chunk]
     n = F.decode_manifest(pieces.manifest, 0)
-    empty = F.StreamStats(0, 0, 0, F.blake2b_128().digest())
+    empty = F.StreamStats(0, 0, 0, F.data_hasher().digest())
     streams = [empty] * len(n.streams)
     streams[2] = stats or empty
     pieces.manifest = manifest_with(pieces, streams=tuple(streams),
@@ -174,7 +174,7 @@ def test_crafted_chunk_control() -> None:
     # the same construction with a consistent chunk and manifest verifies
     data = b"hello hello hello hello"
     packed = zstandard.ZstdCompressor().compress(data)
-    h = F.blake2b_128()
+    h = F.data_hasher()
     h.update(data)
     stats = F.StreamStats(len(data), len(packed), 1, h.digest())
     report = verify_image(io.BytesIO(_one_chunk_image(

@@ -3,7 +3,6 @@ refused with VersionError; a refused restore leaves no data file."""
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,8 +32,9 @@ from lamina.engines.btree.backup import (
     TRAILER_SIZE,
     BtreeBackupEngine,
     encode_trailer,
+    new_pages_hasher,
 )
-from lamina.engines.btree.page import checksum, page_hash
+from lamina.engines.btree.page import checksum
 from lamina.errors import CorruptionError, VersionError
 
 PS = 1024
@@ -53,9 +53,9 @@ class Stream:
         pages = self.pages if pages is None else pages
         trailer = self.trailer
         if fix_trailer:
-            hasher = hashlib.blake2b(digest_size=16)
+            hasher = new_pages_hasher()
             for p in pages:
-                hasher.update(page_hash(p))
+                hasher.update(p)
             trailer = encode_trailer(len(pages), hasher.digest())
         return self.header + b"".join(pages) + trailer
 

@@ -40,7 +40,7 @@ class _Source:
         self.stream = stream
         self.path = path
         self.offset = 0
-        self.hasher = F.blake2b_128()
+        self.hasher = F.data_hasher()
 
     def _read(self, n: int) -> bytes:
         try:
@@ -102,7 +102,7 @@ class _Tally:
         self.raw = 0
         self.stored = 0
         self.closed = False
-        self.hasher = F.blake2b_128()
+        self.hasher = F.data_hasher()
 
 
 def check_manifest(header: F.ImageHeader, catalog: F.ImageCatalog, manifest: F.Manifest,

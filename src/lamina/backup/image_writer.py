@@ -181,7 +181,7 @@ class _StreamState:
         self.raw = 0
         self.stored = 0
         self.closed = False
-        self.hasher = F.blake2b_128()
+        self.hasher = F.data_hasher()
 
 
 class ImageWriter:
@@ -207,7 +207,7 @@ class ImageWriter:
         self.catalog = catalog
         self._compressor = Compressor(codec, level)
         self._streams = [_StreamState() for _ in range(catalog.stream_count)]
-        self._hasher = F.blake2b_128()
+        self._hasher = F.data_hasher()
         self._chunks = 0
         self.offset = 0
         self.raw_bytes = 0

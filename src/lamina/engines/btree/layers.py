@@ -18,7 +18,6 @@ stream bytes. Not thread-safe: each object is used by one thread.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -44,11 +43,12 @@ from lamina.engines.btree.backup import (
     TRAILER_SIZE,
     encode_header,
     encode_trailer,
+    new_pages_hasher,
     write_meta_file,
 )
 from lamina.engines.btree.freelist import decode_free_value
 from lamina.engines.btree.page import checksum as page_checksum
-from lamina.engines.btree.page import page_hash, verify_header
+from lamina.engines.btree.page import verify_header
 from lamina.engines.btree.pager import Pager
 from lamina.errors import (
     AlreadyExistsError,
@@ -137,7 +137,7 @@ class PageStreamReader:
         self._offset = 0
         self._state = "header"
         self._last_pgno = F.FIRST_DATA_PAGE - 1
-        self._hasher = hashlib.blake2b(digest_size=F.HASH_SIZE)
+        self._hasher = new_pages_hasher()
 
     @property
     def done(self) -> bool:
@@ -214,7 +214,7 @@ class PageStreamReader:
                 if ptype not in (F.PAGE_BRANCH, F.PAGE_LEAF, F.PAGE_OVERFLOW):
                     raise CorruptionError(f"page {pgno} has type {ptype}, not a tree page",
                                           where=where)
-                self._hasher.update(page_hash(page))
+                self._hasher.update(page)
                 self._last_pgno = pgno
                 self.pages += 1
                 used += ps
@@ -340,11 +340,11 @@ class FullStreamWriter:
                 free.update(decode_free_value(v))
             pgnos = [p for p in range(F.FIRST_DATA_PAGE, meta.total_pages) if p not in free]
             yield encode_header(meta, len(pgnos))
-            hasher = hashlib.blake2b(digest_size=F.HASH_SIZE)
+            hasher = new_pages_hasher()
             for pgno in pgnos:
                 page = pager.read(pgno)
                 verify_header(page, pgno, None, self.path)
-                hasher.update(page_hash(page))
+                hasher.update(page)
                 self.pages_sent += 1
                 yield page
             self.pages_hash = hasher.digest()
