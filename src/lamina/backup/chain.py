@@ -29,7 +29,6 @@ database and beside other readers of the images. Nothing here holds database loc
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import tempfile
@@ -38,14 +37,14 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import xxhash
 
 from lamina.backup import image_format as F
 from lamina.backup.codec import parse_codec
 from lamina.backup.driver import BackupFlags, DriverGroup, TableSpec
-from lamina.backup.image_reader import ImageInfo, ImageReader, read_info
+from lamina.backup.image_reader import ImageInfo, ImageReader, open_image_file, read_info
 from lamina.backup.image_writer import ImageWriter
 from lamina.backup.kernel import (
     BaseImageRef,
@@ -76,7 +75,6 @@ from lamina.errors import (
     NotFoundError,
     UnsupportedError,
     UsageError,
-    storage_error,
 )
 
 if TYPE_CHECKING:
@@ -283,18 +281,6 @@ class _Assembled:
     pages_read: int
 
 
-@contextlib.contextmanager
-def _open_image(path: Path) -> Iterator[BinaryIO]:
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        raise NotFoundError(f"no backup image {path}") from None
-    except OSError as exc:
-        raise storage_error(exc, "open", path) from exc
-    with f:
-        yield f
-
-
 def _assemble(plan: _Plan, directory: Path, progress: ProgressCallback | None,
               cancel: CancelToken) -> _Assembled:
     """Read every image once, newest first, and write the last VP into ``directory``:
@@ -312,7 +298,7 @@ def _assemble(plan: _Plan, directory: Path, progress: ProgressCallback | None,
     try:
         for index in range(len(infos) - 1, -1, -1):
             info = infos[index]
-            with _open_image(info.path) as f:
+            with open_image_file(info.path) as f:
                 reader = ImageReader(f, path=info.path)
                 if reader.header != info.header or reader.catalog != info.catalog:
                     raise ChainError(f"{info.path} changed while the chain was read")

@@ -12,6 +12,7 @@ Not thread-safe; a reader is used by one thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,22 @@ from typing import Any, BinaryIO, Protocol
 from lamina.backup import image_format as F
 from lamina.backup.codec import decompress
 from lamina.errors import CorruptionError, NotFoundError, storage_error
+
+
+@contextlib.contextmanager
+def open_image_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open the image file at ``path`` for reading (closed on exit).
+
+    Raises NotFoundError (no such file) or StorageError (the OS refused), one line each.
+    """
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        raise NotFoundError(f"no backup image {path}") from None
+    except OSError as exc:
+        raise storage_error(exc, "open", path) from exc
+    with f:
+        yield f
 
 
 class ReadableStream(Protocol):

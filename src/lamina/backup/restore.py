@@ -35,7 +35,7 @@ from lamina.backup.driver import (
     Result,
     TableSpec,
 )
-from lamina.backup.image_reader import ImageReader, ReadableStream
+from lamina.backup.image_reader import ImageReader, ReadableStream, open_image_file
 from lamina.backup.kernel import Backoff, CancelToken, ProgressCallback, is_cancelled
 from lamina.core.fileio import fsync_dir
 from lamina.errors import (
@@ -117,16 +117,9 @@ def run_restore(source: str | os.PathLike[str] | ReadableStream, engines: Engine
     """
     dest = None if destination is None else Path(destination)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            raise NotFoundError(f"no backup image {path}") from None
-        except OSError as exc:
-            raise storage_error(exc, "open", path) from exc
-        with f:
+        with open_image_file(source) as f:
             size = os.fstat(f.fileno()).st_size
-            return _restore(f, path, size, engines, dest, cancel, progress)
+            return _restore(f, Path(source), size, engines, dest, cancel, progress)
     return _restore(source, None, None, engines, dest, cancel, progress)
 
 

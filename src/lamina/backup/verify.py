@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina.backup import image_format as F
-from lamina.backup.image_reader import ImageReader, ReadableStream, image_summary
-from lamina.errors import NotFoundError, storage_error
+from lamina.backup.image_reader import ImageReader, ReadableStream, image_summary, open_image_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +47,8 @@ def verify_image(source: str | os.PathLike[str] | ReadableStream) -> VerifyRepor
     StorageError (read error). Never raises anything else.
     """
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            raise NotFoundError(f"no backup image {path}") from None
-        except OSError as exc:
-            raise storage_error(exc, "open", path) from exc
-        with f:
-            return _verify(f, path)
+        with open_image_file(source) as f:
+            return _verify(f, Path(source))
     return _verify(source, None)
 
 

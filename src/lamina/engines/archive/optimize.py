@@ -55,8 +55,10 @@ def optimize(table: ArchiveTable, block_target: int | None, timeout: float | Non
         try:
             end, blocks, raw_bytes = _rewrite(old, meta.data_length, fd, new_path, meta.codec,
                                               meta.level, target)
-            if table.sync:
-                fileio.fdatasync(fd, new_path)
+            # Always, even with sync=False: the rename below must never reach the disk
+            # before the data it publishes (sync=False skips only the directory and meta
+            # syncs; recovery rolls a durable rename forward from the data file's header).
+            fileio.fdatasync(fd, new_path)
             failpoint("archive.optimize_before_publish")
             lockfile = table.lockfile
             with lockfile.publishing_commit():
@@ -65,8 +67,7 @@ def optimize(table: ArchiveTable, block_target: int | None, timeout: float | Non
                                     meta.generation + 1, target, meta.row_count,
                                     meta.next_row_id, end, blocks, raw_bytes, seq)
                 fileio.pwrite(fd, header.encode(), 0, new_path)
-                if table.sync:
-                    fileio.fdatasync(fd, new_path)
+                fileio.fdatasync(fd, new_path)
                 retained = generations.retain_if_backup(table, read)
                 try:
                     os.replace(new_path, table.arz_path)

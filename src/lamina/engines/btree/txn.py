@@ -434,7 +434,7 @@ class WriteTxn(ReadTxn):
             lf.publish_btree_meta(record)
         failpoint("btree.after_meta_write")
         for ref, node in sp.new_nodes().items():
-            pager.cache_put(ref, node)
+            pager.cache_put(ref, node.frozen())
         return seq
 
     def _touch(self, name: str) -> None:
