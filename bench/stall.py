@@ -6,7 +6,8 @@ no meta fsync, but each btree commit still fdatasyncs its pages, so fsync tails 
 records when each commit ended and how long it took. Meanwhile another process runs
 ``lamina backup`` of the database (about ``--size-mb`` MB) with the native, snapshot or
 default driver; a run without a backup is the baseline, and ``native@50`` is the native
-driver throttled to 50 MB/s (``--max-rate``). Each scenario runs ``--repeat`` times; the
+driver throttled to 50 MB/s (``--max-rate``) and ``native+nice`` the native driver in a
+backup process run under ``nice -n 10``. Each scenario runs ``--repeat`` times; the
 table shows the median of each figure. For each run, over the backup's window: the
 writer's commits/s, p50, p99 and max commit latency, and the longest gap between two
 commits. Writes ``bench/results/stall.json``, prints a table, and plots latency over time
@@ -34,7 +35,7 @@ from typing import Any
 import lamina
 
 ROOT = Path(__file__).resolve().parent.parent
-DRIVERS = ["none", "native", "native@50", "snapshot", "default"]
+DRIVERS = ["none", "native", "native@50", "snapshot", "default"]  # also: native+nice
 VALUE_BYTES = 900  # 4 + key + value fits a 4 KiB leaf four times (no overflow pages)
 
 WRITER = r"""
@@ -105,7 +106,9 @@ def run(db: Path, work: Path, driver: str, idle: float) -> dict[str, Any]:
         image = work / f"img-{driver}"
         name, _, rate = driver.partition("@")
         throttle = ["--max-rate", rate] if rate else []
-        proc = subprocess.run([sys.executable, "-m", "lamina.cli", "backup", str(db),
+        nice = ["nice", "-n", "10"] if name.endswith("+nice") else []
+        name = name.removesuffix("+nice")
+        proc = subprocess.run([*nice, sys.executable, "-m", "lamina.cli", "backup", str(db),
                                str(image), "--driver", name, *throttle, "--json",
                                "--no-progress"], capture_output=True, text=True)
         if proc.returncode != 0:
