@@ -3,75 +3,17 @@ tables; begin() marks a backup slot that pins only the current btree snapshot.""
 
 from __future__ import annotations
 
-import builtins
-import os
-import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from io_spy import count_calls, io_spy
 from lamina.backup import Result
-from lamina.core import fileio
 from lamina.core.lockfile_format import SLOT_BACKUP
 from lamina.engines.archive.meta import read_meta_file
 
 from .archive_backup_helpers import archive_specs, backup_slots, fill, new_driver, open_db
-
-# Every way Python code could touch a file during lock()/unlock().
-_OS_CALLS = ["open", "pread", "read", "pwrite", "write", "fstat", "stat", "lstat", "lseek",
-             "fsync", "fdatasync", "ftruncate", "close", "listdir", "scandir", "link",
-             "unlink", "replace", "rename"]
-
-
-@contextmanager
-def io_spy() -> Iterator[Counter[str]]:
-    """Count builtins.open, the os functions above and fileio.COUNTERS while active."""
-    seen: Counter[str] = Counter()
-    saved: list[tuple[Any, str, Any]] = []
-
-    def wrap(owner: Any, name: str) -> None:
-        real = getattr(owner, name)
-
-        def spy(*a: Any, **kw: Any) -> Any:
-            seen[f"{owner.__name__}.{name}"] += 1
-            return real(*a, **kw)
-
-        saved.append((owner, name, real))
-        setattr(owner, name, spy)
-
-    before = Counter(fileio.COUNTERS)
-    wrap(builtins, "open")
-    for name in _OS_CALLS:
-        wrap(os, name)
-    try:
-        yield seen
-    finally:
-        for owner, name, real in reversed(saved):
-            setattr(owner, name, real)
-        for key, n in fileio.COUNTERS.items():
-            if n != before.get(key, 0):
-                seen[f"fileio.{key}"] += n - before.get(key, 0)
-
-
-def profiled_calls(fn: Callable[[], Result]) -> tuple[Result, int]:
-    """Run ``fn`` counting every Python and C function call it makes."""
-    calls = 0
-
-    def prof(_frame: Any, event: str, _arg: Any) -> None:
-        nonlocal calls
-        if event in ("call", "c_call"):
-            calls += 1
-
-    sys.setprofile(prof)
-    try:
-        result = fn()
-    finally:
-        sys.setprofile(None)
-    return result, calls
 
 
 def vp_cost(path: Path, ntables: int) -> tuple[Counter[str], int]:
@@ -96,8 +38,8 @@ def vp_cost(path: Path, ntables: int) -> tuple[Counter[str], int]:
         drv2 = new_driver(db, specs)
         assert drv2.begin(4096) is Result.OK
         with db.lockfile.commits_blocked(5.0):
-            r1, lock_calls = profiled_calls(drv2.lock)
-            r2, unlock_calls = profiled_calls(drv2.unlock)
+            r1, lock_calls = count_calls(drv2.lock)
+            r2, unlock_calls = count_calls(drv2.unlock)
         assert (r1, r2) == (Result.OK, Result.OK)
         drv2.cancel()
         return seen, lock_calls + unlock_calls

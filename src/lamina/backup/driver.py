@@ -251,6 +251,42 @@ class BackupDriver(abc.ABC):
         return {}
 
 
+class AtBeginDriver(BackupDriver):
+    """Base of "at begin" drivers that hold resources (slots, locks, files) until the end.
+
+    Subclasses implement :meth:`_release` (idempotent: give back everything held) and set
+    ``label`` for messages; this class supplies ``init_size() == 0`` (nothing is sent before
+    the VP), an ``end()`` that releases, and a ``cancel()`` that releases from any state and
+    never raises (a failure to release becomes ``error`` and ERROR).
+    """
+
+    kind = DriverKind.AT_BEGIN
+    #: Names the driver in messages ("btree", "archive", "snapshot", ...).
+    label: str = "backup"
+
+    @abc.abstractmethod
+    def _release(self) -> None:
+        """Give back everything the driver holds; safe to call more than once."""
+
+    def end(self) -> Result:
+        """Release everything. OK."""
+        self._release()
+        return Result.OK
+
+    def cancel(self) -> Result:
+        """Release everything from any state; never raises (ERROR if releasing failed)."""
+        try:
+            self._release()
+        except Exception as exc:  # cancel must not raise: the kernel is cleaning up
+            self.error = LaminaError(f"{self.label} backup driver could not release: {exc}")
+            return Result.ERROR
+        return Result.OK
+
+    def init_size(self) -> int:
+        """0: an "at begin" driver sends nothing before the VP."""
+        return 0
+
+
 class RestoreDriver(abc.ABC):
     """Receives a driver's streams from an image and rebuilds its tables.
 

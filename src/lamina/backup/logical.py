@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import xxhash
 
 from lamina.backup.driver import (
-    BackupDriver,
+    AtBeginDriver,
     Buffer,
     DriverKind,
     RestoreDriver,
@@ -300,7 +300,7 @@ def iter_stream_file(path: Path, table: str, table_id: int,
 
 
 # ====================================================================== backup driver
-class LogicalBackupDriver(BackupDriver):
+class LogicalBackupDriver(AtBeginDriver):
     """Shared body of the snapshot and default drivers ("at begin": all data after the VP).
 
     ``sources`` maps each table's engine to the source reading it. Tables are sent one at
@@ -438,24 +438,6 @@ class LogicalBackupDriver(BackupDriver):
         self._pending = bytearray()
         for src in self.sources.values():
             src.close()
-
-    def end(self) -> Result:
-        """Release every source. OK."""
-        self._release()
-        return Result.OK
-
-    def cancel(self) -> Result:
-        """Release every source (slots, locks, files) from any state; never raises."""
-        try:
-            self._release()
-        except Exception as exc:  # cancel must not raise
-            self.error = LaminaError(f"{self.label} backup driver could not release: {exc}")
-            return Result.ERROR
-        return Result.OK
-
-    def init_size(self) -> int:
-        """0: an "at begin" driver sends nothing before the VP."""
-        return 0
 
     def size(self) -> int | None:
         """Estimated stream bytes (key+value bytes plus 8 per row), from the sources'

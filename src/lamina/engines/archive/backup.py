@@ -63,6 +63,7 @@ from typing import Any
 import xxhash
 
 from lamina.backup.driver import (
+    AtBeginDriver,
     BackupDriver,
     BackupEngine,
     BackupFlags,
@@ -540,7 +541,7 @@ class DriverState(enum.Enum):
     ERROR = "error"
 
 
-class ArchiveBackupDriver(BackupDriver):
+class ArchiveBackupDriver(AtBeginDriver):
     """Sends archive tables as of the VP (seed: ``Backup``), kind "at begin".
 
     Protocol: ``begin`` (slot of kind backup, tables probed) -> ``prelock`` READY ->
@@ -549,6 +550,8 @@ class ArchiveBackupDriver(BackupDriver):
     ``end``. ``cancel()`` at any point. A failing call returns ERROR with ``error`` set
     (state ERROR); a call in the wrong state is a UsageError reported the same way.
     """
+
+    label = "archive"
 
     kind = DriverKind.AT_BEGIN
 
@@ -721,16 +724,7 @@ class ArchiveBackupDriver(BackupDriver):
         retained generations. Never raises; ERROR only if releasing failed."""
         if self.state is not DriverState.DONE:
             self.state = DriverState.ERROR
-        try:
-            self._release()
-        except Exception as exc:  # cancel must not raise
-            self.error = LaminaError(f"archive backup driver could not release: {exc}")
-            return Result.ERROR
-        return Result.OK
-
-    def init_size(self) -> int:
-        """0: an "at begin" driver sends nothing before the VP."""
-        return 0
+        return super().cancel()
 
     def size(self) -> int:
         """Estimated stream bytes: per table, header + meta + its data length (the VP

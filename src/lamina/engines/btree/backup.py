@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from lamina.backup.driver import (
+    AtBeginDriver,
     BackupDriver,
     BackupEngine,
     BackupFlags,
@@ -233,7 +234,7 @@ class BtreeBackupEngine(BackupEngine):
         return BtreeRestoreDriver(tables, flags)
 
 
-class BtreeBackupDriver(BackupDriver):
+class BtreeBackupDriver(AtBeginDriver):
     """Sends the VP snapshot's pages on local stream 0 ("at begin": all of it after the VP).
 
     States: created -> begun (slot owned) -> locked (slot pins the VP txnid) -> sending ->
@@ -243,6 +244,8 @@ class BtreeBackupDriver(BackupDriver):
     ``base_txnid`` (not None) makes it a layer driver: only pages whose txnid is newer are
     sent, found by :meth:`changed_pages`.
     """
+
+    label = "btree"
 
     kind = DriverKind.AT_BEGIN
 
@@ -458,24 +461,6 @@ class BtreeBackupDriver(BackupDriver):
         slot, self._slot = self._slot, None
         if slot is not None:
             slot.release()  # clears the pin: writers may reuse the snapshot's pages again
-
-    def end(self) -> Result:
-        """Release the slot. OK."""
-        self._release()
-        return Result.OK
-
-    def cancel(self) -> Result:
-        """Release the slot from any state; never raises (ERROR if releasing failed)."""
-        try:
-            self._release()
-        except Exception as exc:  # cancel must not raise
-            self.error = LaminaError(f"btree backup driver could not release its slot: {exc}")
-            return Result.ERROR
-        return Result.OK
-
-    def init_size(self) -> int:
-        """0: an "at begin" driver sends nothing before the VP."""
-        return 0
 
     def size(self) -> int | None:
         """Estimate: total pages x page size of the VP snapshot (of the current one before
