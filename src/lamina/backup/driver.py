@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lamina.errors import LaminaError
+from lamina.errors import DriverChoiceError, LaminaError
 
 
 class Result(enum.Enum):
@@ -126,6 +126,14 @@ class TableSpec:
     name: str
     engine: str
     table_id: int
+
+
+def require_engine(tables: Sequence[TableSpec], engine: str) -> None:
+    """Raise DriverChoiceError unless every table in ``tables`` is of ``engine``: a driver
+    must never be handed another engine's table."""
+    for t in tables:
+        if t.engine != engine:
+            raise DriverChoiceError(f"table {t.name!r} is a {t.engine} table, not {engine}")
 
 
 @dataclass(frozen=True, slots=True)

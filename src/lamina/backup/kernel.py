@@ -316,16 +316,21 @@ class _BackupRun:
             s.began = True  # before the call: a failing begin() still gets cancel()
             self.call(s, "begin", _OK, self.buf_size)
 
-    def initial_transfer(self) -> None:
-        """Poll "at end" drivers' get_data until each says READY for the VP."""
-        pending = [s for s in self.states if s.kind == DriverKind.AT_END]
+    def poll(self, states: Sequence[_DriverState], allowed: frozenset[Result],
+             finished: Result, on_finished: Callable[[_DriverState], None] | None = None,
+             ) -> None:
+        """Call get_data round-robin on ``states`` until each returned ``finished``; back off
+        only while every driver answers BUSY."""
+        pending = list(states)
         backoff = Backoff()
         while pending:
             progressed = False
             for s in list(pending):
-                result = self.get_data(s, _BEFORE_VP)
-                if result is Result.READY:
+                result = self.get_data(s, allowed)
+                if result is finished:
                     pending.remove(s)
+                    if on_finished is not None:
+                        on_finished(s)
                 if result is not Result.BUSY:
                     progressed = True
             if pending:
@@ -333,6 +338,11 @@ class _BackupRun:
                     backoff.reset()
                 else:
                     backoff.wait()
+
+    def initial_transfer(self) -> None:
+        """Poll "at end" drivers' get_data until each says READY for the VP."""
+        self.poll([s for s in self.states if s.kind == DriverKind.AT_END], _BEFORE_VP,
+                  Result.READY)
 
     def prelock_all(self) -> None:
         """Poll prelock() until every driver answers READY (OK/BUSY = not yet)."""
@@ -374,22 +384,7 @@ class _BackupRun:
     def final_transfer(self) -> None:
         """Poll get_data round-robin until every driver says DONE."""
         assert self.writer is not None
-        pending = list(self.states)
-        backoff = Backoff()
-        while pending:
-            progressed = False
-            for s in list(pending):
-                result = self.get_data(s, _AFTER_VP)
-                if result is Result.DONE:
-                    pending.remove(s)
-                    self.close_streams(s)
-                if result is not Result.BUSY:
-                    progressed = True
-            if pending:
-                if progressed:
-                    backoff.reset()
-                else:
-                    backoff.wait()
+        self.poll(self.states, _AFTER_VP, Result.DONE, self.close_streams)
 
     def close_streams(self, s: _DriverState) -> None:
         """A DONE driver's streams are complete: mark any it left open with an empty last

@@ -22,8 +22,9 @@ import os
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from lamina.backup.driver import TableSpec, require_engine
 from lamina.core.lockfile import LockFile, Slot
 from lamina.core.lockfile_format import SLOT_BACKUP
 from lamina.core.table_locks import TableBackupLock, table_backup_lock
@@ -33,7 +34,6 @@ from lamina.engines.archive.meta import read_meta_file
 from lamina.engines.archive.table import ArchiveTable
 from lamina.errors import (
     CorruptionError,
-    DriverChoiceError,
     LaminaError,
     TableNotFoundError,
     UsageError,
@@ -45,22 +45,6 @@ _ROW_ID = struct.Struct(">Q")
 LOAD_COMMIT_BYTES = 8 << 20
 
 
-class TableSpec(Protocol):
-    """A table as the backup kernel names it (``lamina.backup.driver.TableSpec``, typed
-    structurally: engines reach the backup layer only through its driver API module)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def engine(self) -> str: ...
-    @property
-    def table_id(self) -> int: ...
-
-
-def _check_specs(tables: Sequence[TableSpec]) -> None:
-    for t in tables:
-        if t.engine != ENGINE_ARCHIVE:
-            raise DriverChoiceError(f"table {t.name!r} is a {t.engine} table, not archive")
 
 
 class ArchiveLogical:
@@ -72,12 +56,12 @@ class ArchiveLogical:
 
     def snapshot_source(self, tables: Sequence[TableSpec]) -> ArchiveSnapshotSource:
         """A source reading the VP cut of ``tables``."""
-        _check_specs(tables)
+        require_engine(tables, ENGINE_ARCHIVE)
         return ArchiveSnapshotSource(self.directory, self.lockfile, tables)
 
     def locking_source(self, tables: Sequence[TableSpec]) -> ArchiveLockingSource:
         """A source reading ``tables`` under their table backup locks."""
-        _check_specs(tables)
+        require_engine(tables, ENGINE_ARCHIVE)
         return ArchiveLockingSource(self.directory, self.lockfile, tables)
 
 

@@ -19,13 +19,14 @@ from the backup layer (``online.py`` wires it to the generic drivers):
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from lamina.backup.driver import TableSpec, require_engine
 from lamina.core.catalog import ENGINE_BTREE
 from lamina.core.lockfile_format import SLOT_BACKUP
 from lamina.core.table_locks import TableBackupLock, table_backup_lock
 from lamina.engines.btree import format as F
-from lamina.errors import CorruptionError, DriverChoiceError, TableNotFoundError, UsageError
+from lamina.errors import CorruptionError, TableNotFoundError, UsageError
 
 if TYPE_CHECKING:
     from lamina.core.lockfile import Slot
@@ -33,22 +34,6 @@ if TYPE_CHECKING:
     from lamina.engines.btree.txn import ReadTxn
 
 
-class TableSpec(Protocol):
-    """A table as the backup kernel names it (``lamina.backup.driver.TableSpec``, typed
-    structurally: engines reach the backup layer only through its driver API module)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def engine(self) -> str: ...
-    @property
-    def table_id(self) -> int: ...
-
-
-def _check_specs(tables: Sequence[TableSpec]) -> None:
-    for t in tables:
-        if t.engine != ENGINE_BTREE:
-            raise DriverChoiceError(f"table {t.name!r} is a {t.engine} table, not btree")
 
 
 def _estimates(store: BtreeStore, tables: Sequence[TableSpec],
@@ -83,12 +68,12 @@ class BtreeLogical:
 
     def snapshot_source(self, tables: Sequence[TableSpec]) -> BtreeSnapshotSource:
         """A source reading ``tables`` from the snapshot pinned at the VP."""
-        _check_specs(tables)
+        require_engine(tables, ENGINE_BTREE)
         return BtreeSnapshotSource(self.store, tables)
 
     def locking_source(self, tables: Sequence[TableSpec]) -> BtreeLockingSource:
         """A source reading ``tables`` under their table backup locks."""
-        _check_specs(tables)
+        require_engine(tables, ENGINE_BTREE)
         return BtreeLockingSource(self.store, tables)
 
 
