@@ -87,7 +87,8 @@ def build(path: Path, size_mb: int) -> dict[str, Any]:
             "seconds": time.perf_counter() - started}
 
 
-def run(db: Path, work: Path, driver: str, idle: float) -> dict[str, Any]:
+def run(db: Path, work: Path, driver: str, idle: float,
+        image_dir: Path | None = None) -> dict[str, Any]:
     """One run: writer, then (after a warm-up) a backup with ``driver`` (or an idle window
     of ``idle`` seconds for ``none``), then a cool-down."""
     tag = f"{driver}-{time.monotonic_ns()}"  # each run its own files (a stale stop file
@@ -103,7 +104,7 @@ def run(db: Path, work: Path, driver: str, idle: float) -> dict[str, Any]:
     if driver == "none":
         time.sleep(idle)
     else:
-        image = work / f"img-{driver}"
+        image = (image_dir or work) / f"img-{driver}"
         name, _, rate = driver.partition("@")
         throttle = ["--max-rate", rate] if rate else []
         nice = ["nice", "-n", "10"] if name.endswith("+nice") else []
@@ -186,6 +187,9 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "stall.png")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (medians)")
+    parser.add_argument("--image-dir", type=Path, default=None,
+                        help="write backup images here (e.g. a tmpfs, to take the image's "
+                             "disk writes out of the measurement)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lamina-stall-", dir=args.workdir))
     try:
@@ -199,7 +203,7 @@ def main() -> None:
             runs = []
             for i in range(args.repeat):
                 print(f"run: {driver} ({i + 1}/{args.repeat}) ...", flush=True)
-                runs.append(run(db, work, driver, idle))
+                runs.append(run(db, work, driver, idle, args.image_dir))
             r = median_run(runs)
             if driver == "native":
                 idle = r["window_s"]
