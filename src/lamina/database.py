@@ -8,14 +8,17 @@ directory; they coordinate through the ``LOCK`` file (docs/architecture.md).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamina.core import lockfile_format
+from lamina.core import fileio, lockfile_format
 from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE, CatalogEntry
 from lamina.core.check import CheckReport, Finding
 from lamina.core.identity import FILE_NAME as IDENTITY_FILE
@@ -28,16 +31,19 @@ from lamina.errors import (
     AlreadyExistsError,
     ClosedError,
     DataError,
+    LockedError,
     NotADatabaseError,
     NotFoundError,
     ReadOnlyError,
     TableNotFoundError,
     UsageError,
+    storage_error,
 )
 
 ENGINES = (ENGINE_BTREE, ENGINE_ARCHIVE)
 #: Files a database creation may leave before its identity file exists.
-_CREATION_FILES = {lockfile_format.FILE_NAME, BtreeStore.DATA_FILE_NAME, IDENTITY_FILE + ".tmp"}
+_CREATION_FILES = {lockfile_format.FILE_NAME, BtreeStore.DATA_FILE_NAME,
+                   BtreeStore.DATA_FILE_NAME + ".tmp", IDENTITY_FILE + ".tmp"}
 #: How long DDL and open-time cleanup wait for another process's DDL.
 DDL_TIMEOUT = 30.0
 
@@ -68,48 +74,99 @@ class Database:
         self._closed = False
         self._archive_handles: dict[str, ArchiveTable] = {}
         self._handles_lock = threading.Lock()
-        self.identity = self._ensure_directory(create, page_size)
-        self.lockfile = LockFile.open(path, init=self._init_lockfile)
+        creating: int | None = None  # the creation lock's descriptor while we create
         try:
-            self.store = BtreeStore.open(path, self.lockfile, create=create and not readonly,
-                                         readonly=readonly, page_size=page_size, sync=sync)
-        except BaseException:
-            self.lockfile.close()
-            raise
-        if create and not (path / IDENTITY_FILE).exists():
-            # Last step of a creation: from here on the directory is a database.
-            self.identity.write(path, sync=sync)
-        if not readonly:
-            self._remove_orphan_files()
+            self.identity, creating = self._ensure_directory(create)
+            self.lockfile = LockFile.open(path, init=self._init_lockfile)
+            try:
+                self.store = BtreeStore.open(path, self.lockfile,
+                                             create=create and not readonly, readonly=readonly,
+                                             page_size=page_size, sync=sync)
+                try:
+                    if creating is not None:
+                        # Last step of a creation: from here on the directory is a database.
+                        self.identity.write(path, sync=sync)
+                    if not readonly:
+                        self._remove_orphan_files()
+                except BaseException:
+                    self.store.close()
+                    raise
+            except BaseException:
+                self.lockfile.close()
+                raise
+        finally:
+            if creating is not None:
+                os.close(creating)  # releases the creation lock
 
     # ------------------------------------------------------------------ opening
-    def _ensure_directory(self, create: bool, page_size: int) -> Identity:
+    def _ensure_directory(self, create: bool) -> tuple[Identity, int | None]:
+        """The database's identity; and, when this call is creating the database, the
+        descriptor that holds the creation lock (an ``flock`` on the directory) until the
+        identity file is written.
+
+        Creators serialize on that lock, so a second process never mistakes a creation in
+        progress for an interrupted one (and never deletes files the first one uses); it
+        waits, then finds the identity file and opens the database the first one made.
+        """
         path = self.path
         if path.exists() and not path.is_dir():
             raise NotADatabaseError(f"{path} is not a directory, so not a Lamina database")
         if (path / IDENTITY_FILE).exists():
-            return Identity.read(path)
+            return Identity.read(path), None
         if not create:
             if path.exists():
                 raise NotADatabaseError(f"{path} is not a Lamina database (no {IDENTITY_FILE})")
             raise NotFoundError(f"database {path} does not exist")
         if self.readonly:
             raise ReadOnlyError(f"cannot create database {path} read-only")
-        if path.exists():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as exc:
+            raise storage_error(exc, "create database directory", path) from exc
+        try:
+            self._take_creation_lock(fd)
+            if (path / IDENTITY_FILE).exists():  # another process created it meanwhile
+                os.close(fd)
+                return Identity.read(path), None
             leftovers = {p.name for p in path.iterdir()} - _CREATION_FILES
             if leftovers:
                 raise NotADatabaseError(
                     f"{path} is a non-empty directory that is not a Lamina database")
-            # An interrupted creation: start it again from scratch.
+            # Files of an interrupted creation (its creator died: the lock was free).
             for name in _CREATION_FILES:
                 (path / name).unlink(missing_ok=True)
-        path.mkdir(parents=True, exist_ok=True)
-        return Identity.new()
+            return Identity.new(), fd
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+
+    def _take_creation_lock(self, fd: int) -> None:
+        deadline = time.monotonic() + max(self.lock_timeout, DDL_TIMEOUT)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockedError(f"{self.path} is being created by another process") \
+                        from None
+                time.sleep(0.01)
 
     def _init_lockfile(self, lockfile: LockFile) -> None:
         """Seed the shared commit seq and btree meta: we are the only process here."""
         seq, meta = 0, b""
-        if (self.path / BtreeStore.DATA_FILE_NAME).exists():
+        data_file = self.path / BtreeStore.DATA_FILE_NAME
+        if data_file.exists():
+            if not self.readonly:
+                # The lock file's "last meta unsynced" flag starts cleared: make it true (a
+                # sync=False process may have left a meta in the page cache only).
+                fd = fileio.open_fd(data_file, os.O_RDONLY)
+                try:
+                    fileio.fdatasync(fd, data_file)
+                finally:
+                    os.close(fd)
             seq, meta = BtreeStore.read_committed_meta(self.path)
         for arm in self.path.glob("*.ARM"):
             try:
@@ -122,14 +179,19 @@ class Database:
         lockfile.publish_btree_meta(meta)
 
     def _remove_orphan_files(self) -> None:
-        """Delete archive files no catalog entry owns (a create or drop cut by a crash)."""
+        """Delete archive files whose table name the catalog does not know (a create or a
+        drop cut by a crash; both hold the DDL lock, so none is in progress now).
+
+        The catalog is the truth: files of a table it lists are never deleted here, even if
+        they cannot be read (a newer format, a transient I/O error, damage) — opening or
+        checking that table reports it instead.
+        """
         with self.lockfile.ddl_lock.held(DDL_TIMEOUT):
             with self.store.begin_read() as txn:
-                owners = {e.name: e.table_id for e in txn.catalog() if e.engine == ENGINE_ARCHIVE}
-            for arm in self.path.glob("*.ARM"):
-                name = arm.name[:-4]
-                if owners.get(name) != ArchiveTable.file_table_id(self.path, name):
-                    ArchiveTable.remove_files(self.path, name)
+                owned = {e.name for e in txn.catalog() if e.engine == ENGINE_ARCHIVE}
+            names = {p.name[:-4] for pattern in ("*.ARM", "*.ARZ") for p in self.path.glob(pattern)}
+            for name in sorted(names - owned):
+                ArchiveTable.remove_files(self.path, name)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:

@@ -185,10 +185,6 @@ def test_readonly_and_closed(make_table: Make, db: Path, lockfile: LockFile) -> 
 def test_static_helpers(make_table: Make, db: Path) -> None:
     t = make_table("logs", 42)
     t.append(b"a")
-    assert ArchiveTable.file_table_id(db, "logs") == 42
-    assert ArchiveTable.file_table_id(db, "absent") is None
-    (db / "orphan.ARZ").write_bytes(b"junk")
-    assert ArchiveTable.file_table_id(db, "orphan") is None
     t.close()
     ArchiveTable.remove_files(db, "logs")
     assert not list(db.glob("logs.*"))

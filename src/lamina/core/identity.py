@@ -17,7 +17,7 @@ from pathlib import Path
 import xxhash
 
 from lamina.core import fileio
-from lamina.errors import CorruptionError, NotADatabaseError, VersionError
+from lamina.errors import CorruptionError, NotADatabaseError, VersionError, storage_error
 
 FILE_NAME = "LAMINA"
 MAGIC = b"LAMINADB"
@@ -75,9 +75,19 @@ class Identity:
 
     @classmethod
     def read(cls, directory: Path) -> Identity:
-        """Read ``directory/LAMINA``; FileNotFoundError if absent."""
+        """Read ``directory/LAMINA``; FileNotFoundError if absent, NotADatabaseError if it is
+        not a file, StorageError if the OS refuses."""
         path = directory / FILE_NAME
-        return cls.decode(path.read_bytes(), path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise
+        except IsADirectoryError as exc:
+            raise NotADatabaseError(f"{path} is a directory, not a Lamina identity file") \
+                from exc
+        except OSError as exc:
+            raise storage_error(exc, "read", path) from exc
+        return cls.decode(data, path)
 
     def write(self, directory: Path, *, sync: bool = True) -> None:
         """Atomically (re)write ``directory/LAMINA``."""

@@ -337,16 +337,52 @@ class LockFile:
             return seq
 
     def publish_btree_meta(self, record: bytes) -> None:
-        """Publish the last committed btree meta record (under the commit blocker)."""
+        """Publish the last committed btree meta record (one writer at a time: under the
+        btree writer lock and the commit blocker). A seqlock lets readers that take no lock
+        see the old record or the new one, never a mix."""
         if len(record) > F.BTREE_META_MAX:
             raise ValueError("btree meta record too large for the lock file")
+        seq = _U64.unpack_from(self._mm, F.OFF_BTREE_META_SEQ)[0]
+        _U64.pack_into(self._mm, F.OFF_BTREE_META_SEQ, seq | 1)  # odd: being rewritten
         _U32.pack_into(self._mm, F.OFF_BTREE_META_LEN, len(record))
         self._mm[F.OFF_BTREE_META: F.OFF_BTREE_META + len(record)] = record
+        _U64.pack_into(self._mm, F.OFF_BTREE_META_SEQ, (seq | 1) + 1)
 
     def btree_meta(self) -> bytes:
-        """The last published btree meta record (a plain memory read, no file I/O)."""
-        n = _U32.unpack_from(self._mm, F.OFF_BTREE_META_LEN)[0]
-        return bytes(self._mm[F.OFF_BTREE_META: F.OFF_BTREE_META + n])
+        """The last published btree meta record (memory reads only, no file I/O, no lock).
+
+        Retries while a publish is under way (the seqlock is odd or moved); the writer holds
+        it odd for a memcpy of a few hundred bytes, so this returns almost at once.
+        """
+        mm = self._mm
+        spins = 0
+        while True:
+            before = _U64.unpack_from(mm, F.OFF_BTREE_META_SEQ)[0]
+            if not before & 1:
+                n = _U32.unpack_from(mm, F.OFF_BTREE_META_LEN)[0]
+                record = bytes(mm[F.OFF_BTREE_META: F.OFF_BTREE_META + min(n, F.BTREE_META_MAX)])
+                if _U64.unpack_from(mm, F.OFF_BTREE_META_SEQ)[0] == before:
+                    return record
+            spins += 1
+            if spins > 100:  # the publisher was preempted mid-copy: let it run
+                time.sleep(0)
+
+    def mark_btree_failed(self) -> None:
+        """Record that the btree file's meta state is uncertain: no process may write until
+        every process has closed the database (the next first opener resets this)."""
+        _U64.pack_into(self._mm, F.OFF_BTREE_FAILED, 1)
+
+    def set_btree_meta_unsynced(self, unsynced: bool) -> None:
+        """Record whether the last published btree commit skipped its meta fsync."""
+        _U64.pack_into(self._mm, F.OFF_BTREE_UNSYNCED, int(unsynced))
+
+    def btree_meta_unsynced(self) -> bool:
+        """True while the last btree commit's meta may not be durable (``sync=False``)."""
+        return bool(_U64.unpack_from(self._mm, F.OFF_BTREE_UNSYNCED)[0])
+
+    def btree_failed(self) -> bool:
+        """True after :meth:`mark_btree_failed`, in any process."""
+        return bool(_U64.unpack_from(self._mm, F.OFF_BTREE_FAILED)[0])
 
     # ---------------------------------------------------------------- commit blocker
     @contextlib.contextmanager
@@ -432,13 +468,16 @@ class LockFile:
                 F.SLOT.iter_unpack(self._mm[F.HEADER_SIZE: F.FILE_SIZE])):
             if txnid == 0:
                 continue
+            # Held across the ownership check, the probe and the clear: record locks do not
+            # exclude our own threads, so a slot another thread of this process claims in
+            # between would otherwise be probed "free", wiped and unlocked under it.
             with self._slot_lock:
-                ours = index in self._owned_slots
-            if not ours and _try_lock(self._fd, fcntl.LOCK_EX, F.LOCK_SLOT_BASE + index):
-                # Nobody holds the slot's lock, yet it pins a txnid: its owner died.
-                self._write_slot(index, 0, 0, 0)
-                _unlock(self._fd, F.LOCK_SLOT_BASE + index)
-                continue
+                if (index not in self._owned_slots
+                        and _try_lock(self._fd, fcntl.LOCK_EX, F.LOCK_SLOT_BASE + index)):
+                    # Nobody holds the slot's lock, yet it pins a txnid: its owner died.
+                    self._write_slot(index, 0, 0, 0)
+                    _unlock(self._fd, F.LOCK_SLOT_BASE + index)
+                    continue
             result.append((index, pid, txnid, kind))
         return result
 

@@ -24,8 +24,11 @@ STATIC_SIZE = STATIC_HEADER.size + STATIC_CHECKSUM.size  # 32
 OFF_COMMIT_SEQ = 32          # u64: last commit seq handed out
 OFF_INIT_COUNT = 40          # u64: how many times the file was (re)initialized
 OFF_BTREE_META_LEN = 48      # u32: length of the published btree meta record
+OFF_BTREE_META_SEQ = 56      # u64: seqlock of the record: odd while it is being rewritten
 OFF_BTREE_META = 64          # up to BTREE_META_MAX bytes: last committed btree meta record
 BTREE_META_MAX = 448
+OFF_BTREE_FAILED = 512       # u64: 1 once a commit failed mid-meta and could not be undone
+OFF_BTREE_UNSYNCED = 520     # u64: 1 while the last btree commit's meta was not fsynced
 
 HEADER_SIZE = 4096
 SLOT_COUNT = 256

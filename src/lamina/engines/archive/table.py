@@ -31,7 +31,6 @@ from lamina.errors import (
     AlreadyExistsError,
     ClosedError,
     CorruptionError,
-    LaminaError,
     LockedError,
     NotFoundError,
     ReadOnlyError,
@@ -444,21 +443,6 @@ class ArchiveTable:
             except OSError as exc:
                 raise storage_error(exc, "remove", path) from exc
         fileio.fsync_dir(directory)
-
-    @staticmethod
-    def file_table_id(directory: Path, name: str) -> int | None:
-        """The table id recorded in ``NAME.ARM`` (else in ``NAME.ARZ``'s header), or None
-        if neither exists or is readable. Never raises for damage (orphan cleanup)."""
-        directory = Path(directory)
-        try:
-            return read_meta_file(F.arm_path(directory, name)).meta.table_id
-        except (LaminaError, OSError):
-            pass
-        try:
-            header = read_header_at(F.arz_path(directory, name))
-        except (LaminaError, OSError):
-            return None
-        return None if header is None else header.table_id
 
     @staticmethod
     def generation_files_at(directory: Path, name: str, seq: int) -> tuple[Path, Path]:

@@ -26,7 +26,7 @@ from lamina.core.table_locks import table_backup_lock
 from lamina.engines.archive import format as F
 from lamina.engines.archive.block import BlockHeader, pack_rows
 from lamina.engines.archive.meta import MetaRead
-from lamina.errors import TransactionClosedError, UsageError, ValueTooLargeError
+from lamina.errors import StorageError, TransactionClosedError, UsageError, ValueTooLargeError
 
 if TYPE_CHECKING:
     from lamina.engines.archive.table import ArchiveTable
@@ -99,8 +99,10 @@ class Appender:
         """Publish the buffered rows as one commit; returns its commit seq (0 if nothing was
         buffered: an empty commit publishes nothing and takes no seq).
 
-        Raises StorageError on I/O failure (the commit is then not visible; the buffered rows
-        stay buffered, so the caller may retry or abort).
+        Raises StorageError on I/O failure. Before the meta write began, the commit is not
+        visible and the rows stay buffered (retry or abort). Once the meta write began, its
+        outcome is unknown (readers may already see it): the appender closes itself, so it
+        can never publish the same row ids twice; a new writer re-reads the table's state.
         """
         read = self._live()
         if not self._rows:
@@ -137,7 +139,13 @@ class Appender:
                                data_length=offset + len(buf), last_commit_seq=seq,
                                blocks=meta.blocks + len(blocks),
                                raw_bytes=meta.raw_bytes + sum(b.raw_bytes for b in blocks))
-            self._read = arm.write(read, new, sync=table.sync)
+            try:
+                self._read = arm.write(read, new, sync=table.sync)
+            except BaseException as exc:
+                self.close()
+                raise StorageError(f"commit to archive table {table.name!r} failed while "
+                                   f"writing its meta ({exc}); whether it is visible is "
+                                   "unknown: open a new writer to see") from exc
             failpoint("archive.after_meta_write")
         headers = []
         at = offset
@@ -150,8 +158,8 @@ class Appender:
         return seq
 
     def abort(self) -> None:
-        """Drop the buffered rows (nothing was written)."""
-        self._live()
+        """Drop the buffered rows (nothing was written). A no-op once the appender closed
+        (e.g. itself, after a failed commit), so it never hides the error that closed it."""
         self._rows = []
 
     def close(self) -> None:

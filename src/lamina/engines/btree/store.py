@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -20,6 +21,7 @@ from lamina.errors import (
     NotADatabaseError,
     NotFoundError,
     ReadOnlyError,
+    StorageError,
     UsageError,
     VersionError,
 )
@@ -72,6 +74,8 @@ def read_metas(fd: int, path: Path) -> tuple[F.Meta, list[F.Meta | DataError]]:
     current = max(valid, key=lambda m: (m.txnid, -m.slot))
     return current, slots
 
+
+log = logging.getLogger(__name__)
 
 class BtreeStore:
     """One open btree data file (``data.lamina``) of a database directory.
@@ -202,6 +206,12 @@ class BtreeStore:
         self._meta_cache = (rec, meta)
         return meta
 
+    def mark_failed(self, why: str) -> None:
+        """Stop every writer in every process (PostgreSQL's rule after a failed fsync): the
+        meta slot on disk may or may not hold the failed commit. ``why`` is logged."""
+        log.error("btree store %s: %s", self.path, why)
+        self._lockfile.mark_btree_failed()
+
     def begin_read(self) -> ReadTxn:
         """Start a read transaction on the current snapshot (pinned until closed).
         Raises LockedError when every reader slot is taken."""
@@ -245,8 +255,18 @@ class BtreeStore:
         if self.readonly:
             raise ReadOnlyError("the database is open read-only")
         lf = self._lockfile
+        if lf.btree_failed():
+            raise StorageError("an earlier commit failed while writing its meta page and "
+                               "could not be undone: close the database in every process "
+                               "and reopen it (it opens at the last durable commit)")
         lf.btree_writer.acquire(timeout)
         try:
+            if self.sync and lf.btree_meta_unsynced():
+                # A sync=False writer (any process) left the last meta unsynced; this
+                # writer may reuse the pages of the snapshot before it, so make that meta
+                # durable first (the data fsync also flushes the meta page: same file).
+                self._pager.sync()
+                lf.set_btree_meta_unsynced(False)
             meta = self.current_meta()
             space = PageSpace(self._pager, meta.txnid + 1, meta, lf.oldest_reader_txnid,
                               keep_previous_snapshot=not self.sync)

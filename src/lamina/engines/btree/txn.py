@@ -428,14 +428,36 @@ class WriteTxn(ReadTxn):
             meta = F.Meta(pager.page_size, sp.txnid, seq, sp.txnid % 2, sp.next_pgno,
                           self._next_table_id, catalog, freelist, time.time_ns())
             record = meta.encode()
-            pager.write_meta(meta.slot, record)
-            if store.sync:
-                pager.sync()
+            try:
+                pager.write_meta(meta.slot, record)
+                if store.sync:
+                    pager.sync()
+            except BaseException as exc:
+                # The new meta may be on disk, valid, though the caller sees a failure: put
+                # the previous one back in its slot, or no writer may go on (its txnid and
+                # pages would be this one's).
+                self._undo_meta(meta.slot, exc)
+                raise
             lf.publish_btree_meta(record)
+            lf.set_btree_meta_unsynced(not store.sync)
         failpoint("btree.after_meta_write")
         for ref, node in sp.new_nodes().items():
             pager.cache_put(ref, node.frozen())
         return seq
+
+    def _undo_meta(self, slot: int, exc: BaseException) -> None:
+        """After a failed meta write or sync: rewrite ``slot`` with the snapshot's meta (so
+        the failed commit never happened) and sync it. If even that fails, mark the store
+        failed for every process (see ``BtreeStore.begin_write``)."""
+        m = self.meta
+        previous = F.Meta(m.page_size, m.txnid, m.commit_seq, slot, m.total_pages,
+                          m.next_table_id, m.catalog, m.freelist, m.commit_ns)
+        try:
+            self._pager.write_meta(slot, previous.encode())
+            self._pager.sync()
+        except BaseException:
+            self._store.mark_failed(f"a commit failed while writing its meta page ({exc}) "
+                                    "and the previous meta could not be restored")
 
     def _touch(self, name: str) -> None:
         self._modified.add(name)
