@@ -186,12 +186,20 @@ class Database:
         they cannot be read (a newer format, a transient I/O error, damage) — opening or
         checking that table reports it instead.
         """
-        with self.lockfile.ddl_lock.held(DDL_TIMEOUT):
+        try:
+            # Housekeeping only: if DDL or a backup (which blocks DDL) holds the lock, skip
+            # it rather than make this open wait; a later writable open does it.
+            self.lockfile.ddl_lock.acquire(0)
+        except LockedError:
+            return
+        try:
             with self.store.begin_read() as txn:
                 owned = {e.name for e in txn.catalog() if e.engine == ENGINE_ARCHIVE}
             names = {p.name[:-4] for pattern in ("*.ARM", "*.ARZ") for p in self.path.glob(pattern)}
             for name in sorted(names - owned):
                 ArchiveTable.remove_files(self.path, name)
+        finally:
+            self.lockfile.ddl_lock.release()
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:

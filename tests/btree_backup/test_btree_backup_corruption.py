@@ -275,3 +275,35 @@ def test_verify_only_proves_the_same(made: tuple[Path, Stream]) -> None:
         feed(bad, s.build(pages=pages))
         bad.end()
     assert bad.cancel() is Result.OK
+
+
+def test_a_tiny_image_cannot_declare_a_huge_file(tmp_path: Path) -> None:
+    """A 0-page stream whose (re-hashed, keyless) header claims 10^8 pages: refused at once
+    by restore, deep verify and chain verify, instead of work and memory per claimed page."""
+    import time
+    import uuid
+
+    from lamina.backup import image_format as IF
+    from lamina.backup import online
+    from lamina.backup.image_writer import ImageWriter
+    from lamina.engines.btree.backup import encode_header, new_pages_hasher
+
+    total = 100_000_000
+    meta = BF.Meta(1024, 1, 1, 0, total, 1, BF.RootDesc(), BF.RootDesc(), time.time_ns())
+    stream = encode_header(meta, 0) + encode_trailer(0, new_pages_hasher().digest())
+    catalog = IF.ImageCatalog((IF.CatalogDriver("btree", 1, IF.DriverKind.AT_BEGIN, 0),), ())
+    image = tmp_path / "evil.img"
+    with ImageWriter(image, IF.ImageHeader(uuid.uuid4(), uuid.uuid4(), time.time_ns(), "x"),
+                     catalog) as writer:
+        writer.write_chunk(0, stream, True)
+        writer.finish(vp_seq=1, vp_wall_ns=time.time_ns(), blocker_held_ns=0, vp_info=[{
+            "txnid": 1, "commit_seq": 1, "root_hash": meta.root_hash.hex(),
+            "page_size": 1024, "total_pages": total, "pages_sent": 0,
+            "pages_hash": new_pages_hasher().hexdigest()}])
+    started = time.monotonic()
+    for attempt in (lambda: online.verify(image, deep=True),
+                    lambda: online.restore(image, tmp_path / "out"),
+                    lambda: online.verify_chain([image], deep=True)):
+        with pytest.raises(CorruptionError, match="free list could hold"):
+            attempt()
+    assert time.monotonic() - started < 5 and not (tmp_path / "out").exists()

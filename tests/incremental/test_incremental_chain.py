@@ -221,17 +221,19 @@ def test_layer_base_rules(tmp_path: Path) -> None:
         assert not (tmp_path / "x.img").exists()
         a.put("kv", b"more", b"1")
         a.backup(tmp_path / "a1.img", base=tmp_path / "a.img")
-    # A base newer than the database: restore the full image, then take a layer of the
-    # restored (older) database on top of a later image of the source.
+    # A restored database is a new database (its own id from its VP on): a layer of it on
+    # any image of the source is refused — even on a later one, whose history it never had.
     online.restore(tmp_path / "a.img", tmp_path / "old")
     with lamina.open(tmp_path / "old", create=False) as old:
-        assert "newer" in _refused(old.backup, tmp_path / "x.img", base=tmp_path / "a1.img")
-        # The same restored database may continue the chain of the image it came from.
+        assert "database" in _refused(old.backup, tmp_path / "x.img", base=tmp_path / "a1.img")
+        assert "database" in _refused(old.backup, tmp_path / "x.img", base=tmp_path / "a.img")
+        # Its own chain starts with a full image.
+        old.backup(tmp_path / "o0.img")
         old.put("kv", b"restored side", b"1")
-        old.backup(tmp_path / "o1.img", base=tmp_path / "a.img")
+        old.backup(tmp_path / "o1.img", base=tmp_path / "o0.img")
         expected = state_of(old)
     assert not (tmp_path / "x.img").exists()
-    online.restore_chain([tmp_path / "a.img", tmp_path / "o1.img"], tmp_path / "r")
+    online.restore_chain([tmp_path / "o0.img", tmp_path / "o1.img"], tmp_path / "r")
     assert state_at(tmp_path / "r") == expected
 
 
@@ -334,3 +336,14 @@ def test_cancel_leaves_nothing(chain3: tuple[Path, list[Path], list[State]],
         chain.combine_chain(images, tmp_path / "c.img", cancel=cancel_after_a_few)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db", "i0.img", "i1.img", "i2.img",
                                                           "i3.img"]
+
+
+def test_a_logical_image_cannot_be_a_base(tmp_path: Path) -> None:
+    """A layer on an image taken with a logical driver could never be restored as a chain:
+    refused when the layer is taken, not found out at restore time."""
+    with lamina.open(tmp_path / "a") as a:
+        _fill(a, 50)
+        a.backup(tmp_path / "logical.img", driver="snapshot")
+        a.put("kv", b"more", b"1")
+        assert "native" in _refused(a.backup, tmp_path / "x.img", base=tmp_path / "logical.img")
+    assert not (tmp_path / "x.img").exists()

@@ -158,3 +158,22 @@ def test_info_reads_only_the_trailer(source) -> None:
     info = json.loads(proc.stdout)
     assert info["kind"] == "full" and info["vp"]["commit_seq"] > 0
     assert {t["name"] for t in info["tables"]} == {"wl_kv", "wl_idx", "wl_log"}
+
+
+def test_a_forced_restore_killed_between_its_renames_is_rolled_back(source, tmp_path: Path
+                                                                     ) -> None:
+    """Killed after parking the old destination and before publishing the new one: DEST is
+    missing, the old database hides as .DEST.old-*. The next restore puts it back first."""
+    from lamina.backup import online
+
+    dest = tmp_path / "dest"
+    online.restore(source[1], dest)
+    (dest / "marker").write_text("the user's database")
+    dest.rename(tmp_path / ".dest.old-0123456789ab")  # what the kill leaves
+    with pytest.raises(lamina.errors.AlreadyExistsError):
+        online.restore(source[1], dest)  # no --force: the rolled-back DEST is kept
+    assert (dest / "marker").read_text() == "the user's database"
+    assert not list(tmp_path.glob(".dest.old-*"))
+    (tmp_path / ".dest.old-fedcba987654").mkdir()  # killed after the second rename
+    online.restore(source[1], dest, force=True)
+    assert not (dest / "marker").exists() and not list(tmp_path.glob(".dest.*"))

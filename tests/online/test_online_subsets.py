@@ -54,3 +54,34 @@ def test_restore_a_subset_of_a_full_image(db, tmp_path: Path) -> None:
     with pytest.raises(TableNotFoundError):
         db.backup(tmp_path / "img3", tables=["nope"])
     assert not (tmp_path / "img3").exists()
+
+
+def test_ddl_waits_while_a_backup_runs(db, tmp_path: Path) -> None:
+    """The DDL blocker: from planning to the end of a backup no table can be created or
+    dropped in any process, so the image's catalog is exactly the VP's."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from lamina.core.lockfile import LockFile\n"
+        "from lamina.errors import LockedError\n"
+        "lf = LockFile.open(sys.argv[1], init=lambda lf: None)\n"
+        "try:\n"
+        "    lf.ddl_lock.acquire(0.2); print('free')\n"
+        "except LockedError:\n"
+        "    print('held')\n"
+    )
+    seen: list[str] = []
+
+    def progress(done: int, total: int | None) -> None:
+        if not seen:
+            out = subprocess.run([sys.executable, "-c", probe, str(db.path)],
+                                 capture_output=True, text=True, timeout=60)
+            seen.append(out.stdout.strip())
+
+    db.backup(tmp_path / "img", progress=progress)
+    assert seen == ["held"]
+    out = subprocess.run([sys.executable, "-c", probe, str(db.path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.strip() == "free"  # and released when the backup ends

@@ -330,3 +330,23 @@ def test_prune_merges_under_a_layer_that_stays(tmp_path: Path) -> None:
         repo.restore(tmp_path / f"r{i}", id=str(ids[i]))
         assert content(tmp_path / f"r{i}") == states[i]
     assert repo.verify(deep=True).ok
+
+
+def test_a_restored_copy_never_layers_on_the_originals_later_backups(tmp_path: Path) -> None:
+    """The original keeps writing and backing up after a copy was restored from it; the
+    copy's next repository backup must not become a layer on the original's newer backup
+    (that restore would mix both histories)."""
+    repo = Repository.init(tmp_path / "repo")
+    with make_db(tmp_path / "orig") as orig:
+        orig.put("t", b"common", b"1")
+        first = repo.backup(orig)
+        repo.restore(tmp_path / "copy", id=str(first.backup_id))
+        orig.put("t", b"orig-only", b"x")
+        repo.backup(orig)  # a layer of the original, newer than the copy's VP
+    with make_db(tmp_path / "copy") as copy:
+        copy.put("t", b"copy-only", b"y")
+        mine = repo.backup(copy)
+        assert mine.kind == "full"  # its own history starts here
+        expected = content_of(copy)
+    repo.restore(tmp_path / "copy-restored", id=str(mine.backup_id))
+    assert content(tmp_path / "copy-restored") == expected

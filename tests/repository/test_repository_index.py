@@ -11,7 +11,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from lamina.repository import Repository
+import pytest
+
+from lamina.errors import CorruptionError
+from lamina.repository import KeepPolicy, Repository
 from lamina.repository import layout as L
 from lamina.repository.index import Index
 
@@ -142,8 +145,21 @@ def test_backup_killed_mid_write_leaves_nothing_listed(tmp_path: Path) -> None:
         assert report.ok, report.results
     index = Index.from_bytes((repo.path / L.INDEX_KEY).read_bytes())
     assert {str(i) for i in index.records} == set(ids)
-    from lamina.repository import KeepPolicy
     result = repo.prune(KeepPolicy(last=100))
     assert not result.plan.delete and _listed(repo)[0] == ids
     assert list((repo.path / L.STAGING_DIR).iterdir()) == []
     assert killed >= 1
+
+
+def test_prune_refuses_while_an_image_is_unreadable(tmp_path: Path) -> None:
+
+    """F L1 L2 with L1's footer damaged: keep-last 1 must not delete F (it could be the
+    base of the damaged L1 that L2 needs); prune refuses and deletes nothing."""
+    repo, ids = _repo_with_backups(tmp_path, 3)
+    path = repo.path / L.image_key(ids[1])
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptionError, match="unreadable"):
+        repo.prune(KeepPolicy(last=1))
+    assert all((repo.path / L.image_key(i)).exists() for i in ids)

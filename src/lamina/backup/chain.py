@@ -586,13 +586,19 @@ def layer_base(db: Database, base: ImagePath,
     reference and its VP facts by driver name (what each driver gets as
     ``BackupFlags.base_vp_info``).
 
-    The base must come from this database (same database id: a restored database keeps
-    its source's) and must not be newer than the database's current state (its VP commit
-    seq and btree txnid at most the current ones). Raises NotFoundError (no base file),
-    ChainError (another database, a newer base, no btree data), CorruptionError & co.
-    Reads shared memory only; safe beside writers.
+    The base must come from this database (same database id; a restored database has an
+    id of its own), must not be newer than the database's current state (its VP commit
+    seq and btree txnid at most the current ones), and must be chainable (native drivers
+    only: a logical image can never be part of a chain). Raises NotFoundError (no base
+    file), ChainError (another database, a newer base, a logical base, no btree data),
+    CorruptionError & co. Reads shared memory only; safe beside writers.
     """
     info = read_info(base)
+    logical = sorted({d.name for d in info.catalog.drivers} - set(CHAIN_DRIVERS))
+    if logical:
+        raise ChainError(f"base image {info.path.name} was taken with the "
+                         f"{', '.join(logical)} driver; only native images can be the base "
+                         "of a layer")
     if info.header.database_id != db.identity.db_id:
         raise ChainError(f"base image {info.path.name} is from database "
                          f"{info.header.database_id}, not from {db.path} "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from lamina.backup.verify import verify_image
 from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE
 from lamina.core.identity import Identity
 from lamina.core.lockfile import LockFile
-from lamina.database import Database
+from lamina.database import DDL_TIMEOUT, Database
 from lamina.database import open as open_database
 from lamina.engines.archive import logical as archive_logical
 from lamina.engines.archive.backup import ArchiveBackupEngine
@@ -304,16 +305,21 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
     try:
         if max_rate is not None and not max_rate > 0:
             raise UsageError(f"max rate must be a positive number of MB/s, not {max_rate}")
-        groups = plan_groups(db, tables, driver, lock_timeout)
-        base_ref = None
-        if base is not None:
-            base_ref, base_facts = chain.layer_base(db, base)
-            groups = chain.layer_groups(groups, base_ref, base_facts)
-        result = run_backup(groups, target, commit_blocker=db.lockfile, base=base_ref,
-                            commit_seq=db.lockfile.commit_seq, database_id=db.identity.db_id,
-                            codec=codec, level=level, buf_size=buf_size, progress=progress,
-                            cancel=cancel, blocker_timeout=blocker_timeout,
-                            max_rate=None if max_rate is None else max_rate * 1e6)
+        # MySQL 6.0's DDL blocker: no table is created or dropped from the moment the table
+        # list is planned until the backup ends, so the image's catalog is exactly the
+        # VP's (a table created before the VP is in it; none vanishes mid-backup).
+        with db.lockfile.ddl_lock.held(DDL_TIMEOUT):
+            groups = plan_groups(db, tables, driver, lock_timeout)
+            base_ref = None
+            if base is not None:
+                base_ref, base_facts = chain.layer_base(db, base)
+                groups = chain.layer_groups(groups, base_ref, base_facts)
+            result = run_backup(groups, target, commit_blocker=db.lockfile, base=base_ref,
+                                commit_seq=db.lockfile.commit_seq,
+                                database_id=db.identity.db_id, codec=codec, level=level,
+                                buf_size=buf_size, progress=progress, cancel=cancel,
+                                blocker_timeout=blocker_timeout,
+                                max_rate=None if max_rate is None else max_rate * 1e6)
     except CancelledError:
         history.finish(entry, "cancelled", error="cancelled on request")
         raise
@@ -359,7 +365,10 @@ def _vp_facts(result: RestoreResult, driver: str) -> dict[str, Any]:
 def _finish(tmp: Path, result: RestoreResult, wanted: Sequence[str] | None) -> tuple[str, ...]:
     """Make ``tmp`` a database, drop unwanted tables, prove it; returns the tables kept."""
     vp = result.manifest.vp
-    Identity(result.header.database_id, time.time_ns(), result.header.image_id,
+    # A restored database is a new database: from its VP on, its history is its own, so
+    # it gets its own id and never takes a layer on the source's later images (which
+    # would mix two histories); it records the image and VP it started from.
+    Identity(uuid.uuid4(), time.time_ns(), result.header.image_id,
              vp.commit_seq, vp.wall_ns).write(tmp)
     in_image = {t.name for t in result.catalog.tables}
     if wanted is not None:

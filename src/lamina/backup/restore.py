@@ -211,6 +211,7 @@ def restore_into_directory(dest: str | os.PathLike[str], restore: Callable[[Path
     parent = dest.parent
     if not parent.is_dir():
         raise NotFoundError(f"directory {parent} does not exist")
+    _recover_forced_publish(dest)
     if (dest.exists() or dest.is_symlink()) and not force:
         raise AlreadyExistsError(f"{dest} exists (use --force to replace it)")
     tmp = parent / f".{dest.name}.restore-{uuid.uuid4().hex[:12]}"
@@ -231,6 +232,27 @@ def restore_into_directory(dest: str | os.PathLike[str], restore: Callable[[Path
         raise
     fsync_dir(parent)
     return result
+
+
+def _recover_forced_publish(dest: Path) -> None:
+    """Finish what a ``--force`` publish killed between its two renames left behind.
+
+    ``.NAME.old-*`` is the replaced destination, parked by the first rename. If ``dest`` is
+    missing, the second rename never happened: put the old destination back (the user's
+    database must not stay hidden). If ``dest`` exists, the publish completed and only
+    the removal of the old one was cut short: remove it now.
+    """
+    olds = sorted(dest.parent.glob(f".{dest.name}.old-*"))
+    if not olds:
+        return
+    if not (dest.exists() or dest.is_symlink()):
+        try:
+            os.rename(olds[-1], dest)
+        except OSError as exc:
+            raise storage_error(exc, "roll back the interrupted restore of", dest) from exc
+        olds = olds[:-1]
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _publish(tmp: Path, dest: Path, force: bool) -> None:

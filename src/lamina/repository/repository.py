@@ -31,6 +31,7 @@ from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback
 from lamina.database import Database
 from lamina.errors import (
     AlreadyExistsError,
+    CorruptionError,
     DataError,
     LaminaError,
     NotADatabaseError,
@@ -349,22 +350,16 @@ class Repository:
             return None, "full requested"
         ident = db.identity
         current = db.lockfile.commit_seq()
-
-        def same_history(r: ImageRecord) -> bool:
-            # A restored database keeps its id but starts a new history after the VP it
-            # was restored at: the original's later backups are not its past.
-            if r.vp_seq > current:
-                return False
-            return (ident.restored_from is None or r.vp_seq <= ident.restored_vp_seq
-                    or r.created_ns >= ident.created_ns)
-
+        # A restored database has its own id (see online._finish), so every backup with
+        # this id is of this database's one history; one newer than the database itself
+        # cannot be its past (layer_base refuses it too).
         mine = [r for r in index.records.values()
                 if r.error is None and r.database_id == ident.db_id]
         if not mine:
             return None, f"no backup of database {ident.db_id} in the repository"
-        usable = [r for r in mine if same_history(r)]
+        usable = [r for r in mine if r.vp_seq <= current]
         if not usable:
-            return None, "no backup of this database's current history in the repository"
+            return None, "every backup of this database is newer than the database"
         newest = max(usable, key=lambda r: (r.vp_seq, r.vp_wall_ns, str(r.backup_id)))
         images = index.chain_or_none(newest)
         if images is None:
@@ -468,11 +463,22 @@ class Repository:
         :mod:`lamina.repository.prune`). Holds the repository lock exclusively.
 
         Crash-safe: killed at any moment, every kept backup still restores and a new
-        prune finishes the job. Raises LockedError, StorageError, and what merging raises
-        (the repository is then as a crash would leave it).
+        prune finishes the job. Refuses (CorruptionError, nothing deleted) while any image
+        is unreadable: which backups build on it cannot be known, so any deletion could
+        break a kept chain (restic's rule: check, repair, then prune). Raises LockedError,
+        StorageError, and what merging raises (the repository is then as a crash would
+        leave it).
         """
         with self.locks.repository(exclusive=True, operation="prune"):
             index, rebuilt = self._load()
+            damaged = sorted((r for r in index.records.values() if r.error is not None),
+                             key=lambda r: str(r.backup_id))
+            if damaged:
+                raise CorruptionError(
+                    f"image {damaged[0].backup_id} is unreadable ({damaged[0].error}); prune "
+                    "deletes nothing while the repository has unreadable images: run "
+                    "'lamina verify --repo', then remove or restore that image",
+                    path=self.storage.local_path(damaged[0].key))
             plan = plan_prune(index, policy)
             result = PruneResult(plan, index, dry_run, rebuilt)
             if dry_run:

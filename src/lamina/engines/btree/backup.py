@@ -771,6 +771,13 @@ class BtreeRestoreDriver(RestoreDriver):
                 or count > total - F.FIRST_DATA_PAGE):
             raise CorruptionError("btree stream header disagrees with its meta record",
                                   where=self._where())
+        # Every page not sent is free, and free pages are listed (4 bytes each) in
+        # free-list pages that are sent: so a small stream cannot claim a huge file, and
+        # no work below scales with what a hostile header declares.
+        if total - F.FIRST_DATA_PAGE - count > count * (page_size // 4):
+            raise CorruptionError(f"btree stream declares {total} pages but sends {count}: "
+                                  "more unsent pages than its free list could hold",
+                                  where=self._where())
         self.meta = meta
         self._page_size = page_size
         self._page_count = count

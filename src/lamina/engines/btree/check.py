@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from lamina.engines.btree.store import BtreeStore
 
 
+#: Findings listed in a report; more are counted in ``stats['findings_not_listed']``.
+MAX_FINDINGS = 1000
+
 class _Checker:
     def __init__(self, pager: Pager, meta: F.Meta, report: CheckReport) -> None:
         self.pager = pager
@@ -54,7 +57,13 @@ class _Checker:
 
     def find(self, table: str | None, where: str, what: str, expected: object = "",
              found: object = "") -> None:
-        self.report.findings.append(Finding(table, where, what, str(expected), str(found)))
+        # Bounded: a badly damaged (or hostile) file would otherwise produce one finding per
+        # page; the first ones locate the damage, the rest are only counted.
+        if len(self.report.findings) < MAX_FINDINGS:
+            self.report.findings.append(Finding(table, where, what, str(expected), str(found)))
+        else:
+            self.report.stats["findings_not_listed"] = (
+                self.report.stats.get("findings_not_listed", 0) + 1)
 
     def claim(self, pgno: int, label: str) -> bool:
         if pgno < F.FIRST_DATA_PAGE or pgno >= self.meta.total_pages:

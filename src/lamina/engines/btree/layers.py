@@ -106,6 +106,10 @@ def decode_stream_header(raw: bytes, where: str) -> StreamHeader:
     if (meta.page_size != page_size or meta.total_pages != total or total > MAX_PAGES
             or count > total - F.FIRST_DATA_PAGE or (layer and base > meta.txnid)):
         raise CorruptionError("btree stream header disagrees with its meta record", where=where)
+    if not layer and total - F.FIRST_DATA_PAGE - count > count * (page_size // 4):
+        # A full stream's unsent pages are free and listed in sent free-list pages.
+        raise CorruptionError(f"btree stream declares {total} pages but sends {count}: more "
+                              "unsent pages than its free list could hold", where=where)
     return StreamHeader(meta, count, base if layer else None)
 
 
