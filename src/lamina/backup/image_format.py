@@ -56,6 +56,20 @@ HASH_SIZE = 16  # blake2b-128 (manifest) and xxh3-128 (streams, whole image)
 ZERO_UUID = uuid.UUID(int=0)
 
 
+class StreamTally:
+    """Running totals of one stream while an image is written or read: next sequence
+    number, raw and stored bytes, whether its last chunk was seen, and its data hash."""
+
+    __slots__ = ("closed", "hasher", "raw", "seq", "stored")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.raw = 0
+        self.stored = 0
+        self.closed = False
+        self.hasher = data_hasher()
+
+
 def blake2b_128() -> hashlib.blake2b:
     """A fresh BLAKE2b hasher with a 16-byte digest (the manifest hash)."""
     return hashlib.blake2b(digest_size=HASH_SIZE)

@@ -111,15 +111,6 @@ class Chunk:
         return self.header.last
 
 
-class _Tally:
-    __slots__ = ("closed", "hasher", "raw", "seq", "stored")
-
-    def __init__(self) -> None:
-        self.seq = 0
-        self.raw = 0
-        self.stored = 0
-        self.closed = False
-        self.hasher = F.data_hasher()
 
 
 def check_manifest(header: F.ImageHeader, catalog: F.ImageCatalog, manifest: F.Manifest,
@@ -183,7 +174,7 @@ class ImageReader:
             raise RuntimeError("ImageReader.chunks() can be iterated only once")
         self._started = True
         src, path = self._src, self.path
-        tallies = [_Tally() for _ in range(self.catalog.stream_count)]
+        tallies = [F.StreamTally() for _ in range(self.catalog.stream_count)]
         names = self.catalog.stream_names()
         while True:
             offset = src.offset
@@ -218,7 +209,7 @@ class ImageReader:
             tally.hasher.update(data)
             yield Chunk(head, data, offset)
 
-    def _finish(self, tag: bytes, offset: int, tallies: list[_Tally],
+    def _finish(self, tag: bytes, offset: int, tallies: list[F.StreamTally],
                 names: dict[int, str]) -> None:
         src, path = self._src, self.path
         head = tag + src.read_exact(F.MANIFEST_HEAD_SIZE - 4, "manifest head")

@@ -173,15 +173,6 @@ class WriteSummary:
     footer: F.Footer
 
 
-class _StreamState:
-    __slots__ = ("closed", "hasher", "raw", "seq", "stored")
-
-    def __init__(self) -> None:
-        self.seq = 0
-        self.raw = 0
-        self.stored = 0
-        self.closed = False
-        self.hasher = F.data_hasher()
 
 
 class ImageWriter:
@@ -206,7 +197,7 @@ class ImageWriter:
         self.header = header
         self.catalog = catalog
         self._compressor = Compressor(codec, level)
-        self._streams = [_StreamState() for _ in range(catalog.stream_count)]
+        self._streams = [F.StreamTally() for _ in range(catalog.stream_count)]
         self._hasher = F.data_hasher()
         self._chunks = 0
         self.offset = 0
