@@ -221,19 +221,19 @@ def test_layer_base_rules(tmp_path: Path) -> None:
         assert not (tmp_path / "x.img").exists()
         a.put("kv", b"more", b"1")
         a.backup(tmp_path / "a1.img", base=tmp_path / "a.img")
-    # A restored database is a new database (its own id from its VP on): a layer of it on
-    # any image of the source is refused — even on a later one, whose history it never had.
+    # A restored database keeps the id but starts its own history (a new incarnation): it
+    # may continue the chain of the image it came from, never a later image of the source.
     online.restore(tmp_path / "a.img", tmp_path / "old")
     with lamina.open(tmp_path / "old", create=False) as old:
-        assert "database" in _refused(old.backup, tmp_path / "x.img", base=tmp_path / "a1.img")
-        assert "database" in _refused(old.backup, tmp_path / "x.img", base=tmp_path / "a.img")
-        # Its own chain starts with a full image.
-        old.backup(tmp_path / "o0.img")
+        assert "newer" in _refused(old.backup, tmp_path / "x.img", base=tmp_path / "a1.img")
         old.put("kv", b"restored side", b"1")
-        old.backup(tmp_path / "o1.img", base=tmp_path / "o0.img")
+        old.put("kv", b"more writes", b"2")  # now past a1's seq: a1 is another history
+        assert "another history" in _refused(old.backup, tmp_path / "x.img",
+                                             base=tmp_path / "a1.img")
+        old.backup(tmp_path / "o1.img", base=tmp_path / "a.img")
         expected = state_of(old)
     assert not (tmp_path / "x.img").exists()
-    online.restore_chain([tmp_path / "o0.img", tmp_path / "o1.img"], tmp_path / "r")
+    online.restore_chain([tmp_path / "a.img", tmp_path / "o1.img"], tmp_path / "r")
     assert state_at(tmp_path / "r") == expected
 
 

@@ -345,8 +345,11 @@ def test_a_restored_copy_never_layers_on_the_originals_later_backups(tmp_path: P
         repo.backup(orig)  # a layer of the original, newer than the copy's VP
     with make_db(tmp_path / "copy") as copy:
         copy.put("t", b"copy-only", b"y")
+        copy.put("t", b"copy-more", b"z")  # past the original's later backup's seq
         mine = repo.backup(copy)
-        assert mine.kind == "full"  # its own history starts here
+        # Its own history: a layer on the image it was restored from, not on the original's
+        # newer backup.
+        assert mine.kind == "layer" and mine.base_id == first.backup_id
         expected = content_of(copy)
     repo.restore(tmp_path / "copy-restored", id=str(mine.backup_id))
     assert content(tmp_path / "copy-restored") == expected

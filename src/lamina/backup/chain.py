@@ -551,7 +551,8 @@ def combine_chain(paths: Sequence[ImagePath], out: ImagePath, *, codec: str = "z
         assembled = _assemble(plan, work, progress, cancel)
         _prove(assembled, work)
         header = F.ImageHeader(image_id or uuid.uuid4(), final.header.database_id,
-                               time.time_ns(), lamina_version())
+                               time.time_ns(), lamina_version(),
+                               incarnation=final.header.incarnation)
         pages = FullStreamWriter(work / BF.DATA_FILE_NAME, assembled.meta)
         with ImageWriter(target, header, final.catalog, codec=parse_codec(codec)) as writer:
             vp_info: list[Mapping[str, Any]] = []
@@ -586,12 +587,14 @@ def layer_base(db: Database, base: ImagePath,
     reference and its VP facts by driver name (what each driver gets as
     ``BackupFlags.base_vp_info``).
 
-    The base must come from this database (same database id; a restored database has an
-    id of its own), must not be newer than the database's current state (its VP commit
-    seq and btree txnid at most the current ones), and must be chainable (native drivers
-    only: a logical image can never be part of a chain). Raises NotFoundError (no base
-    file), ChainError (another database, a newer base, a logical base, no btree data),
-    CorruptionError & co. Reads shared memory only; safe beside writers.
+    The base must come from this database (same database id) and from its own history:
+    its incarnation, or — for a restored database — the incarnation it was restored from,
+    at or before the restore's VP (a later image of the source is another history: a layer
+    on it would mix both). It must not be newer than the database's current state (VP
+    commit seq and btree txnid at most the current ones) and must be chainable (native
+    drivers only). Raises NotFoundError (no base file), ChainError (another database,
+    another history, a newer base, a logical base, no btree data), CorruptionError & co.
+    Reads shared memory only; safe beside writers.
     """
     info = read_info(base)
     logical = sorted({d.name for d in info.catalog.drivers} - set(CHAIN_DRIVERS))
@@ -607,6 +610,11 @@ def layer_base(db: Database, base: ImagePath,
     if info.vp.commit_seq > current:
         raise ChainError(f"base image {info.path.name} is newer than the database: its VP is "
                          f"commit seq {info.vp.commit_seq}, the database is at {current}")
+    if not db.identity.shares_history_with(info.header.incarnation, info.vp.commit_seq):
+        raise ChainError(f"base image {info.path.name} is from another history of this "
+                         f"database (incarnation {info.header.incarnation}); {db.path} "
+                         f"was restored at commit seq {db.identity.restored_vp_seq} and "
+                         "has written its own history since")
     facts = {d.name: info.vp.drivers[i] for i, d in enumerate(info.catalog.drivers)}
     base_txnid = base_txnid_of(facts.get(ENGINE_BTREE))
     txnid = db.store.current_meta().txnid

@@ -108,7 +108,7 @@ HEADER_MAGIC = b"LAMBKUP\x00"
 HEADER_SIZE = 128
 #: magic[8] version u16 header_size u16 flags u32 image_id[16] database_id[16]
 #: created_ns u64 lamina_version[32] reserved[32]; then xxh3_64 of those 120 bytes.
-HEADER = struct.Struct("<8sHHI16s16sQ32s32x")
+HEADER = struct.Struct("<8sHHI16s16sQ32s16s16x")
 HEADER_CHECKSUM = struct.Struct("<Q")
 HEADER_FLAG_LAYER = 0x1
 HEADER_FLAGS_KNOWN = HEADER_FLAG_LAYER
@@ -125,6 +125,8 @@ class ImageHeader:
     created_ns: int
     lamina_version: str
     flags: int = 0
+    #: The source database's incarnation (its history; see core/identity.py).
+    incarnation: uuid.UUID = ZERO_UUID
 
     @property
     def kind(self) -> ImageKind:
@@ -137,7 +139,7 @@ def encode_header(header: ImageHeader) -> bytes:
     version = header.lamina_version.encode("utf-8")[:VERSION_FIELD]
     body = HEADER.pack(HEADER_MAGIC, FORMAT_VERSION, HEADER_SIZE, header.flags,
                        header.image_id.bytes, header.database_id.bytes, header.created_ns,
-                       version)
+                       version, header.incarnation.bytes)
     return body + HEADER_CHECKSUM.pack(xxh3(body))
 
 
@@ -147,7 +149,8 @@ def decode_header(raw: bytes, path: object = None) -> ImageHeader:
         raise CorruptionError("image is shorter than its header", path=path, where="offset 0")
     if raw[:8] != HEADER_MAGIC:
         raise NotADatabaseError(f"{path or 'input'} is not a Lamina backup image (bad magic)")
-    _magic, version, size, flags, image_id, db_id, created, lver = HEADER.unpack_from(raw)
+    (_magic, version, size, flags, image_id, db_id, created, lver,
+     incarnation) = HEADER.unpack_from(raw)
     if version > FORMAT_VERSION:
         raise VersionError(f"{path or 'image'} is backup image format {version}; "
                            f"this build reads up to {FORMAT_VERSION}")
@@ -166,7 +169,7 @@ def decode_header(raw: bytes, path: object = None) -> ImageHeader:
         raise CorruptionError("header version string is not UTF-8", path=path,
                               where="header, offset 56") from exc
     return ImageHeader(uuid.UUID(bytes=image_id), uuid.UUID(bytes=db_id), created,
-                       lamina_version, flags)
+                       lamina_version, flags, uuid.UUID(bytes=incarnation))
 
 
 # ---------------------------------------------------------------------------- catalog

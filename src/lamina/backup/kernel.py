@@ -466,6 +466,7 @@ def _build_catalog(groups: Sequence[DriverGroup], drivers: Sequence[BackupDriver
 def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
                commit_blocker: CommitBlocker, commit_seq: Callable[[], int],
                database_id: uuid.UUID, codec: F.Codec | str = F.Codec.ZSTD,
+               database_incarnation: uuid.UUID = F.ZERO_UUID,
                level: int | None = None, buf_size: int = F.DEFAULT_BUF_SIZE,
                base: BaseImageRef | None = None, cancel: CancelToken = None,
                progress: ProgressCallback | None = None,
@@ -504,7 +505,8 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
                   for i, (g, d) in enumerate(zip(groups, drivers, strict=True))]
     header = F.ImageHeader(image_id=image_id or uuid.uuid4(), database_id=database_id,
                            created_ns=time.time_ns(), lamina_version=lamina_version(),
-                           flags=F.HEADER_FLAG_LAYER if base is not None else 0)
+                           flags=F.HEADER_FLAG_LAYER if base is not None else 0,
+                           incarnation=database_incarnation)
     writer = ImageWriter(target, header, catalog, codec=codec, level=level,
                          overwrite=overwrite)
     run.writer = writer

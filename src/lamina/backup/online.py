@@ -316,7 +316,9 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
                 groups = chain.layer_groups(groups, base_ref, base_facts)
             result = run_backup(groups, target, commit_blocker=db.lockfile, base=base_ref,
                                 commit_seq=db.lockfile.commit_seq,
-                                database_id=db.identity.db_id, codec=codec, level=level,
+                                database_id=db.identity.db_id,
+                                database_incarnation=db.identity.incarnation,
+                                codec=codec, level=level,
                                 buf_size=buf_size, progress=progress, cancel=cancel,
                                 blocker_timeout=blocker_timeout,
                                 max_rate=None if max_rate is None else max_rate * 1e6)
@@ -365,11 +367,12 @@ def _vp_facts(result: RestoreResult, driver: str) -> dict[str, Any]:
 def _finish(tmp: Path, result: RestoreResult, wanted: Sequence[str] | None) -> tuple[str, ...]:
     """Make ``tmp`` a database, drop unwanted tables, prove it; returns the tables kept."""
     vp = result.manifest.vp
-    # A restored database is a new database: from its VP on, its history is its own, so
-    # it gets its own id and never takes a layer on the source's later images (which
-    # would mix two histories); it records the image and VP it started from.
-    Identity(uuid.uuid4(), time.time_ns(), result.header.image_id,
-             vp.commit_seq, vp.wall_ns).write(tmp)
+    # The restored database keeps the source's id but starts a new incarnation: its history
+    # is the source's up to the VP and its own after, so it may continue the chain of the
+    # image it came from but never layer on the source's later images (two histories).
+    Identity(result.header.database_id, time.time_ns(), result.header.image_id,
+             vp.commit_seq, vp.wall_ns, incarnation=uuid.uuid4(),
+             origin_incarnation=result.header.incarnation).write(tmp)
     in_image = {t.name for t in result.catalog.tables}
     if wanted is not None:
         missing = sorted(set(wanted) - in_image)

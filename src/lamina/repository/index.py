@@ -69,6 +69,8 @@ class ImageRecord:
     error: str | None = None
     #: A synthetic full made by ``prune`` from a chain (standing for this backup).
     synthetic: bool = False
+    #: The source database's incarnation (which history of the database it belongs to).
+    incarnation: uuid.UUID = F.ZERO_UUID
 
     @property
     def key(self) -> str:
@@ -88,7 +90,7 @@ class ImageRecord:
                 "base_vp_seq": self.base_vp_seq, "vp_seq": self.vp_seq,
                 "vp_wall_ns": self.vp_wall_ns, "created_ns": self.created_ns,
                 "size": self.size, "mtime_ns": self.mtime_ns, "error": self.error,
-                "synthetic": self.synthetic}
+                "synthetic": self.synthetic, "incarnation": str(self.incarnation)}
 
     @classmethod
     def from_json(cls, obj: Any) -> ImageRecord:
@@ -109,7 +111,8 @@ class ImageRecord:
                    uuid.UUID(obj["database_id"]), kind,
                    None if base is None else uuid.UUID(base), _int(obj["base_vp_seq"]),
                    _int(obj["vp_seq"]), _int(obj["vp_wall_ns"]), _int(obj["created_ns"]),
-                   _int(obj["size"]), _int(obj["mtime_ns"]), error, synthetic)
+                   _int(obj["size"]), _int(obj["mtime_ns"]), error, synthetic,
+                   uuid.UUID(obj.get("incarnation", str(F.ZERO_UUID))))
 
 
 def _int(value: Any) -> int:
@@ -137,7 +140,8 @@ def record_from_image(storage: Storage, stat: ObjectStat) -> ImageRecord:
                        "layer" if layer else "full", m.base_image_id if layer else None,
                        m.base_vp_seq, m.vp.commit_seq, m.vp.wall_ns, info.header.created_ns,
                        info.size, stat.mtime_ns,
-                       synthetic=any("combined_from" in facts for facts in m.vp.drivers))
+                       synthetic=any("combined_from" in facts for facts in m.vp.drivers),
+                       incarnation=info.header.incarnation)
 
 
 class Index:

@@ -350,16 +350,16 @@ class Repository:
             return None, "full requested"
         ident = db.identity
         current = db.lockfile.commit_seq()
-        # A restored database has its own id (see online._finish), so every backup with
-        # this id is of this database's one history; one newer than the database itself
-        # cannot be its past (layer_base refuses it too).
         mine = [r for r in index.records.values()
                 if r.error is None and r.database_id == ident.db_id]
         if not mine:
             return None, f"no backup of database {ident.db_id} in the repository"
-        usable = [r for r in mine if r.vp_seq <= current]
+        # Only backups of this database's own history (its incarnation, or the one it was
+        # restored from up to the restore's VP; chain.layer_base applies the same rule).
+        usable = [r for r in mine if r.vp_seq <= current
+                  and ident.shares_history_with(r.incarnation, r.vp_seq)]
         if not usable:
-            return None, "every backup of this database is newer than the database"
+            return None, "no backup of this database's own history in the repository"
         newest = max(usable, key=lambda r: (r.vp_seq, r.vp_wall_ns, str(r.backup_id)))
         images = index.chain_or_none(newest)
         if images is None:

@@ -43,12 +43,14 @@ def optimize(table: ArchiveTable, block_target: int | None, timeout: float | Non
     started = time.monotonic()
     lock = table.lockfile.table_writer_lock(table.table_id, table.name)
     lock.acquire(timeout)
+    held: list[DataFile] = []  # data files this optimize reads (referenced until the end)
     try:
         read = recovery.recover(table)
         generations.cleanup(table.directory, table.name, table.lockfile)
         meta = read.meta
         target = block_target or max(F.DEFAULT_OPTIMIZE_TARGET, 4 * meta.block_target)
-        old = table._data_at_path()
+        old = table._acquire_data_at_path()
+        held.append(old)
         new_path = F.arz_new_path(table.directory, table.name)
         fd = fileio.open_fd(new_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         published = installed = False
@@ -93,6 +95,8 @@ def optimize(table: ArchiveTable, block_target: int | None, timeout: float | Non
                     pass
             raise
     finally:
+        for data in held:
+            data.release()
         lock.release()
     return {
         "generation": meta.generation + 1, "rows": meta.row_count,

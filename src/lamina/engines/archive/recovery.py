@@ -33,6 +33,10 @@ from lamina.engines.archive.meta import MetaRead
 from lamina.errors import CorruptionError, storage_error
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from lamina.engines.archive.datafile import DataFile
+    from lamina.engines.archive.meta import ArmFile, Meta
     from lamina.engines.archive.table import ArchiveTable
 
 
@@ -50,13 +54,21 @@ def recover(table: ArchiveTable) -> MetaRead:
 
     Returns the current meta. Raises CorruptionError for states no crash can produce.
     """
-    from lamina.engines.archive.table import meta_from_header
-
     arm = table._arm_file()
     read = arm.read()
     meta = read.meta
     new_path = F.arz_new_path(table.directory, table.name)
-    data = table._data_at_path()
+    data = table._acquire_data_at_path()
+    try:
+        return _recover_with(table, arm, read, meta, new_path, data)
+    finally:
+        data.release()
+
+
+def _recover_with(table: ArchiveTable, arm: ArmFile, read: MetaRead, meta: Meta,
+                  new_path: Path, data: DataFile) -> MetaRead:
+    from lamina.engines.archive.table import meta_from_header
+
     gen = data.header.generation
     if gen == meta.generation + 1:
         read = arm.write(read, meta_from_header(data.header, meta), sync=table.sync)
@@ -72,7 +84,11 @@ def recover(table: ArchiveTable) -> MetaRead:
         except OSError as exc:
             raise storage_error(exc, "rename", new_path) from exc
         fileio.fsync_dir(table.directory)
-        data = table._data_at_path()
+        fresh = table._acquire_data_at_path()
+        try:
+            return _recover_with(table, arm, read, meta, new_path, fresh)
+        finally:
+            fresh.release()
     elif gen == meta.generation:
         if new_path.exists():
             _unlink_if_present(new_path)

@@ -255,8 +255,10 @@ class ArchiveTable:
         if old is not None and old is not data:
             old.retire()
 
-    def _data_at_path(self) -> DataFile:
-        """The data file currently at ``NAME.ARZ`` (reopened if it was replaced)."""
+    def _acquire_data_at_path(self) -> DataFile:
+        """The data file currently at ``NAME.ARZ`` (reopened if it was replaced), with a
+        reference the caller must ``release()``: a reader thread may install a newer
+        generation meanwhile and retire this one, which is closed only once unreferenced."""
         try:
             st = os.stat(self.arz_path)
         except FileNotFoundError as exc:
@@ -266,10 +268,16 @@ class ArchiveTable:
             raise storage_error(exc, "stat", self.arz_path) from exc
         with self._lock:
             data = self._data
-        if data is not None and data.identity == (st.st_dev, st.st_ino):
-            return data
+            if data is not None and data.identity == (st.st_dev, st.st_ino):
+                data.acquire()  # under the lock: an _install cannot retire it first
+                return data
         data = self._open_data()
-        self._install(data)
+        data.acquire()
+        try:
+            self._install(data)
+        except BaseException:
+            data.release()
+            raise
         return data
 
     def _snapshot(self) -> Snapshot:

@@ -29,6 +29,8 @@ from lamina.engines.archive.meta import MetaRead
 from lamina.errors import StorageError, TransactionClosedError, UsageError, ValueTooLargeError
 
 if TYPE_CHECKING:
+    from lamina.engines.archive.block import PendingBlock
+    from lamina.engines.archive.datafile import DataFile
     from lamina.engines.archive.table import ArchiveTable
 
 
@@ -111,7 +113,15 @@ class Appender:
         meta = read.meta
         blocks = pack_rows(self._rows, meta.next_row_id, meta.codec, meta.level,
                            meta.block_target)
-        data = table._data_at_path()
+        data = table._acquire_data_at_path()
+        try:
+            return self._commit(read, blocks, data)
+        finally:
+            data.release()
+
+    def _commit(self, read: MetaRead, blocks: list[PendingBlock], data: DataFile) -> int:
+        table = self._table
+        meta = read.meta
         arm = table._arm_file()
         offset = meta.data_length
         lockfile = table.lockfile
