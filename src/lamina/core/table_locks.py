@@ -156,6 +156,44 @@ def table_backup_lock(lockfile: LockFile, table_id: int) -> TableBackupLock:
         return lock
 
 
+class HeldTableLocks:
+    """The table backup locks one holder (a default driver's source) holds exclusively, by
+    table id. Not thread-safe: one backup driver uses it from one thread."""
+
+    def __init__(self, lockfile: LockFile) -> None:
+        self._lockfile = lockfile
+        self._held: dict[int, TableBackupLock] = {}
+
+    def try_lock(self, table_id: int) -> bool:
+        """One non-blocking try for ``table_id``'s lock; True if held (now or already)."""
+        if table_id in self._held:
+            return True
+        lock = table_backup_lock(self._lockfile, table_id)
+        if not lock.try_exclusive():
+            return False
+        self._held[table_id] = lock
+        return True
+
+    def holds(self, table_id: int) -> bool:
+        """True while ``table_id``'s lock is held."""
+        return table_id in self._held
+
+    def unlock(self, table_id: int) -> None:
+        """Release ``table_id``'s lock if held."""
+        lock = self._held.pop(table_id, None)
+        if lock is not None:
+            lock.release_exclusive()
+
+    def release_all(self) -> None:
+        """Release every lock still held. Never raises."""
+        held, self._held = self._held, {}
+        for lock in held.values():
+            try:
+                lock.release_exclusive()
+            except OSError:  # pragma: no cover - unlocking a held fcntl lock cannot fail
+                pass
+
+
 def probe_free(lockfile: LockFile, table_id: int) -> bool:
     """True if no process holds ``table_id``'s backup lock in any mode (for tests and
     diagnostics: takes and drops it exclusively; False if this process holds it)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import io
 import os
 import re
 import shutil
@@ -69,8 +70,8 @@ class Storage(Protocol):
         ...
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        """Publish ``data`` as ``key`` atomically. Raises StorageError."""
-        ...
+        """See :meth:`Storage.put_bytes`."""
+        self.put_stream(key, io.BytesIO(data))
 
     def get_bytes(self, key: str, limit: int | None = None) -> bytes:
         """The whole object (at most ``limit`` + 1 bytes are read, so a caller can refuse

@@ -27,7 +27,7 @@ from typing import Any
 from lamina.backup.driver import TableSpec, require_engine
 from lamina.core.lockfile import LockFile, Slot
 from lamina.core.lockfile_format import SLOT_BACKUP
-from lamina.core.table_locks import TableBackupLock, table_backup_lock
+from lamina.core.table_locks import HeldTableLocks
 from lamina.engines.archive import format as F
 from lamina.engines.archive.datafile import DataFile
 from lamina.engines.archive.meta import read_meta_file
@@ -171,7 +171,7 @@ class ArchiveLockingSource(_Base):
 
     def __init__(self, directory: Path, lockfile: LockFile, tables: Sequence[TableSpec]) -> None:
         super().__init__(directory, lockfile, tables)
-        self._held: dict[int, TableBackupLock] = {}
+        self._locks = HeldTableLocks(self.lockfile)
 
     def begin(self) -> None:
         """Probe the tables (one meta read each)."""
@@ -182,24 +182,16 @@ class ArchiveLockingSource(_Base):
 
     def try_lock(self, spec: TableSpec) -> bool:
         """One non-blocking try for ``spec``'s backup lock, exclusive."""
-        if spec.table_id in self._held:
-            return True
-        lock = table_backup_lock(self.lockfile, spec.table_id)
-        if not lock.try_exclusive():
-            return False
-        self._held[spec.table_id] = lock
-        return True
+        return self._locks.try_lock(spec.table_id)
 
     def unlock(self, spec: TableSpec) -> None:
         """Release ``spec``'s lock if held."""
-        lock = self._held.pop(spec.table_id, None)
-        if lock is not None:
-            lock.release_exclusive()
+        self._locks.unlock(spec.table_id)
 
     def rows(self, spec: TableSpec) -> Iterator[tuple[bytes, bytes]]:
         """(row id, row) of every committed row; the caller holds the table's lock, so no
         append committed since the VP."""
-        if spec.table_id not in self._held:
+        if not self._locks.holds(spec.table_id):
             raise UsageError(f"archive table {spec.name!r} read without its backup lock")
         table = ArchiveTable.open(self.directory, spec.name, spec.table_id, self.lockfile,
                                   readonly=True)
@@ -217,12 +209,7 @@ class ArchiveLockingSource(_Base):
 
     def close(self) -> None:
         """Release every lock still held. Never raises."""
-        held, self._held = self._held, {}
-        for lock in held.values():
-            try:
-                lock.release_exclusive()
-            except OSError:  # pragma: no cover
-                pass
+        self._locks.release_all()
 
 
 def _pin_txnid(lockfile: LockFile) -> int:

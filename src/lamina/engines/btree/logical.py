@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from lamina.backup.driver import TableSpec, require_engine
 from lamina.core.catalog import ENGINE_BTREE
 from lamina.core.lockfile_format import SLOT_BACKUP
-from lamina.core.table_locks import TableBackupLock, table_backup_lock
+from lamina.core.table_locks import HeldTableLocks
 from lamina.engines.btree import format as F
 from lamina.errors import CorruptionError, TableNotFoundError, UsageError
 
@@ -156,7 +156,7 @@ class BtreeLockingSource:
     def __init__(self, store: BtreeStore, tables: Sequence[TableSpec]) -> None:
         self.store = store
         self.tables = list(tables)
-        self._held: dict[int, TableBackupLock] = {}
+        self._locks = HeldTableLocks(self.store._lockfile)
         self._estimates: dict[str, tuple[int, int]] = {}
         self._page_size = store.page_size
 
@@ -169,19 +169,11 @@ class BtreeLockingSource:
 
     def try_lock(self, spec: TableSpec) -> bool:
         """One non-blocking try for ``spec``'s backup lock, exclusive."""
-        if spec.table_id in self._held:
-            return True
-        lock = table_backup_lock(self.store._lockfile, spec.table_id)
-        if not lock.try_exclusive():
-            return False
-        self._held[spec.table_id] = lock
-        return True
+        return self._locks.try_lock(spec.table_id)
 
     def unlock(self, spec: TableSpec) -> None:
         """Release ``spec``'s lock if held."""
-        lock = self._held.pop(spec.table_id, None)
-        if lock is not None:
-            lock.release_exclusive()
+        self._locks.unlock(spec.table_id)
 
     def table_info(self, spec: TableSpec) -> dict[str, Any]:
         """Nothing is needed to recreate a btree table but its name and id."""
@@ -190,7 +182,7 @@ class BtreeLockingSource:
     def rows(self, spec: TableSpec) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) in key order from a snapshot begun now; the caller holds the lock,
         so no commit changed the table since the VP. Raises UsageError if not locked."""
-        if spec.table_id not in self._held:
+        if not self._locks.holds(spec.table_id):
             raise UsageError(f"btree table {spec.name!r} read without its backup lock")
         with self.store.begin_read() as txn:
             yield from _table(txn, spec).items()
@@ -205,12 +197,7 @@ class BtreeLockingSource:
 
     def close(self) -> None:
         """Release every lock still held. Never raises."""
-        held, self._held = self._held, {}
-        for lock in held.values():
-            try:
-                lock.release_exclusive()
-            except OSError:  # pragma: no cover - unlocking a held fcntl lock cannot fail
-                pass
+        self._locks.release_all()
 
 
 def load_table(store: BtreeStore, spec: TableSpec, rows: Iterable[tuple[bytes, bytes]]) -> int:
