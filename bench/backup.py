@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import lamina
-from lamina.backup import online
+from lamina import online
 
 KEY_BYTES, VALUE_BYTES = 16, 100
 ROW_TEMPLATE = (b"2026-11-21T10:00:00.%06dZ INFO svc=api req=%08x path=/v1/items/%d "

@@ -38,12 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import lamina
-from lamina.backup import chain, online
-from lamina.backup.driver import BackupDriver, BackupFlags, DriverGroup, TableSpec
+from lamina import online
 from lamina.backup.kernel import BackupResult, run_backup
+from lamina.core.driver import BackupDriver, BackupFlags, DriverGroup, TableSpec
 from lamina.database import Database
 from lamina.engines.btree.backup import BtreeBackupDriver, BtreeBackupEngine, base_txnid_of
 from lamina.engines.btree.txn import ReadTxn
+from lamina.online import chain
 
 KEY_BYTES, VALUE_BYTES = 16, 900  # 4 entries per 4 KiB leaf, values stored inline
 PAGE_SIZE = 4096

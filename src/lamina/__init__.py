@@ -21,8 +21,8 @@ from lamina import errors
 from lamina.errors import LaminaError
 
 if TYPE_CHECKING:
-    from lamina.backup.online import restore, verify
     from lamina.database import Database, TableInfo, open
+    from lamina.online import restore, verify
 
 __version__ = "0.1.0"
 
@@ -34,7 +34,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(database, name)
     if name in ("restore", "verify"):
-        from lamina.backup import online
+        from lamina import online
 
         return getattr(online, name)
     raise AttributeError(f"module 'lamina' has no attribute {name!r}")

@@ -382,7 +382,7 @@ class Database:
                base: str | os.PathLike[str] | None = None) -> Any:
         """Take a consistent online backup into ``target`` (a path or a binary stream).
 
-        Writers in any process go on; see :func:`lamina.backup.online.backup` for the
+        Writers in any process go on; see :func:`lamina.online.backup` for the
         contract. Returns a ``BackupResult`` (image id, validity point, sizes, the time the
         commit blocker was held). ``progress(done_bytes, total_or_None)`` is called as data
         is written; setting ``cancel`` (a ``threading.Event``) stops it with no image left.
@@ -394,7 +394,7 @@ class Database:
         (ChainError if the base is from another database or newer than this one).
         """
         # backup sits above this facade in the layering; import it only when used.
-        from lamina.backup import online
+        from lamina import online
 
         return online.backup(self, target, tables=tables, codec=codec, level=level,
                              progress=progress, cancel=cancel, driver=driver,

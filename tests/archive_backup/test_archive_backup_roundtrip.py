@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lamina.backup import ImageReader, online
+from lamina import online
+from lamina.backup import ImageReader
 from lamina.engines.archive.backup import STREAM_HEADER_SIZE, STREAM_META_SIZE
 
 from .archive_backup_helpers import (

@@ -283,8 +283,8 @@ def test_a_tiny_image_cannot_declare_a_huge_file(tmp_path: Path) -> None:
     import time
     import uuid
 
+    from lamina import online
     from lamina.backup import image_format as IF
-    from lamina.backup import online
     from lamina.backup.image_writer import ImageWriter
     from lamina.engines.btree.backup import encode_header, new_pages_hasher
 

@@ -226,4 +226,4 @@ def test_engines_import_only_the_driver_api() -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 if name.startswith("lamina.backup"):
-                    assert name == "lamina.backup.driver", (module.name, name)
+                    assert name == "lamina.core.driver", (module.name, name)

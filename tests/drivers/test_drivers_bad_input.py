@@ -9,10 +9,10 @@ import pytest
 from drivers_helpers import cli, make_db
 
 import lamina
-from lamina.backup import online
-from lamina.backup.driver import DriverGroup
+from lamina import online
 from lamina.backup.kernel import run_backup
 from lamina.backup.snapshot_driver import SnapshotBackupEngine
+from lamina.core.driver import DriverGroup
 from lamina.errors import DriverChoiceError, UnsupportedError, VersionError
 
 

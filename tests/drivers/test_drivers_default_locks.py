@@ -14,7 +14,7 @@ import pytest
 from drivers_helpers import cli, make_db, snapshot_of, wait_line, writer_proc
 
 import lamina
-from lamina.backup import online
+from lamina import online
 from lamina.core.table_locks import probe_free
 from lamina.errors import CancelledError, LockedError
 

@@ -10,7 +10,7 @@ import pytest
 from drivers_helpers import cli, make_db, snapshot_of
 
 import lamina
-from lamina.backup import online
+from lamina import online
 from lamina.errors import UsageError
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import lamina
-from lamina.backup import chain, online
+from lamina import online
 from lamina.backup import image_format as F
 from lamina.backup.image_reader import read_info
 from lamina.backup.kernel import BaseImageRef, run_backup
@@ -23,6 +23,7 @@ from lamina.errors import (
     DataError,
     NotFoundError,
 )
+from lamina.online import chain
 
 from .incremental_helpers import State, archive_files, flip_byte, state_at, state_of
 

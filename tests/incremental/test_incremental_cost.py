@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import lamina
-from lamina.backup import online
+from lamina import online
 from lamina.engines.btree.backup import BtreeBackupDriver
 from lamina.engines.btree.pager import Pager
 

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lamina
-from lamina.backup import chain, online
+from lamina import online
+from lamina.online import chain
 
 from .incremental_helpers import State, state_at, state_of
 

@@ -164,7 +164,7 @@ def test_a_forced_restore_killed_between_its_renames_is_rolled_back(source, tmp_
                                                                      ) -> None:
     """Killed after parking the old destination and before publishing the new one: DEST is
     missing, the old database hides as .DEST.old-*. The next restore puts it back first."""
-    from lamina.backup import online
+    from lamina import online
 
     dest = tmp_path / "dest"
     online.restore(source[1], dest)

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 import lamina
-from lamina import workload
-from lamina.backup import online
+from lamina import online, workload
 from lamina.errors import TableNotFoundError
 
 

@@ -2,7 +2,7 @@
 
 Layering: this package imports :mod:`lamina.core` and :mod:`lamina.errors` only. Engines
 implement :class:`BackupEngine` / :class:`BackupDriver` / :class:`RestoreDriver` by importing
-:mod:`lamina.backup.driver`; they never import the kernels.
+:mod:`lamina.core.driver`; they never import the kernels.
 
 Modules: ``driver`` (API), ``kernel`` (backup protocol), ``restore`` (restore protocol and
 destination directory), ``image_format`` (constants, structs, block codecs),
@@ -11,7 +11,13 @@ destination directory), ``image_format`` (constants, structs, block codecs),
 
 from __future__ import annotations
 
-from lamina.backup.driver import (
+from lamina.backup.image_format import Codec, ImageKind
+from lamina.backup.image_reader import ImageInfo, ImageReader, read_info
+from lamina.backup.image_writer import ImageWriter
+from lamina.backup.kernel import BackupResult, BaseImageRef, CommitBlocker, run_backup
+from lamina.backup.restore import RestoreResult, restore_into_directory, run_restore
+from lamina.backup.verify import VerifyReport, verify_image
+from lamina.core.driver import (
     BackupDriver,
     BackupEngine,
     BackupFlags,
@@ -24,12 +30,6 @@ from lamina.backup.driver import (
     Result,
     TableSpec,
 )
-from lamina.backup.image_format import Codec, ImageKind
-from lamina.backup.image_reader import ImageInfo, ImageReader, read_info
-from lamina.backup.image_writer import ImageWriter
-from lamina.backup.kernel import BackupResult, BaseImageRef, CommitBlocker, run_backup
-from lamina.backup.restore import RestoreResult, restore_into_directory, run_restore
-from lamina.backup.verify import VerifyReport, verify_image
 
 __all__ = [
     "BackupDriver",

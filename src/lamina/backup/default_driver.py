@@ -20,15 +20,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from lamina.backup.driver import (
-    BackupDriver,
-    BackupEngine,
-    BackupFlags,
-    RestoreDriver,
-    RestoreFlags,
-    Result,
-    TableSpec,
-)
 from lamina.backup.logical import (
     STREAM_VERSION,
     LogicalBackupDriver,
@@ -38,6 +29,15 @@ from lamina.backup.logical import (
     SinkFactory,
     check_restore_version,
     sources_for,
+)
+from lamina.core.driver import (
+    BackupDriver,
+    BackupEngine,
+    BackupFlags,
+    RestoreDriver,
+    RestoreFlags,
+    Result,
+    TableSpec,
 )
 from lamina.errors import LockedError, UnsupportedError, UsageError
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import xxhash
 
-from lamina.backup.driver import DriverKind
+from lamina.core.driver import DriverKind
 from lamina.core.names import validate_table_name
 from lamina.errors import (
     CorruptionError,

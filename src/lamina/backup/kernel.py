@@ -1,7 +1,7 @@
 """The backup kernel: drives every backup driver through the online-backup protocol and
 writes what they send into one image.
 
-Protocol (see :mod:`lamina.backup.driver` for each call's contract)::
+Protocol (see :mod:`lamina.core.driver` for each call's contract)::
 
     get_backup -> begin -> initial transfer ("at end") -> prelock until READY
     -> [commit blocker] lock -> VP (commit seq, wall clock) -> unlock [release]
@@ -14,7 +14,7 @@ releases the commit blocker (a ``with`` block), removes the temporary image file
 re-raises (CancelledError for a cancellation). A file target therefore either appears
 complete and valid, or not at all.
 
-The kernel knows nothing about engines: it is given :class:`~lamina.backup.driver.DriverGroup`
+The kernel knows nothing about engines: it is given :class:`~lamina.core.driver.DriverGroup`
 objects (a backup engine and its tables), a commit blocker and a commit seq source. Native,
 consistent-snapshot and blocking default drivers all fit this shape: a default driver's
 ``prelock`` answers OK until its table locks are held, then READY.
@@ -38,7 +38,8 @@ from typing import Any, Protocol
 
 from lamina.backup import image_format as F
 from lamina.backup.codec import parse_codec
-from lamina.backup.driver import (
+from lamina.backup.image_writer import ImageTarget, ImageWriter
+from lamina.core.driver import (
     BackupDriver,
     Buffer,
     DriverGroup,
@@ -46,7 +47,6 @@ from lamina.backup.driver import (
     DriverProtocolError,
     Result,
 )
-from lamina.backup.image_writer import ImageTarget, ImageWriter
 from lamina.core.names import validate_table_name
 from lamina.errors import CancelledError, LockedError, UsageError
 

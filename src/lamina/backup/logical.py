@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import xxhash
 
-from lamina.backup.driver import (
+from lamina.core.driver import (
     AtBeginDriver,
     Buffer,
     DriverKind,

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from lamina.backup import image_format as F
-from lamina.backup.driver import (
+from lamina.backup.image_reader import ImageReader, ReadableStream, open_image_file
+from lamina.backup.kernel import Backoff, CancelToken, ProgressCallback, is_cancelled
+from lamina.core.driver import (
     BackupEngine,
     Buffer,
     DriverProtocolError,
@@ -35,8 +37,6 @@ from lamina.backup.driver import (
     Result,
     TableSpec,
 )
-from lamina.backup.image_reader import ImageReader, ReadableStream, open_image_file
-from lamina.backup.kernel import Backoff, CancelToken, ProgressCallback, is_cancelled
 from lamina.core.fileio import fsync_dir
 from lamina.errors import (
     AlreadyExistsError,
@@ -107,7 +107,7 @@ def run_restore(source: str | os.PathLike[str] | ReadableStream, engines: Engine
     """Restore the image at ``source`` (path or readable binary stream) into the directory
     ``destination`` through restore drivers from ``engines`` (looked up by the catalog's
     driver names). ``destination=None`` verifies only: drivers prove what they are sent
-    and write nothing (see :class:`~lamina.backup.driver.RestoreFlags`).
+    and write nothing (see :class:`~lamina.core.driver.RestoreFlags`).
 
     ``progress(image_bytes_read, image_size_or_None)`` is called after every chunk and
     once the trailer is verified.

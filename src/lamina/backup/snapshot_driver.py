@@ -16,14 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from lamina.backup.driver import (
-    BackupDriver,
-    BackupEngine,
-    BackupFlags,
-    RestoreDriver,
-    RestoreFlags,
-    TableSpec,
-)
 from lamina.backup.logical import (
     STREAM_VERSION,
     LogicalBackupDriver,
@@ -32,6 +24,14 @@ from lamina.backup.logical import (
     SinkFactory,
     check_restore_version,
     sources_for,
+)
+from lamina.core.driver import (
+    BackupDriver,
+    BackupEngine,
+    BackupFlags,
+    RestoreDriver,
+    RestoreFlags,
+    TableSpec,
 )
 from lamina.errors import UnsupportedError, UsageError
 

@@ -50,7 +50,7 @@ def command(db: str, image: str | None, tables: str | None, codec: str, level: i
             show_progress: bool | None, as_json: bool) -> None:
     """Back up DB into IMAGE (a new file, or - for stdout), or into a repository with
     --repo (prints the backup id)."""
-    from lamina.backup import online
+    from lamina import online
 
     if repo_path is not None or image is None:
         if base is not None:

@@ -169,7 +169,7 @@ def _online_backup(db: lamina.Database, work: Path, steps: _Steps) -> list[str]:
     import time
 
     from lamina import workload
-    from lamina.backup import chain
+    from lamina.online import chain
 
     workload.ensure_tables(db)
     log_path = work / "workload.log"

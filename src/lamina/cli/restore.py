@@ -38,7 +38,7 @@ def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
     Several images -- a full image, then its layers in chain order -- are restored as one
     chain in one pass, to the last one's validity point. With --repo, restore a backup's
     whole chain (the latest, --id or --at)."""
-    from lamina.backup import online
+    from lamina import online
     from lamina.errors import UsageError
 
     image = images[0] if images else None

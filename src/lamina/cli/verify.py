@@ -30,7 +30,7 @@ def command(images: tuple[str, ...], deep: bool, repo_path: str | None, backup_i
     links (exit 11 if broken), every image, and with --deep the Merkle root at the last
     layer's validity point. With --repo, verify each backup's whole chain (exit with the
     first failure's code)."""
-    from lamina.backup import online
+    from lamina import online
 
     image = images[0] if images else None
     if repo_path is not None or image is None:

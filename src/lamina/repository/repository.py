@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lamina.backup import chain, online
+from lamina import online
 from lamina.backup import image_format as F
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback
 from lamina.database import Database
@@ -39,6 +39,7 @@ from lamina.errors import (
     UsageError,
     storage_error,
 )
+from lamina.online import chain
 from lamina.repository import layout as L
 from lamina.repository.index import (
     ImageRecord,

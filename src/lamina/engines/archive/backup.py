@@ -62,7 +62,8 @@ from typing import Any
 
 import xxhash
 
-from lamina.backup.driver import (
+from lamina.core import fileio
+from lamina.core.driver import (
     AtBeginDriver,
     BackupDriver,
     BackupEngine,
@@ -74,7 +75,6 @@ from lamina.backup.driver import (
     Result,
     TableSpec,
 )
-from lamina.core import fileio
 from lamina.core.lockfile import LockFile, Slot
 from lamina.core.lockfile_format import SLOT_BACKUP
 from lamina.core.names import validate_table_name
@@ -241,7 +241,7 @@ class ArchiveBackupEngine(BackupEngine):
         """A restore driver for streams of ``version`` into ``flags.destination`` (None:
         verify only). Raises VersionError (newer than ours), UnsupportedError (a version
         below 1), ChainError (a layer: restored only with its chain, by
-        :mod:`lamina.backup.chain`), InvalidNameError (a name that could leave the
+        :mod:`lamina.online.chain`), InvalidNameError (a name that could leave the
         destination), DriverChoiceError, UsageError (a table listed twice)."""
         if version > self.version:
             raise VersionError(f"archive backup data version {version}; this build reads "

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamina.backup.driver import TableSpec
 from lamina.core import fileio
+from lamina.core.driver import TableSpec
 from lamina.core.names import validate_table_name
 from lamina.engines.archive import format as F
 from lamina.engines.archive.backup import STREAM_HEADER_SIZE, STREAM_META_SIZE, StreamHeader

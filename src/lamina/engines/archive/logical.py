@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lamina.backup.driver import TableSpec, require_engine
+from lamina.core.driver import TableSpec, require_engine
 from lamina.core.lockfile import LockFile, Slot
 from lamina.core.lockfile_format import SLOT_BACKUP
 from lamina.core.table_locks import HeldTableLocks

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import xxhash
 
-from lamina.backup.driver import Buffer, RestoreDriver, RestoreFlags, Result, TableSpec
 from lamina.core import fileio
+from lamina.core.driver import Buffer, RestoreDriver, RestoreFlags, Result, TableSpec
 from lamina.core.names import validate_table_name
 from lamina.engines.archive import codec
 from lamina.engines.archive import format as F

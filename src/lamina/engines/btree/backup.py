@@ -36,7 +36,7 @@ children whose recorded txnid is newer, so the pages read are the pages sent (pl
 but the catalog lookups of ``begin``), never a scan of the file. The pages are sent in page
 order; the walk keeps up to :data:`LAYER_RETAIN_BYTES` of them in memory and re-reads the
 rest from the pinned snapshot. Layer streams are restored only as part of a chain
-(:mod:`lamina.engines.btree.layers`, :mod:`lamina.backup.chain`).
+(:mod:`lamina.engines.btree.layers`, :mod:`lamina.online.chain`).
 
 Concurrency: a driver is used by one thread (the kernel's). Writers in any process go on
 while ``get_data`` runs; only ``lock()``/``unlock()`` run under the commit blocker.
@@ -55,7 +55,9 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from lamina.backup.driver import (
+from lamina.core import fileio
+from lamina.core.catalog import ENGINE_BTREE, CatalogEntry
+from lamina.core.driver import (
     AtBeginDriver,
     BackupDriver,
     BackupEngine,
@@ -67,8 +69,6 @@ from lamina.backup.driver import (
     Result,
     TableSpec,
 )
-from lamina.core import fileio
-from lamina.core.catalog import ENGINE_BTREE, CatalogEntry
 from lamina.core.lockfile_format import SLOT_BACKUP
 from lamina.engines.btree import format as F
 from lamina.engines.btree.page import (
@@ -221,7 +221,7 @@ class BtreeBackupEngine(BackupEngine):
                     flags: RestoreFlags) -> RestoreDriver:
         """A restore driver for a stream of ``version``. Raises VersionError (newer than
         ours), ChainError (a layer: it is restored only with its chain, by
-        :mod:`lamina.backup.chain`), DriverChoiceError (a non-btree table)."""
+        :mod:`lamina.online.chain`), DriverChoiceError (a non-btree table)."""
         if version > self.version:
             raise VersionError(f"btree backup data version {version}; this build reads up "
                                f"to {self.version}")

@@ -11,7 +11,7 @@ is seen, if it is below the last VP's page count, writes every live page once, w
 content at the last VP. Page numbers that are free at the last VP may receive an older
 image's stale bytes: nothing references them and the checker never reads free pages.
 
-Classes here do no image I/O: :mod:`lamina.backup.chain` reads the images and feeds the
+Classes here do no image I/O: :mod:`lamina.online.chain` reads the images and feeds the
 stream bytes. Not thread-safe: each object is used by one thread.
 """
 

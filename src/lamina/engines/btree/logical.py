@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lamina.backup.driver import TableSpec, require_engine
 from lamina.core.catalog import ENGINE_BTREE
+from lamina.core.driver import TableSpec, require_engine
 from lamina.core.lockfile_format import SLOT_BACKUP
 from lamina.core.table_locks import HeldTableLocks
 from lamina.engines.btree import format as F

@@ -52,9 +52,9 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from lamina.errors import DriverChoiceError, LaminaError
+from lamina.errors import CorruptionError, DriverChoiceError, LaminaError
 
 
 class Result(enum.Enum):
@@ -134,6 +134,99 @@ def require_engine(tables: Sequence[TableSpec], engine: str) -> None:
     for t in tables:
         if t.engine != engine:
             raise DriverChoiceError(f"table {t.name!r} is a {t.engine} table, not {engine}")
+
+
+class FactReader:
+    """Reads the typed fields of one VP-facts record from its JSON form.
+
+    Every accessor raises :class:`~lamina.errors.CorruptionError` naming ``where`` and the
+    key when a fact is missing or of the wrong type: a missing fact is an error, never
+    silently skipped. Booleans are not accepted where integers are expected.
+    """
+
+    def __init__(self, data: object, where: str) -> None:
+        if not isinstance(data, Mapping):
+            raise CorruptionError(f"{where}: VP facts are not an object")
+        self.data: Mapping[str, Any] = data
+        self.where = where
+
+    def _get(self, key: str) -> Any:
+        if key not in self.data:
+            raise CorruptionError(f"{self.where}: VP fact {key!r} is missing")
+        return self.data[key]
+
+    def has(self, key: str) -> bool:
+        """True if ``key`` is present (for facts that are optional by definition)."""
+        return key in self.data
+
+    def integer(self, key: str, *, minimum: int = 0) -> int:
+        """The integer fact ``key`` (>= ``minimum``)."""
+        value = self._get(key)
+        if type(value) is not int or value < minimum:
+            raise CorruptionError(f"{self.where}: VP fact {key!r} is not an integer "
+                                  f">= {minimum}")
+        return value
+
+    def text(self, key: str) -> str:
+        """The string fact ``key``."""
+        value = self._get(key)
+        if not isinstance(value, str):
+            raise CorruptionError(f"{self.where}: VP fact {key!r} is not a string")
+        return value
+
+    def digest(self, key: str, size: int) -> bytes:
+        """The fact ``key``: ``size`` bytes written as lowercase hexadecimal."""
+        text = self.text(key)
+        try:
+            value = bytes.fromhex(text)
+        except ValueError:
+            value = b""
+        if len(value) != size or value.hex() != text:
+            raise CorruptionError(f"{self.where}: VP fact {key!r} is not {size} bytes of hex")
+        return value
+
+    def mapping(self, key: str) -> FactReader:
+        """The object fact ``key``, as a reader of its own."""
+        return FactReader(self._get(key), f"{self.where}.{key}")
+
+    def entries(self) -> list[tuple[str, FactReader]]:
+        """(key, reader) for every entry of this object, each of which must be an object."""
+        return [(k, FactReader(v, f"{self.where}.{k}")) for k, v in self.data.items()]
+
+
+class VpFacts(abc.ABC):
+    """What a backup driver knows about the validity point it froze (a typed record).
+
+    Each engine's drivers define their own record (btree: txnid, root hash, page counts;
+    archive: per-table rows, positions, generations). ``to_json()`` is stored in the image
+    manifest; ``from_json()`` reads it back for a restore driver (to prove what it rebuilt)
+    and for a layer's backup driver (its base image's facts), and raises CorruptionError if
+    any fact is missing or mistyped.
+    """
+
+    @abc.abstractmethod
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (str keys; str/int/bool/list/dict values)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_json(cls, data: object, where: str) -> Self:
+        """Decode the JSON form; CorruptionError (naming ``where``) if a fact is missing."""
+
+
+@dataclass(frozen=True, slots=True)
+class NoFacts(VpFacts):
+    """The facts of a driver that records none."""
+
+    def to_json(self) -> dict[str, Any]:
+        """An empty object."""
+        return {}
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> NoFacts:
+        """Accepts any object (there is nothing to miss)."""
+        FactReader(data, where)
+        return cls()
 
 
 @dataclass(frozen=True, slots=True)

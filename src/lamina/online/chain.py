@@ -43,7 +43,6 @@ import xxhash
 
 from lamina.backup import image_format as F
 from lamina.backup.codec import parse_codec
-from lamina.backup.driver import BackupFlags, DriverGroup, TableSpec
 from lamina.backup.image_reader import ImageInfo, ImageReader, open_image_file, read_info
 from lamina.backup.image_writer import ImageWriter
 from lamina.backup.kernel import (
@@ -56,6 +55,7 @@ from lamina.backup.kernel import (
 from lamina.backup.restore import RestoreResult, restore_into_directory
 from lamina.backup.verify import verify_image
 from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE
+from lamina.core.driver import BackupFlags, DriverGroup, TableSpec
 from lamina.engines.archive.backup import StreamHeader as ArchiveStreamHeader
 from lamina.engines.archive.layers import TableAssembler, TablePart
 from lamina.engines.btree import format as BF
@@ -78,8 +78,8 @@ from lamina.errors import (
 )
 
 if TYPE_CHECKING:
-    from lamina.backup.online import RestoreSummary
     from lamina.database import Database
+    from lamina.online import RestoreSummary
 
 #: Backup engine (driver) names a chain can hold: the native drivers, which write layers.
 CHAIN_DRIVERS = (ENGINE_BTREE, ENGINE_ARCHIVE)
@@ -414,7 +414,7 @@ def restore_chain(paths: Sequence[ImagePath], dest: ImagePath, *,
     NotFoundError, AlreadyExistsError (``dest`` exists, no ``force``), TableNotFoundError,
     CorruptionError & co., CheckFailedError, CancelledError, StorageError.
     """
-    from lamina.backup import online  # online sits above chain (it re-exports it)
+    from lamina import online  # online sits above chain (it re-exports it)
 
     start = time.monotonic_ns()
     infos = _chain_in_order(paths)

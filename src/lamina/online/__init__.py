@@ -19,14 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamina.backup import chain
 from lamina.backup import image_format as F
-from lamina.backup.chain import combine_chain as combine_chain  # re-exported: the chain API
-from lamina.backup.chain import order_chain as order_chain
-from lamina.backup.chain import restore_chain as restore_chain
-from lamina.backup.chain import verify_chain as verify_chain
 from lamina.backup.default_driver import DEFAULT_LOCK_TIMEOUT, DefaultBackupEngine
-from lamina.backup.driver import BackupEngine, DriverGroup, TableSpec
 from lamina.backup.history import BackupHistory
 from lamina.backup.image_reader import ReadableStream, image_summary
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, run_backup
@@ -35,6 +29,7 @@ from lamina.backup.restore import RestoreResult, restore_into_directory, run_res
 from lamina.backup.snapshot_driver import SnapshotBackupEngine
 from lamina.backup.verify import verify_image
 from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE
+from lamina.core.driver import BackupEngine, DriverGroup, TableSpec
 from lamina.core.identity import Identity
 from lamina.core.lockfile import LockFile
 from lamina.database import DDL_TIMEOUT, Database
@@ -54,6 +49,11 @@ from lamina.errors import (
     UnsupportedError,
     UsageError,
 )
+from lamina.online import chain
+from lamina.online.chain import combine_chain as combine_chain  # re-exported: the chain API
+from lamina.online.chain import order_chain as order_chain
+from lamina.online.chain import restore_chain as restore_chain
+from lamina.online.chain import verify_chain as verify_chain
 
 ImageTarget = str | os.PathLike[str] | Any  # a path, or a writable binary stream
 
@@ -292,7 +292,7 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
     default driver tries to lock its tables. A failure or cancellation leaves no image at
     ``target`` and no lock or snapshot held; every outcome is recorded in the history.
     ``base`` (the path of an earlier image of this database, full or layer) makes the image
-    a *layer*: only what changed after the base's VP (see :mod:`lamina.backup.chain`);
+    a *layer*: only what changed after the base's VP (see :mod:`lamina.online.chain`);
     native drivers only.
     Raises TableNotFoundError, DriverChoiceError, UsageError, LockedError (the commit
     blocker or a default-driver table lock not obtained in time), CancelledError,
