@@ -42,9 +42,11 @@ from lamina import online
 from lamina.backup.kernel import BackupResult, run_backup
 from lamina.core.driver import BackupDriver, BackupFlags, DriverGroup, TableSpec
 from lamina.database import Database
-from lamina.engines.btree.backup import BtreeBackupDriver, BtreeBackupEngine, base_txnid_of
+from lamina.engines.btree.backup import BtreeBackupEngine
+from lamina.engines.btree.backup_driver import BtreeBackupDriver
+from lamina.engines.btree.facts import base_txnid_of
 from lamina.engines.btree.txn import ReadTxn
-from lamina.online import chain
+from lamina.online import layers
 
 KEY_BYTES, VALUE_BYTES = 16, 900  # 4 entries per 4 KiB leaf, values stored inline
 PAGE_SIZE = 4096
@@ -90,13 +92,13 @@ class ScanBtreeBackupEngine(BtreeBackupEngine):
     def get_backup(self, tables: Sequence[TableSpec], flags: BackupFlags) -> BackupDriver:
         assert self.store is not None and flags.layer
         return ScanBtreeBackupDriver(self.store, tables,
-                                     base_txnid=base_txnid_of(flags.base_vp_info))
+                                     base_txnid=base_txnid_of(flags.base_facts))
 
 
 def scan_layer(db: Database, target: Path, base: Path) -> BackupResult:
     """A layer of ``db`` on ``base`` whose btree pages are found by the scan."""
-    ref, facts = chain.layer_base(db, base)
-    groups = chain.layer_groups(online.plan_groups(db, None), ref, facts)
+    ref, facts = layers.layer_base(db, base)
+    groups = layers.layer_groups(online.plan_groups(db, None), ref, facts)
     groups = [DriverGroup(ScanBtreeBackupEngine(db.store), g.tables, g.flags)
               if g.engine.name == "btree" else g for g in groups]
     return run_backup(groups, target, commit_blocker=db.lockfile,

@@ -20,6 +20,14 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pip' >/dev/null 2>
     "$py" -m venv --clear .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+# The suite runs CPython's own generic dbm/shelve tests against lamina.dbm: Debian's python3
+# ships the interpreter's `test` package separately.
+if [ -n "$extra" ] && ! .venv/bin/python -c 'import test.test_dbm, test.test_shelve' >/dev/null 2>&1 \
+        && command -v apt-get >/dev/null 2>&1; then
+    ver=$(.venv/bin/python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    apt-get update -qq
+    apt-get install -y -qq "libpython${ver}-testsuite" >/dev/null
+fi
 case "$extra" in
     "") .venv/bin/python -m pip install -q . ;;
     test) .venv/bin/python -m pip install -q -e '.[test]' ;;

@@ -1,10 +1,17 @@
-"""Suite-wide pytest configuration: hypothesis profiles sized for 2-core CI."""
+"""Suite-wide pytest configuration: hypothesis profiles sized for 2-core CI, and the
+teardown check of every database a test leaves behind (``support.checked``)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from support import plugin
 
 settings.register_profile(
     "ci",
@@ -14,3 +21,26 @@ settings.register_profile(
 )
 settings.register_profile("dev", parent=settings.get_profile("ci"), max_examples=20)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# The teardown check of every database a test leaves behind (imported: pytest finds
+# hooks and fixtures among a conftest's names).
+check_databases_at_teardown = plugin.check_databases_at_teardown
+pytest_runtest_makereport = plugin.pytest_runtest_makereport
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tempdir_inside_pytest_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep every ``tempfile`` file of the session inside pytest's temporary area.
+
+    Code under test makes temporary files and directories with ``tempfile`` (deep verify's
+    ``lamina-verify-*`` page file, the demo, the state-machine tests): pointing ``TMPDIR``
+    at a directory of this session (this process and every child process it starts) and
+    dropping ``tempfile``'s cached default means nothing lands in the system temp
+    directory, even when a process is killed before it could clean up.
+    """
+    path = tmp_path_factory.mktemp("tmpdir")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(path))
+        mp.setattr(tempfile, "tempdir", None)  # recomputed from TMPDIR on next use
+        assert tempfile.gettempdir() == str(path)
+        yield path

@@ -25,11 +25,6 @@ from lamina.errors import (
 )
 
 
-def _must_check(db: lamina.Database) -> None:
-    report = db.check()
-    assert report.ok, report.findings
-
-
 def test_create_open_and_tables(tmp_path: Path) -> None:
     path = tmp_path / "db"
     with lamina.open(path) as db:
@@ -38,7 +33,6 @@ def test_create_open_and_tables(tmp_path: Path) -> None:
         assert [(t.name, t.engine) for t in db.tables()] == [("a", "archive"), ("b", "btree")]
         ids = {t.table_id for t in db.tables()}
         assert len(ids) == 2
-        _must_check(db)
     with lamina.open(path, create=False, readonly=True) as db:
         assert [t.name for t in db.tables()] == ["a", "b"]
         with pytest.raises(ReadOnlyError):
@@ -56,7 +50,6 @@ def test_table_ids_are_never_reused_and_created_seq_is_the_creating_commit(tmp_p
         assert second.table_id != first.table_id
         assert second.created_seq > first.created_seq
         assert db.get("t", b"k") is None  # the re-created table starts empty
-        _must_check(db)
 
 
 def test_bad_names_and_duplicates(tmp_path: Path) -> None:
@@ -155,7 +148,6 @@ def test_create_table_killed_before_catalog_commit_leaves_no_table(tmp_path: Pat
         assert not (path / "ghost.ARM").exists() and not (path / "ghost.ARZ").exists()
         assert list(db.scan("keep")) == [(1, b"row")]
         db.create_table("ghost", engine="archive")  # the name is free again
-        _must_check(db)
 
 
 def test_drop_table_killed_after_catalog_commit_finishes_at_open(tmp_path: Path) -> None:
@@ -168,7 +160,6 @@ def test_drop_table_killed_after_catalog_commit_finishes_at_open(tmp_path: Path)
     with lamina.open(path) as db:
         assert db.tables() == []
         assert not (path / "gone.ARM").exists()
-        _must_check(db)
 
 
 def test_interrupted_creation_is_started_again(tmp_path: Path) -> None:
@@ -180,7 +171,6 @@ def test_interrupted_creation_is_started_again(tmp_path: Path) -> None:
         lamina.open(path, create=False)
     with lamina.open(path) as db:
         db.create_table("t")
-        _must_check(db)
 
 
 def test_archive_handle_and_conveniences(tmp_path: Path) -> None:
@@ -193,7 +183,6 @@ def test_archive_handle_and_conveniences(tmp_path: Path) -> None:
         stat = db.stat()
         assert stat["archive"]["log"]["rows"] == 3
         assert stat["commit_seq"] >= 3
-        _must_check(db)
 
 
 def test_commit_seq_is_shared_by_both_engines_and_survives_reopen(tmp_path: Path) -> None:

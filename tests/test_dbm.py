@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dbm.dumb
+import os
 import shelve
+import stat
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,49 @@ def test_same_as_dbm_dumb(tmp_path_factory: pytest.TempPathFactory, ops) -> None
     finally:
         ours.close()
         theirs.close()
+
+
+def test_whichdb_recognizes_lamina_and_delegates(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    assert lamina.dbm.whichdb(path) is None
+    lamina.dbm.open(path, "c").close()
+    for name in (path, str(path), bytes(path), str(path).encode()):
+        assert lamina.dbm.whichdb(name) == "lamina.dbm"
+    (tmp_path / "plain").mkdir()
+    assert lamina.dbm.whichdb(tmp_path / "plain") is None
+    dbm.dumb.open(str(tmp_path / "dumb"), "c").close()
+    assert lamina.dbm.whichdb(tmp_path / "dumb") == "dbm.dumb"
+    (tmp_path / "junk").write_bytes(b"not a database")
+    assert lamina.dbm.whichdb(tmp_path / "junk") == ""
+
+
+def test_bytes_paths_and_flag_n_replaces(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    with lamina.dbm.open(bytes(path), "c") as d:
+        d[b"k"] = b"v"
+    with lamina.dbm.open(bytes(path), "r") as d:
+        assert d[b"k"] == b"v"
+    with lamina.dbm.open(path, "n") as d:  # an existing Lamina database: emptied
+        assert len(d) == 0
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"whatever was here")
+    with lamina.dbm.open(junk, "n") as d:  # any non-directory file is replaced
+        d[b"a"] = b"1"
+    assert lamina.dbm.whichdb(junk) == "lamina.dbm"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(lamina.dbm.error):  # a foreign non-empty directory is never removed
+        lamina.dbm.open(other, "n")
+    assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_mode_sets_directory_bits(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        lamina.dbm.open(tmp_path / "a", "c", 0o600).close()
+        lamina.dbm.open(tmp_path / "b", "c").close()
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o755

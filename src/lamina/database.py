@@ -58,10 +58,6 @@ class TableInfo:
     created_seq: int
 
 
-def _arm_name(name: str) -> str:
-    return name + ".ARM"
-
-
 class Database:
     """An open Lamina database. Use :func:`lamina.open`; close it (or use ``with``)."""
 
@@ -393,7 +389,8 @@ class Database:
         incremental *layer* holding only what changed since the base's validity point
         (ChainError if the base is from another database or newer than this one).
         """
-        # backup sits above this facade in the layering; import it only when used.
+        # lamina.online sits above this module (it builds on Database); importing it here,
+        # when called, is the one documented upward import (tests/test_layers.py).
         from lamina import online
 
         return online.backup(self, target, tables=tables, codec=codec, level=level,

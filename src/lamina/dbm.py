@@ -2,10 +2,19 @@
 
 ``lamina.dbm.open(file, flag='r', mode=0o666)`` behaves like the standard library's
 ``dbm.open``: flag ``'r'`` opens an existing database read-only, ``'w'`` read-write,
-``'c'`` creates it if needed, ``'n'`` always starts empty. ``file`` is the database
-directory; the mapping lives in its btree table ``dbm``. Keys and values are bytes;
-``str`` is accepted and stored as UTF-8. Every assignment or deletion is one committed
-(durable) transaction. Operations on a closed object raise :data:`error`.
+``'c'`` creates it if needed, ``'n'`` always starts empty. ``file`` (``str``, ``bytes`` or
+a path-like of either) is the database directory; the mapping lives in its btree table
+``dbm``. Keys and values are bytes; ``str`` is accepted and stored as UTF-8; ``keys()``
+returns a list of bytes. Every assignment or deletion is one committed (durable)
+transaction. Operations on a closed object raise :data:`error`.
+
+The standard library's ``dbm.whichdb`` knows only its own formats; :func:`whichdb` also
+recognizes a Lamina database (returning ``"lamina.dbm"``). ``dbm.open``/``shelve.open``
+dispatch to this module only if it is registered with the standard ``dbm`` package
+(``dbm._modules["lamina.dbm"]`` and ``dbm.whichdb`` replaced by :func:`whichdb`), which
+this module never does by itself; wrap a :class:`LaminaDbm` in ``shelve.Shelf`` instead.
+CPython's own generic dbm and shelve tests run against this module
+(tests/cpython_dbm).
 
 Example::
 
@@ -16,25 +25,35 @@ Example::
 
 from __future__ import annotations
 
+import dbm as _stdlib_dbm
 import os
 import shutil
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
 import lamina
+from lamina.core.identity import FILE_NAME as IDENTITY_FILE
+from lamina.core.identity import MAGIC as IDENTITY_MAGIC
 from lamina.database import Database
 from lamina.errors import LaminaError, NotFoundError
 
 TABLE = "dbm"
 
-__all__ = ["LaminaDbm", "error", "open"]
+__all__ = ["LaminaDbm", "error", "open", "whichdb"]
+
+# Captured at import, so whichdb() still delegates to the standard one after a caller has
+# installed whichdb() as dbm.whichdb.
+_stdlib_whichdb = _stdlib_dbm.whichdb
 
 
 class error(OSError):
-    """Raised for dbm-level failures (closed object, bad flag, missing database, ...)."""
+    """Raised for dbm-level failures (closed object, bad flag, missing database, write to a
+    read-only one, ...). A subclass of ``OSError``, so ``except dbm.error`` catches it."""
 
 
 Key = bytes | str
+#: What ``open`` and ``whichdb`` accept as a file name, like the standard dbm modules.
+PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
 def _as_bytes(obj: object, what: str) -> bytes:
@@ -130,22 +149,62 @@ class LaminaDbm(MutableMapping[bytes, bytes]):
             pass
 
 
-def open(file: str | os.PathLike[str], flag: str = "r", mode: int = 0o666) -> LaminaDbm:
+def whichdb(file: PathArg) -> str | None:
+    """Guess which dbm module opens ``file``, like :func:`dbm.whichdb`, knowing Lamina too.
+
+    Returns ``"lamina.dbm"`` if ``file`` is a directory holding a Lamina identity file
+    (checked by its magic only: the database may still fail to open); otherwise whatever
+    the standard ``dbm.whichdb`` returns — ``None`` if nothing readable is there (which
+    includes any other directory), ``""`` if the format is unknown, or a module name such
+    as ``"dbm.gnu"``. Never raises for an unreadable path.
+    """
+    try:
+        with (Path(os.fsdecode(file)) / IDENTITY_FILE).open("rb") as f:
+            if f.read(len(IDENTITY_MAGIC)) == IDENTITY_MAGIC:
+                return __name__
+    except OSError:
+        pass
+    return _stdlib_whichdb(file)
+
+
+def _clear_for_new(path: Path) -> None:
+    """Make room for flag ``'n'``: remove a Lamina database or a non-directory at ``path``.
+
+    Like the standard modules (which truncate whatever file is there), a regular file,
+    whatever its contents, is replaced. A directory that is not a Lamina database is left
+    alone: an empty one is then used, a non-empty one makes :func:`open` fail.
+    """
+    try:
+        if path.is_dir() and not path.is_symlink():
+            if (path / IDENTITY_FILE).exists():
+                shutil.rmtree(path)
+        elif path.is_symlink() or path.exists():
+            path.unlink()
+    except OSError as exc:
+        raise error(f"cannot replace {path} with a new database: {exc}") from exc
+
+
+def open(file: PathArg, flag: str = "r", mode: int = 0o666) -> LaminaDbm:
     """Open a Lamina database as a dbm object (flags ``r``, ``w``, ``c``, ``n``).
 
-    ``mode`` sets the permission bits of a newly created database (masked by the umask).
-    Raises :data:`error` for a bad flag, a missing database with ``r``/``w``, or a file that
-    is not a Lamina database.
+    ``'r'`` opens an existing database read-only (writes raise :data:`error`), ``'w'``
+    read-write; both fail if it does not exist. ``'c'`` opens read-write, creating it if
+    needed. ``'n'`` always starts empty: an existing Lamina database, or any non-directory
+    file, at ``file`` is replaced. Only the first character of ``flag`` counts (so the gnu
+    modifiers ``'f'``, ``'s'``, ``'u'`` are accepted and ignored). ``mode`` sets the
+    permission bits of a newly created database directory, masked by the umask, with a
+    search (x) bit added wherever ``mode`` has the read bit (0o666 -> 0o777, 0o600 ->
+    0o700); the files inside are created 0o644 (masked by the umask).
+    Raises :data:`error` for a bad flag, a missing database with ``r``/``w``, a file that
+    is not a Lamina database, a database with no ``dbm`` table opened ``r``, or any
+    failure to open or create it.
     """
     base_flag = flag[:1]
     if base_flag not in ("r", "w", "c", "n"):
         raise error(f"flag must be one of 'r', 'w', 'c', or 'n', not {flag!r}")
-    path = Path(file)
-    if base_flag == "n" and path.exists():
-        if path.is_dir() and (path / "LAMINA").exists():
-            shutil.rmtree(path)
-        elif path.exists():
-            raise error(f"{path} exists and is not a Lamina database")
+    path = Path(os.fsdecode(file))
+    if base_flag == "n":
+        _clear_for_new(path)
     creating = base_flag in ("c", "n") and not path.exists()
     try:
         db = lamina.open(path, create=base_flag in ("c", "n"), readonly=base_flag == "r")
@@ -157,7 +216,10 @@ def open(file: str | os.PathLike[str], flag: str = "r", mode: int = 0o666) -> La
         if creating:
             umask = os.umask(0)
             os.umask(umask)
-            os.chmod(path, (mode | 0o111) & 0o777 & ~umask)
+            try:
+                os.chmod(path, (mode | (mode & 0o444) >> 2) & 0o777 & ~umask)
+            except OSError as exc:
+                raise error(f"cannot set the mode of {path}: {exc}") from exc
         if TABLE not in {t.name for t in db.tables()}:
             if base_flag == "r":
                 raise error(f"{path} has no {TABLE!r} table")

@@ -8,7 +8,8 @@ only where the kill came after its meta write.
 from __future__ import annotations
 
 import random
-import time
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,24 @@ def test_kill_at_failpoint(table_dir: Path, failpoint: str) -> None:
     assert rows == expected([*want, 100, 101]) and report.ok
 
 
+def kill_after_lines(proc: subprocess.Popen[str], n: int) -> tuple[list[str], str]:
+    """Read the worker's report lines as they come; SIGKILL it right after its ``n``-th line
+    (so the moment is counted in the worker's own progress, not in seconds); return every
+    line it printed and its stderr."""
+    assert proc.stdout is not None and proc.stderr is not None
+    lines: list[str] = []
+    while len(lines) < n:
+        line = proc.stdout.readline()
+        if not line:  # ended on its own: a crash of the worker, reported below
+            break
+        lines.append(line.rstrip("\n"))
+    proc.kill()
+    lines += proc.stdout.read().splitlines()  # what it printed before it died
+    err = proc.stderr.read()
+    proc.wait(timeout=30)
+    return lines, err
+
+
 def test_kill_at_random_moments(table_dir: Path) -> None:
     db = table_dir
     rng = random.Random(1234)
@@ -116,10 +135,11 @@ def test_kill_at_random_moments(table_dir: Path) -> None:
     for _round in range(6):
         proc = spawn("write", str(db), "--batches", "100000", "--size", str(SIZE),
                      "--first-batch", str(first), "--optimize-every", "7")
-        time.sleep(0.35 + rng.random() * 0.4)
-        proc.kill()
-        out, _err = proc.communicate(timeout=30)
-        lines = out.splitlines()
+        # Lines come as BEGIN/COMMITTED pairs (OPTIMIZE/OPTIMIZED after every 7th commit):
+        # killing right after a random one of lines 2..45 lands after >= 1 commit, in or
+        # between commits and optimizes, whatever the machine's speed.
+        lines, err = kill_after_lines(proc, rng.randint(2, 45))
+        assert proc.returncode == -signal.SIGKILL, (proc.returncode, lines, err)
         done, in_flight = committed_batches(lines)
         assert done, lines
         rows, report = table_rows(db, readonly=False)

@@ -18,9 +18,11 @@ def test_readers_never_see_partial_commits(db: Path) -> None:
     ArchiveTable.create(db, "t", 1, block_target=300)
     writer = spawn("write", str(db), "--batches", "1500", "--size", str(SIZE),
                    "--optimize-every", "500")
-    readers = [spawn("read", str(db), "--size", str(SIZE), "--seconds", "2.0")
-               for _ in range(2)]
-    outs = [r.communicate(timeout=60) for r in readers]
+    # Each reader reads until it has seen the writer's last commit (counted in rows, not
+    # timed: a busy machine only makes it take longer; --seconds is a hang guard).
+    readers = [spawn("read", str(db), "--size", str(SIZE), "--until-rows", str(1500 * SIZE),
+                     "--seconds", "240") for _ in range(2)]
+    outs = [r.communicate(timeout=300) for r in readers]
     w_out, w_err = writer.communicate(timeout=120)
     assert writer.returncode == 0, w_err
     assert "DONE" in w_out and w_out.count("OPTIMIZED") == 3
@@ -61,7 +63,8 @@ def test_reader_process_sees_commits_of_this_process(make_table: Make, db: Path)
     t = make_table()
     for b in range(5):
         t.append_many(batch_rows(b, SIZE))
-    proc = spawn("read", str(db), "--size", str(SIZE), "--seconds", "0.2")
+    proc = spawn("read", str(db), "--size", str(SIZE), "--until-rows", str(5 * SIZE),
+                 "--seconds", "120")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.split()[0] == "OK" and out.split()[2] == str(5 * SIZE) and out.split()[3] == "1"

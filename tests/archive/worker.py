@@ -44,6 +44,8 @@ def main() -> int:
     p.add_argument("--size", type=int, default=10)
     p.add_argument("--optimize-every", type=int, default=0)
     p.add_argument("--seconds", type=float, default=1.0)
+    p.add_argument("--until-rows", type=int, default=None,
+                   help="read: stop once a scan saw this many rows (--seconds: hang guard)")
     p.add_argument("--no-sync", action="store_true")
     a = p.parse_args()
     lf = LockFile.open(a.dir, init=seed(a.dir))
@@ -92,6 +94,8 @@ def main() -> int:
             top = max(top, seen)
             counts.add(seen)
             checks += 1
+            if a.until_rows is not None and seen >= a.until_rows:
+                break
         say("OK", checks, top, len(counts))
     table.close()
     lf.close()

@@ -24,11 +24,13 @@ from lamina.backup import (
     run_backup,
     run_restore,
 )
+from lamina.core.driver import VpFacts
 from lamina.core.lockfile import LockFile
 from lamina.core.lockfile_format import SLOT_BACKUP
 from lamina.database import Database
 from lamina.engines.archive import ArchiveTable
-from lamina.engines.archive.backup import ArchiveBackupDriver, ArchiveBackupEngine
+from lamina.engines.archive.backup import ArchiveBackupDriver
+from lamina.engines.archive.engine import ArchiveBackupEngine
 from lamina.engines.archive.restore_driver import ArchiveRestoreDriver
 
 
@@ -131,12 +133,13 @@ def collect(drv: ArchiveBackupDriver, buf_size: int) -> dict[int, list[Buffer]]:
 def table_streams(db: Database, buf_size: int = 1 << 20,
                   specs: Sequence[TableSpec] | None = None,
                   ) -> tuple[dict[int, bytes], Mapping[str, Any]]:
-    """Drive a backup driver by hand; returns (local stream -> bytes, vp_info)."""
+    """Drive a backup driver by hand; returns (local stream -> bytes, the JSON form of its
+    vp_info(), as the image manifest stores it)."""
     drv = new_driver(db, specs)
     drive_to_vp(db, drv, buf_size)
     try:
         bufs = collect(drv, buf_size)
-        info = drv.vp_info()
+        info = drv.vp_info().to_json()
         assert drv.end() is Result.OK
     except BaseException:
         drv.cancel()
@@ -209,7 +212,7 @@ class HookedDriver(BackupDriver):
     def size(self) -> int | None:
         return self.inner.size()
 
-    def vp_info(self) -> Mapping[str, Any]:
+    def vp_info(self) -> VpFacts:
         return self.inner.vp_info()
 
 

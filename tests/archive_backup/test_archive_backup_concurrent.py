@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lamina.engines.archive import backup as archive_backup
+from lamina.engines.archive import vpcut
 
 from .archive_backup_helpers import (
     archive_specs,
@@ -44,13 +44,13 @@ def wait_for(predicate: object, timeout: float = 30.0) -> None:
 def test_rows_after_the_vp_never_enter_the_image(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     cuts: list[str] = []
-    real_cut = archive_backup._cut_at
+    real_cut = vpcut.cut_at
 
     def spy_cut(*args: Any) -> Any:
         cuts.append(args[2])
         return real_cut(*args)
 
-    monkeypatch.setattr(archive_backup, "_cut_at", spy_cut)
+    monkeypatch.setattr(vpcut, "cut_at", spy_cut)
     db_dir, log, stop = tmp_path / "db", tmp_path / "log", tmp_path / "stop"
     with open_db(db_dir) as db:
         for name in TABLES:

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from lamina.database import Database
-from lamina.engines.archive import backup as archive_backup
+from lamina.engines.archive import vpcut
+from support import expect_damaged
 
 from .archive_backup_helpers import (
     HookedEngine,
@@ -103,14 +104,14 @@ def test_optimize_crashed_mid_publish_in_another_process(
     """The data file of generation 2 is in place, its meta never written: the driver must
     still send generation 1 (retained because the backup slot was live)."""
     opened: list[tuple[str, int]] = []
-    real_open_pair = archive_backup._open_pair
+    real_open_pair = vpcut._open_pair
 
     def spy(arm: Path, arz: Path, name: str) -> Any:
         got = real_open_pair(arm, arz, name)
         opened.append((arz.name, -1 if got is None else got[1].generation))
         return got
 
-    monkeypatch.setattr(archive_backup, "_open_pair", spy)
+    monkeypatch.setattr(vpcut, "_open_pair", spy)
     db_dir = tmp_path / "db"
     with open_db(db_dir) as db:
         make(db)
@@ -128,6 +129,8 @@ def test_optimize_crashed_mid_publish_in_another_process(
                                   capture_output=True, text=True, timeout=60)
             done.append(proc.returncode)
             assert proc.returncode == -9, proc.stderr  # killed at the failpoint
+            expect_damaged(db_dir, "an optimize killed mid-publish: a read-only check "
+                           "reports the unfinished publish until a writer recovers it")
 
         engine = HookedEngine(db, {"get_data": crash_an_optimize})
         result = backup(db, tmp_path / "img", engine=engine, buf_size=300)

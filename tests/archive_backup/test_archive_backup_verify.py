@@ -20,14 +20,15 @@ from lamina.backup import BackupFlags, RestoreFlags, Result, TableSpec
 from lamina.backup import image_format as IF
 from lamina.core import fileio
 from lamina.engines.archive import format as AF
-from lamina.engines.archive.backup import (
+from lamina.engines.archive.block import encode_header
+from lamina.engines.archive.engine import ArchiveBackupEngine
+from lamina.engines.archive.facts import ArchiveVpFacts
+from lamina.engines.archive.stream import (
     STREAM_HEADER_BODY,
     STREAM_HEADER_CHECKSUM,
     STREAM_HEADER_SIZE,
     STREAM_META_SIZE,
-    ArchiveBackupEngine,
 )
-from lamina.engines.archive.block import encode_header
 from lamina.errors import (
     AlreadyExistsError,
     ChainError,
@@ -89,7 +90,7 @@ def run_all(drv: object, streams: dict[int, bytes], info: dict[str, object] | No
         if result is not Result.OK:
             return result
     if info is not None:
-        drv.set_vp_info(info)  # type: ignore[attr-defined]
+        drv.set_vp_info(ArchiveVpFacts.from_json(info, "test VP facts"))  # type: ignore[attr-defined]
     return drv.end()  # type: ignore[attr-defined,no-any-return]
 
 

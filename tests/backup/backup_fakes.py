@@ -28,6 +28,7 @@ from lamina.backup import (
     TableSpec,
     run_backup,
 )
+from lamina.core.driver import FactReader, VpFacts
 from lamina.errors import CorruptionError, StorageError
 
 Event = tuple[str, str, bool]
@@ -75,6 +76,20 @@ class FakeBlocker:
         return self.seq
 
 
+@dataclass(frozen=True)
+class ScriptFacts(VpFacts):
+    """The VP facts of a scripted driver: an arbitrary JSON object, kept as given."""
+
+    data: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.data)
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> ScriptFacts:
+        return cls(dict(FactReader(data, where).data))
+
+
 @dataclass
 class Script:
     """How a scripted backup driver behaves."""
@@ -101,6 +116,7 @@ class Script:
     set_last: bool = True
     #: Deliver the final block together with DONE.
     done_with_data: bool = False
+    #: The JSON form of the driver's VP facts (``vp_info()`` returns ``ScriptFacts(vp)``).
     vp: dict[str, Any] = field(default_factory=lambda: {"facts": 1})
     seed: int = 0
 
@@ -225,9 +241,9 @@ class ScriptedDriver(BackupDriver):
     def size(self) -> int | None:
         return sum(len(d) for d in self.script.streams.values())
 
-    def vp_info(self) -> Mapping[str, Any]:
+    def vp_info(self) -> VpFacts:
         self._enter("vp_info")
-        return self.script.vp
+        return ScriptFacts(self.script.vp)
 
 
 class ScriptedEngine(BackupEngine):
@@ -248,6 +264,9 @@ class ScriptedEngine(BackupEngine):
         self.driver = self.driver_cls(self.name, tables, flags, self.script, self.log,
                                       self.blocker)
         return self.driver
+
+    def decode_vp_facts(self, data: object, where: str) -> ScriptFacts:
+        return ScriptFacts.from_json(data, where)
 
     def get_restore(self, version: int, tables: Sequence[TableSpec],
                     flags: RestoreFlags) -> RestoreDriver:
@@ -306,7 +325,7 @@ class MemRestoreDriver(RestoreDriver):
 
     def end(self) -> Result:
         failed = self._enter("end")
-        assert self.vp_facts is not None
+        assert isinstance(self.vp_facts, ScriptFacts)
         return failed or Result.OK
 
     def cancel(self) -> Result:
@@ -330,6 +349,9 @@ class MemRestoreEngine(BackupEngine):
 
     def get_backup(self, tables: Sequence[TableSpec], flags: BackupFlags) -> BackupDriver:
         raise NotImplementedError
+
+    def decode_vp_facts(self, data: object, where: str) -> ScriptFacts:
+        return ScriptFacts.from_json(data, where)
 
     def get_restore(self, version: int, tables: Sequence[TableSpec],
                     flags: RestoreFlags) -> RestoreDriver:

@@ -111,13 +111,13 @@ def test_writer_rules() -> None:
         w.write_chunk(3, bytes(F.MAX_CHUNK_SIZE + 1), False)
     w.write_chunk(3, b"x", False)
     with pytest.raises(UsageError, match="no last chunk"):
-        w.finish(vp_seq=1, vp_wall_ns=1, vp_info=[{}, {}])
+        w.finish(vp_seq=1, vp_wall_ns=1, vp_facts=[{}, {}])
     with pytest.raises(UsageError, match="closed"):  # a failed finish aborts the writer
         w.write_chunk(4, b"x", True)
-    for kwargs, words in ((dict(vp_info=[{}]), "one VP"),
-                          (dict(vp_info=[{}, {}], base_image_id=uuid.uuid4()), "base"),
-                          (dict(vp_info=[{"x": object()}, {}]), "JSON"),
-                          (dict(vp_info=[{"x": float("nan")}, {}]), "JSON")):
+    for kwargs, words in ((dict(vp_facts=[{}]), "one VP"),
+                          (dict(vp_facts=[{}, {}], base_image_id=uuid.uuid4()), "base"),
+                          (dict(vp_facts=[{"x": object()}, {}]), "JSON"),
+                          (dict(vp_facts=[{"x": float("nan")}, {}]), "JSON")):
         w = _writer(io.BytesIO())
         with pytest.raises(UsageError, match=words):
             w.finish(vp_seq=1, vp_wall_ns=1, **kwargs)
@@ -132,21 +132,21 @@ def test_writer_file_target_is_atomic(tmp_path: Path) -> None:
     assert leftover_files(tmp_path) == []
     with _writer(path) as w:
         w.write_chunk(2, b"abc", True)
-        summary = w.finish(vp_seq=9, vp_wall_ns=1, vp_info=[{"a": 1}, {}])
+        summary = w.finish(vp_seq=9, vp_wall_ns=1, vp_facts=[{"a": 1}, {}])
     assert leftover_files(tmp_path) == ["img"] and summary.size == path.stat().st_size
     report = verify_image(path)
     assert report.manifest.vp.commit_seq == 9 and report.catalog == CATALOG
     with pytest.raises(AlreadyExistsError):
         _writer(path)
     w = _writer(path, overwrite=True)
-    w.finish(vp_seq=10, vp_wall_ns=1, vp_info=[{}, {}])
+    w.finish(vp_seq=10, vp_wall_ns=1, vp_facts=[{}, {}])
     assert verify_image(path).manifest.vp.commit_seq == 10
     assert leftover_files(tmp_path) == ["img"]
 
 
 def test_reader_chunks_is_single_use() -> None:
     out = io.BytesIO()
-    _writer(out).finish(vp_seq=1, vp_wall_ns=1, vp_info=[{}, {}])
+    _writer(out).finish(vp_seq=1, vp_wall_ns=1, vp_facts=[{}, {}])
     reader = ImageReader(io.BytesIO(out.getvalue()))
     assert list(reader.chunks()) == [] and reader.manifest is not None
     with pytest.raises(RuntimeError):

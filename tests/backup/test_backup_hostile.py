@@ -255,4 +255,4 @@ def test_manifest_vp_json_is_validated(vp_json: bytes) -> None:
 def test_manifest_vp_json_roundtrip() -> None:
     pieces = split(small_image(seed=12))
     vp = F.decode_manifest(pieces.manifest, 0).vp
-    assert json.loads(F.encode_vp_info(vp.drivers)) == {"drivers": [{"facts": 1}] * 2}
+    assert json.loads(F.encode_vp_facts(vp.drivers)) == {"drivers": [{"facts": 1}] * 2}

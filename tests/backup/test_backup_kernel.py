@@ -6,7 +6,6 @@ import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from backup_fakes import (
     Rig,
     Script,
     ScriptedDriver,
+    ScriptFacts,
     expected_by_table,
     leftover_files,
     tables,
@@ -226,12 +226,17 @@ class _Bad(ScriptedDriver):
             return "ok"  # type: ignore[return-value]
         return result
 
-    def vp_info(self) -> Mapping[str, Any]:
-        return {"when": object()} if self.how == "vp-info" else super().vp_info()
+    def vp_info(self) -> Any:
+        if self.how == "vp-info":
+            return ScriptFacts({"when": object()})  # typed, but not JSON-serializable
+        if self.how == "vp-info-untyped":
+            return {"facts": 1}  # a mapping, not VpFacts
+        return super().vp_info()
 
 
 @pytest.mark.parametrize("how", ["lock-busy", "stream", "oversize", "processing-with-data",
-                                 "ready-after-vp", "after-last", "not-a-result", "vp-info"])
+                                 "ready-after-vp", "after-last", "not-a-result", "vp-info",
+                                 "vp-info-untyped"])
 def test_protocol_violations_are_bugs(tmp_path: Path, how: str) -> None:
     bad = type("Bad", (_Bad,), {"how": how})
     rig = Rig()

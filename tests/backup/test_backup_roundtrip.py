@@ -13,6 +13,7 @@ from backup_fakes import (
     MemRestoreEngine,
     Rig,
     Script,
+    ScriptFacts,
     expected_by_table,
     leftover_files,
     random_streams,
@@ -115,7 +116,7 @@ def test_round_trip(tmp_path: Path, codec: str, buf_size: int, max_len: int) -> 
     assert got.manifest == result.manifest
     assert restored(engines) == expected_by_table(rig.specs)
     for engine in engines.values():
-        assert engine.drivers[0].vp_facts == {"facts": 1}
+        assert engine.drivers[0].vp_facts == ScriptFacts({"facts": 1})
     if codec != "none" and max_len >= 5000:  # half the streams are compressible
         assert sum(s.stored_bytes for s in info.manifest.streams) < result.raw_bytes
 
@@ -156,10 +157,11 @@ def test_layer_image_records_its_base(tmp_path: Path) -> None:
     base_vp = {"txnid": 812, "root_hash": "ab" * 16}
     engine = rig.add("btree", tables("t", 1, 1), Script(streams={1: b"delta"}))
     rig.groups[0] = DriverGroup(engine, rig.groups[0].tables,
-                                BackupFlags(layer=True, base_vp_info=base_vp, base_vp_seq=40))
+                                BackupFlags(layer=True, base_facts=ScriptFacts(base_vp),
+                                            base_vp_seq=40))
     base = BaseImageRef(uuid.uuid4(), 40)
     result = rig.run(tmp_path / "layer", base=base)
-    assert engine.driver is not None and engine.driver.flags.base_vp_info == base_vp
+    assert engine.driver is not None and engine.driver.flags.base_facts == ScriptFacts(base_vp)
     info = read_info(tmp_path / "layer")
     assert info.header.kind == info.manifest.kind == ImageKind.LAYER
     assert info.manifest.base_image_id == base.image_id and info.manifest.base_vp_seq == 40

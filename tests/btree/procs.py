@@ -22,15 +22,18 @@ def digest(txn: ReadTxn) -> str:
     return h.hexdigest()
 
 
-def snapshot_reader(directory: str, seconds: float, queue: Any) -> None:
+def snapshot_reader(directory: str, min_checks: int, min_distinct: int, queue: Any) -> None:
     """Open snapshots repeatedly while a writer commits; each must never change while it
-    is open. Puts (snapshots checked, distinct txnids seen, problems) on the queue."""
+    is open. Reads until it checked ``min_checks`` snapshots of at least ``min_distinct``
+    transactions (counted, not timed: a busy machine only makes it take longer; 120 s is
+    a hang guard). Puts (snapshots checked, distinct txnids seen, problems) on the queue."""
     problems: list[str] = []
     checked = 0
     txnids: set[int] = set()
-    deadline = time.monotonic() + seconds
+    deadline = time.monotonic() + 120
     with opened(Path(directory), create=False) as store:
-        while time.monotonic() < deadline:
+        while (checked < min_checks or len(txnids) < min_distinct) and (
+                time.monotonic() < deadline):
             with store.begin_read() as r:
                 first = digest(r)
                 time.sleep(0.02)  # let the writer commit (and free pages) meanwhile

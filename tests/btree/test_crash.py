@@ -77,9 +77,19 @@ def test_kill_at_random_moment(tmp_path: Path, seed: int) -> None:
     rnd = random.Random(seed)
     for _round in range(3):
         proc = run_writer(d, log)
-        time.sleep(0.3 + rnd.random() * 0.7)
+        # A random moment counted in the writer's commits, not in seconds (a busy machine
+        # may not even have started the writer after a second): kill as soon as the log
+        # shows 1..40 more commits, which lands anywhere in or between the next commits.
+        target = logged(log) + rnd.randint(1, 40)
+        deadline = time.monotonic() + 120  # a hang guard only
+        while logged(log) < target:
+            if proc.poll() is not None:
+                raise AssertionError(f"writer ended: {proc.stderr.read().decode()}")
+            assert time.monotonic() < deadline, "the writer made no progress"
+            time.sleep(0.001)
         proc.kill()
         proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
         done = logged(log)
         n, contents = state_of(d)
         # The commit in flight may or may not have become durable before the kill.

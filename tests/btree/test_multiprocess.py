@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import procs
+import pytest
 from helpers import assert_clean, opened
 from workload import TABLES
 
@@ -31,11 +32,11 @@ def test_readers_see_stable_snapshots_while_writer_commits(tmp_path: Path) -> No
                                    if k != "LAMINA_FAILPOINT"})
     try:
         queue = CTX.Queue()
-        readers = [CTX.Process(target=procs.snapshot_reader, args=(str(d), 4.0, queue))
+        readers = [CTX.Process(target=procs.snapshot_reader, args=(str(d), 5, 3, queue))
                    for _ in range(2)]
         for p in readers:
             p.start()
-        results = [queue.get(timeout=90) for _ in readers]
+        results = [queue.get(timeout=300) for _ in readers]
         for p in readers:
             p.join(30)
             assert p.exitcode == 0
@@ -118,13 +119,9 @@ def test_writer_lock_timeout_across_processes(tmp_path: Path) -> None:
         try:
             assert ready.wait(60)
             t0 = time.monotonic()
-            try:
+            with pytest.raises(LockedError, match=r"waited 0\.[23]\d*s"):  # its own timeout
                 store.begin_write(timeout=0.3)
-            except LockedError:
-                pass
-            else:
-                raise AssertionError("begin_write did not time out")
-            assert 0.25 <= time.monotonic() - t0 < 5
+            assert time.monotonic() - t0 >= 0.25  # it did wait (the holder never lets go)
             with store.begin_read() as r:  # readers are never blocked by the writer
                 assert r.catalog() == []
         finally:

@@ -24,7 +24,8 @@ from lamina.core.identity import Identity
 from lamina.core.lockfile_format import SLOT_BACKUP
 from lamina.database import Database
 from lamina.engines.btree import ReadTxn
-from lamina.engines.btree.backup import BtreeBackupEngine, BtreeRestoreDriver
+from lamina.engines.btree.backup import BtreeBackupEngine
+from lamina.engines.btree.restore_driver import BtreeRestoreDriver
 
 Contents = dict[str, dict[bytes, bytes]]
 

@@ -24,7 +24,8 @@ from lamina.backup import (
 )
 from lamina.database import Database
 from lamina.engines.btree import DATA_FILE_NAME
-from lamina.engines.btree.backup import BtreeBackupDriver, BtreeBackupEngine
+from lamina.engines.btree.backup import BtreeBackupEngine
+from lamina.engines.btree.backup_driver import BtreeBackupDriver
 from lamina.errors import CancelledError, StorageError
 
 

@@ -47,6 +47,16 @@ def replay(log: Path, upto_seq: int) -> tuple[dict[str, dict[bytes, bytes]], int
     return state, before, after
 
 
+def last_logged_seq(log: Path) -> int:
+    """The seq of the writer's last complete log line (0 before its first commit)."""
+    try:
+        text = log.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return 0
+    lines = text.split("\n")[:-1]  # the part after the last newline may be half written
+    return json.loads(lines[-1])["seq"] if lines else 0
+
+
 def test_image_is_exactly_the_vp_while_a_process_writes(tmp_path: Path) -> None:
     db = lamina.open(tmp_path / "db", page_size=1024, sync=False)
     for t in TABLES:
@@ -57,16 +67,25 @@ def test_image_is_exactly_the_vp_while_a_process_writes(tmp_path: Path) -> None:
          str(stop), "11"], cwd=HERE, env={**os.environ, "PYTHONPATH": str(HERE)})
     rng = random.Random(5)
     results = []
-    try:
-        deadline = time.monotonic() + 30
-        while (not log.exists() or log.stat().st_size < 2000) and time.monotonic() < deadline:
+
+    def wait_for_seq(seq: int) -> None:
+        """Wait until the writer logged a commit with seq >= ``seq`` (progress counted in
+        its commits, not in seconds; 120 s is a hang guard only)."""
+        deadline = time.monotonic() + 120
+        while last_logged_seq(log) < seq:
             assert writer.poll() is None, "writer died"
-            time.sleep(0.02)
+            assert time.monotonic() < deadline, "the writer made no progress"
+            time.sleep(0.002)
+
+    try:
+        wait_for_seq(20)
         for i in range(4):
-            time.sleep(rng.uniform(0.02, 0.4))  # a random moment in the writer's stream
+            # A random moment in the writer's stream: 1..25 commits after the last VP, so
+            # every VP has commits before it and the VPs all differ.
+            wait_for_seq((results[-1].vp.commit_seq if results else 20) + rng.randint(1, 25))
             results.append(backup(db, tmp_path / f"img{i}", buf_size=8192))
             assert not backup_slots(db)
-        time.sleep(0.2)  # the writer goes on after the last VP
+        wait_for_seq(results[-1].vp.commit_seq + 1)  # the writer goes on after the last VP
     finally:
         stop.touch()
         assert writer.wait(60) == 0
@@ -76,11 +95,9 @@ def test_image_is_exactly_the_vp_while_a_process_writes(tmp_path: Path) -> None:
         want, before, after = replay(log, result.vp.commit_seq)
         assert before > 0 and after > 0, (before, after)  # the VP fell inside the stream
         restore(tmp_path / f"img{i}", tmp_path / f"r{i}")
-        with open_restored(tmp_path / f"r{i}") as rdb:
-            assert rdb.store.check().ok
-            with rdb.read() as r:
-                assert r.commit_seq <= result.vp.commit_seq
-                assert contents(r, TABLES) == want
+        with open_restored(tmp_path / f"r{i}") as rdb, rdb.read() as r:
+            assert r.commit_seq <= result.vp.commit_seq
+            assert contents(r, TABLES) == want
     db.close()
 
 

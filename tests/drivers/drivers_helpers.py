@@ -1,5 +1,5 @@
-"""Shared helpers of the driver tests: the ``lamina`` command, small databases, logical
-equality of two databases, and a writer subprocess that reports when it is done."""
+"""Shared helpers of the driver tests: small databases, logical equality of two databases,
+and a writer subprocess that reports when it is done (the CLI runner is ``support.cli``)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,6 @@ import textwrap
 from pathlib import Path
 
 import lamina
-
-LAMINA = [sys.executable, "-m", "lamina.cli"]
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run ``lamina ARGS`` and capture its output."""
-    return subprocess.run([*LAMINA, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def make_db(path: Path, *, rows: int = 2000, page_size: int = 4096) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from drivers_helpers import cli, make_db
+from drivers_helpers import make_db
 
 import lamina
 from lamina import online
@@ -14,6 +14,7 @@ from lamina.backup.kernel import run_backup
 from lamina.backup.snapshot_driver import SnapshotBackupEngine
 from lamina.core.driver import DriverGroup
 from lamina.errors import DriverChoiceError, UnsupportedError, VersionError
+from support import cli
 
 
 @pytest.fixture()
@@ -25,7 +26,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("choice", ["bogus", "t1=bogus", "nope=snapshot", "snapshot,,"])
 def test_cli_rejects_bad_driver_choices(db_path: Path, tmp_path: Path, choice: str) -> None:
-    proc = cli("backup", str(db_path), str(tmp_path / "img"), "--driver", choice)
+    proc = cli.run("backup", str(db_path), str(tmp_path / "img"), "--driver", choice)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "img").exists()
@@ -65,8 +66,8 @@ def test_unknown_or_newer_driver_in_an_image(db_path: Path, tmp_path: Path, engi
     with pytest.raises(error):
         online.restore(image, tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
-    proc = cli("restore", str(image), "--to", str(tmp_path / "dest2"))
+    proc = cli.run("restore", str(image), "--to", str(tmp_path / "dest2"))
     assert proc.returncode == code, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-    proc = cli("verify", str(image), "--deep")
+    proc = cli.run("verify", str(image), "--deep")
     assert proc.returncode == code, proc.stderr

@@ -6,17 +6,20 @@ nothing held afterwards."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from drivers_helpers import cli, make_db, snapshot_of, wait_line, writer_proc
+from drivers_helpers import make_db, snapshot_of, wait_line, writer_proc
 
 import lamina
 from lamina import online
 from lamina.core.table_locks import probe_free
 from lamina.errors import CancelledError, LockedError
+from support import cli
+
+#: Lock timeout of the writers that must wait for a locked table: longer than the test.
+WRITER_WAIT = 300
 
 
 def _db(tmp_path: Path) -> Path:
@@ -65,10 +68,18 @@ def test_writer_of_a_locked_table_waits_others_do_not(tmp_path: Path) -> None:
         other = writer_proc(path, 'db.put("other", b"k", b"v")')
         assert _finished_within(other, 10), "writer of another btree table was blocked"
         assert other.returncode == 0
-        # A writer of a locked table waits (its lock timeout is 5 s) ...
-        blocked = writer_proc(path, 'db.put("t1", b"new", b"v")')
+        # A writer of a locked table waits (with a lock timeout far longer than the test
+        # can take, so a slow machine cannot turn its wait into a LockedError) ...
+        blocked = writer_proc(path, """
+            with db.write(timeout=WAIT) as txn:
+                txn.table("t1").put(b"new", b"v")
+        """.replace("WAIT", str(WRITER_WAIT)))
         wait_line(blocked, "started")
-        archived = writer_proc(path, 'db.append("log", b"late row")')
+        archived = writer_proc(path, """
+            with db.archive("log").writer(timeout=WAIT) as w:
+                w.backup_lock_timeout = WAIT
+                w.append(b"late row")
+        """.replace("WAIT", str(WRITER_WAIT)))
         wait_line(archived, "started")
         # ... while an archive writer of another table goes on meanwhile.
         log2 = writer_proc(path, 'db.append("log2", b"row")')
@@ -107,37 +118,54 @@ def test_cancelled_default_backup_releases_every_lock(tmp_path: Path) -> None:
         for name, table_id in ids.items():
             assert probe_free(db.lockfile, table_id), name
         assert not (tmp_path / "img").exists()
-    start = time.monotonic()
-    w = writer_proc(path, 'db.put("t2", b"x", b"y"); db.append("log", b"z")')
-    assert _finished_within(w, 10) and w.returncode == 0
-    assert time.monotonic() - start < 5  # no lock wait (the timeout would be 5 s)
+    # No lock wait at all: table lock timeouts of 0 fail at once on a table still locked.
+    w = writer_proc(path, """
+        with db.write(timeout=0) as txn:
+            txn.table("t2").put(b"x", b"y")
+        with db.archive("log").writer(timeout=0) as a:
+            a.backup_lock_timeout = 0
+            a.append(b"z")
+    """)
+    assert _finished_within(w, 60), "writer did not finish"
+    assert w.returncode == 0, w.stderr.read() if w.stderr else ""
 
 
 def test_lock_not_obtained_in_time_is_locked_error_and_holds_nothing(tmp_path: Path) -> None:
     path = _db(tmp_path)
-    holder = writer_proc(path, """
+    release = tmp_path / "release"
+    holder = writer_proc(path, f"""
+        import pathlib
+        release = pathlib.Path({str(release)!r})
         with db.write() as txn:
             txn.table("t2").put(b"held", b"1")
             print("holding", flush=True)
-            time.sleep(4)
+            while not release.exists():  # holds t2 until the test lets it commit
+                time.sleep(0.01)
     """)
-    wait_line(holder, "holding")
-    with lamina.open(path, create=False) as db:
-        ids = {t.name: t.table_id for t in db.tables()}
-        start = time.monotonic()
-        with pytest.raises(LockedError, match="'t2'"):
-            db.backup(tmp_path / "img", driver="default", lock_timeout=0.5)
-        assert time.monotonic() - start < 3
-        for name in ("t1", "log"):
-            assert probe_free(db.lockfile, ids[name]), name
-        assert not (tmp_path / "img").exists()
-        # The CLI: one line, exit code 8.
-        proc = cli("backup", str(path), str(tmp_path / "img2"), "--driver", "default",
-                   "--table-lock-timeout", "0.3", "--no-progress")
-        assert proc.returncode == 8, proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1 and "t2" in proc.stderr
-        # Other tables stay writable at once; the holder commits normally.
-        db.put("t1", b"free", b"1")
-        entries = online.BackupHistory(db.path, db.lockfile).entries()
-        assert [e.state for e in entries][-2:] == ["error", "error"]
-    assert _finished_within(holder, 20) and holder.returncode == 0
+    try:
+        wait_line(holder, "holding")
+        with lamina.open(path, create=False) as db:
+            ids = {t.name: t.table_id for t in db.tables()}
+            # The holder keeps t2 until released: the backup gives up after the lock
+            # timeout it was given (named in the error; the default is 30 s).
+            with pytest.raises(LockedError, match=r"'t2' within 0\.5s"):
+                db.backup(tmp_path / "img", driver="default", lock_timeout=0.5)
+            assert holder.poll() is None  # still holding: the backup did not outwait it
+            for name in ("t1", "log"):
+                assert probe_free(db.lockfile, ids[name]), name
+            assert not (tmp_path / "img").exists()
+            # The CLI: one line, exit code 8.
+            proc = cli.run("backup", str(path), str(tmp_path / "img2"), "--driver", "default",
+                           "--table-lock-timeout", "0.3", "--no-progress")
+            assert proc.returncode == 8, proc.stderr
+            assert len(proc.stderr.strip().splitlines()) == 1 and "t2" in proc.stderr
+            assert "within 0.3s" in proc.stderr
+            # The holder commits normally; other tables stay writable.
+            release.touch()
+            with db.write(timeout=60) as txn:  # the btree writer lock: after the holder's
+                txn.table("t1").put(b"free", b"1")
+            entries = online.BackupHistory(db.path, db.lockfile).entries()
+            assert [e.state for e in entries][-2:] == ["error", "error"]
+    finally:
+        release.touch()
+    assert _finished_within(holder, 60) and holder.returncode == 0

@@ -6,11 +6,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from drivers_helpers import cli, make_db
+from drivers_helpers import make_db
 
 import lamina
 from lamina.backup.history import BackupHistory
 from lamina.errors import CancelledError, DriverChoiceError
+from support import cli
 
 
 @pytest.mark.parametrize("driver", ["snapshot", "default"])
@@ -32,6 +33,6 @@ def test_every_outcome_is_recorded_with_its_drivers(tmp_path: Path, driver: str)
         assert entries[0].vp_commit_seq == result.vp.commit_seq
         assert entries[1].drivers == {"t1": driver, "t2": "btree", "log": "archive"}
         assert "bogus" in entries[2].error
-    proc = cli("history", str(path), "--json")
+    proc = cli.run("history", str(path), "--json")
     assert proc.returncode == 0, proc.stderr
     assert driver in proc.stdout

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from drivers_helpers import cli
 
 import lamina
 from lamina.backup.kernel import Throttle
 from lamina.errors import UsageError
+from support import cli
 
 
 def _db(path: Path, mb: int) -> None:
@@ -39,13 +39,13 @@ def test_backup_keeps_to_max_rate(tmp_path: Path, driver: str) -> None:
 def test_cli_max_rate(tmp_path: Path) -> None:
     path = tmp_path / "db"
     _db(path, 3)
-    proc = cli("backup", str(path), str(tmp_path / "img"), "--max-rate", "4", "--json",
-               "--no-progress")
+    proc = cli.run("backup", str(path), str(tmp_path / "img"), "--max-rate", "4", "--json",
+                   "--no-progress")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     measured = summary["raw_bytes"] / summary["seconds"] / 1e6
     assert 2.0 <= measured <= 4.4, measured
-    proc = cli("backup", str(path), str(tmp_path / "img2"), "--max-rate", "0")
+    proc = cli.run("backup", str(path), str(tmp_path / "img2"), "--max-rate", "0")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
 
 

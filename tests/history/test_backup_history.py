@@ -18,6 +18,7 @@ import lamina
 from lamina.backup import history as H
 from lamina.backup.history import BackupHistory, HistoryEntry
 from lamina.errors import CancelledError, DataError, TableNotFoundError
+from support import cli
 
 
 @pytest.fixture()
@@ -66,8 +67,7 @@ def test_a_backup_killed_midway_never_shows_as_done(db, tmp_path: Path) -> None:
 
 def test_history_cli(db, tmp_path: Path) -> None:
     db.backup(tmp_path / "a.img")
-    out = subprocess.run([sys.executable, "-m", "lamina.cli", "history", str(db.path),
-                          "--json"], capture_output=True, text=True, timeout=60)
+    out = cli.run("history", str(db.path), "--json", timeout=60)
     assert out.returncode == 0, out.stderr
     import json
     rows = json.loads(out.stdout)

@@ -23,7 +23,8 @@ from lamina.errors import (
     DataError,
     NotFoundError,
 )
-from lamina.online import chain
+from lamina.online import chain, layers
+from lamina.online.facts import ImageFacts
 
 from .incremental_helpers import State, archive_files, flip_byte, state_at, state_of
 
@@ -247,10 +248,10 @@ def test_a_layer_from_another_database_is_refused_in_a_chain(tmp_path: Path) -> 
         a.backup(tmp_path / "a.img")
         b.backup(tmp_path / "b.img")
         b_info = read_info(tmp_path / "b.img")
-        b_facts = {d.name: b_info.vp.drivers[i] for i, d in enumerate(b_info.catalog.drivers)}
+        b_facts = ImageFacts(b_info, "b.img").by_driver()
         a_info = read_info(tmp_path / "a.img")
         ref = BaseImageRef(a_info.header.image_id, a_info.vp.commit_seq)
-        groups = chain.layer_groups(online.plan_groups(b, None), ref, b_facts)
+        groups = layers.layer_groups(online.plan_groups(b, None), ref, b_facts)
         run_backup(groups, tmp_path / "forged.img", commit_blocker=b.lockfile,
                    commit_seq=b.lockfile.commit_seq, database_id=b.identity.db_id, base=ref)
     msg = _refused(online.restore_chain, [tmp_path / "a.img", tmp_path / "forged.img"],

@@ -16,7 +16,7 @@ import pytest
 
 import lamina
 from lamina import online
-from lamina.engines.btree.backup import BtreeBackupDriver
+from lamina.engines.btree.backup_driver import BtreeBackupDriver
 from lamina.engines.btree.pager import Pager
 
 from .incremental_helpers import state_at, state_of

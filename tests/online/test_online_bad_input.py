@@ -6,7 +6,6 @@ from __future__ import annotations
 import resource
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,14 +13,7 @@ import pytest
 
 import lamina
 from lamina import workload
-
-LAMINA = [sys.executable, "-m", "lamina.cli"]
-
-
-def cli(*args: str, input: bytes | None = None,
-        preexec: Callable[[], None] | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*LAMINA, *args, "--no-progress"], capture_output=True, input=input,
-                          timeout=120, preexec_fn=preexec)
+from support import cli
 
 
 def one_line(proc: subprocess.CompletedProcess[bytes]) -> str:
@@ -70,7 +62,8 @@ def assert_source_untouched(source: tuple[Path, Path, bytes]) -> None:
 def test_full_disk_while_writing_the_image(source, small_disk) -> None:
     db_path, _img, _data = source
     mnt, preexec = small_disk
-    proc = cli("backup", str(db_path), str(mnt / "img"), "--compress", "none", preexec=preexec)
+    proc = cli.run_bytes("backup", str(db_path), str(mnt / "img"), "--compress", "none",
+                         "--no-progress", preexec_fn=preexec)
     assert proc.returncode == 9
     assert "disk full" in one_line(proc) or "too large" in proc.stderr.decode()
     assert list(mnt.iterdir()) == []  # no image, no temporary file
@@ -80,7 +73,8 @@ def test_full_disk_while_writing_the_image(source, small_disk) -> None:
 def test_full_disk_while_restoring(source, small_disk) -> None:
     _db, img, _data = source
     mnt, preexec = small_disk
-    proc = cli("restore", str(img), "--to", str(mnt / "restored"), preexec=preexec)
+    proc = cli.run_bytes("restore", str(img), "--to", str(mnt / "restored"), "--no-progress",
+                         preexec_fn=preexec)
     assert proc.returncode == 9
     one_line(proc)
     assert list(mnt.iterdir()) == []  # no half-restored directory
@@ -112,7 +106,7 @@ def test_damaged_images_are_refused(source, tmp_path: Path, how: str, code: int,
     bad = _damaged(source[1], tmp_path, how)
     for args in (["verify", str(bad)], ["verify", str(bad), "--deep"],
                  ["restore", str(bad), "--to", str(tmp_path / "dest")]):
-        proc = cli(*args)
+        proc = cli.run_bytes(*args, "--no-progress")
         assert proc.returncode == code, (args, proc.stderr)
         assert words in one_line(proc)
         assert not (tmp_path / "dest").exists()
@@ -121,21 +115,23 @@ def test_damaged_images_are_refused(source, tmp_path: Path, how: str, code: int,
 
 def test_stdin_closed_early(source, tmp_path: Path) -> None:
     data = source[1].read_bytes()
-    proc = cli("restore", "-", "--to", str(tmp_path / "dest"), input=data[: len(data) // 2])
+    proc = cli.run_bytes("restore", "-", "--to", str(tmp_path / "dest"), "--no-progress",
+                         input=data[: len(data) // 2])
     assert proc.returncode == 4 and "truncated" in one_line(proc)
     assert list(tmp_path.iterdir()) == []
-    proc = cli("restore", "-", "--to", str(tmp_path / "dest"), input=data)
+    proc = cli.run_bytes("restore", "-", "--to", str(tmp_path / "dest"), "--no-progress",
+                         input=data)
     assert proc.returncode == 0, proc.stderr  # the same bytes, whole, restore fine
     assert (tmp_path / "dest" / "LAMINA").exists()
 
 
 def test_backup_to_stdout_restores(source, tmp_path: Path) -> None:
     db_path = source[0]
-    out = subprocess.run([*LAMINA, "backup", str(db_path), "-", "--no-progress"],
-                         capture_output=True, timeout=120)
+    out = cli.run_bytes("backup", str(db_path), "-", "--no-progress")
     assert out.returncode == 0 and out.stdout[:8].startswith(b"LAM")
     assert b"image" in out.stderr  # the summary goes to stderr, the image to stdout
-    proc = cli("restore", "-", "--to", str(tmp_path / "dest"), input=out.stdout)
+    proc = cli.run_bytes("restore", "-", "--to", str(tmp_path / "dest"), "--no-progress",
+                         input=out.stdout)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -143,17 +139,17 @@ def test_existing_destination_needs_force(source, tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "keep").write_text("mine")
-    proc = cli("restore", str(source[1]), "--to", str(dest))
+    proc = cli.run_bytes("restore", str(source[1]), "--to", str(dest), "--no-progress")
     assert proc.returncode == 3 and "--force" in one_line(proc)
     assert (dest / "keep").read_text() == "mine"
-    proc = cli("restore", str(source[1]), "--to", str(dest), "--force")
+    proc = cli.run_bytes("restore", str(source[1]), "--to", str(dest), "--force",
+                         "--no-progress")
     assert proc.returncode == 0 and not (dest / "keep").exists()
 
 
 def test_info_reads_only_the_trailer(source) -> None:
     import json
-    proc = subprocess.run([*LAMINA, "info", str(source[1]), "--json"], capture_output=True,
-                          text=True, timeout=60)
+    proc = cli.run("info", str(source[1]), "--json", timeout=60)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["kind"] == "full" and info["vp"]["commit_seq"] > 0

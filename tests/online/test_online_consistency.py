@@ -11,19 +11,48 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import lamina
 from lamina import workload
+from support import cli
 
-LAMINA = [sys.executable, "-m", "lamina.cli"]
+
+def _logged(log: Path) -> tuple[int, int]:
+    """(commits, last commit seq) of the complete lines the workload has logged so far."""
+    try:
+        text = log.read_text()
+    except FileNotFoundError:
+        return 0, 0
+    lines = text.split("\n")[1:-1]  # after the header; a line is whole once its "\n" is
+    return len(lines), int(lines[-1].split()[1]) if lines else 0
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LAMINA, *args], capture_output=True, text=True, timeout=timeout)
+def _wait_for_workload(writer: subprocess.Popen[str], log: Path, *, commits: int = 1,
+                       seq: int = 0) -> None:
+    """Wait until the workload logged at least ``commits`` commits, the last with a seq of
+    at least ``seq``: moments counted in its commits, not in seconds (a busy machine only
+    makes this take longer; 120 s is a hang guard)."""
+    deadline = time.monotonic() + 120
+    while True:
+        done, last = _logged(log)
+        if done >= commits and last >= seq:
+            return
+        assert writer.poll() is None, writer.communicate()
+        assert time.monotonic() < deadline, ("the workload made no progress", done, last)
+        time.sleep(0.002)
+
+
+def _stop_workload(writer: subprocess.Popen[str]) -> None:
+    """SIGKILL the workload (it runs until stopped: ``--seconds`` is a hang guard), after
+    checking it is still running: it never failed (a lock timeout would have ended it)."""
+    alive = writer.poll() is None
+    writer.kill()
+    _out, err = writer.communicate(timeout=120)
+    assert alive and writer.returncode == -signal.SIGKILL, (writer.returncode, err)
 
 
 def test_backups_under_load_restore_to_exactly_the_vp_state(tmp_path: Path) -> None:
@@ -31,24 +60,27 @@ def test_backups_under_load_restore_to_exactly_the_vp_state(tmp_path: Path) -> N
     log = tmp_path / "workload.log"
     with lamina.open(db_path) as db:
         workload.ensure_tables(db)  # created before the VPs, so every image has them
-    writer = subprocess.Popen([*LAMINA, "workload", str(db_path), "--seconds", "8",
-                               "--seed", "7", "--log", str(log)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = cli.start("workload", str(db_path), "--seconds", "600", "--seed", "7",
+                       "--log", str(log))
     rng = random.Random(1234)
     images: list[tuple[Path, int]] = []
     try:
-        time.sleep(0.5)
+        _wait_for_workload(writer, log, commits=5)
         for i in range(5):
-            time.sleep(rng.uniform(0.1, 0.9))
+            # A random moment in the workload's stream: 1..40 of its commits after the
+            # previous VP (so every VP differs from the one before).
+            _wait_for_workload(writer, log, seq=(images[-1][1] if images else 0)
+                               + rng.randint(1, 40))
             image = tmp_path / f"img{i}.lamina"
-            proc = _cli("backup", str(db_path), str(image), "--json", "--no-progress")
+            proc = cli.run("backup", str(db_path), str(image), "--json", "--no-progress")
             assert proc.returncode == 0, proc.stderr
             summary = json.loads(proc.stdout)
             images.append((image, summary["vp_commit_seq"]))
             assert summary["blocker_held_ms"] < 100
+        # The writer goes on after the last VP (and makes more than 20 commits in all).
+        _wait_for_workload(writer, log, commits=21, seq=images[-1][1] + 1)
     finally:
-        _, err = writer.communicate(timeout=120)
-    assert writer.returncode == 0, err
+        _stop_workload(writer)
     seqs = [seq for _img, seq in images]
     assert seqs == sorted(seqs) and len(set(seqs)) > 1, "backups must land at different VPs"
     commits = workload.WorkloadLog.read(log).commits
@@ -57,17 +89,17 @@ def test_backups_under_load_restore_to_exactly_the_vp_state(tmp_path: Path) -> N
     assert any(seq < last_seq for seq in seqs), "the writer kept committing after the VPs"
     for image, seq in images:
         dest = tmp_path / f"restored-{image.stem}"
-        proc = _cli("restore", str(image), "--to", str(dest), "--json", "--no-progress")
+        proc = cli.run("restore", str(image), "--to", str(dest), "--json", "--no-progress")
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["vp_commit_seq"] == seq
-        proc = _cli("workload", "verify", str(dest), "--log", str(log), "--json")
+        proc = cli.run("workload", "verify", str(dest), "--log", str(log), "--json")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         verified = json.loads(proc.stdout)
         assert verified["at_seq"] == seq
         later = [s for _n, s in commits if s > seq]
         if later:  # the verifier is not a rubber stamp: one commit more must not match
-            proc = _cli("workload", "verify", str(dest), "--log", str(log), "--at",
-                        str(later[0]))
+            proc = cli.run("workload", "verify", str(dest), "--log", str(log), "--at",
+                           str(later[0]))
             assert proc.returncode == 7, proc.stdout + proc.stderr
         with lamina.open(dest, create=False) as restored:
             assert restored.check().ok
@@ -76,5 +108,4 @@ def test_backups_under_load_restore_to_exactly_the_vp_state(tmp_path: Path) -> N
             # The next commit continues after the VP's seq.
             assert restored.put("wl_kv", b"after-restore", b"x") > seq
     with lamina.open(db_path, create=False) as db:
-        assert db.check().ok  # the source is untouched and sound
         assert db.lockfile.live_slots() == []  # no backup left a pin behind

@@ -1,10 +1,9 @@
-"""Shared helpers of the repository tests: tiny databases, a fake VP clock, the CLI."""
+"""Shared helpers of the repository tests: tiny databases, a fake VP clock (the CLI runner
+is ``support.cli``)."""
 
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +14,7 @@ import lamina
 from lamina.backup import kernel
 from lamina.database import Database
 
-LAMINA = [sys.executable, "-m", "lamina.cli"]
 DAY_NS = 86_400 * 10**9
-
-
-def cli(*args: str, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
-    """Run the ``lamina`` command in a new process."""
-    return subprocess.run([*LAMINA, *args], capture_output=True, text=True, timeout=timeout,
-                          **kw)
 
 
 def make_db(path: Path) -> Database:

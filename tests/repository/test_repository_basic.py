@@ -22,8 +22,9 @@ from lamina.errors import (
 )
 from lamina.repository import KeepPolicy, Repository
 from lamina.repository import layout as L
+from support import cli
 
-from .helpers import DAY_NS, cli, content, make_db, vp_clock
+from .helpers import DAY_NS, content, make_db, vp_clock
 
 
 def test_api_round_trip_with_fulls(tmp_path: Path) -> None:
@@ -97,37 +98,37 @@ def test_restore_at_time_and_database_choice(tmp_path: Path) -> None:
 
 def test_cli_round_trip(tmp_path: Path) -> None:
     repo, db = str(tmp_path / "repo"), str(tmp_path / "db")
-    assert cli("repo", "init", repo).returncode == 0
-    assert cli("create-table", db, "t").returncode == 0
-    assert cli("put", db, "t", "a", "1").returncode == 0
-    proc = cli("backup", db, "--repo", repo, "--no-progress")
+    assert cli.run("repo", "init", repo).returncode == 0
+    assert cli.run("create-table", db, "t").returncode == 0
+    assert cli.run("put", db, "t", "a", "1").returncode == 0
+    proc = cli.run("backup", db, "--repo", repo, "--no-progress")
     assert proc.returncode == 0, proc.stderr
     first = proc.stdout.strip()
     assert str(uuid.UUID(first)) == first  # prints the backup id, alone
-    assert cli("put", db, "t", "b", "2").returncode == 0
-    proc = cli("backup", db, "--repo", repo, "--full", "--json")
+    assert cli.run("put", db, "t", "b", "2").returncode == 0
+    proc = cli.run("backup", db, "--repo", repo, "--full", "--json")
     assert proc.returncode == 0, proc.stderr
     second = json.loads(proc.stdout)
     assert second["kind"] == "full" and second["reason"] == "full requested"
-    proc = cli("list", "--repo", repo, "--json")
+    proc = cli.run("list", "--repo", repo, "--json")
     assert proc.returncode == 0, proc.stderr
     listed = json.loads(proc.stdout)["backups"]
     assert [b["id"] for b in listed] == [first, second["backup_id"]]
     for b in listed:
         assert {"kind", "base", "database_id", "vp_time", "vp_seq", "size",
                 "chain_size"} <= set(b)
-    text = cli("list", "--repo", repo)
+    text = cli.run("list", "--repo", repo)
     assert text.returncode == 0 and first in text.stdout
-    proc = cli("restore", "--repo", repo, "--id", first[:8], "--to", str(tmp_path / "r1"),
-               "--json")
+    proc = cli.run("restore", "--repo", repo, "--id", first[:8], "--to", str(tmp_path / "r1"),
+                   "--json")
     assert proc.returncode == 0, proc.stderr
     assert content(tmp_path / "r1") == {b"a": b"1"}
-    proc = cli("restore", "latest", "--repo", repo, "--to", str(tmp_path / "r2"))
+    proc = cli.run("restore", "latest", "--repo", repo, "--to", str(tmp_path / "r2"))
     assert proc.returncode == 0, proc.stderr
     assert content(tmp_path / "r2") == {b"a": b"1", b"b": b"2"}
-    proc = cli("verify", "--repo", repo)
+    proc = cli.run("verify", "--repo", repo)
     assert proc.returncode == 0 and proc.stdout.count("ok: backup") == 2, proc.stdout
-    proc = cli("verify", "--repo", repo, "--id", first, "--json")
+    proc = cli.run("verify", "--repo", repo, "--id", first, "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["ok"]
 
 
@@ -136,11 +137,11 @@ def test_bad_input_one_line_and_distinct_exit_codes(tmp_path: Path) -> None:
     db = tmp_path / "db"
     with make_db(db) as d:
         d.put("t", b"k", b"v")
-    assert cli("repo", "init", str(repo)).returncode == 0
-    assert cli("backup", str(db), "--repo", str(repo)).returncode == 0
+    assert cli.run("repo", "init", str(repo)).returncode == 0
+    assert cli.run("backup", str(db), "--repo", str(repo)).returncode == 0
 
     def fails(code: int, *args: str) -> str:
-        proc = cli(*args)
+        proc = cli.run(*args)
         assert proc.returncode == code, (args, proc.returncode, proc.stdout, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("lamina: "), proc.stderr
@@ -165,7 +166,7 @@ def test_bad_input_one_line_and_distinct_exit_codes(tmp_path: Path) -> None:
     (repo / L.CONFIG_KEY).write_text(json.dumps(damaged))
     assert "checksum" in fails(4, "list", "--repo", str(repo))
     (repo / L.CONFIG_KEY).write_text(json.dumps(config))
-    assert cli("list", "--repo", str(repo)).returncode == 0  # nothing was lost
+    assert cli.run("list", "--repo", str(repo)).returncode == 0  # nothing was lost
 
 
 def test_api_errors(tmp_path: Path) -> None:
@@ -220,11 +221,11 @@ def test_layer_whose_base_is_missing_is_a_chain_error(tmp_path: Path) -> None:
         assert not report.ok and isinstance(report.first_error, ChainError)
         nxt = repo.backup(db)
         assert nxt.kind == "full"
-    proc = cli("verify", "--repo", str(tmp_path / "repo"))
+    proc = cli.run("verify", "--repo", str(tmp_path / "repo"))
     assert proc.returncode == 11, proc.stdout + proc.stderr
     assert "FAILED" in proc.stdout and "missing" in proc.stdout
-    proc = cli("restore", "--repo", str(tmp_path / "repo"), "--id", str(layer), "--to",
-               str(tmp_path / "o2"))
+    proc = cli.run("restore", "--repo", str(tmp_path / "repo"), "--id", str(layer), "--to",
+                   str(tmp_path / "o2"))
     assert proc.returncode == 11 and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o2").exists()
 
@@ -290,7 +291,7 @@ def test_prune_merges_a_kept_layer_into_a_synthetic_full(tmp_path: Path) -> None
     assert restored.chain == (ids[3], nxt.backup_id)
     assert content(tmp_path / "after") == after
     assert repo.verify(deep=True).ok
-    proc = cli("list", "--repo", str(repo.path))
+    proc = cli.run("list", "--repo", str(repo.path))
     assert proc.returncode == 0 and "full*" in proc.stdout
 
 

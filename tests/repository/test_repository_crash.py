@@ -3,11 +3,11 @@ processes): every kept backup still restores, and re-running prune completes the
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import shutil
 import signal
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from lamina.repository import KeepPolicy, Repository
+from lamina.repository import layout as L
 from lamina.repository.index import load_index
 from lamina.repository.prune import plan_prune
+from support import cli
 
-from .helpers import DAY_NS, LAMINA, content, make_db, vp_clock
+from .helpers import DAY_NS, content, make_db, vp_clock
 
 POLICY = KeepPolicy(last=2, daily=3)
 PRUNE_ARGS = ["--keep-last", "2", "--keep-daily", "3"]
@@ -65,8 +67,7 @@ def _check_kept(repo_path: Path, keep: set[uuid.UUID],
 
 
 def _finish_and_check(repo_path: Path, keep: set[uuid.UUID], needed: set[uuid.UUID]) -> None:
-    proc = subprocess.run([*LAMINA, "prune", "--repo", str(repo_path), *PRUNE_ARGS],
-                          capture_output=True, text=True, timeout=120)
+    proc = cli.run("prune", "--repo", str(repo_path), *PRUNE_ARGS)
     assert proc.returncode == 0, proc.stderr
     repo = Repository.open(repo_path)
     entries, rebuilt = repo.list()
@@ -87,12 +88,39 @@ def test_prune_killed_at_every_step(template: tuple[Path, dict[uuid.UUID, dict[b
     for n in range(1, steps + 1):
         repo_path = tmp_path / f"repo-{n}"
         shutil.copytree(source, repo_path)
-        proc = subprocess.run([*LAMINA, "prune", "--repo", str(repo_path), *PRUNE_ARGS],
-                              capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "LAMINA_FAILPOINT": f"repository.prune_step:{n}"})
+        proc = cli.run("prune", "--repo", str(repo_path), *PRUNE_ARGS,
+                       env={**os.environ, "LAMINA_FAILPOINT": f"repository.prune_step:{n}"})
         assert proc.returncode == -signal.SIGKILL, (n, proc.returncode, proc.stderr)
         _check_kept(repo_path, keep, states, rng)
         _finish_and_check(repo_path, keep, needed)
+
+
+def _locked(path: Path) -> bool:
+    """True while another process holds the flock on ``path`` exclusively (a probe that
+    takes it shared for an instant when free)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:  # not made yet: nobody holds it
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # drops the probe's lock too
+    return False
+
+
+def _listing(repo_path: Path) -> set[tuple[str, int]]:
+    """(name, size) of every file under ``images/`` and ``tmp/``."""
+    out = set()
+    for sub in (repo_path / "images", repo_path / "tmp"):
+        for path in sub.rglob("*") if sub.is_dir() else []:
+            try:
+                out.add((str(path.relative_to(repo_path)), path.stat().st_size))
+            except FileNotFoundError:  # removed meanwhile
+                continue
+    return out
 
 
 @pytest.mark.parametrize("seed", [11, 12, 13, 14])
@@ -100,21 +128,37 @@ def test_prune_killed_at_a_random_moment(
         template: tuple[Path, dict[uuid.UUID, dict[bytes, bytes]]], tmp_path: Path,
         seed: int) -> None:
     source, states = template
-    keep, needed, _steps = _expected(source)
+    keep, needed, steps = _expected(source)
     rng = random.Random(seed)
-    probe = tmp_path / "probe"
-    shutil.copytree(source, probe)
-    started = time.monotonic()
-    subprocess.run([*LAMINA, "prune", "--repo", str(probe), *PRUNE_ARGS], check=True,
-                   capture_output=True, timeout=120)
-    whole = time.monotonic() - started
     repo_path = tmp_path / "repo"
     shutil.copytree(source, repo_path)
-    proc = subprocess.Popen([*LAMINA, "prune", "--repo", str(repo_path), *PRUNE_ARGS],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(rng.uniform(0.4, 1.0) * whole)  # the first part is interpreter start-up
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    # A random moment counted in the prune's own progress, not in seconds (a busy machine
+    # can spend a whole idle run on interpreter start-up): once it holds the repository
+    # lock, it is stopped and let run in short slices, and killed (still stopped) after a
+    # random number of changes to images/ and tmp/ (file names and sizes: steps, and a
+    # merge's output growing). Only a prune that finishes within one slice is not killed.
+    changes = rng.randrange(0, steps)
+    proc = cli.start("prune", "--repo", str(repo_path), *PRUNE_ARGS, capture=False)
+    deadline = time.monotonic() + 120  # a hang guard only
+    try:
+        while proc.poll() is None and not _locked(repo_path / L.LOCKS_DIR / "repository"):
+            assert time.monotonic() < deadline, "prune never took the repository lock"
+            time.sleep(0.0005)
+        if proc.poll() is None:  # (not reaped yet: its pid is still ours to signal)
+            os.kill(proc.pid, signal.SIGSTOP)
+        seen = _listing(repo_path)
+        while changes > 0 and proc.poll() is None:
+            assert time.monotonic() < deadline, "prune made no progress"
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0)  # a slice as short as the scheduler makes it
+            os.kill(proc.pid, signal.SIGSTOP)
+            now = _listing(repo_path)
+            if now != seen:
+                seen, changes = now, changes - 1
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode in (0, -signal.SIGKILL)
     _check_kept(repo_path, keep, states, rng)
     _finish_and_check(repo_path, keep, needed)
 

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,8 +16,10 @@ from lamina.errors import CorruptionError
 from lamina.repository import KeepPolicy, Repository
 from lamina.repository import layout as L
 from lamina.repository.index import Index
+from lamina.repository.lock import FileLock
+from support import cli
 
-from .helpers import LAMINA, cli, make_db
+from .helpers import make_db
 
 
 def _repo_with_backups(tmp_path: Path, n: int) -> tuple[Repository, list[str]]:
@@ -47,7 +48,7 @@ def test_deleted_index_is_rebuilt_and_reported(tmp_path: Path) -> None:
     assert _listed(repo) == (ids, None)  # saved: no second rebuild
     # The CLI says it in one line on stderr and still lists everything.
     (repo.path / L.INDEX_KEY).unlink()
-    proc = cli("list", "--repo", str(repo.path), "--json")
+    proc = cli.run("list", "--repo", str(repo.path), "--json")
     assert proc.returncode == 0, proc.stderr
     assert [b["id"] for b in json.loads(proc.stdout)["backups"]] == ids
     assert proc.stderr.count("\n") == 1 and "rebuilt" in proc.stderr
@@ -116,6 +117,21 @@ def test_half_written_images_are_never_listed(tmp_path: Path) -> None:
     assert _listed(repo) == (ids, None)
 
 
+def _staged_bytes(staging: Path, old: set[str], *, complete: bool) -> int:
+    """The size of the largest image file in the staging directory, ignoring the ``old``
+    names (what killed backups left): being written (a dot-temporary), or with
+    ``complete`` only one written whole (its final staged name)."""
+    sizes = [0]
+    for path in staging.glob("*") if staging.is_dir() else []:
+        if path.name in old or (complete and path.name.startswith(".")):
+            continue
+        try:
+            sizes.append(path.stat().st_size)
+        except FileNotFoundError:  # renamed or removed meanwhile
+            pass
+    return max(sizes)
+
+
 def test_backup_killed_mid_write_leaves_nothing_listed(tmp_path: Path) -> None:
     """A real ``lamina backup --repo`` process killed with SIGKILL while it writes: the
     repository lists exactly what it listed before, and a prune clears the leftovers."""
@@ -124,20 +140,38 @@ def test_backup_killed_mid_write_leaves_nothing_listed(tmp_path: Path) -> None:
     with make_db(db) as d, d.write() as txn:  # enough data that a backup takes a moment
         for i in range(3000):
             txn.table("t").put(b"big%06d" % i, os.urandom(300))
-    command = [*LAMINA, "backup", str(db), "--repo", str(repo.path), "--full",
-               "--compress", "none"]
-    started = time.monotonic()
-    assert subprocess.run(command, capture_output=True, timeout=60).returncode == 0
-    whole = time.monotonic() - started  # kill at fractions of a whole run
+    command = ("backup", str(db), "--repo", str(repo.path), "--full", "--compress", "none")
+    assert cli.run_bytes(*command, timeout=60).returncode == 0
     ids = _listed(repo)[0]
+    whole = (repo.path / L.image_key(ids[-1])).stat().st_size
+    staging = repo.path / L.STAGING_DIR
+    index_lock = FileLock(repo.path / L.LOCKS_DIR / "index", "index")
     killed = 0
-    for fraction in (0.5, 0.7, 0.8, 0.9):
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(whole * fraction)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            killed += 1
-        proc.wait(timeout=60)
+    # Kill at fractions of a whole image, measured in the bytes the backup has staged, not
+    # in seconds; 1.0: staged completely, waiting to publish. Once the backup is writing
+    # (it loaded the index already) the test takes the index lock, so the backup cannot
+    # publish before the kill, however slow the test is.
+    for fraction in (0.5, 0.7, 0.8, 0.9, 1.0):
+        old = {p.name for p in staging.glob("*")} if staging.is_dir() else set()
+        proc = cli.start(*command, text=False)
+        deadline = time.monotonic() + 120  # a hang guard only
+        while not _staged_bytes(staging, old, complete=False) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the backup staged nothing"
+            time.sleep(0.0005)
+        index_lock.acquire(shared=False, timeout=120)
+        try:
+            while proc.poll() is None and not (
+                    _staged_bytes(staging, old, complete=True) if fraction == 1.0 else
+                    _staged_bytes(staging, old, complete=False) >= fraction * whole):
+                assert time.monotonic() < deadline, "the backup stopped writing"
+                time.sleep(0.0005)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                killed += 1
+            proc.wait(timeout=60)
+            assert proc.returncode in (0, -signal.SIGKILL), proc.communicate()
+        finally:
+            index_lock.release()
         listed, _ = _listed(repo)
         assert listed[: len(ids)] == ids
         ids = listed  # a backup that finished before the kill is complete and listed

@@ -3,6 +3,7 @@ lock whose holder was killed never blocks anyone."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from lamina.errors import LockedError
 from lamina.repository import KeepPolicy, Repository
 from lamina.repository import layout as L
 from lamina.repository.lock import FileLock
+from support import cli
 
-from .helpers import LAMINA, cli, make_db
+from .helpers import make_db
 
 HOLD = """
 import sys, time
@@ -26,16 +28,41 @@ from lamina.repository.lock import FileLock
 lock = FileLock(Path(sys.argv[1]), "test")
 lock.acquire(shared=sys.argv[2] == "shared", timeout=10)
 print("held", flush=True)
-time.sleep(float(sys.argv[3]))
+sys.stdin.readline()  # held until the test writes a line or closes our stdin
 """
 
 
-def _holder(repo: Path, mode: str, seconds: float) -> subprocess.Popen[str]:
+def _holder(repo: Path, mode: str) -> subprocess.Popen[str]:
+    """A process holding the repository lock (``mode``) until :func:`_let_go`."""
     proc = subprocess.Popen([sys.executable, "-c", HOLD,
-                             str(repo / L.LOCKS_DIR / "repository"), mode, str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
+                             str(repo / L.LOCKS_DIR / "repository"), mode],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     return proc
+
+
+def _let_go(holder: subprocess.Popen[str]) -> None:
+    assert holder.stdin is not None
+    holder.stdin.close()
+    assert holder.wait(timeout=60) == 0
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """True if process ``pid`` has ``path`` open (FileLock opens it just before it tries
+    to lock it, and keeps it open while it waits)."""
+    want = os.path.realpath(path)
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        names = list(fds.iterdir())
+    except FileNotFoundError:  # ended
+        return False
+    for fd in names:
+        try:
+            if os.readlink(fd) == want:
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
 
 
 def _consistent(repo_path: Path) -> list[str]:
@@ -52,12 +79,10 @@ def test_backup_and_prune_processes_at_once(tmp_path: Path) -> None:
     Repository.init(repo)
     with make_db(db) as d:
         d.put("t", b"k", b"v")
-    assert cli("backup", str(db), "--repo", str(repo)).returncode == 0
+    assert cli.run("backup", str(db), "--repo", str(repo)).returncode == 0
     for _round in range(3):
-        backup = subprocess.Popen([*LAMINA, "backup", str(db), "--repo", str(repo)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        prune = subprocess.Popen([*LAMINA, "prune", "--repo", str(repo), "--keep-last", "1"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        backup = cli.start("backup", str(db), "--repo", str(repo))
+        prune = cli.start("prune", "--repo", str(repo), "--keep-last", "1")
         b_out, b_err = backup.communicate(timeout=120)
         _p_out, p_err = prune.communicate(timeout=120)
         assert backup.returncode == 0, b_err
@@ -74,25 +99,37 @@ def test_live_holder_makes_others_wait_then_time_out(tmp_path: Path) -> None:
     Repository.init(repo)
     with make_db(db):
         pass
-    holder = _holder(repo, "exclusive", 3.0)  # as a prune would
+    holder = _holder(repo, "exclusive")  # as a prune would
     try:
-        started = time.monotonic()
-        proc = cli("backup", str(db), "--repo", str(repo), "--lock-timeout", "0.3")
+        proc = cli.run("backup", str(db), "--repo", str(repo), "--lock-timeout", "0.3")
         assert proc.returncode == 8, proc.stderr
         assert "locked" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-        assert time.monotonic() - started < 10
-        proc = cli("backup", str(db), "--repo", str(repo), "--lock-timeout", "30")
-        assert proc.returncode == 0, proc.stderr  # waited for the holder to finish
+        assert "gave up after 0.3s" in proc.stderr  # the timeout it was given (default 60)
+        assert holder.poll() is None  # it gave up while the lock was still held
+        # A backup with time to wait: it is waiting for the lock (it has the lock file
+        # open) while the holder still holds it, and completes once the holder lets go.
+        waiter = cli.start("backup", str(db), "--repo", str(repo), "--lock-timeout", "300")
+        lock_path = repo / L.LOCKS_DIR / "repository"
+        deadline = time.monotonic() + 120  # a hang guard only
+        while not _has_open(waiter.pid, lock_path):
+            assert waiter.poll() is None, waiter.communicate()
+            assert time.monotonic() < deadline, "the backup never tried the lock"
+            time.sleep(0.002)
+        assert waiter.poll() is None  # it cannot get past a held exclusive lock
+        _let_go(holder)
+        _out, err = waiter.communicate(timeout=120)
+        assert waiter.returncode == 0, err  # waited for the holder to finish
     finally:
         holder.kill()
         holder.wait()
     assert len(_consistent(repo)) == 1
     # A shared holder (a backup) lets list run but makes prune wait.
-    holder = _holder(repo, "shared", 30.0)
+    holder = _holder(repo, "shared")
     try:
-        assert cli("list", "--repo", str(repo), "--lock-timeout", "1").returncode == 0
-        proc = cli("prune", "--repo", str(repo), "--keep-last", "1", "--lock-timeout", "0.3")
+        assert cli.run("list", "--repo", str(repo), "--lock-timeout", "0").returncode == 0
+        proc = cli.run("prune", "--repo", str(repo), "--keep-last", "1", "--lock-timeout", "0.3")
         assert proc.returncode == 8, proc.stderr
+        assert holder.poll() is None
     finally:
         holder.kill()
         holder.wait()
@@ -103,14 +140,13 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path: Path) -> None:
     Repository.init(repo)
     with make_db(db):
         pass
-    holder = _holder(repo, "exclusive", 600.0)
+    holder = _holder(repo, "exclusive")
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    started = time.monotonic()
-    proc = cli("backup", str(db), "--repo", str(repo), "--lock-timeout", "5")
+    # A lock timeout of 0 tries once: any leftover of the dead holder would fail it (exit 8).
+    proc = cli.run("backup", str(db), "--repo", str(repo), "--lock-timeout", "0")
     assert proc.returncode == 0, proc.stderr
-    assert time.monotonic() - started < 5
-    proc = cli("prune", "--repo", str(repo), "--keep-last", "1", "--lock-timeout", "5")
+    proc = cli.run("prune", "--repo", str(repo), "--keep-last", "1", "--lock-timeout", "0")
     assert proc.returncode == 0, proc.stderr
 
 

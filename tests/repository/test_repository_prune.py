@@ -205,17 +205,17 @@ def test_keep_daily_and_weekly_on_vp_time(tmp_path: Path) -> None:
 
 
 def test_prune_json_cli(tmp_path: Path) -> None:
-    from .helpers import cli
+    from support import cli
     repo = Repository.init(tmp_path / "repo")
     with make_db(tmp_path / "db") as db:
         ids = [str(repo.backup(db, full=True).backup_id) for _ in range(3)]
     import json
-    proc = cli("prune", "--repo", str(repo.path), "--keep-last", "1", "--dry-run", "--json")
+    proc = cli.run("prune", "--repo", str(repo.path), "--keep-last", "1", "--dry-run", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["dry_run"] and [d["backup_id"] for d in report["delete"]] == ids[1::-1]
     assert len(list((repo.path / "images").iterdir())) == 3
-    proc = cli("prune", "--repo", str(repo.path), "--keep-last", "1")
+    proc = cli.run("prune", "--repo", str(repo.path), "--keep-last", "1")
     assert proc.returncode == 0 and "2 deletion(s)" in proc.stdout, proc.stdout
     assert [p.name for p in (repo.path / "images").iterdir()] == [f"{ids[2]}{L.IMAGE_SUFFIX}"]
     _ = random  # (random is used by the crash tests' seeds)

@@ -1,12 +1,21 @@
-"""Online backup: the driver API, the backup and restore kernels, and image format v1.
+"""The backup kernel: the backup and restore protocols, image format v1, and the generic
+(logical) drivers that back up tables of any engine.
 
-Layering: this package imports :mod:`lamina.core` and :mod:`lamina.errors` only. Engines
-implement :class:`BackupEngine` / :class:`BackupDriver` / :class:`RestoreDriver` by importing
-:mod:`lamina.core.driver`; they never import the kernels.
+Layering: the modules of this package import :mod:`lamina.core`, :mod:`lamina.errors` and
+each other, nothing else: the kernel knows no engine and no database. Engines implement the
+driver API (:mod:`lamina.core.driver`: :class:`BackupEngine`, :class:`BackupDriver`,
+:class:`RestoreDriver`, typed VP facts) without importing this package; :mod:`lamina.online`
+(above the database) builds a database's drivers and runs the kernels with them.
 
-Modules: ``driver`` (API), ``kernel`` (backup protocol), ``restore`` (restore protocol and
-destination directory), ``image_format`` (constants, structs, block codecs),
-``image_writer``, ``image_reader`` (incl. ``read_info``), ``verify``, ``codec``.
+Modules: ``kernel`` (backup protocol, throttling, cancellation), ``restore`` (restore
+protocol; publishing a restored directory), ``image_format`` (constants, structs, block
+codecs), ``image_writer``, ``image_reader`` (incl. ``read_info``), ``verify`` (an image
+proven whole without restoring it), ``codec`` (chunk compression), ``logical`` (logical
+streams, the source/sink protocols, the logical drivers' VP facts), ``snapshot_driver`` and
+``default_driver`` (the generic drivers), ``history`` (``BACKUP_HISTORY``).
+
+The driver API names are re-exported here (from :mod:`lamina.core.driver`) for callers that
+drive the kernels by hand.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from lamina.backup.logical import (
     STREAM_VERSION,
     LogicalBackupDriver,
+    LogicalBackupEngine,
     LogicalProvider,
     LogicalRestoreDriver,
     LogicalSource,
@@ -32,7 +33,6 @@ from lamina.backup.logical import (
 )
 from lamina.core.driver import (
     BackupDriver,
-    BackupEngine,
     BackupFlags,
     RestoreDriver,
     RestoreFlags,
@@ -103,7 +103,7 @@ class DefaultBackupDriver(LogicalBackupDriver):
         super()._release()  # sources release every lock they still hold
 
 
-class DefaultBackupEngine(BackupEngine):
+class DefaultBackupEngine(LogicalBackupEngine):
     """The default (blocking) backup engine (``name = "default"``, ``version = 1``).
 
     ``providers``/``sink_factory`` as for the snapshot engine; ``lock_timeout`` bounds how

@@ -443,7 +443,7 @@ def decode_chunk_header(raw: bytes, offset: int, path: object = None) -> ChunkHe
 
 # ---------------------------------------------------------------------------- manifest
 MANIFEST_MAGIC = b"LMAN"
-#: magic[4] stream_count u32 kind u8 reserved[3] vp_info_len u32 image_id[16]
+#: magic[4] stream_count u32 kind u8 reserved[3] vp_facts_len u32 image_id[16]
 #: base_image_id[16] base_vp_seq u64 vp_seq u64 vp_wall_ns u64 blocker_held_ns u64
 #: chunk_count u64; then xxh3_64 of those 88 bytes.
 MANIFEST_HEAD = struct.Struct("<4sIB3xI16s16sQQQQQ")
@@ -465,8 +465,9 @@ class StreamStats:
 
 @dataclass(frozen=True, slots=True)
 class ValidityPoint:
-    """The VP: commit seq and wall clock when it was created, and each driver's facts
-    (``drivers[i]`` is ``vp_info()`` of catalog driver ``i``)."""
+    """The VP: commit seq and wall clock when it was created, and each driver's VP facts
+    in their JSON form (``drivers[i]`` is ``vp_info().to_json()`` of catalog driver ``i``;
+    its engine's ``decode_vp_facts`` reads it back)."""
 
     commit_seq: int
     wall_ns: int
@@ -487,7 +488,7 @@ class Manifest:
     streams: tuple[StreamStats, ...]
 
 
-def encode_vp_info(drivers: Sequence[Mapping[str, Any]]) -> bytes:
+def encode_vp_facts(drivers: Sequence[Mapping[str, Any]]) -> bytes:
     """Canonical JSON of the per-driver VP facts. Raises TypeError/ValueError if a fact is
     not JSON-serializable (the kernel reports that as the driver's bug)."""
     return json.dumps({"drivers": [dict(d) for d in drivers]}, sort_keys=True,
@@ -496,7 +497,7 @@ def encode_vp_info(drivers: Sequence[Mapping[str, Any]]) -> bytes:
 
 def encode_manifest(manifest: Manifest) -> bytes:
     """The manifest's bytes, ending with its blake2b-128 hash."""
-    vp_json = encode_vp_info(manifest.vp.drivers)
+    vp_json = encode_vp_facts(manifest.vp.drivers)
     head = MANIFEST_HEAD.pack(MANIFEST_MAGIC, len(manifest.streams), int(manifest.kind),
                               len(vp_json), manifest.image_id.bytes,
                               manifest.base_image_id.bytes, manifest.base_vp_seq,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from lamina.backup import image_format as F
+from lamina.backup import image_format
 from lamina.backup.codec import decompress
 from lamina.errors import CorruptionError, NotFoundError, storage_error
 
@@ -57,7 +57,7 @@ class _Source:
         self.stream = stream
         self.path = path
         self.offset = 0
-        self.hasher = F.data_hasher()
+        self.hasher = image_format.data_hasher()
 
     def _read(self, n: int) -> bytes:
         try:
@@ -91,7 +91,7 @@ class _Source:
 class Chunk:
     """One verified chunk: its header, its raw (decompressed) bytes, its image offset."""
 
-    header: F.ChunkHeader
+    header: image_format.ChunkHeader
     data: bytes
     offset: int
 
@@ -113,8 +113,8 @@ class Chunk:
 
 
 
-def check_manifest(header: F.ImageHeader, catalog: F.ImageCatalog, manifest: F.Manifest,
-                   offset: int, path: object = None) -> None:
+def check_manifest(header: image_format.ImageHeader, catalog: image_format.ImageCatalog,
+                   manifest: image_format.Manifest, offset: int, path: object = None) -> None:
     """Cross-check a decoded manifest against the header and catalog (CorruptionError)."""
     def bad(what: str) -> CorruptionError:
         return CorruptionError(f"manifest: {what}", path=path,
@@ -128,14 +128,14 @@ def check_manifest(header: F.ImageHeader, catalog: F.ImageCatalog, manifest: F.M
         raise bad(f"{len(manifest.streams)} streams, the catalog has {catalog.stream_count}")
     if len(manifest.vp.drivers) != len(catalog.drivers):
         raise bad("VP facts do not match the catalog's drivers")
-    is_layer = manifest.kind == F.ImageKind.LAYER
-    if is_layer != (manifest.base_image_id != F.ZERO_UUID) or (
+    is_layer = manifest.kind == image_format.ImageKind.LAYER
+    if is_layer != (manifest.base_image_id != image_format.ZERO_UUID) or (
             not is_layer and manifest.base_vp_seq):
         raise bad("base image fields do not match the image kind")
     if sum(s.chunks for s in manifest.streams) != manifest.chunk_count:
         raise bad("chunk count differs from the streams' sum")
     for i, s in enumerate(manifest.streams):
-        if s.stored_bytes > s.raw_bytes or s.raw_bytes > s.chunks * F.MAX_CHUNK_SIZE:
+        if s.stored_bytes > s.raw_bytes or s.raw_bytes > s.chunks * image_format.MAX_CHUNK_SIZE:
             raise bad(f"stream {i} sizes are impossible")
 
 
@@ -152,14 +152,16 @@ class ImageReader:
     def __init__(self, source: ReadableStream, *, path: object = None) -> None:
         self.path = path
         self._src = _Source(source, path)
-        self.header = F.decode_header(self._src.read_exact(F.HEADER_SIZE, "header"), path)
+        self.header = image_format.decode_header(
+            self._src.read_exact(image_format.HEADER_SIZE, "header"), path)
         offset = self._src.offset
-        head = self._src.read_exact(F.CATALOG_HEAD_SIZE, "catalog head")
-        drivers, tables, length, checksum = F.decode_catalog_head(head, offset, path)
+        head = self._src.read_exact(image_format.CATALOG_HEAD_SIZE, "catalog head")
+        drivers, tables, length, checksum = image_format.decode_catalog_head(head, offset, path)
         payload = self._src.read_exact(length, "catalog")
-        self.catalog = F.decode_catalog_payload(payload, drivers, tables, checksum, offset, path)
-        self.manifest: F.Manifest | None = None
-        self.footer: F.Footer | None = None
+        self.catalog = image_format.decode_catalog_payload(payload, drivers, tables, checksum,
+                                                           offset, path)
+        self.manifest: image_format.Manifest | None = None
+        self.footer: image_format.Footer | None = None
         self.size: int | None = None
         self._started = False
 
@@ -174,19 +176,20 @@ class ImageReader:
             raise RuntimeError("ImageReader.chunks() can be iterated only once")
         self._started = True
         src, path = self._src, self.path
-        tallies = [F.StreamTally() for _ in range(self.catalog.stream_count)]
+        tallies = [image_format.StreamTally() for _ in range(self.catalog.stream_count)]
         names = self.catalog.stream_names()
         while True:
             offset = src.offset
             tag = src.read_exact(4, "chunk or manifest")
-            if tag == F.MANIFEST_MAGIC:
+            if tag == image_format.MANIFEST_MAGIC:
                 self._finish(tag, offset, tallies, names)
                 return
-            if tag != F.CHUNK_MAGIC:
+            if tag != image_format.CHUNK_MAGIC:
                 raise CorruptionError("expected a chunk or the manifest", path=path,
                                       where=f"offset {offset}")
-            head = F.decode_chunk_header(
-                tag + src.read_exact(F.CHUNK_HEAD_SIZE - 4, "chunk header"), offset, path)
+            head = image_format.decode_chunk_header(
+                tag + src.read_exact(image_format.CHUNK_HEAD_SIZE - 4, "chunk header"), offset,
+                path)
             where = f"stream {head.stream} chunk {head.seq} at offset {offset}"
             if head.stream >= len(tallies):
                 raise CorruptionError("chunk of a stream not in the catalog", path=path,
@@ -199,7 +202,7 @@ class ImageReader:
                 raise CorruptionError(f"sequence gap: expected chunk {tally.seq}", path=path,
                                       where=where)
             payload = src.read_exact(head.stored_length, "chunk payload")
-            if F.xxh3(payload) != head.payload_checksum:
+            if image_format.xxh3(payload) != head.payload_checksum:
                 raise CorruptionError("chunk payload checksum mismatch", path=path, where=where)
             data = decompress(head.codec, payload, head.raw_length, path=path, where=where)
             tally.seq += 1
@@ -209,17 +212,18 @@ class ImageReader:
             tally.hasher.update(data)
             yield Chunk(head, data, offset)
 
-    def _finish(self, tag: bytes, offset: int, tallies: list[F.StreamTally],
+    def _finish(self, tag: bytes, offset: int, tallies: list[image_format.StreamTally],
                 names: dict[int, str]) -> None:
         src, path = self._src, self.path
-        head = tag + src.read_exact(F.MANIFEST_HEAD_SIZE - 4, "manifest head")
-        _streams, length = F.decode_manifest_head(head, offset, path)
-        raw = head + src.read_exact(length - F.MANIFEST_HEAD_SIZE, "manifest")
-        manifest = F.decode_manifest(raw, offset, path)
+        head = tag + src.read_exact(image_format.MANIFEST_HEAD_SIZE - 4, "manifest head")
+        _streams, length = image_format.decode_manifest_head(head, offset, path)
+        raw = head + src.read_exact(length - image_format.MANIFEST_HEAD_SIZE, "manifest")
+        manifest = image_format.decode_manifest(raw, offset, path)
         check_manifest(self.header, self.catalog, manifest, offset, path)
         image_hash = src.hasher.digest()  # every byte before the footer
         footer_offset = src.offset
-        footer = F.decode_footer(src.read_exact(F.FOOTER_SIZE, "footer"), footer_offset, path)
+        footer = image_format.decode_footer(src.read_exact(image_format.FOOTER_SIZE, "footer"),
+                                            footer_offset, path)
         if footer.manifest_offset != offset or footer.manifest_length != length:
             raise CorruptionError("footer does not point at the manifest", path=path,
                                   where=f"footer at offset {footer_offset}")
@@ -235,7 +239,8 @@ class ImageReader:
                                       where=f"stream {i} ({names[i]})")
         for i, (tally, stats) in enumerate(zip(tallies, manifest.streams, strict=True)):
             where = f"stream {i} ({names[i]})"
-            found = F.StreamStats(tally.raw, tally.stored, tally.seq, tally.hasher.digest())
+            found = image_format.StreamStats(tally.raw, tally.stored, tally.seq,
+                                             tally.hasher.digest())
             if found != stats:
                 raise CorruptionError("stream size or hash differs from the manifest",
                                       path=path, where=where)
@@ -250,12 +255,12 @@ class ImageInfo:
 
     path: Path
     size: int
-    header: F.ImageHeader
-    catalog: F.ImageCatalog
-    manifest: F.Manifest
+    header: image_format.ImageHeader
+    catalog: image_format.ImageCatalog
+    manifest: image_format.Manifest
 
     @property
-    def vp(self) -> F.ValidityPoint:
+    def vp(self) -> image_format.ValidityPoint:
         """The image's validity point."""
         return self.manifest.vp
 
@@ -264,8 +269,8 @@ class ImageInfo:
         return image_summary(self.header, self.catalog, self.manifest, self.size)
 
 
-def image_summary(header: F.ImageHeader, catalog: F.ImageCatalog, manifest: F.Manifest,
-                  size: int) -> dict[str, Any]:
+def image_summary(header: image_format.ImageHeader, catalog: image_format.ImageCatalog,
+                  manifest: image_format.Manifest, size: int) -> dict[str, Any]:
     """A JSON-ready description of an image (shared by ``info`` and ``verify`` reports)."""
     streams = manifest.streams
     drivers = [{"name": d.name, "version": d.version, "kind": d.kind.label,
@@ -282,7 +287,7 @@ def image_summary(header: F.ImageHeader, catalog: F.ImageCatalog, manifest: F.Ma
         "created_ns": header.created_ns, "lamina_version": header.lamina_version,
         "kind": manifest.kind.name.lower(), "size": size,
         "base_image_id": (str(manifest.base_image_id)
-                          if manifest.kind == F.ImageKind.LAYER else None),
+                          if manifest.kind == image_format.ImageKind.LAYER else None),
         "base_vp_seq": manifest.base_vp_seq,
         "vp": {"commit_seq": manifest.vp.commit_seq, "wall_ns": manifest.vp.wall_ns},
         "blocker_held_ns": manifest.blocker_held_ns,
@@ -313,16 +318,17 @@ def read_info(path: str | os.PathLike[str]) -> ImageInfo:
             raise storage_error(exc, "stat", p) from exc
         reader = ImageReader(f, path=p)
         data_start = reader.offset
-        footer_offset = size - F.FOOTER_SIZE
-        if footer_offset < data_start + F.MANIFEST_HEAD_SIZE + F.HASH_SIZE:
+        footer_offset = size - image_format.FOOTER_SIZE
+        if footer_offset < data_start + image_format.MANIFEST_HEAD_SIZE + image_format.HASH_SIZE:
             raise CorruptionError("image truncated: no room for manifest and footer", path=p,
                                   where=f"offset {data_start}")
-        footer = F.decode_footer(_pread(f, footer_offset, F.FOOTER_SIZE, p), footer_offset, p)
+        footer = image_format.decode_footer(
+            _pread(f, footer_offset, image_format.FOOTER_SIZE, p), footer_offset, p)
         if footer.manifest_offset < data_start:
             raise CorruptionError("footer points into the catalog", path=p,
                                   where=f"footer at offset {footer_offset}")
         raw = _pread(f, footer.manifest_offset, footer.manifest_length, p)
-        manifest = F.decode_manifest(raw, footer.manifest_offset, p)
+        manifest = image_format.decode_manifest(raw, footer.manifest_offset, p)
         check_manifest(reader.header, reader.catalog, manifest, footer.manifest_offset, p)
         return ImageInfo(p, size, reader.header, reader.catalog, manifest)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
-from lamina.backup import image_format as F
+from lamina.backup import image_format
 from lamina.backup.codec import Compressor
 from lamina.core.fileio import fsync_dir
 from lamina.errors import (
@@ -169,8 +169,8 @@ class WriteSummary:
 
     path: Path | None
     size: int
-    manifest: F.Manifest
-    footer: F.Footer
+    manifest: image_format.Manifest
+    footer: image_format.Footer
 
 
 
@@ -185,20 +185,21 @@ class ImageWriter:
     the block without :meth:`finish` aborts.
     """
 
-    def __init__(self, target: ImageTarget, header: F.ImageHeader, catalog: F.ImageCatalog,
-                 *, codec: F.Codec = F.Codec.ZSTD, level: int | None = None,
+    def __init__(self, target: ImageTarget, header: image_format.ImageHeader,
+                 catalog: image_format.ImageCatalog, *,
+                 codec: image_format.Codec = image_format.Codec.ZSTD, level: int | None = None,
                  overwrite: bool = False) -> None:
         try:
-            F.check_catalog(catalog)
+            image_format.check_catalog(catalog)
         except CorruptionError as exc:
             raise UsageError(f"cannot write image: {exc.what}") from exc
-        if header.flags & ~F.HEADER_FLAGS_KNOWN:
+        if header.flags & ~image_format.HEADER_FLAGS_KNOWN:
             raise UsageError(f"unknown header flags {header.flags:#x}")
         self.header = header
         self.catalog = catalog
         self._compressor = Compressor(codec, level)
-        self._streams = [F.StreamTally() for _ in range(catalog.stream_count)]
-        self._hasher = F.data_hasher()
+        self._streams = [image_format.StreamTally() for _ in range(catalog.stream_count)]
+        self._hasher = image_format.data_hasher()
         self._chunks = 0
         self.offset = 0
         self.raw_bytes = 0
@@ -210,8 +211,8 @@ class ImageWriter:
         else:
             self._sink = _StreamSink(target)
         try:
-            self._write(F.encode_header(header))
-            self._write(F.encode_catalog(catalog))
+            self._write(image_format.encode_header(header))
+            self._write(image_format.encode_catalog(catalog))
         except BaseException:
             self.abort()
             raise
@@ -241,10 +242,11 @@ class ImageWriter:
         state = self._streams[stream]
         if state.closed:
             raise UsageError(f"stream {stream} got data after its last chunk")
-        if len(data) > F.MAX_CHUNK_SIZE:
-            raise UsageError(f"chunk of {len(data)} bytes exceeds {F.MAX_CHUNK_SIZE}")
+        if len(data) > image_format.MAX_CHUNK_SIZE:
+            raise UsageError(f"chunk of {len(data)} bytes exceeds {image_format.MAX_CHUNK_SIZE}")
         codec, stored = self._compressor.compress(data)
-        self._write(F.encode_chunk_header(stream, state.seq, last, codec, len(data), stored))
+        self._write(image_format.encode_chunk_header(stream, state.seq, last, codec, len(data),
+                                                     stored))
         self._write(stored)
         state.hasher.update(data)
         state.seq += 1
@@ -255,38 +257,40 @@ class ImageWriter:
         self.raw_bytes += len(data)
         return len(stored)
 
-    def finish(self, *, vp_seq: int, vp_wall_ns: int, vp_info: Sequence[Mapping[str, Any]],
+    def finish(self, *, vp_seq: int, vp_wall_ns: int, vp_facts: Sequence[Mapping[str, Any]],
                base_image_id: uuid.UUID | None = None, base_vp_seq: int = 0,
                blocker_held_ns: int = 0) -> WriteSummary:
         """Write manifest and footer, sync and publish the image. Every stream that has
-        chunks must be closed (its last chunk written). ``vp_info[i]`` is catalog driver i's
-        VP facts. A layer (header flag) needs ``base_image_id``; a full image must not."""
+        chunks must be closed (its last chunk written). ``vp_facts[i]`` is catalog driver i's
+        VP facts (JSON form). A layer (header flag) needs ``base_image_id``; a full image
+        must not. Raises UsageError (open streams, a VP facts count or kind mismatch, facts
+        that are not JSON), StorageError; on any error the image is not published."""
         if self._done:
             raise UsageError("image writer is closed")
         try:
             open_streams = [i for i, s in enumerate(self._streams) if s.seq and not s.closed]
             if open_streams:
                 raise UsageError(f"streams {open_streams} have no last chunk")
-            if len(vp_info) != len(self.catalog.drivers):
+            if len(vp_facts) != len(self.catalog.drivers):
                 raise UsageError("need one VP facts mapping per catalog driver")
             kind = self.header.kind
-            if (kind == F.ImageKind.LAYER) != (base_image_id is not None):
+            if (kind == image_format.ImageKind.LAYER) != (base_image_id is not None):
                 raise UsageError("a layer needs a base image id; a full image has none")
-            manifest = F.Manifest(
+            manifest = image_format.Manifest(
                 image_id=self.header.image_id, kind=kind,
-                base_image_id=base_image_id or F.ZERO_UUID, base_vp_seq=base_vp_seq,
-                vp=F.ValidityPoint(vp_seq, vp_wall_ns, tuple(vp_info)),
+                base_image_id=base_image_id or image_format.ZERO_UUID, base_vp_seq=base_vp_seq,
+                vp=image_format.ValidityPoint(vp_seq, vp_wall_ns, tuple(vp_facts)),
                 blocker_held_ns=blocker_held_ns, chunk_count=self._chunks,
-                streams=tuple(F.StreamStats(s.raw, s.stored, s.seq, s.hasher.digest())
+                streams=tuple(image_format.StreamStats(s.raw, s.stored, s.seq, s.hasher.digest())
                               for s in self._streams))
             try:
-                manifest_bytes = F.encode_manifest(manifest)
+                manifest_bytes = image_format.encode_manifest(manifest)
             except (TypeError, ValueError) as exc:
                 raise UsageError(f"VP facts are not JSON-serializable: {exc}") from exc
             offset = self.offset
             self._write(manifest_bytes)
-            footer = F.Footer(offset, len(manifest_bytes), self._hasher.digest())
-            self._write(F.encode_footer(footer))
+            footer = image_format.Footer(offset, len(manifest_bytes), self._hasher.digest())
+            self._write(image_format.encode_footer(footer))
             self._sink.commit()
         except BaseException:
             self.abort()

@@ -5,7 +5,7 @@ Protocol (see :mod:`lamina.core.driver` for each call's contract)::
 
     get_backup -> begin -> initial transfer ("at end") -> prelock until READY
     -> [commit blocker] lock -> VP (commit seq, wall clock) -> unlock [release]
-    -> final transfer, round-robin, until every driver is DONE -> vp_info -> end
+    -> final transfer, round-robin, until every driver is DONE -> vp_info (VP facts) -> end
     -> manifest + footer; the image is published (renamed into place) last.
 
 On any failure, or when the cancel token fires (checked before every driver call), the
@@ -30,13 +30,13 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from lamina.backup import image_format as F
+from lamina.backup import image_format
 from lamina.backup.codec import parse_codec
 from lamina.backup.image_writer import ImageTarget, ImageWriter
 from lamina.core.driver import (
@@ -46,6 +46,7 @@ from lamina.core.driver import (
     DriverKind,
     DriverProtocolError,
     Result,
+    VpFacts,
 )
 from lamina.core.names import validate_table_name
 from lamina.errors import CancelledError, LockedError, UsageError
@@ -91,9 +92,9 @@ class BackupResult:
 
     path: Path | None
     size: int
-    header: F.ImageHeader
-    catalog: F.ImageCatalog
-    manifest: F.Manifest
+    header: image_format.ImageHeader
+    catalog: image_format.ImageCatalog
+    manifest: image_format.Manifest
     blocker_held_ns: int
     blocker_wait_ns: int
     raw_bytes: int
@@ -105,7 +106,7 @@ class BackupResult:
         return self.header.image_id
 
     @property
-    def vp(self) -> F.ValidityPoint:
+    def vp(self) -> image_format.ValidityPoint:
         """The validity point recorded in the image."""
         return self.manifest.vp
 
@@ -394,18 +395,25 @@ class _BackupRun:
             if self.writer.stream_started(stream) and not self.writer.stream_closed(stream):
                 self.writer.write_chunk(stream, b"", True)
 
-    def collect_vp_info(self) -> list[Mapping[str, Any]]:
-        infos: list[Mapping[str, Any]] = []
+    def collect_vp_facts(self) -> list[dict[str, Any]]:
+        """Every driver's ``vp_info()``, in catalog order, in its JSON form (``to_json()``).
+        Raises DriverProtocolError for a driver that returns something other than a
+        :class:`~lamina.core.driver.VpFacts` or facts whose JSON form is not serializable."""
+        out: list[dict[str, Any]] = []
         for s in self.states:
             self.check_cancel()
-            info = s.driver.vp_info()
+            facts = s.driver.vp_info()
+            if not isinstance(facts, VpFacts):
+                raise DriverProtocolError(f"backup driver {s.name!r}: vp_info() returned "
+                                          f"{type(facts).__name__}, not VpFacts")
             try:
-                F.encode_vp_info([info])
+                data = facts.to_json()
+                image_format.encode_vp_facts([data])
             except (TypeError, ValueError, AttributeError) as exc:
-                raise DriverProtocolError(f"backup driver {s.name!r}: vp_info() is not a "
-                                          f"JSON-serializable mapping: {exc}") from exc
-            infos.append(dict(info))
-        return infos
+                raise DriverProtocolError(f"backup driver {s.name!r}: the VP facts from "
+                                          f"vp_info() are not JSON-serializable: {exc}") from exc
+            out.append(data)
+        return out
 
     def end_all(self) -> None:
         for s in self.states:
@@ -421,9 +429,11 @@ _PRELOCK = frozenset({Result.READY, Result.OK, Result.BUSY})
 
 def _check_groups(groups: Sequence[DriverGroup], buf_size: int, base: BaseImageRef | None,
                   ) -> None:
-    if not 1 <= buf_size <= F.MAX_CHUNK_SIZE:
-        raise UsageError(f"buffer size must be 1..{F.MAX_CHUNK_SIZE} bytes, not {buf_size}")
-    if len(groups) > F.MAX_DRIVERS or sum(len(g.tables) for g in groups) > F.MAX_TABLES:
+    if not 1 <= buf_size <= image_format.MAX_CHUNK_SIZE:
+        raise UsageError(f"buffer size must be 1..{image_format.MAX_CHUNK_SIZE} bytes, "
+                         f"not {buf_size}")
+    if (len(groups) > image_format.MAX_DRIVERS
+            or sum(len(g.tables) for g in groups) > image_format.MAX_TABLES):
         raise UsageError("too many drivers or tables for one image")
     names: set[str] = set()
     ids: set[int] = set()
@@ -443,31 +453,31 @@ def _check_groups(groups: Sequence[DriverGroup], buf_size: int, base: BaseImageR
 
 
 def _build_catalog(groups: Sequence[DriverGroup], drivers: Sequence[BackupDriver],
-                   ) -> tuple[F.ImageCatalog, list[list[int]]]:
+                   ) -> tuple[image_format.ImageCatalog, list[list[int]]]:
     """Streams: driver i's common stream is i; tables follow, in group order."""
     cat_drivers = []
     for i, (g, d) in enumerate(zip(groups, drivers, strict=True)):
         if not isinstance(d.kind, DriverKind):
             raise DriverProtocolError(f"backup driver {g.engine.name!r} has no valid kind")
-        cat_drivers.append(F.CatalogDriver(g.engine.name, g.engine.version, d.kind, i))
+        cat_drivers.append(image_format.CatalogDriver(g.engine.name, g.engine.version, d.kind, i))
     tables = []
     local_maps = []
     stream = len(groups)
     for i, g in enumerate(groups):
         local = [i]
         for t in g.tables:
-            tables.append(F.CatalogTable(t.name, t.engine, t.table_id, stream, i))
+            tables.append(image_format.CatalogTable(t.name, t.engine, t.table_id, stream, i))
             local.append(stream)
             stream += 1
         local_maps.append(local)
-    return F.ImageCatalog(tuple(cat_drivers), tuple(tables)), local_maps
+    return image_format.ImageCatalog(tuple(cat_drivers), tuple(tables)), local_maps
 
 
 def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
                commit_blocker: CommitBlocker, commit_seq: Callable[[], int],
-               database_id: uuid.UUID, codec: F.Codec | str = F.Codec.ZSTD,
-               database_incarnation: uuid.UUID = F.ZERO_UUID,
-               level: int | None = None, buf_size: int = F.DEFAULT_BUF_SIZE,
+               database_id: uuid.UUID, codec: image_format.Codec | str = image_format.Codec.ZSTD,
+               database_incarnation: uuid.UUID = image_format.ZERO_UUID,
+               level: int | None = None, buf_size: int = image_format.DEFAULT_BUF_SIZE,
                base: BaseImageRef | None = None, cancel: CancelToken = None,
                progress: ProgressCallback | None = None,
                blocker_timeout: float | None = 30.0, prelock_timeout: float | None = None,
@@ -503,10 +513,11 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
     catalog, local_maps = _build_catalog(groups, drivers)
     run.states = [_DriverState(i, g, d, local_maps[i])
                   for i, (g, d) in enumerate(zip(groups, drivers, strict=True))]
-    header = F.ImageHeader(image_id=image_id or uuid.uuid4(), database_id=database_id,
-                           created_ns=time.time_ns(), lamina_version=lamina_version(),
-                           flags=F.HEADER_FLAG_LAYER if base is not None else 0,
-                           incarnation=database_incarnation)
+    header = image_format.ImageHeader(
+        image_id=image_id or uuid.uuid4(), database_id=database_id, created_ns=time.time_ns(),
+        lamina_version=lamina_version(),
+        flags=image_format.HEADER_FLAG_LAYER if base is not None else 0,
+        incarnation=database_incarnation)
     writer = ImageWriter(target, header, catalog, codec=codec, level=level,
                          overwrite=overwrite)
     run.writer = writer
@@ -516,10 +527,10 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
         run.prelock_all()
         vp_seq, vp_wall_ns, held_ns, wait_ns = run.validity_point()
         run.final_transfer()
-        vp_info = run.collect_vp_info()
+        vp_facts = run.collect_vp_facts()
         run.end_all()
         run.check_cancel()
-        summary = writer.finish(vp_seq=vp_seq, vp_wall_ns=vp_wall_ns, vp_info=vp_info,
+        summary = writer.finish(vp_seq=vp_seq, vp_wall_ns=vp_wall_ns, vp_facts=vp_facts,
                                 base_image_id=None if base is None else base.image_id,
                                 base_vp_seq=0 if base is None else base.vp_seq,
                                 blocker_held_ns=held_ns)

@@ -3,8 +3,10 @@ and the small protocols through which they read and rebuild tables of any engine
 
 The backup layer must not import engines. So an engine that wants its tables backed up
 logically implements :class:`LogicalProvider` (readers of a set of its tables) and, for
-restores, a :class:`LogicalSink` writes rows back through the engine; ``online.py`` wires
-them to :mod:`lamina.backup.snapshot_driver` and :mod:`lamina.backup.default_driver`.
+restores, a :class:`LogicalSink` writes rows back through the engine; :mod:`lamina.online`
+wires them to :mod:`lamina.backup.snapshot_driver` and :mod:`lamina.backup.default_driver`.
+Both drivers record :class:`LogicalVpFacts` (per table: rows, bytes, table id, engine; per
+engine: the source's own facts), which the restore driver checks its row counts against.
 
 Table stream (local stream N = the N-th table; the common stream stays empty), specified in
 docs/format.md, "Logical backup streams"::
@@ -32,6 +34,7 @@ import shutil
 import struct
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,12 +42,16 @@ import xxhash
 
 from lamina.core.driver import (
     AtBeginDriver,
+    BackupEngine,
     Buffer,
     DriverKind,
+    DriverProtocolError,
+    FactReader,
     RestoreDriver,
     RestoreFlags,
     Result,
     TableSpec,
+    VpFacts,
 )
 from lamina.errors import (
     CorruptionError,
@@ -118,7 +125,8 @@ class LogicalSource(Protocol):
         ...
 
     def facts(self) -> dict[str, Any]:
-        """JSON-ready facts about the source recorded in the VP facts (e.g. page size)."""
+        """JSON-ready facts about the source, recorded in the driver's VP facts as
+        ``LogicalVpFacts.sources[engine]`` (e.g. the btree page size)."""
         ...
 
     def close(self) -> None:
@@ -153,8 +161,68 @@ class LogicalSink(Protocol):
         ...
 
 
-#: ``sink_factory(destination, vp_facts)``: a sink writing into the restore destination.
-SinkFactory = Callable[[Path, Mapping[str, Any]], LogicalSink]
+# ====================================================================== VP facts
+@dataclass(frozen=True, slots=True)
+class LogicalTableFacts:
+    """What a logical driver sent of one table: rows, key+value bytes, table id, engine."""
+
+    rows: int
+    nbytes: int
+    table_id: int
+    engine: str
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"rows", "bytes", "table_id", "engine"}``."""
+        return {"rows": self.rows, "bytes": self.nbytes, "table_id": self.table_id,
+                "engine": self.engine}
+
+    @classmethod
+    def from_json(cls, facts: FactReader) -> LogicalTableFacts:
+        """Decode one table's facts; CorruptionError if one is missing or mistyped."""
+        return cls(facts.integer("rows"), facts.integer("bytes"), facts.integer("table_id"),
+                   facts.text("engine"))
+
+
+@dataclass(frozen=True, slots=True)
+class LogicalVpFacts(VpFacts):
+    """The VP facts of the snapshot and default drivers.
+
+    ``tables``: every table sent, by name. ``sources``: each engine's source facts
+    (:meth:`LogicalSource.facts`, opaque here; e.g. the btree page size, which a restore
+    uses as the default page size). JSON: ``{"tables": {name: {"rows", "bytes",
+    "table_id", "engine"}}, "sources": {engine: {...}}}``.
+    """
+
+    tables: Mapping[str, LogicalTableFacts]
+    sources: Mapping[str, Mapping[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form stored in the image manifest."""
+        return {"tables": {name: t.to_json() for name, t in self.tables.items()},
+                "sources": {engine: dict(f) for engine, f in self.sources.items()}}
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> LogicalVpFacts:
+        """Decode the manifest's JSON form; CorruptionError naming ``where`` if a fact is
+        missing or mistyped."""
+        facts = FactReader(data, where)
+        return cls({name: LogicalTableFacts.from_json(t)
+                    for name, t in facts.mapping("tables").entries()},
+                   {engine: dict(f.data) for engine, f in facts.mapping("sources").entries()})
+
+
+class LogicalBackupEngine(BackupEngine):
+    """Base of the snapshot and default backup engines: their drivers record
+    :class:`LogicalVpFacts`."""
+
+    def decode_vp_facts(self, data: object, where: str) -> LogicalVpFacts:
+        """:meth:`LogicalVpFacts.from_json` (CorruptionError naming ``where``)."""
+        return LogicalVpFacts.from_json(data, where)
+
+
+#: ``sink_factory(destination, vp_facts)``: a sink writing into the restore destination;
+#: ``vp_facts`` are the logical driver's (their ``sources`` describe the backed-up engines).
+SinkFactory = Callable[[Path, LogicalVpFacts], LogicalSink]
 
 
 # ====================================================================== encoding
@@ -324,8 +392,9 @@ class LogicalBackupDriver(AtBeginDriver):
         self._pending = bytearray()
         self._done = False
         self._closed = False
-        #: Per table: rows, key+value bytes, engine and table id of what was sent.
-        self.sent: dict[str, dict[str, Any]] = {}
+        #: Per table: rows, key+value bytes, table id and engine of what was sent (a table
+        #: appears once its last byte was handed over).
+        self.sent: dict[str, LogicalTableFacts] = {}
 
     def source(self, spec: TableSpec) -> LogicalSource:
         """The source of ``spec``'s engine."""
@@ -361,8 +430,6 @@ class LogicalBackupDriver(AtBeginDriver):
 
     def _table_pieces(self, spec: TableSpec) -> Iterator[bytes]:
         src = self.source(spec)
-        stats = self.sent.setdefault(spec.name, {"rows": 0, "bytes": 0, "engine": spec.engine,
-                                                 "table_id": spec.table_id})
         yield encode_header(spec.table_id, src.table_info(spec))
         pack = RECORD.pack
         rows = nbytes = 0
@@ -370,8 +437,7 @@ class LogicalBackupDriver(AtBeginDriver):
             rows += 1
             nbytes += len(key) + len(value)
             yield pack(len(key), len(value)) + key + value
-        stats["rows"] = rows
-        stats["bytes"] = nbytes
+        self.sent[spec.name] = LogicalTableFacts(rows, nbytes, spec.table_id, spec.engine)
         yield encode_trailer(rows, nbytes)
 
     def get_data(self, buffer: Buffer) -> Result:
@@ -419,16 +485,16 @@ class LogicalBackupDriver(AtBeginDriver):
     def _table_sent(self, spec: TableSpec) -> None:
         """Hook: ``spec``'s last byte was handed to the kernel."""
 
-    def vp_info(self) -> Mapping[str, Any]:
-        """``{"tables": {name: {"rows", "bytes", "table_id", "engine"}}, "sources":
-        {engine: facts}}``: restore checks its row counts against these."""
-        return {"tables": {name: dict(st) for name, st in self.sent.items()},
-                "sources": {engine: src.facts() for engine, src in self.sources.items()}}
+    def vp_info(self) -> LogicalVpFacts:
+        """The tables sent and each source's facts: restore checks its row counts against
+        these."""
+        return LogicalVpFacts(dict(self.sent),
+                              {engine: src.facts() for engine, src in self.sources.items()})
 
     @property
     def rows_sent(self) -> int:
         """Rows sent so far (whole tables)."""
-        return sum(int(st["rows"]) for st in self.sent.values())
+        return sum(t.rows for t in self.sent.values())
 
     def _release(self) -> None:
         if self._closed:
@@ -526,22 +592,29 @@ class LogicalRestoreDriver(RestoreDriver):
     def end(self) -> Result:
         """Check every stream ended and matches the VP facts, then load the tables.
 
-        Raises CorruptionError (a stream missing or cut short, row counts that disagree
-        with the VP facts), and whatever the sink raises (e.g. KeyTooLargeError when a key
-        does not fit the destination's page size)."""
-        facts = (self.vp_facts or {}).get("tables", {})
+        Raises CorruptionError (a stream missing or cut short, a table the VP facts do not
+        describe, row counts that disagree with them), DriverProtocolError (no VP facts
+        were set), and whatever the sink raises (e.g. KeyTooLargeError when a key does
+        not fit the destination's page size)."""
+        facts = self.vp_facts
+        if not isinstance(facts, LogicalVpFacts):
+            raise DriverProtocolError(f"{self.name} restore driver: end() without its "
+                                      f"logical VP facts (got {type(facts).__name__})")
         for spec, parser in zip(self.tables, self.parsers, strict=True):
             parser.finish()
-            want = facts.get(spec.name, {}).get("rows") if isinstance(facts, dict) else None
-            if want is not None and want != parser.records:
+            table = facts.tables.get(spec.name)
+            if table is None:
+                raise CorruptionError(f"table {spec.name!r}: the {self.name} driver's VP "
+                                      "facts do not describe it")
+            if table.rows != parser.records:
                 raise CorruptionError(f"table {spec.name!r}: {parser.records} rows in the "
-                                      f"stream, the VP facts say {want}")
+                                      f"stream, the VP facts say {table.rows}")
         if self._spill_dir is None:
             return Result.OK
         for f in self._files:
             f.close()
         assert self.sink_factory is not None and self.flags.destination is not None
-        sink = self.sink_factory(Path(self.flags.destination), self.vp_facts or {})
+        sink = self.sink_factory(Path(self.flags.destination), facts)
         try:
             for i, spec in enumerate(self.tables):
                 parser, rows = iter_stream_file(self._spill_dir / f"{i}.stream", spec.name,
@@ -600,10 +673,13 @@ __all__ = [
     "STREAM_VERSION",
     "TRAILER_SIZE",
     "LogicalBackupDriver",
+    "LogicalBackupEngine",
     "LogicalProvider",
     "LogicalRestoreDriver",
     "LogicalSink",
     "LogicalSource",
+    "LogicalTableFacts",
+    "LogicalVpFacts",
     "Row",
     "SinkFactory",
     "StreamParser",

@@ -4,8 +4,10 @@ database directory only once it is proven.
 :func:`run_restore` reads the image front to back (so it works from a pipe): header and
 catalog first, then asks each backup engine named in the catalog for a restore driver, then
 sends every chunk to its driver in image order, and calls ``end()`` only after the reader
-verified the manifest, every stream hash, the footer and the whole-image hash. Any failure
-cancels every begun driver.
+verified the manifest, every stream hash, the footer and the whole-image hash, and each
+driver got its VP facts (the manifest's JSON, decoded by the driver's engine with
+``decode_vp_facts``; a missing fact is a CorruptionError). Any failure cancels every begun
+driver.
 
 :func:`restore_into_directory` wraps any restore: it restores into a temporary directory
 next to the destination, runs the caller's verification (e.g. the checker and the btree
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from lamina.backup import image_format as F
+from lamina.backup import image_format
 from lamina.backup.image_reader import ImageReader, ReadableStream, open_image_file
 from lamina.backup.kernel import Backoff, CancelToken, ProgressCallback, is_cancelled
 from lamina.core.driver import (
@@ -36,6 +38,7 @@ from lamina.core.driver import (
     RestoreFlags,
     Result,
     TableSpec,
+    VpFacts,
 )
 from lamina.core.fileio import fsync_dir
 from lamina.errors import (
@@ -59,19 +62,20 @@ EngineLookup = Mapping[str, BackupEngine] | Callable[[str], BackupEngine | None]
 class RestoreResult:
     """A completed restore: the image's header, catalog and verified manifest."""
 
-    header: F.ImageHeader
-    catalog: F.ImageCatalog
-    manifest: F.Manifest
+    header: image_format.ImageHeader
+    catalog: image_format.ImageCatalog
+    manifest: image_format.Manifest
     size: int
     chunks: int
     raw_bytes: int
 
 
 class _Restored:
-    __slots__ = ("began", "cancelled", "driver", "ended", "name")
+    __slots__ = ("began", "cancelled", "driver", "ended", "engine", "name")
 
-    def __init__(self, name: str, driver: RestoreDriver) -> None:
+    def __init__(self, name: str, engine: BackupEngine, driver: RestoreDriver) -> None:
         self.name = name
+        self.engine = engine
         self.driver = driver
         self.began = False
         self.ended = False
@@ -97,6 +101,16 @@ def _call(r: _Restored, method: str, allowed: frozenset[Result], *args: object) 
     return result
 
 
+def _decode_vp_facts(r: _Restored, data: object, where: str) -> VpFacts:
+    """The typed VP facts of ``r``'s driver, decoded by its engine (CorruptionError naming
+    ``where`` if a fact is missing; DriverProtocolError if the engine returns no VpFacts)."""
+    facts = r.engine.decode_vp_facts(data, where)
+    if not isinstance(facts, VpFacts):
+        raise DriverProtocolError(f"backup engine {r.name!r}: decode_vp_facts() returned "
+                                  f"{type(facts).__name__}, not VpFacts")
+    return facts
+
+
 _OK = frozenset({Result.OK})
 _SEND = frozenset({Result.OK, Result.PROCESSING, Result.BUSY})
 
@@ -112,8 +126,9 @@ def run_restore(source: str | os.PathLike[str] | ReadableStream, engines: Engine
     ``progress(image_bytes_read, image_size_or_None)`` is called after every chunk and
     once the trailer is verified.
     Raises UnsupportedError (a driver this build lacks), VersionError (a driver version
-    newer than the build's), CorruptionError & co. (a bad image; drivers are cancelled and
-    ``end()`` is never called), CancelledError, StorageError, driver errors.
+    newer than the build's), CorruptionError & co. (a bad image, or VP facts its engine
+    cannot decode; drivers are cancelled and ``end()`` is never called), CancelledError,
+    StorageError, driver errors, DriverProtocolError (a driver or engine bug).
     """
     dest = None if destination is None else Path(destination)
     if isinstance(source, (str, os.PathLike)):
@@ -134,7 +149,7 @@ def _restore(stream: ReadableStream, path: Path | None, size: int | None, engine
     check_cancel()
     reader = ImageReader(stream, path=path)
     catalog = reader.catalog
-    flags = RestoreFlags(destination, layer=reader.header.kind == F.ImageKind.LAYER)
+    flags = RestoreFlags(destination, layer=reader.header.kind == image_format.ImageKind.LAYER)
     drivers: list[_Restored] = []
     for i, entry in enumerate(catalog.drivers):
         engine = _lookup(engines, entry.name)
@@ -145,7 +160,8 @@ def _restore(stream: ReadableStream, path: Path | None, size: int | None, engine
             raise VersionError(f"the image's {entry.name!r} data is version {entry.version}; "
                                f"this build reads up to {engine.version}")
         tables = [TableSpec(t.name, t.engine, t.table_id) for t in catalog.tables_of(i)]
-        drivers.append(_Restored(entry.name, engine.get_restore(entry.version, tables, flags)))
+        drivers.append(_Restored(entry.name, engine,
+                                 engine.get_restore(entry.version, tables, flags)))
     stream_map = catalog.stream_map()
     chunks = 0
     raw = 0
@@ -172,9 +188,11 @@ def _restore(stream: ReadableStream, path: Path | None, size: int | None, engine
         assert manifest is not None  # chunks() ends only after the trailer verified
         if progress is not None:
             progress(reader.offset, size)  # the whole image, trailer included
+        image = str(path) if path is not None else "the image"
         for i, r in enumerate(drivers):
             check_cancel()
-            r.driver.set_vp_info(manifest.vp.drivers[i])
+            r.driver.set_vp_info(_decode_vp_facts(r, manifest.vp.drivers[i],
+                                                  f"{image}, {r.name} driver"))
         for r in drivers:
             check_cancel()
             _call(r, "end", _OK)

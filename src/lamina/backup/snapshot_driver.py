@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from lamina.backup.logical import (
     STREAM_VERSION,
     LogicalBackupDriver,
+    LogicalBackupEngine,
     LogicalProvider,
     LogicalRestoreDriver,
     SinkFactory,
@@ -27,7 +28,6 @@ from lamina.backup.logical import (
 )
 from lamina.core.driver import (
     BackupDriver,
-    BackupEngine,
     BackupFlags,
     RestoreDriver,
     RestoreFlags,
@@ -44,7 +44,7 @@ class SnapshotBackupDriver(LogicalBackupDriver):
     label = DRIVER_NAME
 
 
-class SnapshotBackupEngine(BackupEngine):
+class SnapshotBackupEngine(LogicalBackupEngine):
     """The consistent-snapshot backup engine (``name = "snapshot"``, ``version = 1``).
 
     ``providers`` maps an engine name to its :class:`LogicalProvider` (None: restore only);

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamina.backup import image_format as F
+from lamina.backup import image_format
 from lamina.backup.image_reader import ImageReader, ReadableStream, image_summary, open_image_file
 
 
@@ -23,9 +23,9 @@ from lamina.backup.image_reader import ImageReader, ReadableStream, image_summar
 class VerifyReport:
     """A verified image: its header, catalog, manifest, size and chunk count."""
 
-    header: F.ImageHeader
-    catalog: F.ImageCatalog
-    manifest: F.Manifest
+    header: image_format.ImageHeader
+    catalog: image_format.ImageCatalog
+    manifest: image_format.Manifest
     size: int
     chunks: int
     raw_bytes: int

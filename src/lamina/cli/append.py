@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from lamina.cli.common import encode_arg, hex_option, open_database
+from lamina.cli.common import emit_json, encode_arg, hex_option, json_option, open_database
 from lamina.errors import UsageError
 
 
@@ -15,18 +15,29 @@ from lamina.errors import UsageError
 @click.argument("table")
 @click.argument("rows", nargs=-1, required=True)
 @hex_option
-def command(db: str, table: str, rows: tuple[str, ...], as_hex: bool) -> None:
+@json_option
+def command(db: str, table: str, rows: tuple[str, ...], as_hex: bool, as_json: bool) -> None:
     """Append rows to an archive table in one commit; prints the row ids."""
     if rows == ("-",):
+        if sys.stdin.isatty():
+            raise UsageError("'-' reads rows from stdin, which is a terminal; redirect it "
+                             "(< FILE, COMMAND |)")
         data = [encode_arg(line.rstrip("\n"), as_hex, "row")
                 for line in sys.stdin if line.strip("\n")]
     elif "-" in rows:
         raise UsageError("'-' (rows from stdin) must be the only ROW argument")
     else:
         data = [encode_arg(r, as_hex, "row") for r in rows]
-    if not data:
+    ids: list[int] = []
+    if data:
+        with open_database(db) as database:
+            ids = database.append_many(table, data)
+    if as_json:
+        emit_json({"table": table, "rows": len(ids),
+                   "first_row_id": ids[0] if ids else None,
+                   "last_row_id": ids[-1] if ids else None})
+    elif not ids:
         click.echo("nothing to append")
-        return
-    with open_database(db) as database:
-        ids = database.append_many(table, data)
-    click.echo(f"appended rows {ids[0]}..{ids[-1]}" if len(ids) > 1 else f"appended row {ids[0]}")
+    else:
+        click.echo(f"appended rows {ids[0]}..{ids[-1]}" if len(ids) > 1
+                   else f"appended row {ids[0]}")

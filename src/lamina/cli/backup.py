@@ -8,15 +8,61 @@ import sys
 import click
 
 from lamina.cli.common import (
+    POSITIVE,
+    TIMEOUT,
+    cancellation,
+    check_level,
     emit_json,
     human_bytes,
+    human_ms,
+    iso_time,
     json_option,
     open_database,
     progress_bar,
     progress_option,
     split_tables,
+    stdout_is_terminal,
 )
 from lamina.cli.repo import lock_timeout_option
+from lamina.errors import UsageError
+
+#: The default driver's table-lock timeout (seconds) when --table-lock-timeout is not given.
+DEFAULT_TABLE_LOCK_TIMEOUT = 30.0
+
+
+def check_driver_choice(driver: str | None) -> None:
+    """Validate ``--driver`` before any work: driver names, syntax, and no table (or the
+    overall choice) given twice. Table names are checked against the catalog later."""
+    if driver is None:
+        return
+    from lamina import online
+
+    online.parse_driver_choice(driver)  # names and syntax (DriverChoiceError: exit 2)
+    seen: set[str] = set()
+    for part in driver.split(","):
+        name, sep, _ = part.partition("=")
+        table = name.strip() if sep else "*"
+        if table in seen:
+            what = "every table" if table == "*" else f"table {table!r}"
+            raise UsageError(f"--driver chooses a driver for {what} twice")
+        seen.add(table)
+
+
+def _check_driver_tables(driver: str | None, tables: list[str] | None,
+                         names: set[str]) -> None:
+    """A table named in ``--driver`` must be in the backup: checked from the catalog before
+    the backup starts (so that a typo is not a failed backup in the history)."""
+    if driver is None:
+        return
+    from lamina import online
+    from lamina.errors import DriverChoiceError
+
+    _, per_table = online.parse_driver_choice(driver)
+    in_backup = names if tables is None else names & set(tables)
+    for name in per_table:
+        if name not in in_backup:
+            raise DriverChoiceError(f"driver chosen for table {name!r}, which is not in "
+                                    "this backup")
 
 
 @click.command("backup")
@@ -25,7 +71,8 @@ from lamina.cli.repo import lock_timeout_option
 @click.option("--tables", default=None, help="Comma-separated tables (default: all).")
 @click.option("--compress", "codec", type=click.Choice(["zstd", "zlib", "none"]),
               default="zstd", show_default=True)
-@click.option("--level", type=int, default=None, help="Compression level.")
+@click.option("--level", type=int, default=None,
+              help="Compression level (zstd -7..22, zlib 0..9; none takes no level).")
 @click.option("--repo", "repo_path", default=None, type=click.Path(),
               help="Back up into this repository (a layer when possible) instead of IMAGE.")
 @click.option("--full", is_flag=True, help="With --repo: a full image, never a layer.")
@@ -36,53 +83,71 @@ from lamina.cli.repo import lock_timeout_option
               help="Force backup drivers: native|snapshot|default for every table, or per "
                    "table as t1=default,t2=snapshot (default: native, else snapshot, else "
                    "default).")
-@click.option("--max-rate", type=float, default=None, metavar="MB/S",
+@click.option("--max-rate", type=POSITIVE, default=None, metavar="MB/S",
               help="Bound the backup's read rate (MB/s, 10^6 bytes per second).")
-@click.option("--table-lock-timeout", type=float, default=30.0, show_default=True,
-              help="Seconds the default driver tries to lock its tables (then exit 8).")
+@click.option("--table-lock-timeout", type=TIMEOUT, default=None,
+              help="Seconds the default driver tries to lock its tables (then exit 8) "
+                   f"[default: {DEFAULT_TABLE_LOCK_TIMEOUT:g}].")
 @lock_timeout_option
 @progress_option
 @json_option
 def command(db: str, image: str | None, tables: str | None, codec: str, level: int | None,
             repo_path: str | None, full: bool, base: str | None, driver: str | None,
             max_rate: float | None,
-            table_lock_timeout: float, lock_timeout: float,
+            table_lock_timeout: float | None, lock_timeout: float,
             show_progress: bool | None, as_json: bool) -> None:
     """Back up DB into IMAGE (a new file, or - for stdout), or into a repository with
-    --repo (prints the backup id)."""
+    --repo (prints the backup id). Ctrl-C or SIGTERM cancels cleanly (exit 10)."""
     from lamina import online
 
+    check_level(codec, level)
+    check_driver_choice(driver)
+    table_list = split_tables(tables)
     if repo_path is not None or image is None:
-        if base is not None:
-            from lamina.errors import UsageError
-            raise UsageError("--base names the base image of IMAGE; a repository picks "
-                             "the base itself")
+        for given, option in ((base, "--base"), (driver, "--driver"), (max_rate, "--max-rate"),
+                              (level, "--level"), (table_lock_timeout, "--table-lock-timeout")):
+            if given is not None:
+                raise UsageError(f"{option} cannot be used with --repo (the repository "
+                                 "picks the base and takes native backups)")
         from lamina.cli.repo import backup_to_repo
         backup_to_repo(db, image, repo_path, full=full, tables=tables, codec=codec,
                        lock_timeout=lock_timeout, show_progress=show_progress,
                        as_json=as_json)
         return
+    if full:
+        raise UsageError("--full applies only with --repo (an IMAGE is a full image unless "
+                         "--base makes it a layer)")
+    if image == "-" and stdout_is_terminal():
+        raise UsageError("refusing to write a binary backup image to a terminal; redirect "
+                         "stdout (> FILE, | COMMAND) or name an IMAGE file")
 
     target = sys.stdout.buffer if image == "-" else image
-    with open_database(db) as database, progress_bar("backup", show_progress) as progress:
-        result = online.backup(database, target, tables=split_tables(tables), codec=codec,
-                               level=level, progress=progress, driver=driver,
-                               max_rate=max_rate, lock_timeout=table_lock_timeout,
+    with cancellation() as cancel, open_database(db) as database, \
+            progress_bar("backup", show_progress, cancel=cancel) as progress:
+        _check_driver_tables(driver, table_list, {t.name for t in database.tables()})
+        result = online.backup(database, target, tables=table_list, codec=codec,
+                               level=level, progress=progress, cancel=cancel, driver=driver,
+                               max_rate=max_rate,
+                               lock_timeout=DEFAULT_TABLE_LOCK_TIMEOUT
+                               if table_lock_timeout is None else table_lock_timeout,
                                base=base)
     summary = online.describe(result)
     out = click.echo if image != "-" else (lambda msg: click.echo(msg, err=True))
     if as_json:
         if image == "-":
             import json
-            click.echo(json.dumps(summary, sort_keys=True), err=True)
+
+            from lamina.cli.common import json_ready
+            click.echo(json.dumps(json_ready(summary), sort_keys=True), err=True)
         else:
             emit_json(summary)
         return
     kind = "layer" if base is not None else "image"
     out(f"{kind} {summary['image_id']} -> {image}")
-    out(f"validity point: commit seq {summary['vp_commit_seq']}, "
-        f"time {summary['vp_time_ns'] / 1e9:.6f}")
+    out(f"validity point: commit seq {summary['vp_commit_seq']} at "
+        f"{iso_time(summary['vp_time_ns'])}")
     out(f"{human_bytes(summary['bytes'])} written ({human_bytes(summary['raw_bytes'])} raw) "
-        f"in {summary['seconds']:.2f}s; commit blocker held {summary['blocker_held_ms']:.3f} ms")
-    for table, driver in sorted(summary["drivers"].items()):
-        out(f"  {table}: {driver} driver")
+        f"in {summary['seconds']:.2f} s; commit blocker held "
+        f"{human_ms(result.blocker_held_ns)}")
+    for table, used in sorted(summary["drivers"].items()):
+        out(f"  {table}: {used} driver")

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from lamina.cli.common import emit_json, json_option, open_database
+from lamina.cli.common import echo_fields, emit_json, json_option, open_database
 from lamina.errors import CheckFailedError
 
 
@@ -20,8 +20,7 @@ def command(db: str, as_json: bool) -> None:
     if as_json:
         emit_json(report.to_json())
     else:
-        for key, value in sorted(report.stats.items()):
-            click.echo(f"{key}: {value}")
+        echo_fields(report.stats)
         for finding in report.findings:
             click.echo(f"FINDING {finding}")
         click.echo("ok: no problems found" if report.ok

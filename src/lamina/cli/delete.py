@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from lamina.cli.common import encode_arg, hex_option, open_database
+from lamina.cli.common import (
+    decode_out,
+    emit_json,
+    encode_arg,
+    hex_option,
+    json_option,
+    open_database,
+)
 from lamina.errors import NotFoundError
 
 
@@ -13,10 +20,15 @@ from lamina.errors import NotFoundError
 @click.argument("table")
 @click.argument("key")
 @hex_option
-def command(db: str, table: str, key: str, as_hex: bool) -> None:
+@json_option
+def command(db: str, table: str, key: str, as_hex: bool, as_json: bool) -> None:
     """Delete KEY from a btree table (one commit)."""
+    k = encode_arg(key, as_hex, "key")
     with open_database(db) as database:
-        found = database.delete(table, encode_arg(key, as_hex, "key"))
+        found = database.delete(table, k)
     if not found:
-        raise NotFoundError(f"key {key!r} not found in table {table!r}")
-    click.echo("deleted")
+        raise NotFoundError(f"key {key} not found in table {table}")
+    if as_json:
+        emit_json({"table": table, "key": decode_out(k, as_hex), "deleted": True})
+    else:
+        click.echo("deleted")

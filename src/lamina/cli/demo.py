@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 import lamina
-from lamina.errors import CheckFailedError
+from lamina.cli.common import emit_json, human_bytes, json_option
+from lamina.errors import AlreadyExistsError, CheckFailedError
 
 
 def _key(i: int) -> bytes:
@@ -39,33 +40,39 @@ class _Steps:
     """Times each step and collects a row for the summary table."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[str, str, float, str]] = []
+        self.rows: list[tuple[str, int, float, str]] = []
 
     def run(self, name: str, items: int, unit: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
         result = fn()
         elapsed = time.perf_counter() - start
         rate = f"{items / elapsed:,.0f} {unit}/s" if items and elapsed > 0 else ""
-        self.rows.append((name, f"{items:,}" if items else "", elapsed, rate))
+        self.rows.append((name, items, elapsed, rate))
         return result
 
 
 @click.command("demo")
-@click.option("--keys", type=int, default=300_000, show_default=True,
+@click.option("--keys", type=click.IntRange(min=1), default=300_000, show_default=True,
               help="Keys to load into the btree table.")
-@click.option("--rows", type=int, default=100_000, show_default=True,
+@click.option("--rows", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Rows to append to the archive table.")
 @click.option("--dir", "directory", type=click.Path(), default=None,
               help="Keep the database here instead of a temporary directory.")
-def command(keys: int, rows: int, directory: str | None) -> None:
+@json_option
+def command(keys: int, rows: int, directory: str | None, as_json: bool) -> None:
     """Create a database, load and read keys and rows, check it, print a summary."""
-    console = Console()
+    if directory is not None and Path(directory).exists() and any(Path(directory).iterdir()):
+        raise AlreadyExistsError(f"{directory} exists; --dir names a new database directory")
     with tempfile.TemporaryDirectory(prefix="lamina-demo-") as tmp:
         path = Path(directory) if directory else Path(tmp) / "demo.db"
-        _run(console, path, keys, rows)
+        report = _run(path, keys, rows)
+    if as_json:
+        emit_json(report)
+    else:
+        _print(Console(), report)
 
 
-def _run(console: Console, path: Path, keys: int, rows: int) -> None:
+def _run(path: Path, keys: int, rows: int) -> dict[str, Any]:
     steps = _Steps()
     rng = random.Random(42)
     db = lamina.open(path)
@@ -111,7 +118,7 @@ def _run(console: Console, path: Path, keys: int, rows: int) -> None:
         scanned = steps.run("btree full range scan", keys, "keys", range_scan)
         with db.read() as txn:
             counted = txn.table("kv").count(_key(keys // 4), _key(keys // 2))
-        steps.rows.append(("btree count(lo, hi) from subtree counts", f"{counted:,}", 0.0, ""))
+        steps.rows.append(("btree count(lo, hi) from subtree counts", counted, 0.0, ""))
         lines = [_log_line(i, rng) for i in range(rows)]
 
         def appends() -> None:
@@ -136,32 +143,54 @@ def _run(console: Console, path: Path, keys: int, rows: int) -> None:
                                    report.findings)
         stat = db.stat()
         with tempfile.TemporaryDirectory(prefix="lamina-demo-backup-") as work:
-            backup_rows = _online_backup(db, Path(work), steps)
+            backup_report = _online_backup(db, Path(work), steps)
     finally:
         db.close()
 
-    table = Table(title=f"lamina demo — {path}")
+    bt = stat["btree"]
+    ev = stat["archive"]["events"]
+    return {"path": str(path),
+            "steps": [{"step": name, "items": items, "seconds": secs, "rate": rate}
+                      for name, items, secs, rate in steps.rows],
+            "btree": {"table": "kv", "entries": bt.get("entries"), "scanned": scanned,
+                      "depth": bt.get("depth"), "txnid": bt.get("txnid"),
+                      "file_size": bt.get("file_size"), "commit_seq": stat["commit_seq"]},
+            "archive": {"table": "events", "rows": ev.get("rows"),
+                        "stored_bytes": ev.get("stored_bytes"), "ratio": ev.get("ratio"),
+                        "generation": ev.get("generation")},
+            "check": "clean", **backup_report}
+
+
+def _print(console: Console, report: dict[str, Any]) -> None:
+    table = Table(title=f"lamina demo — {report['path']}")
     table.add_column("step")
     table.add_column("items", justify="right")
     table.add_column("seconds", justify="right")
     table.add_column("rate", justify="right")
-    for name, items, secs, rate in steps.rows:
-        table.add_row(name, items, f"{secs:.3f}" if secs else "", rate)
+    for step in report["steps"]:
+        items = f"{step['items']:,}" if step["items"] else ""
+        table.add_row(step["step"], items, f"{step['seconds']:.3f}" if step["seconds"] else "",
+                      step["rate"])
     console.print(table)
-    bt = stat["btree"]
-    ev = stat["archive"]["events"]
-    console.print(f"btree: {bt.get('entries', '?')} entries in 'kv' scan={scanned:,}, "
-                  f"depth {bt.get('depth', '?')}, txnid {bt.get('txnid', '?')}, "
-                  f"file {bt.get('file_size', '?')} bytes; commit seq {stat['commit_seq']}")
-    console.print(f"archive 'events': {ev.get('rows', '?')} rows, "
-                  f"{ev.get('stored_bytes', '?')} bytes stored "
-                  f"(ratio {ev.get('ratio', '?')}), generation {ev.get('generation', '?')}")
+    bt, ev = report["btree"], report["archive"]
+    console.print(f"btree: {bt['entries']:,} entries in 'kv' (scan read {bt['scanned']:,}), "
+                  f"depth {bt['depth']}, txnid {bt['txnid']}, "
+                  f"file {human_bytes(bt['file_size'] or 0)}; commit seq {bt['commit_seq']}")
+    console.print(f"archive 'events': {ev['rows']:,} rows, "
+                  f"{human_bytes(ev['stored_bytes'] or 0)} stored "
+                  f"(ratio {ev['ratio']}), generation {ev['generation']}")
     console.print("[bold green]check: clean[/bold green]")
-    for line in backup_rows:
-        console.print(line)
+    sizes = ", ".join(f"{b['kind']} {human_bytes(b['size'])} at seq {b['vp_commit_seq']}"
+                      for b in report["backups"])
+    console.print(f"online backups: {sizes}; commit blocker held at most "
+                  f"{report['blocker_held_max_ms']:.3f} ms; writer committed "
+                  f"{report['writer_commits']:,} transactions meanwhile")
+    for r in report["restores"]:
+        console.print(f"restored {r['chain']} = workload state after seq {r['at_seq']} "
+                      f"({r['commits_applied']} workload commits): exact")
 
 
-def _online_backup(db: lamina.Database, work: Path, steps: _Steps) -> list[str]:
+def _online_backup(db: lamina.Database, work: Path, steps: _Steps) -> dict[str, Any]:
     """While a workload writer commits: a full backup and two layers. Then restore the
     whole chain and its middle point, verify both deep, and prove each holds exactly the
     workload's state at its validity point."""
@@ -198,7 +227,7 @@ def _online_backup(db: lamina.Database, work: Path, steps: _Steps) -> list[str]:
         finally:
             stop.set()
             thread.join()
-    lines = []
+    restores = []
     for label, prefix in (("chain full+layer1+layer2", images), ("middle point full+layer1",
                                                                   images[:2])):
         dest = work / ("restored-" + str(len(prefix)))
@@ -207,10 +236,9 @@ def _online_backup(db: lamina.Database, work: Path, steps: _Steps) -> list[str]:
         steps.run(f"verify --deep {label}", 0, "", partial(chain.verify_chain, prefix, deep=True))
         with lamina.open(dest, create=False) as copy:
             summary = workload.verify(copy, log_path)
-        lines.append(f"restored {label} = workload state after seq {summary['at_seq']} "
-                     f"({summary['commits_applied']} workload commits): exact")
-    sizes = ", ".join(f"{r.manifest.kind.name.lower()} {r.size:,} B at seq {r.vp.commit_seq}"
-                      for r in results)
-    held = max(r.blocker_held_ns for r in results) / 1e6
-    return [f"online backups: {sizes}; commit blocker held at most {held:.3f} ms; "
-            f"writer committed {sum(done):,} transactions meanwhile", *lines]
+        restores.append({"chain": label, "at_seq": summary["at_seq"],
+                         "commits_applied": summary["commits_applied"]})
+    return {"backups": [{"kind": r.manifest.kind.name.lower(), "image_id": str(r.image_id),
+                         "size": r.size, "vp_commit_seq": r.vp.commit_seq} for r in results],
+            "blocker_held_max_ms": max(r.blocker_held_ns for r in results) / 1e6,
+            "writer_commits": sum(done), "restores": restores}

@@ -2,32 +2,67 @@
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
+from typing import Any
 
 import click
 
-from lamina.cli.common import emit_json, human_bytes, json_option, open_database
+from lamina.cli.common import emit_json, human_bytes, iso_time, json_option, open_database
 
 
-def _when(ns: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9)) if ns else "-"
+def image_id_of(entry: Any, directory: Path) -> str | None:
+    """The id of the image a history entry produced: the one ``backup``, ``info`` and
+    ``list`` print.
+
+    The history records it when the glue gives it (``image_id``); older records do not
+    (see the report of issue 10), so for a finished backup into a file the image's header
+    is read, and accepted only if it is the same database's image at the entry's VP."""
+    recorded = getattr(entry, "image_id", None)
+    if recorded:
+        return str(recorded)
+    if entry.state != "done" or not entry.target or entry.target == "-":
+        return None
+    from lamina.backup.image_reader import read_info
+    from lamina.errors import LaminaError
+
+    target = Path(entry.target)
+    if not target.is_absolute():
+        target = Path.cwd() / target
+    try:
+        info = read_info(target)
+    except (LaminaError, OSError):
+        return None
+    if info.manifest.vp.commit_seq != entry.vp_commit_seq or \
+            info.manifest.vp.wall_ns != entry.vp_time_ns:
+        return None
+    return str(info.header.image_id)
 
 
 @click.command("history")
 @click.argument("db", type=click.Path())
 @json_option
 def command(db: str, as_json: bool) -> None:
-    """List backups: id, start, VP time and seq, end, state, bytes, drivers, error."""
+    """List backups: image id, start, state, VP seq and time, end, bytes, drivers, error."""
     from lamina.backup.history import BackupHistory
 
     with open_database(db, readonly=True) as database:
         entries = BackupHistory(database.path, database.lockfile).entries()
+        directory = database.path
+    rows = [(e, image_id_of(e, directory)) for e in entries]
     if as_json:
-        emit_json([e.to_json() for e in entries])
+        # "backup_id" means an image's id everywhere else (list, repo backup, prune): the
+        # history's own record id is "history_id" here.
+        out = []
+        for e, image_id in rows:
+            record = e.to_json()
+            record["history_id"] = record.pop("backup_id")
+            out.append({**record, "image_id": image_id})
+        emit_json(out)
         return
-    for e in entries:
+    for e, image_id in rows:
         drivers = ",".join(sorted(set(e.drivers.values()))) or "-"
-        line = (f"{e.backup_id[:8]}  {_when(e.started_ns)}  {e.shown_state():9}  "
-                f"vp seq {e.vp_commit_seq or '-'} at {_when(e.vp_time_ns)}  "
-                f"ended {_when(e.ended_ns)}  {human_bytes(e.bytes)}  {drivers}")
+        line = (f"{image_id or '-':36}  {e.kind:5}  {e.shown_state():9}  "
+                f"started {iso_time(e.started_ns)}  "
+                f"vp seq {e.vp_commit_seq or '-'} at {iso_time(e.vp_time_ns)}  "
+                f"ended {iso_time(e.ended_ns)}  {human_bytes(e.bytes)}  {drivers}")
         click.echo(line + (f"  error: {e.error}" if e.error else ""))

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import click
 
-from lamina.cli.common import emit_json, human_bytes, json_option
+from lamina.cli.common import (
+    emit_json,
+    flatten,
+    human_bytes,
+    human_key,
+    human_value,
+    json_option,
+)
+
+
+def _facts(facts: Mapping[str, Any]) -> str:
+    return ", ".join(f"{human_key(k)} {human_value(k, v)}" for k, v in flatten(facts)) or "-"
 
 
 @click.command("info")
@@ -18,16 +32,26 @@ def command(image: str, as_json: bool) -> None:
     if as_json:
         emit_json(summary)
         return
+    scalars = [(k, v) for k, v in summary.items() if not isinstance(v, dict | list)]
+    for key, value in scalars:
+        click.echo(f"{human_key(key)}: {human_value(key, value)}")
+    vp = summary.get("vp")
+    if isinstance(vp, Mapping):
+        click.echo(f"vp: commit seq {vp.get('commit_seq')} at "
+                   f"{human_value('wall_ns', vp.get('wall_ns'))}")
+    drivers = summary.get("drivers") or []
+    click.echo("drivers:" if drivers else "drivers: -")
+    for d in drivers:
+        click.echo(f"  {d.get('name')} v{d.get('version')} ({d.get('kind')}, common stream "
+                   f"{d.get('common_stream')}): {_facts(d.get('vp_info') or {})}")
+    tables = summary.get("tables") or []
+    click.echo("tables:" if tables else "tables: -")
+    for t in tables:
+        click.echo(f"  {t.get('name')}: {t.get('engine')} table id {t.get('table_id')}, "
+                   f"{t.get('driver')} driver, stream {t.get('stream')}, "
+                   f"{human_bytes(t.get('raw_bytes') or 0)} raw, "
+                   f"{human_bytes(t.get('stored_bytes') or 0)} stored, "
+                   f"{t.get('chunks')} chunks, hash {t.get('hash')}")
     for key, value in summary.items():
-        if isinstance(value, (dict, list)):
-            continue
-        click.echo(f"{key}: {human_bytes(value) if key.endswith('size') else value}")
-    for key, value in summary.items():
-        if isinstance(value, list):
-            click.echo(f"{key}:")
-            for item in value:
-                click.echo(f"  {item}")
-        elif isinstance(value, dict):
-            click.echo(f"{key}:")
-            for k, v in value.items():
-                click.echo(f"  {k}: {v}")
+        if key not in ("vp", "drivers", "tables") and isinstance(value, dict | list):
+            click.echo(f"{human_key(key)}: {human_value(key, value)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lamina.cli.common import emit_json, human_bytes, json_option
+from lamina.cli.common import emit_json, human_bytes, iso_time, json_option
 from lamina.cli.repo import lock_timeout_option, note_rebuilt, open_repository
 
 
@@ -23,7 +23,7 @@ def command(repo_path: str, lock_timeout: float, as_json: bool) -> None:
     if not entries:
         click.echo("no backups")
         return
-    click.echo(f"{'ID':36}  {'KIND':9}  {'BASE':8}  {'DATABASE':8}  {'VP TIME (UTC)':26}  "
+    click.echo(f"{'ID':36}  {'KIND':9}  {'BASE':8}  {'DATABASE':8}  {'VP TIME (UTC)':27}  "
                f"{'SEQ':>8}  {'SIZE':>10}  {'CHAIN':>10}")
     for e in entries:
         j = e.to_json()
@@ -32,7 +32,7 @@ def command(repo_path: str, lock_timeout: float, as_json: bool) -> None:
             click.echo(f"{j['id']:36}  damaged: {e.record.error}")
             continue
         line = (f"{j['id']:36}  {kind:9}  {(j['base'] or '-')[:8]:8}  "
-                f"{j['database_id'][:8]:8}  {j['vp_time'][:26]:26}  {j['vp_seq']:>8}  "
+                f"{j['database_id'][:8]:8}  {iso_time(j['vp_time_ns']):27}  {j['vp_seq']:>8}  "
                 f"{human_bytes(j['size']):>10}  {human_bytes(j['chain_size']):>10}")
         click.echo(line + (f"  BROKEN: {e.problem}" if e.problem else ""))
     if any(e.to_json()["synthetic"] for e in entries):

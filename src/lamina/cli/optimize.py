@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lamina.cli.common import emit_json, json_option, open_database
+from lamina.cli.common import emit_json, flatten, human_key, human_value, json_option, open_database
 
 
 @click.command("optimize")
@@ -18,4 +18,4 @@ def command(db: str, table: str, as_json: bool) -> None:
     if as_json:
         emit_json(stats)
     else:
-        click.echo(", ".join(f"{k}={v}" for k, v in sorted(stats.items())))
+        click.echo(", ".join(f"{human_key(k)} {human_value(k, v)}" for k, v in flatten(stats)))

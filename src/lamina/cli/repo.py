@@ -6,16 +6,29 @@ from typing import TYPE_CHECKING
 
 import click
 
-from lamina.cli.common import emit_json, human_bytes, json_option, open_database, progress_bar
+from lamina.cli.common import (
+    TIMEOUT,
+    cancellation,
+    cancellation_if,
+    emit_json,
+    human_bytes,
+    json_option,
+    open_database,
+    progress_bar,
+)
 from lamina.errors import UsageError
 
 if TYPE_CHECKING:
     from lamina.repository import Repository
 
 DEFAULT_LOCK_TIMEOUT = 60.0
+#: What a restore's progress bar says while it reads, then while it proves the result.
+RESTORE_PHASES = ("copying", "proving the root hash, checking")
+#: The same for a verification.
+VERIFY_PHASES = ("reading", "checking")
 
 lock_timeout_option = click.option(
-    "--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT, show_default=True,
+    "--lock-timeout", type=TIMEOUT, default=DEFAULT_LOCK_TIMEOUT, show_default=True,
     help="Seconds to wait for the repository lock (then exit 8).")
 
 
@@ -76,8 +89,10 @@ def backup_to_repo(db: str, image: str | None, repo_path: str | None, *, full: b
         raise UsageError("--tables cannot be used with --repo (a repository keeps whole "
                          "databases, so layers and chains stay complete)")
     repo = open_repository(repo_path, lock_timeout)
-    with open_database(db) as database, progress_bar("backup", show_progress) as progress:
-        result = repo.backup(database, full=full, codec=codec, progress=progress)
+    with cancellation() as cancel, open_database(db) as database, \
+            progress_bar("backup", show_progress, cancel=cancel) as progress:
+        result = repo.backup(database, full=full, codec=codec, progress=progress,
+                             cancel=cancel)
     note_rebuilt(repo, result.index_rebuilt)
     if as_json:
         emit_json(result.to_json())
@@ -94,9 +109,11 @@ def restore_from_repo(image: str | None, repo_path: str | None, dest: str, *,
     """``lamina restore --repo REPO [--id ID | --at TIME | latest] --to DEST``."""
     repo_path = _check_target(image, repo_path, "IMAGE")
     repo = open_repository(repo_path, lock_timeout)
-    with progress_bar("restore", show_progress) as progress:
+    with cancellation() as cancel, \
+            progress_bar("restore", show_progress, cancel=cancel,
+                         phases=RESTORE_PHASES) as progress:
         result = repo.restore(dest, backup_id, at, database=database, tables=tables,
-                              force=force, progress=progress)
+                              force=force, progress=progress, cancel=cancel)
     note_rebuilt(repo, result.index_rebuilt)
     info = result.to_json()
     if as_json:
@@ -114,7 +131,10 @@ def verify_repo(image: str | None, repo_path: str | None, *, backup_id: str | No
     """``lamina verify --repo REPO [--id ID]``: exits with the first failure's code."""
     repo_path = _check_target(image, repo_path, "IMAGE")
     repo = open_repository(repo_path, lock_timeout)
-    with progress_bar("verify", show_progress) as progress:
+    # Deep: progress after every chunk (a signal cancels at the next); else once per image.
+    with cancellation_if(deep) as cancel, \
+            progress_bar("verify", show_progress, cancel=cancel,
+                         phases=VERIFY_PHASES) as progress:
         report = repo.verify(backup_id, deep=deep, progress=progress)
     note_rebuilt(repo, report.index_rebuilt)
     if as_json:

@@ -7,8 +7,17 @@ import sys
 
 import click
 
-from lamina.cli.common import emit_json, json_option, progress_bar, progress_option, split_tables
-from lamina.cli.repo import lock_timeout_option
+from lamina.cli.common import (
+    cancellation,
+    emit_json,
+    iso_time,
+    json_option,
+    only_with_repo,
+    progress_bar,
+    progress_option,
+    split_tables,
+)
+from lamina.cli.repo import RESTORE_PHASES, lock_timeout_option
 
 
 @click.command("restore")
@@ -24,7 +33,7 @@ from lamina.cli.repo import lock_timeout_option
                    "zone, or epoch seconds).")
 @click.option("--database", default=None,
               help="With --repo: the database (id or prefix) when it holds several.")
-@click.option("--page-size", type=int, default=None,
+@click.option("--page-size", type=click.IntRange(min=1), default=None,
               help="Restore a logical (snapshot/default driver) image into this btree page "
                    "size; tables are rebuilt compact.")
 @lock_timeout_option
@@ -37,40 +46,60 @@ def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
     """Restore IMAGE (a file, or - for stdin) into DEST; published only once proven.
     Several images -- a full image, then its layers in chain order -- are restored as one
     chain in one pass, to the last one's validity point. With --repo, restore a backup's
-    whole chain (the latest, --id or --at)."""
+    whole chain (the latest, --id or --at). Ctrl-C or SIGTERM cancels cleanly (exit 10)."""
     from lamina import online
+    from lamina.engines.btree import format as btree_format
     from lamina.errors import UsageError
 
+    only_with_repo(repo_path, id=backup_id, at=at, database=database)
+    if page_size is not None and not btree_format.valid_page_size(page_size):
+        raise UsageError(f"--page-size {page_size} is not a power of two in 1024..65536")
+    if at is not None:
+        from lamina.repository.repository import parse_time
+        parse_time(at)  # UsageError for a bad time, before the repository is opened
+    table_list = split_tables(tables)
     image = images[0] if images else None
     if repo_path is not None or image is None:
         if len(images) > 1:
             raise UsageError("with --repo, name at most one backup")
+        if page_size is not None:
+            raise UsageError("--page-size cannot be used with --repo")
         from lamina.cli.repo import restore_from_repo
         restore_from_repo(image, repo_path, dest, backup_id=backup_id, at=at,
-                          database=database, tables=split_tables(tables), force=force,
+                          database=database, tables=table_list, force=force,
                           lock_timeout=lock_timeout, show_progress=show_progress,
                           as_json=as_json)
         return
+    if "-" in images and len(images) > 1:
+        raise UsageError("'-' (an image from stdin) must be the only IMAGE")
+    if image == "-" and sys.stdin.isatty():
+        raise UsageError("refusing to read a backup image from a terminal; redirect stdin "
+                         "(< FILE, COMMAND |) or name an IMAGE file")
 
     if _is_chain(images):
         if page_size is not None:
             raise UsageError("--page-size applies to logical images, not to chains")
-        with progress_bar("restore", show_progress) as progress:
-            summary = online.restore_chain(list(images), dest, tables=split_tables(tables),
-                                           force=force, progress=progress)
+        with cancellation() as cancel, \
+                progress_bar("restore", show_progress, cancel=cancel,
+                             phases=RESTORE_PHASES) as progress:
+            summary = online.restore_chain(list(images), dest, tables=table_list,
+                                           force=force, progress=progress, cancel=cancel)
     else:
         source = sys.stdin.buffer if image == "-" else image
-        with progress_bar("restore", show_progress) as progress:
-            summary = online.restore(source, dest, tables=split_tables(tables), force=force,
-                                     progress=progress, page_size=page_size)
+        with cancellation() as cancel, \
+                progress_bar("restore", show_progress, cancel=cancel,
+                             phases=RESTORE_PHASES) as progress:
+            summary = online.restore(source, dest, tables=table_list, force=force,
+                                     progress=progress, cancel=cancel, page_size=page_size)
     if as_json:
         emit_json(summary.to_json())
         return
     info = summary.to_json()
     what = f"chain of {len(images)} images" if len(images) > 1 else "image"
     click.echo(f"restored {what} {info['image_id']} into {dest}: state at commit seq "
-               f"{info['vp_commit_seq']}, {len(info['tables'])} table(s), "
-               f"{info['seconds']:.2f}s; root hash and checker verified")
+               f"{info['vp_commit_seq']} ({iso_time(info['vp_time_ns'])}), "
+               f"{len(info['tables'])} table(s), {info['seconds']:.2f} s; root hash and "
+               "checker verified")
 
 
 def _is_chain(images: tuple[str, ...]) -> bool:

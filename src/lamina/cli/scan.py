@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
+import sys
 from collections.abc import Iterator
 
 import click
 
 from lamina.cli.common import (
     decode_out,
-    emit_json,
     encode_arg,
     hex_option,
     json_option,
@@ -24,15 +25,21 @@ from lamina.errors import UsageError
 @click.option("--prefix", default=None, help="Btree: only keys starting with this.")
 @click.option("--start", default=None,
               help="Btree: first key (>=). Archive: first row id (default 1).")
-@click.option("--limit", type=int, default=None, help="At most this many entries.")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="At most this many entries.")
 @hex_option
 @json_option
 def command(db: str, table: str, prefix: str | None, start: str | None, limit: int | None,
             as_hex: bool, as_json: bool) -> None:
-    """Print entries in key order (btree) or row-id order (archive), one per line."""
+    """Print entries in key order (btree) or row-id order (archive), one per line; with
+    --json one JSON object per line (JSON Lines), streamed as it is read."""
+    pfx = None if prefix is None else encode_arg(prefix, as_hex, "prefix")
+    # Written through stdout's buffer, one line per entry: memory stays constant however
+    # many entries there are, and a reader sees the first lines at once.
+    write = sys.stdout.write
+    dumps = json.JSONEncoder(sort_keys=True).encode
     with open_database(db, readonly=True) as database:
         info = database.table_info(table)
-        out: list[dict[str, object]] = []
         if info.engine == "archive":
             if prefix is not None:
                 raise UsageError("--prefix applies to btree tables only")
@@ -44,14 +51,13 @@ def command(db: str, table: str, prefix: str | None, start: str | None, limit: i
             rows: Iterator[tuple[int, bytes]] = database.scan(table, first)
             for row_id, row in itertools.islice(rows, limit):
                 if as_json:
-                    out.append({"row_id": row_id, "row": decode_out(row, as_hex)})
+                    write(dumps({"row_id": row_id, "row": decode_out(row, as_hex)}) + "\n")
                 else:
-                    click.echo(f"{row_id}\t{decode_out(row, as_hex)}")
+                    write(f"{row_id}\t{decode_out(row, as_hex)}\n")
         else:
             with database.read() as txn:
                 t = txn.table(table)
-                if prefix is not None:
-                    pfx = encode_arg(prefix, as_hex, "prefix")
+                if pfx is not None:
                     items = t.prefix(pfx)
                     if start is not None:
                         lo = encode_arg(start, as_hex, "start")
@@ -61,8 +67,7 @@ def command(db: str, table: str, prefix: str | None, start: str | None, limit: i
                 for key, value in itertools.islice(items, limit):
                     k, v = decode_out(key, as_hex), decode_out(value, as_hex)
                     if as_json:
-                        out.append({"key": k, "value": v})
+                        write(dumps({"key": k, "value": v}) + "\n")
                     else:
-                        click.echo(f"{k}\t{v}")
-    if as_json:
-        emit_json(out)
+                        write(f"{k}\t{v}\n")
+    sys.stdout.flush()

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
-from lamina.cli.common import emit_json, human_bytes, json_option, open_database
-
-
-def _flatten(prefix: str, obj: Any, out: list[tuple[str, Any]]) -> None:
-    if isinstance(obj, dict):
-        for key in sorted(obj):
-            _flatten(f"{prefix}.{key}" if prefix else str(key), obj[key], out)
-    else:
-        out.append((prefix, obj))
+from lamina.cli.common import echo_fields, emit_json, json_option, open_database
 
 
 @click.command("stat")
@@ -27,9 +17,4 @@ def command(db: str, as_json: bool) -> None:
     if as_json:
         emit_json(stats)
         return
-    rows: list[tuple[str, Any]] = []
-    _flatten("", stats, rows)
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        shown = human_bytes(value) if key.endswith("bytes") and isinstance(value, int) else value
-        click.echo(f"{key.ljust(width)}  {shown}")
+    echo_fields(stats)

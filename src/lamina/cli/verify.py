@@ -7,8 +7,16 @@ import sys
 
 import click
 
-from lamina.cli.common import emit_json, json_option, progress_bar, progress_option
-from lamina.cli.repo import lock_timeout_option
+from lamina.cli.common import (
+    cancellation,
+    cancellation_if,
+    emit_json,
+    json_option,
+    only_with_repo,
+    progress_bar,
+    progress_option,
+)
+from lamina.cli.repo import VERIFY_PHASES, lock_timeout_option
 
 
 @click.command("verify")
@@ -29,21 +37,31 @@ def command(images: tuple[str, ...], deep: bool, repo_path: str | None, backup_i
     Several images (a full image, then its layers in order) are verified as a chain: its
     links (exit 11 if broken), every image, and with --deep the Merkle root at the last
     layer's validity point. With --repo, verify each backup's whole chain (exit with the
-    first failure's code)."""
+    first failure's code). Ctrl-C or SIGTERM cancels (exit 10)."""
     from lamina import online
+    from lamina.errors import UsageError
 
+    only_with_repo(repo_path, id=backup_id)
     image = images[0] if images else None
     if repo_path is not None or image is None:
         if len(images) > 1:
-            from lamina.errors import UsageError
             raise UsageError("with --repo, name at most one backup")
         from lamina.cli.repo import verify_repo
         verify_repo(image, repo_path, backup_id=backup_id, deep=deep,
                     lock_timeout=lock_timeout, show_progress=show_progress, as_json=as_json)
         return
+    if "-" in images and len(images) > 1:
+        raise UsageError("'-' (an image from stdin) must be the only IMAGE")
+    if image == "-" and sys.stdin.isatty():
+        raise UsageError("refusing to read a backup image from a terminal; redirect stdin "
+                         "(< FILE, COMMAND |) or name an IMAGE file")
 
     if len(images) > 1 or (deep and image != "-" and _is_layer(image)):
-        with progress_bar("verify", show_progress) as progress:
+        # Deep: progress after every chunk, so a signal cancels at the next one; else
+        # progress comes once per image and a signal interrupts at once.
+        with cancellation_if(deep) as cancel, \
+                progress_bar("verify", show_progress, cancel=cancel,
+                             phases=VERIFY_PHASES) as progress:
             report = online.verify_chain(list(images), deep=deep, progress=progress)
         if as_json:
             emit_json(report)
@@ -54,8 +72,16 @@ def command(images: tuple[str, ...], deep: bool, repo_path: str | None, backup_i
                    f"{report['chunks']} chunks{deep_note})")
         return
     source = sys.stdin.buffer if image == "-" else image
-    with progress_bar("verify", show_progress) as progress:
-        report = online.verify(source, deep=deep, progress=progress)
+    if deep:
+        # The deep verification reports progress after every chunk: a signal sets the
+        # token and the next callback cancels it cleanly (the glue takes no cancel token).
+        with cancellation() as cancel, \
+                progress_bar("verify", show_progress, cancel=cancel,
+                             phases=VERIFY_PHASES) as progress:
+            report = online.verify(source, deep=True, progress=progress)
+    else:
+        # No progress callback and no cancel token below: a signal interrupts at once.
+        report = online.verify(source, deep=False)
     if as_json:
         emit_json(report)
         return

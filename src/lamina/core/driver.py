@@ -234,12 +234,14 @@ class BackupFlags:
     """Options for :meth:`BackupEngine.get_backup` (MySQL passes a flag word; this is typed).
 
     ``layer`` asks for an incremental image: only what changed after the base image's VP.
-    ``base_vp_info`` is what this driver reported from ``vp_info()`` in the base image (for
-    example the btree txnid at the base VP); ``base_vp_seq`` is the base image's commit seq.
+    ``base_facts`` is what this driver reported from ``vp_info()`` in the base image,
+    decoded by :meth:`BackupEngine.decode_vp_facts` (for example the btree txnid at the base
+    VP), or None when the base image has no data of this driver; ``base_vp_seq`` is the
+    base image's commit seq.
     """
 
     layer: bool = False
-    base_vp_info: Mapping[str, Any] | None = None
+    base_facts: VpFacts | None = None
     base_vp_seq: int = 0
 
 
@@ -339,17 +341,17 @@ class BackupDriver(abc.ABC):
     def size(self) -> int | None:
         """Bytes expected in total (an estimate, may change); None if unknown. O(1)."""
 
-    def vp_info(self) -> Mapping[str, Any]:
-        """Facts about the VP this driver froze, stored in the image manifest.
+    def vp_info(self) -> VpFacts:
+        """Facts about the VP this driver froze, stored in the image manifest (as
+        ``to_json()``).
 
-        Called once, after ``get_data`` returned DONE and before ``end()``. Must be
-        JSON-serializable (str keys; str/int/float/bool/None/list/dict values). Examples:
-        a btree driver's ``{"txnid": 812, "root_hash": "9f..."}``, an archive driver's
-        ``{"tables": {"log": {"rows": 1200, "position": 65536}}}``. A later layer's
-        driver gets these back as ``BackupFlags.base_vp_info``; the restore driver gets them
-        through ``RestoreDriver.set_vp_info``.
+        Called once, after ``get_data`` returned DONE and before ``end()``. A btree driver
+        reports its txnid and root hash, an archive driver each table's rows and position.
+        A later layer's driver gets these back, decoded by its engine's
+        :meth:`BackupEngine.decode_vp_facts`, as ``BackupFlags.base_facts``; the restore
+        driver gets them through :meth:`RestoreDriver.set_vp_info`.
         """
-        return {}
+        return NoFacts()
 
 
 class AtBeginDriver(BackupDriver):
@@ -398,7 +400,7 @@ class RestoreDriver(abc.ABC):
     #: Why the last call returned ERROR; the kernel raises it after clean-up.
     error: LaminaError | None = None
     #: The VP facts of the backup driver, set by :meth:`set_vp_info` before ``end()``.
-    vp_facts: dict[str, Any] | None = None
+    vp_facts: VpFacts | None = None
 
     @abc.abstractmethod
     def begin(self) -> Result:
@@ -413,10 +415,11 @@ class RestoreDriver(abc.ABC):
         image as a whole is only proven (stream hashes, manifest) before ``end()``.
         """
 
-    def set_vp_info(self, info: Mapping[str, Any]) -> None:
-        """Receive the backup driver's ``vp_info()`` facts once the image is verified,
-        before ``end()``, so ``end()`` can check what it restored (e.g. a root hash)."""
-        self.vp_facts = dict(info)
+    def set_vp_info(self, facts: VpFacts) -> None:
+        """Receive the backup driver's ``vp_info()`` facts (decoded by the engine's
+        :meth:`BackupEngine.decode_vp_facts`) once the image is verified, before ``end()``,
+        so ``end()`` can check what it restored (e.g. a root hash)."""
+        self.vp_facts = facts
 
     @abc.abstractmethod
     def end(self) -> Result:
@@ -448,6 +451,14 @@ class BackupEngine(abc.ABC):
         Must not hold resources that need releasing: ``begin()`` acquires them. Raises a
         LaminaError (e.g. DriverChoiceError) if it cannot back these tables up.
         """
+
+    def decode_vp_facts(self, data: object, where: str) -> VpFacts:
+        """Decode the JSON form of this engine's drivers' VP facts (from an image manifest).
+
+        Raises CorruptionError naming ``where`` when a fact is missing or mistyped. Engines
+        whose drivers record facts override this with their own record's ``from_json``.
+        """
+        return NoFacts.from_json(data, where)
 
     @abc.abstractmethod
     def get_restore(self, version: int, tables: Sequence[TableSpec],

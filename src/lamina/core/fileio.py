@@ -8,6 +8,8 @@ naming the path, so "disk full" is one clear line.
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 from collections import Counter
 from pathlib import Path
@@ -27,6 +29,20 @@ def open_fd(path: str | Path, flags: int, mode: int = 0o644) -> int:
         raise
     except OSError as exc:
         raise storage_error(exc, "open", path) from exc
+
+
+def close_fd(fd: int, path: object = "") -> None:
+    """``os.close`` with counting and error translation (StorageError naming ``path``).
+
+    The descriptor is released even when the close reports an error (Linux semantics), so
+    never call it twice for one descriptor; callers that must not raise (clean-up paths)
+    suppress StorageError.
+    """
+    COUNTERS["close"] += 1
+    try:
+        os.close(fd)
+    except OSError as exc:
+        raise storage_error(exc, "close", path) from exc
 
 
 def pread(fd: int, size: int, offset: int, path: object = "") -> bytes:
@@ -49,6 +65,17 @@ def pwrite(fd: int, data: bytes | bytearray | memoryview, offset: int, path: obj
             offset += n
     except OSError as exc:
         raise storage_error(exc, "write", path) from exc
+
+
+def map_readonly(fd: int, size: int, path: object = "") -> mmap.mmap:
+    """A read-only shared memory map of the first ``size`` bytes of the file at ``fd``
+    (``size`` > 0, at most the file's size); StorageError (e.g. out of address space)
+    naming ``path``. The map stays valid after ``fd`` is closed."""
+    COUNTERS["mmap"] += 1
+    try:
+        return mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    except OSError as exc:
+        raise storage_error(exc, "map", path) from exc
 
 
 def fsync(fd: int, path: object = "") -> None:
@@ -85,6 +112,39 @@ def truncate(fd: int, size: int, path: object = "") -> None:
         os.ftruncate(fd, size)
     except OSError as exc:
         raise storage_error(exc, "truncate", path) from exc
+
+
+#: ``posix_fallocate`` errors that mean "not supported here", not "no space".
+_NO_FALLOCATE = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+
+
+def reserve(fd: int, size: int, path: object = "") -> None:
+    """Give bytes ``[0, size)`` of the file real blocks, extending it to ``size`` if shorter
+    (never shrinking it), so that stores through a memory map of them cannot fault.
+
+    A sparse range that is mapped and written raises SIGBUS on a full disk; this raises a
+    StorageError ("disk full") instead. Uses ``posix_fallocate``; where the file system does
+    not support it, writes zeros over the whole range, so call it only on a file no other
+    process is using (its content afterwards is unspecified).
+    """
+    COUNTERS["reserve"] += 1
+    try:
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, size)
+                return
+            except OSError as exc:
+                if exc.errno not in _NO_FALLOCATE:
+                    raise
+        zeros = bytes(min(size, 1 << 16))
+        offset = 0
+        while offset < size:
+            n = os.pwrite(fd, zeros[: size - offset], offset)
+            if n <= 0:  # pragma: no cover - a regular file reports ENOSPC instead
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            offset += n
+    except OSError as exc:
+        raise storage_error(exc, "reserve space for", path) from exc
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -140,6 +200,55 @@ def stat(path: str | Path) -> os.stat_result:
         raise
     except OSError as exc:
         raise storage_error(exc, "stat", path) from exc
+
+
+def exists(path: str | Path) -> bool:
+    """Whether ``path`` exists, as ``Path.exists`` decides (a missing file or directory
+    component, a symlink loop: False); any other OS error is a StorageError."""
+    COUNTERS["stat"] += 1
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EBADF):
+            return False
+        raise storage_error(exc, "stat", path) from exc
+    return True
+
+
+def identity(fd: int, path: object = "") -> tuple[int, int]:
+    """``(device, inode)`` of the open file ``fd``: which file it is, even once renamed over."""
+    COUNTERS["fstat"] += 1
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise storage_error(exc, "stat", path) from exc
+    return st.st_dev, st.st_ino
+
+
+def listdir(path: str | Path) -> list[str]:
+    """The names in directory ``path`` (``os.listdir``)."""
+    COUNTERS["listdir"] += 1
+    try:
+        return os.listdir(path)
+    except OSError as exc:
+        raise storage_error(exc, "list", path) from exc
+
+
+def create_new(path: str | Path, mode: int = 0o644) -> int:
+    """Create ``path`` for writing, only if no file (or symbolic link) of that name exists;
+    returns the descriptor. FileExistsError passes through (the caller must not overwrite,
+    nor later remove, a file it did not create); other errors are StorageError."""
+    COUNTERS["open"] += 1
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return os.open(path, flags, mode)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, "create", path) from exc
 
 
 def atomic_write_file(path: str | Path, data: bytes, *, sync: bool = True) -> None:

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import mmap
 import os
+import random
 import struct
 import threading
 import time
@@ -30,15 +31,20 @@ from pathlib import Path
 
 import xxhash
 
+from lamina.core import fileio
 from lamina.core import lockfile_format as F
 from lamina.errors import LockedError, NotADatabaseError, VersionError, storage_error
 
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
+#: Where the txnid sits in the published btree meta record (see LockFile.btree_txnid).
+_BTREE_META_TXNID_AT = 16
 
 # Shortest and longest sleep while polling a non-blocking lock.
 _POLL_MIN = 0.0002
 _POLL_MAX = 0.01
+# How long an opener retries a lock file that other processes hold but nobody initialized.
+_INIT_WAIT = 10.0
 
 
 def _try_lock(fd: int, kind: int, offset: int) -> bool:
@@ -70,6 +76,58 @@ def _lock_with_timeout(fd: int, kind: int, offset: int, timeout: float | None, w
 
 def _unlock(fd: int, offset: int) -> None:
     fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+
+
+def _map(fd: int, path: Path) -> mmap.mmap:
+    try:
+        return mmap.mmap(fd, F.FILE_SIZE)
+    except OSError as exc:
+        raise storage_error(exc, "map lock file", path) from exc
+
+
+def _attach(fd: int, path: Path) -> tuple[mmap.mmap, bool]:
+    """Take the alive lock on the open lock file ``fd`` and map the file.
+
+    Returns the map and True when this process is alone (it holds the alive lock
+    exclusively and must initialize the file), else False (it holds the lock shared and the
+    file was initialized by a live process).
+
+    Only a process that is alone changes the file's size or blocks: it reserves them
+    (:func:`fileio.reserve`) *before* mapping, because a store into a mapped page with no
+    block behind it kills the process with SIGBUS when the disk is full. That also repairs a
+    short or sparse file (an older build's, or a creator's that crashed). A process that is
+    not alone never extends, fills or resets the file: live processes use it, and whoever
+    initialized it wrote every byte, so its blocks exist.
+    """
+    deadline: float | None = None
+    delay = _POLL_MIN
+    while True:
+        if _try_lock(fd, fcntl.LOCK_EX, F.LOCK_ALIVE):
+            # Alone: whatever the file holds is stale runtime state.
+            try:
+                fileio.reserve(fd, F.FILE_SIZE, path)
+                return _map(fd, path), True
+            except BaseException:
+                _unlock(fd, F.LOCK_ALIVE)
+                raise
+        fcntl.lockf(fd, fcntl.LOCK_SH, 1, F.LOCK_ALIVE)  # waits while someone initializes
+        if os.fstat(fd).st_size >= F.FILE_SIZE:  # else a read of the map could fault too
+            mm = _map(fd, path)
+            if any(mm[: F.STATIC_SIZE]):  # initialized (or foreign: _validate says which)
+                return mm, False
+            mm.close()
+        # Never initialized: its initializer failed (a full disk, a bad data file) and let go,
+        # and other openers that waited with us hold the lock shared, as we do. Let go too,
+        # then try again to be the one that initializes it (randomized, so we do not collide
+        # with those openers in lockstep).
+        _unlock(fd, F.LOCK_ALIVE)
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + _INIT_WAIT
+        elif now >= deadline:
+            raise LockedError(f"{path} is in use by another process but was never initialized")
+        time.sleep(random.uniform(0, delay))
+        delay = min(delay * 2, _POLL_MAX)
 
 
 class ExclusiveLock:
@@ -245,19 +303,20 @@ class LockFile:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
             except OSError as exc:
                 raise storage_error(exc, "open lock file", path) from exc
-            st = os.fstat(fd)
-            key = (os.getpid(), st.st_dev, st.st_ino)
             try:
-                if st.st_size < F.FILE_SIZE:
-                    os.ftruncate(fd, F.FILE_SIZE)
-                mm = mmap.mmap(fd, F.FILE_SIZE)
-            except OSError as exc:
-                os.close(fd)
-                raise storage_error(exc, "map lock file", path) from exc
+                st = os.fstat(fd)
+                key = (os.getpid(), st.st_dev, st.st_ino)
+                mm, alone = _attach(fd, path)
+            except BaseException:
+                os.close(fd)  # releases the alive lock too
+                raise
             lf = cls(path, fd, mm)
             lf._key = key
             try:
-                lf._attach(init)
+                if alone:
+                    lf._initialize(init)
+                else:
+                    lf._validate()
             except BaseException:
                 mm.close()
                 os.close(fd)
@@ -266,30 +325,29 @@ class LockFile:
             cls._registry[key] = lf
             return lf
 
-    def _attach(self, init: Callable[[LockFile], None]) -> None:
-        if _try_lock(self._fd, fcntl.LOCK_EX, F.LOCK_ALIVE):
-            # Alone: whatever the file holds is stale runtime state. Reset and seed it.
-            self._reset()
-            try:
-                init(self)
-            except BaseException:
-                _unlock(self._fd, F.LOCK_ALIVE)
-                raise
-            self.initialized_here = True
-            fcntl.lockf(self._fd, fcntl.LOCK_SH, 1, F.LOCK_ALIVE)  # atomic downgrade
-            return
-        fcntl.lockf(self._fd, fcntl.LOCK_SH, 1, F.LOCK_ALIVE)  # waits while someone inits
-        self._validate()
+    def _initialize(self, init: Callable[[LockFile], None]) -> None:
+        """Reset and seed the file; we hold the alive lock exclusively (we are alone)."""
+        self._reset()
+        try:
+            init(self)
+        except BaseException:
+            # Unseeded: leave a zero header, so an opener that was waiting for us sees the
+            # file as never initialized and initializes it itself instead of using it.
+            self._mm[: F.STATIC_SIZE] = bytes(F.STATIC_SIZE)
+            _unlock(self._fd, F.LOCK_ALIVE)
+            raise
+        self.initialized_here = True
+        fcntl.lockf(self._fd, fcntl.LOCK_SH, 1, F.LOCK_ALIVE)  # atomic downgrade
 
     def _reset(self) -> None:
         mm = self._mm
+        count = _U64.unpack_from(mm, F.OFF_INIT_COUNT)[0]  # read before the wipe below
         mm[: F.FILE_SIZE] = bytes(F.FILE_SIZE)
         static = F.STATIC_HEADER.pack(F.MAGIC, F.VERSION, F.HEADER_SIZE, F.SLOT_COUNT,
                                       F.SLOT_SIZE)
         mm[: F.STATIC_HEADER.size] = static
         F.STATIC_CHECKSUM.pack_into(mm, F.STATIC_HEADER.size, xxhash.xxh3_64_intdigest(static))
-        count = _U64.unpack_from(mm, F.OFF_INIT_COUNT)[0]
-        _U64.pack_into(mm, F.OFF_INIT_COUNT, count + 1)
+        _U64.pack_into(mm, F.OFF_INIT_COUNT, (count + 1) & 0xFFFF_FFFF_FFFF_FFFF)
 
     def _validate(self) -> None:
         magic, version, header_size, slots, slot_size = F.STATIC_HEADER.unpack_from(self._mm)
@@ -366,6 +424,21 @@ class LockFile:
             spins += 1
             if spins > 100:  # the publisher was preempted mid-copy: let it run
                 time.sleep(0)
+
+    def btree_txnid(self) -> int:
+        """The txnid of the last published btree meta record, or 0 if none was published
+        (a lock file that no btree store seeded). Memory reads only, like :meth:`btree_meta`.
+
+        The record is the btree engine's (docs/format.md, "Meta pages"); this relies on one
+        fact of it that every format version keeps: the txnid is the u64 at bytes 16..23.
+        The record is not validated here. Other engines use the value as a harmless txnid for
+        a reader slot of theirs (it pins what a reader starting now would pin) without
+        importing the btree engine.
+        """
+        record = self.btree_meta()
+        if len(record) < _BTREE_META_TXNID_AT + _U64.size:
+            return 0
+        return int(_U64.unpack_from(record, _BTREE_META_TXNID_AT)[0])
 
     def mark_btree_failed(self) -> None:
         """Record that the btree file's meta state is uncertain: no process may write until

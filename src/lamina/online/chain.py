@@ -8,9 +8,10 @@ Public functions (the repository layer codes against these):
   pass over the images: every page and archive byte of the last VP is written once;
 * :func:`verify_chain` — prove a chain without restoring it (``deep``: the Merkle root at
   the last VP, from the chain's pages, plus the whole checker);
-* :func:`combine_chain` — write one synthetic full image equal to the chain's last VP;
-* :func:`layer_base` / :func:`layer_groups` — what ``online.backup(..., base=...)`` uses to
-  take a layer.
+* :func:`combine_chain` — write one synthetic full image equal to the chain's last VP.
+
+Taking a layer is :mod:`lamina.online.layers`; proving a restored database is
+:func:`lamina.online.restoring.prove_restored`, shared with single-image restores.
 
 One pass (docs/format.md, "Layer streams and chains"): the images are read newest first.
 A btree page number is written the first time it is seen (if it is below the last VP's
@@ -22,9 +23,12 @@ meta. ``verify_chain(deep=True)`` and :func:`combine_chain` assemble the last VP
 temporary directory that is *not* a database (a sparse page file and archive files, no
 identity, no lock file), deleted afterwards.
 
+Every image's VP facts are read typed (:class:`~lamina.online.facts.ImageFacts`): a
+missing fact is a CorruptionError, facts that do not link (a layer's base txnid, an archive
+tail's base position) a ChainError.
+
 Concurrency: images are read-only inputs; every function may run beside writers of the
-database and beside other readers of the images. Nothing here holds database locks except
-:func:`layer_base`, which only reads shared counters.
+database and beside other readers of the images; none holds a database lock.
 """
 
 from __future__ import annotations
@@ -37,36 +41,27 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import xxhash
 
-from lamina.backup import image_format as F
+from lamina.backup import image_format
 from lamina.backup.codec import parse_codec
 from lamina.backup.image_reader import ImageInfo, ImageReader, open_image_file, read_info
 from lamina.backup.image_writer import ImageWriter
-from lamina.backup.kernel import (
-    BaseImageRef,
-    CancelToken,
-    ProgressCallback,
-    is_cancelled,
-    lamina_version,
-)
+from lamina.backup.kernel import CancelToken, ProgressCallback, is_cancelled, lamina_version
 from lamina.backup.restore import RestoreResult, restore_into_directory
 from lamina.backup.verify import verify_image
 from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE
-from lamina.core.driver import BackupFlags, DriverGroup, TableSpec
-from lamina.engines.archive.backup import StreamHeader as ArchiveStreamHeader
+from lamina.core.driver import TableSpec
+from lamina.engines.archive.facts import ArchiveTableFacts, ArchiveVpFacts
 from lamina.engines.archive.layers import TableAssembler, TablePart
-from lamina.engines.btree import format as BF
-from lamina.engines.btree.backup import base_txnid_of
+from lamina.engines.archive.stream import StreamHeader as ArchiveStreamHeader
+from lamina.engines.btree import format as btree_format
 from lamina.engines.btree.check import check_pages
-from lamina.engines.btree.layers import (
-    FullStreamWriter,
-    PageAssembler,
-    PageStreamReader,
-    StreamHeader,
-)
+from lamina.engines.btree.facts import BtreeVpFacts
+from lamina.engines.btree.layers import FullStreamWriter, PageAssembler
+from lamina.engines.btree.stream import PageStreamReader, StreamHeader
 from lamina.errors import (
     AlreadyExistsError,
     CancelledError,
@@ -76,29 +71,30 @@ from lamina.errors import (
     UnsupportedError,
     UsageError,
 )
-
-if TYPE_CHECKING:
-    from lamina.database import Database
-    from lamina.online import RestoreSummary
-
-#: Backup engine (driver) names a chain can hold: the native drivers, which write layers.
-CHAIN_DRIVERS = (ENGINE_BTREE, ENGINE_ARCHIVE)
+from lamina.online.facts import ImageFacts
+from lamina.online.plan import CHAIN_DRIVERS
+from lamina.online.restoring import RestoreSummary, prove_restored
 
 ImagePath = str | os.PathLike[str]
 
 
 # ====================================================================== ordering
-def _facts(info: ImageInfo, driver: str) -> Mapping[str, Any] | None:
-    """The VP facts of ``driver`` in ``info`` (None if the image has no such driver)."""
-    for entry, facts in zip(info.catalog.drivers, info.manifest.vp.drivers, strict=True):
-        if entry.name == driver:
-            return facts
-    return None
-
-
 def _label(info: ImageInfo) -> str:
-    kind = "full image" if info.manifest.kind == F.ImageKind.FULL else "layer"
+    kind = "full image" if info.manifest.kind == image_format.ImageKind.FULL else "layer"
     return f"{kind} {info.path.name} ({info.header.image_id})"
+
+
+def _facts(info: ImageInfo) -> ImageFacts:
+    """The typed VP facts of ``info``'s drivers (errors name the image)."""
+    return ImageFacts(info, _label(info))
+
+
+def _btree(facts: ImageFacts) -> BtreeVpFacts:
+    """The btree VP facts of an image of a chain (ChainError: the image has none)."""
+    btree = facts.btree()
+    if btree is None:
+        raise ChainError(f"{facts.label} has no btree data")
+    return btree
 
 
 def order_chain(paths: Sequence[ImagePath]) -> list[ImageInfo]:
@@ -123,7 +119,7 @@ def order_chain(paths: Sequence[ImagePath]) -> list[ImageInfo]:
             raise ChainError(f"image {info.header.image_id} is given twice "
                              f"({ids[info.header.image_id].path}, {info.path})")
         ids[info.header.image_id] = info
-    fulls = [i for i in infos if i.manifest.kind == F.ImageKind.FULL]
+    fulls = [i for i in infos if i.manifest.kind == image_format.ImageKind.FULL]
     if not fulls:
         first = infos[0]
         raise ChainError(f"the chain has no full image: it starts with {_label(first)}, whose "
@@ -133,7 +129,7 @@ def order_chain(paths: Sequence[ImagePath]) -> list[ImageInfo]:
                          + ", ".join(i.path.name for i in fulls))
     on_base: dict[uuid.UUID, ImageInfo] = {}
     for info in infos:
-        if info.manifest.kind != F.ImageKind.LAYER:
+        if info.manifest.kind != image_format.ImageKind.LAYER:
             continue
         other = on_base.get(info.manifest.base_image_id)
         if other is not None:
@@ -152,19 +148,24 @@ def order_chain(paths: Sequence[ImagePath]) -> list[ImageInfo]:
 
 
 def _check_link(base: ImageInfo, layer: ImageInfo) -> None:
+    """ChainError unless ``layer`` continues ``base`` (same database, base VP seq, btree
+    base txnid); CorruptionError for a layer without its base txnid."""
     if layer.header.database_id != base.header.database_id:
         raise ChainError(f"{_label(layer)} is from database {layer.header.database_id}, its "
                          f"base {base.path.name} from database {base.header.database_id}")
     if layer.manifest.base_vp_seq != base.vp.commit_seq or layer.vp.commit_seq < base.vp.commit_seq:
         raise ChainError(f"{_label(layer)} names base VP seq {layer.manifest.base_vp_seq}, its "
                          f"base {base.path.name} has VP seq {base.vp.commit_seq}")
-    base_btree, layer_btree = _facts(base, ENGINE_BTREE), _facts(layer, ENGINE_BTREE)
+    base_btree, layer_btree = _facts(base).btree(), _facts(layer).btree()
     if base_btree is None or layer_btree is None:
         raise ChainError(f"{_label(layer)} or its base has no btree data")
-    if layer_btree.get("base_txnid") != base_btree.get("txnid"):
+    if layer_btree.base_txnid is None:
+        raise CorruptionError(f"{_label(layer)}: VP fact 'base_txnid' is missing from a "
+                              "layer's btree facts")
+    if layer_btree.base_txnid != base_btree.txnid:
         raise ChainError(f"{_label(layer)} holds pages after btree txnid "
-                         f"{layer_btree.get('base_txnid')}, its base's VP is txnid "
-                         f"{base_btree.get('txnid')}")
+                         f"{layer_btree.base_txnid}, its base's VP is txnid "
+                         f"{base_btree.txnid}")
 
 
 def _chain_in_order(paths: Sequence[ImagePath]) -> list[ImageInfo]:
@@ -188,52 +189,44 @@ def _chain_in_order(paths: Sequence[ImagePath]) -> list[ImageInfo]:
 # ====================================================================== the plan
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """What each image contributes: per image its btree txnid; per archive table of the
+    """What each image contributes: per image its btree VP facts; per archive table of the
     last image its parts (whole stream, then tails)."""
 
     infos: list[ImageInfo]
-    txnids: list[int]
+    facts: list[ImageFacts]
+    btree: list[BtreeVpFacts]
     archive: dict[str, tuple[TableSpec, list[TablePart]]]
 
     @property
     def final(self) -> ImageInfo:
         return self.infos[-1]
 
-
-def _int_fact(facts: Mapping[str, Any], key: str, where: str) -> int:
-    value = facts.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise CorruptionError(f"{where}: VP fact {key!r} is missing or not a count")
-    return value
+    @property
+    def txnids(self) -> list[int]:
+        return [b.txnid for b in self.btree]
 
 
-def _archive_tables(info: ImageInfo) -> Mapping[str, Any]:
-    facts = _facts(info, ENGINE_ARCHIVE)
-    tables = {} if facts is None else facts.get("tables", {})
-    if not isinstance(tables, Mapping):
-        raise CorruptionError(f"{_label(info)}: archive VP facts have no table map")
-    return tables
+def _archive_tables(facts: ImageFacts) -> Mapping[str, ArchiveTableFacts]:
+    """The archive tables an image's VP facts describe (none without an archive driver)."""
+    archive = facts.archive()
+    return {} if archive is None else archive.tables
 
 
 def _plan(infos: list[ImageInfo]) -> _Plan:
-    txnids = []
-    for info in infos:
-        facts = _facts(info, ENGINE_BTREE)
-        if facts is None:
-            raise ChainError(f"{_label(info)} has no btree data")
-        txnids.append(_int_fact(facts, "txnid", _label(info)))
+    facts = [_facts(i) for i in infos]
+    btree = [_btree(f) for f in facts]
     final = infos[-1]
-    per_image = [_archive_tables(i) for i in infos]
+    per_image = [_archive_tables(f) for f in facts]
     archive: dict[str, tuple[TableSpec, list[TablePart]]] = {}
     for t in final.catalog.tables:
         if final.catalog.drivers[t.driver].name != ENGINE_ARCHIVE:
             continue
         spec = TableSpec(t.name, t.engine, t.table_id)
         archive[t.name] = (spec, _table_parts(infos, per_image, spec))
-    return _Plan(infos, txnids, archive)
+    return _Plan(infos, facts, btree, archive)
 
 
-def _table_parts(infos: list[ImageInfo], per_image: list[Mapping[str, Any]],
+def _table_parts(infos: list[ImageInfo], per_image: list[Mapping[str, ArchiveTableFacts]],
                  spec: TableSpec) -> list[TablePart]:
     """Walk back from the last image to the one that sent ``spec`` whole."""
     parts: list[TablePart] = []
@@ -241,24 +234,24 @@ def _table_parts(infos: list[ImageInfo], per_image: list[Mapping[str, Any]],
     while True:
         where = f"{_label(infos[i])}, archive table {spec.name!r}"
         facts = per_image[i].get(spec.name)
-        if not isinstance(facts, Mapping) or facts.get("table_id") != spec.table_id:
+        if facts is None or facts.table_id != spec.table_id:
             raise ChainError(f"{where}: the image's VP facts do not describe this table")
-        position = _int_fact(facts, "position", where)
-        start = facts.get("base_position", 0) if i else 0
-        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
-            raise CorruptionError(f"{where}: VP fact 'base_position' is not an offset")
+        if not i:
+            start = 0  # the full image sends every table whole
+        elif facts.base_position is None:
+            raise CorruptionError(f"{where}: VP fact 'base_position' is missing from a layer")
+        else:
+            start = facts.base_position
         if not start:
-            parts.append(TablePart(i, 0, position, infos[i].vp.commit_seq))
+            parts.append(TablePart(i, 0, facts.position, infos[i].vp.commit_seq))
             return parts[::-1]
         base = per_image[i - 1].get(spec.name)
-        if (not isinstance(base, Mapping) or base.get("table_id") != spec.table_id
-                or base.get("generation") != facts.get("generation")
-                or base.get("position") != start):
+        if (base is None or base.table_id != spec.table_id
+                or base.generation != facts.generation or base.position != start):
             raise ChainError(f"{where}: the layer sends a tail from offset {start}, its base "
                              f"image does not end this table there")
-        rows = _int_fact(base, "rows", where)
-        parts.append(TablePart(i, start, position, infos[i].vp.commit_seq,
-                               first_row=rows + 1, min_seq=infos[i - 1].vp.commit_seq + 1))
+        parts.append(TablePart(i, start, facts.position, infos[i].vp.commit_seq,
+                               first_row=base.rows + 1, min_seq=infos[i - 1].vp.commit_seq + 1))
         i -= 1
 
 
@@ -272,7 +265,7 @@ class _Consumer(Protocol):
 class _Assembled:
     """The last VP assembled in a directory: its btree meta, and what it took."""
 
-    meta: BF.Meta
+    meta: btree_format.Meta
     archive: dict[str, TableAssembler]
     bytes_read: int
     chunks: int
@@ -315,9 +308,10 @@ def _assemble(plan: _Plan, directory: Path, progress: ProgressCallback | None,
                         progress(done + reader.offset, total)
                 for consumer in consumers.values():
                     consumer.finish()
-                if btree.pages != _int_fact(_btree_facts(info), "pages_sent", _label(info)):
+                sent = plan.btree[index].pages_sent
+                if btree.pages != sent:
                     raise CorruptionError(f"{_label(info)}: {btree.pages} btree pages, its VP "
-                                          "facts say otherwise")
+                                          f"facts say {sent}")
                 pages_read += btree.pages
                 pages[0].flush()
                 done += info.size
@@ -337,13 +331,6 @@ def _assemble(plan: _Plan, directory: Path, progress: ProgressCallback | None,
                       pages_read)
 
 
-def _btree_facts(info: ImageInfo) -> Mapping[str, Any]:
-    facts = _facts(info, ENGINE_BTREE)
-    if facts is None:
-        raise ChainError(f"{_label(info)} has no btree data")
-    return facts
-
-
 def _consumers(plan: _Plan, index: int, tables: dict[str, TableAssembler],
                pages: list[PageAssembler], directory: Path,
                ) -> tuple[PageStreamReader, dict[int, _Consumer]]:
@@ -351,18 +338,19 @@ def _consumers(plan: _Plan, index: int, tables: dict[str, TableAssembler],
     streams of the last image's archive tables that this image holds a part of."""
     info = plan.infos[index]
     last = index == len(plan.infos) - 1
-    facts = _btree_facts(info)
+    facts = plan.btree[index]
 
     def on_header(h: StreamHeader) -> None:
         meta = h.meta
         expect = {"txnid": meta.txnid, "root_hash": meta.root_hash.hex(),
                   "total_pages": meta.total_pages, "page_size": meta.page_size}
-        got = {k: facts.get(k) for k in expect}
+        got = {"txnid": facts.txnid, "root_hash": facts.root_hash.hex(),
+               "total_pages": facts.total_pages, "page_size": facts.page_size}
         if got != expect:
             raise CorruptionError(f"{_label(info)}: btree stream meta {expect} differs from "
                                   f"the image's VP facts {got}")
         if last:
-            pages.append(PageAssembler(directory / BF.DATA_FILE_NAME, meta))
+            pages.append(PageAssembler(directory / btree_format.DATA_FILE_NAME, meta))
         elif meta.page_size != pages[0].page_size:
             raise ChainError(f"{_label(info)} has page size {meta.page_size}, the chain's "
                              f"last image {pages[0].page_size}")
@@ -414,8 +402,6 @@ def restore_chain(paths: Sequence[ImagePath], dest: ImagePath, *,
     NotFoundError, AlreadyExistsError (``dest`` exists, no ``force``), TableNotFoundError,
     CorruptionError & co., CheckFailedError, CancelledError, StorageError.
     """
-    from lamina import online  # online sits above chain (it re-exports it)
-
     start = time.monotonic_ns()
     infos = _chain_in_order(paths)
     plan = _plan(infos)
@@ -427,11 +413,11 @@ def restore_chain(paths: Sequence[ImagePath], dest: ImagePath, *,
         return RestoreResult(final.header, final.catalog, final.manifest, done.bytes_read,
                              done.chunks, done.raw_bytes)
 
-    def verify(tmp: Path, result: RestoreResult) -> None:
-        kept.append(online._finish(tmp, result, tables))
+    def prove(tmp: Path, result: RestoreResult) -> None:
+        kept.append(prove_restored(tmp, result, tables))
 
-    result = restore_into_directory(dest, do_restore, verify, force=force, cancel=cancel)
-    return online.RestoreSummary(Path(dest), result, kept[0], time.monotonic_ns() - start)
+    result = restore_into_directory(dest, do_restore, prove, force=force, cancel=cancel)
+    return RestoreSummary(Path(dest), result, kept[0], time.monotonic_ns() - start)
 
 
 # ====================================================================== verify
@@ -439,13 +425,13 @@ def _image_json(info: ImageInfo) -> dict[str, Any]:
     return {"path": str(info.path), "image_id": str(info.header.image_id),
             "kind": info.manifest.kind.name.lower(),
             "base_image_id": (str(info.manifest.base_image_id)
-                              if info.manifest.kind == F.ImageKind.LAYER else None),
+                              if info.manifest.kind == image_format.ImageKind.LAYER else None),
             "vp_commit_seq": info.vp.commit_seq, "size": info.size}
 
 
 def _prove(assembled: _Assembled, directory: Path) -> None:
     """The Merkle tree and the whole checker over the assembled page file."""
-    report = check_pages(directory / BF.DATA_FILE_NAME, assembled.meta)
+    report = check_pages(directory / btree_format.DATA_FILE_NAME, assembled.meta)
     if not report.ok:
         raise CorruptionError(f"the chain's pages at its last VP fail the checker "
                               f"({len(report.findings)} problems): {report.findings[0]}")
@@ -472,7 +458,7 @@ def verify_chain(paths: Sequence[ImagePath], *, deep: bool = False,
                            "database_id": str(infos[-1].header.database_id),
                            "vp": {"commit_seq": infos[-1].vp.commit_seq,
                                   "wall_ns": infos[-1].vp.wall_ns},
-                           "root_hash": _btree_facts(infos[-1]).get("root_hash")}
+                           "root_hash": _btree(_facts(infos[-1])).root_hash.hex()}
     if not deep:
         total = sum(i.size for i in infos)
         done = chunks = 0
@@ -513,8 +499,25 @@ def _archive_pieces(table: TableAssembler, vp_seq: int) -> Iterator[bytes]:
                               xxhash.xxh3_64_intdigest(table.arm_bytes)).encode()
     yield table.arm_bytes
     with open(table.arz_path, "rb") as f:
-        while piece := f.read(F.DEFAULT_BUF_SIZE):
+        while piece := f.read(image_format.DEFAULT_BUF_SIZE):
             yield piece
+
+
+def _combined_btree_facts(plan: _Plan, pages: FullStreamWriter) -> BtreeVpFacts:
+    """The last image's btree VP facts for a full stream of every page: no base txnid,
+    the full stream's page count and hash, and the images it was combined from."""
+    return dataclasses.replace(plan.btree[-1], base_txnid=None, pages_sent=pages.pages_sent,
+                               pages_hash=pages.pages_hash,
+                               combined_from=tuple(str(i.header.image_id) for i in plan.infos))
+
+
+def _combined_archive_facts(plan: _Plan) -> ArchiveVpFacts:
+    """The last image's archive VP facts for whole streams (no table has a base
+    position)."""
+    archive = plan.facts[-1].archive()
+    assert archive is not None  # the catalog names the archive driver
+    return dataclasses.replace(archive, tables={
+        name: dataclasses.replace(t, base_position=None) for name, t in archive.tables.items()})
 
 
 def combine_chain(paths: Sequence[ImagePath], out: ImagePath, *, codec: str = "zstd",
@@ -550,101 +553,32 @@ def combine_chain(paths: Sequence[ImagePath], out: ImagePath, *, codec: str = "z
         work = Path(tmp)
         assembled = _assemble(plan, work, progress, cancel)
         _prove(assembled, work)
-        header = F.ImageHeader(image_id or uuid.uuid4(), final.header.database_id,
-                               time.time_ns(), lamina_version(),
-                               incarnation=final.header.incarnation)
-        pages = FullStreamWriter(work / BF.DATA_FILE_NAME, assembled.meta)
+        header = image_format.ImageHeader(image_id or uuid.uuid4(), final.header.database_id,
+                                          time.time_ns(), lamina_version(),
+                                          incarnation=final.header.incarnation)
+        pages = FullStreamWriter(work / btree_format.DATA_FILE_NAME, assembled.meta)
         with ImageWriter(target, header, final.catalog, codec=parse_codec(codec)) as writer:
-            vp_info: list[Mapping[str, Any]] = []
+            vp_facts: list[dict[str, Any]] = []
             for di, entry in enumerate(final.catalog.drivers):
-                facts = dict(final.vp.drivers[di])
                 if is_cancelled(cancel):
                     raise CancelledError("cancelled")
                 if entry.name == ENGINE_BTREE:
-                    _chunked(writer, entry.common_stream, pages.pieces(), F.DEFAULT_BUF_SIZE)
-                    facts.pop("base_txnid", None)
-                    facts.update(pages_sent=pages.pages_sent, pages_hash=pages.pages_hash.hex(),
-                                 combined_from=[str(i.header.image_id) for i in infos])
+                    _chunked(writer, entry.common_stream, pages.pieces(),
+                             image_format.DEFAULT_BUF_SIZE)
+                    vp_facts.append(_combined_btree_facts(plan, pages).to_json())
                 else:  # archive (checked by _chain_in_order)
-                    table_facts = {name: {k: v for k, v in dict(f).items()
-                                          if k != "base_position"}
-                                   for name, f in dict(facts.get("tables", {})).items()}
-                    facts["tables"] = table_facts
                     for t in final.catalog.tables_of(di):
                         _chunked(writer, t.stream,
                                  _archive_pieces(assembled.archive[t.name], final.vp.commit_seq),
-                                 F.DEFAULT_BUF_SIZE)
-                vp_info.append(facts)
+                                 image_format.DEFAULT_BUF_SIZE)
+                    vp_facts.append(_combined_archive_facts(plan).to_json())
             writer.finish(vp_seq=final.vp.commit_seq, vp_wall_ns=final.vp.wall_ns,
-                          vp_info=vp_info, blocker_held_ns=final.manifest.blocker_held_ns)
+                          vp_facts=vp_facts, blocker_held_ns=final.manifest.blocker_held_ns)
     return read_info(target)
 
 
-# ====================================================================== taking a layer
-def layer_base(db: Database, base: ImagePath,
-               ) -> tuple[BaseImageRef, dict[str, Mapping[str, Any]]]:
-    """Check that the image at ``base`` can be the base of a layer of ``db`` and return its
-    reference and its VP facts by driver name (what each driver gets as
-    ``BackupFlags.base_vp_info``).
-
-    The base must come from this database (same database id) and from its own history:
-    its incarnation, or — for a restored database — the incarnation it was restored from,
-    at or before the restore's VP (a later image of the source is another history: a layer
-    on it would mix both). It must not be newer than the database's current state (VP
-    commit seq and btree txnid at most the current ones) and must be chainable (native
-    drivers only). Raises NotFoundError (no base file), ChainError (another database,
-    another history, a newer base, a logical base, no btree data), CorruptionError & co.
-    Reads shared memory only; safe beside writers.
-    """
-    info = read_info(base)
-    logical = sorted({d.name for d in info.catalog.drivers} - set(CHAIN_DRIVERS))
-    if logical:
-        raise ChainError(f"base image {info.path.name} was taken with the "
-                         f"{', '.join(logical)} driver; only native images can be the base "
-                         "of a layer")
-    if info.header.database_id != db.identity.db_id:
-        raise ChainError(f"base image {info.path.name} is from database "
-                         f"{info.header.database_id}, not from {db.path} "
-                         f"({db.identity.db_id})")
-    current = db.lockfile.commit_seq()
-    if info.vp.commit_seq > current:
-        raise ChainError(f"base image {info.path.name} is newer than the database: its VP is "
-                         f"commit seq {info.vp.commit_seq}, the database is at {current}")
-    if not db.identity.shares_history_with(info.header.incarnation, info.vp.commit_seq):
-        raise ChainError(f"base image {info.path.name} is from another history of this "
-                         f"database (incarnation {info.header.incarnation}); {db.path} "
-                         f"was restored at commit seq {db.identity.restored_vp_seq} and "
-                         "has written its own history since")
-    facts = {d.name: info.vp.drivers[i] for i, d in enumerate(info.catalog.drivers)}
-    base_txnid = base_txnid_of(facts.get(ENGINE_BTREE))
-    txnid = db.store.current_meta().txnid
-    if base_txnid > txnid:
-        raise ChainError(f"base image {info.path.name} is newer than the database: its btree "
-                         f"txnid is {base_txnid}, the database's {txnid}")
-    return BaseImageRef(info.header.image_id, info.vp.commit_seq), facts
-
-
-def layer_groups(groups: Sequence[DriverGroup], ref: BaseImageRef,
-                 facts: Mapping[str, Mapping[str, Any]]) -> list[DriverGroup]:
-    """``groups`` with layer flags: each driver gets the base image's facts of the same
-    driver (None if the base has none: then it sends everything whole). Raises
-    UsageError for a driver that cannot write layers (only the native ones can)."""
-    out = []
-    for g in groups:
-        if g.engine.name not in CHAIN_DRIVERS:
-            names = ", ".join(t.name for t in g.tables)
-            raise UsageError(f"a layer needs native drivers; table(s) {names} use the "
-                             f"{g.engine.name!r} driver")
-        out.append(dataclasses.replace(g, flags=BackupFlags(
-            layer=True, base_vp_info=facts.get(g.engine.name), base_vp_seq=ref.vp_seq)))
-    return out
-
-
 __all__ = [
-    "CHAIN_DRIVERS",
     "combine_chain",
-    "layer_base",
-    "layer_groups",
     "order_chain",
     "restore_chain",
     "verify_chain",

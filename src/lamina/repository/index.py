@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from lamina.backup import image_format as F
@@ -354,8 +354,3 @@ def save_index(storage: Storage, index: Index) -> None:
 def chain_size(chain: Sequence[ImageRecord]) -> int:
     """Bytes a restore of ``chain`` reads."""
     return sum(r.size for r in chain)
-
-
-def refreshed(record: ImageRecord, stat: ObjectStat) -> ImageRecord:
-    """``record`` with the object's current size and stamp (after a put)."""
-    return replace(record, size=stat.size, mtime_ns=stat.mtime_ns)

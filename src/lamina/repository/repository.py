@@ -356,7 +356,7 @@ class Repository:
         if not mine:
             return None, f"no backup of database {ident.db_id} in the repository"
         # Only backups of this database's own history (its incarnation, or the one it was
-        # restored from up to the restore's VP; chain.layer_base applies the same rule).
+        # restored from up to the restore's VP; online.layers.layer_base applies the same rule).
         usable = [r for r in mine if r.vp_seq <= current
                   and ident.shares_history_with(r.incarnation, r.vp_seq)]
         if not usable:

@@ -22,7 +22,15 @@ from operator import add
 import xxhash
 
 from lamina.engines.archive import codec
-from lamina.engines.archive import format as F
+from lamina.engines.archive.format import (
+    BLOCK_FLAG_LINES,
+    BLOCK_FLAGS_KNOWN,
+    BLOCK_HEADER_BODY,
+    BLOCK_HEADER_CHECKSUM,
+    BLOCK_HEADER_SIZE,
+    BLOCK_MAGIC,
+    LINE_SEPARATOR,
+)
 from lamina.errors import CorruptionError, UnsupportedError
 
 
@@ -48,7 +56,15 @@ class BlockHeader:
     @property
     def end(self) -> int:
         """Offset just past the block."""
-        return self.offset + F.BLOCK_HEADER_SIZE + self.stored_length
+        return self.offset + BLOCK_HEADER_SIZE + self.stored_length
+
+    @property
+    def row_bytes(self) -> int:
+        """Sum of the block's row lengths (what the meta's raw bytes count): the raw payload
+        minus the row separators (lines layout) or the u32 length table."""
+        if self.flags & BLOCK_FLAG_LINES:
+            return self.raw_length - (self.row_count - 1)
+        return self.raw_length - 4 * self.row_count
 
     def where(self, table: str) -> str:
         """Locator for error messages and findings."""
@@ -60,9 +76,9 @@ def encode_header(codec_id: int, flags: int, first_row_id: int, row_count: int,
                   raw_length: int, stored_length: int, commit_seq: int,
                   payload_checksum: int) -> bytes:
     """The 56 header bytes of a block."""
-    body = F.BLOCK_HEADER_BODY.pack(F.BLOCK_MAGIC, codec_id, flags, 0, first_row_id, row_count,
+    body = BLOCK_HEADER_BODY.pack(BLOCK_MAGIC, codec_id, flags, 0, first_row_id, row_count,
                                     raw_length, stored_length, 0, commit_seq, payload_checksum)
-    return body + F.BLOCK_HEADER_CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
+    return body + BLOCK_HEADER_CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
 
 
 def decode_header(raw: bytes, offset: int, table: str, path: object,
@@ -74,22 +90,22 @@ def decode_header(raw: bytes, offset: int, table: str, path: object,
     """
     rows_hint = f"rows from {expected_first}" if expected_first is not None else "rows unknown"
     where = f"table {table!r}, block at offset {offset}, {rows_hint}"
-    if len(raw) < F.BLOCK_HEADER_SIZE:
+    if len(raw) < BLOCK_HEADER_SIZE:
         raise CorruptionError("block header cut short", path=path, where=where)
-    fields = F.BLOCK_HEADER_BODY.unpack_from(raw)
+    fields = BLOCK_HEADER_BODY.unpack_from(raw)
     (magic, codec_id, flags, _r16, first, count, raw_len, stored_len, _r32, seq,
      payload_sum) = fields
-    if magic != F.BLOCK_MAGIC:
+    if magic != BLOCK_MAGIC:
         raise CorruptionError("bad block magic", path=path, where=where)
-    (checksum,) = F.BLOCK_HEADER_CHECKSUM.unpack_from(raw, F.BLOCK_HEADER_BODY.size)
-    if checksum != xxhash.xxh3_64_intdigest(raw[:F.BLOCK_HEADER_BODY.size]):
+    (checksum,) = BLOCK_HEADER_CHECKSUM.unpack_from(raw, BLOCK_HEADER_BODY.size)
+    if checksum != xxhash.xxh3_64_intdigest(raw[:BLOCK_HEADER_BODY.size]):
         raise CorruptionError("block header checksum mismatch", path=path, where=where)
     header = BlockHeader(offset, codec_id, flags, first, count, raw_len, stored_len, seq,
                          payload_sum)
-    if flags & ~F.BLOCK_FLAGS_KNOWN:
+    if flags & ~BLOCK_FLAGS_KNOWN:
         raise UnsupportedError(f"block uses flags {flags:#x} unknown to this build "
                                f"({header.where(table)})")
-    min_raw = count - 1 if flags & F.BLOCK_FLAG_LINES else 4 * count
+    min_raw = count - 1 if flags & BLOCK_FLAG_LINES else 4 * count
     if count == 0 or raw_len < min_raw:
         raise CorruptionError("block header has impossible row count or raw length", path=path,
                               where=header.where(table))
@@ -125,8 +141,8 @@ def split_rows(raw: bytes, header: BlockHeader, table: str, path: object) -> lis
     if len(raw) != header.raw_length:
         raise CorruptionError(f"block decompressed to {len(raw)} bytes, header says "
                               f"{header.raw_length}", path=path, where=header.where(table))
-    if header.flags & F.BLOCK_FLAG_LINES:
-        rows = raw.split(F.LINE_SEPARATOR)
+    if header.flags & BLOCK_FLAG_LINES:
+        rows = raw.split(LINE_SEPARATOR)
         if len(rows) != n:
             raise CorruptionError(f"block holds {len(rows)} rows, header says {n}", path=path,
                                   where=header.where(table))
@@ -162,16 +178,16 @@ class PendingBlock:
     @property
     def size(self) -> int:
         """Bytes the block takes in the file."""
-        return F.BLOCK_HEADER_SIZE + len(self.stored)
+        return BLOCK_HEADER_SIZE + len(self.stored)
 
 
 def pack_block(rows: list[bytes], first_row_id: int, codec_id: int, level: int) -> PendingBlock:
     """Compress ``rows`` (non-empty) into one pending block."""
     n = len(rows)
-    sep = F.LINE_SEPARATOR
+    sep = LINE_SEPARATOR
     raw = sep.join(rows)
     if raw.count(sep) == n - 1:  # no row contains the separator: the lines layout
-        flags, raw_bytes = F.BLOCK_FLAG_LINES, len(raw) - (n - 1)
+        flags, raw_bytes = BLOCK_FLAG_LINES, len(raw) - (n - 1)
     else:
         body = b"".join(rows)
         flags, raw_bytes = 0, len(body)

@@ -10,31 +10,32 @@ Checks, on a snapshot (writers may keep committing meanwhile):
 * the totals against the meta: committed length, row count, next row id, block count, raw
   bytes.
 
-A damaged block header stops the walk (its lengths cannot be trusted); the remaining range
-is reported as unchecked.
+The blocks are read by the one block walk (:class:`~lamina.engines.archive.walker.BlockWalker`,
+not strict: every problem becomes a finding). A damaged block header stops the walk (its
+lengths cannot be trusted); the remaining range is reported as unchecked.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from lamina.core import fileio
 from lamina.core.check import CheckReport, Finding
 from lamina.engines.archive import codec, generations
-from lamina.engines.archive import format as F
-from lamina.engines.archive.block import BlockHeader, decode_header, decode_payload
+from lamina.engines.archive.block import decode_payload
 from lamina.engines.archive.datafile import DataFile
+from lamina.engines.archive.files import TableFiles
+from lamina.engines.archive.format import BLOCK_HEADER_SIZE
+from lamina.engines.archive.meta import Meta
+from lamina.engines.archive.walker import BlockWalker
 from lamina.errors import CorruptionError, LaminaError
 
-if TYPE_CHECKING:
-    from lamina.engines.archive.table import ArchiveTable
 
-
-def check_table(table: ArchiveTable) -> CheckReport:
-    """Check ``table``; returns a report whose findings name table, block offset and rows."""
-    name = table.name
+def check_table(files: TableFiles) -> CheckReport:
+    """Check the table of ``files``; returns a report whose findings name table, block
+    offset and rows. Never raises for damage it can describe (StorageError and ClosedError
+    pass)."""
+    name = files.name
     report = CheckReport()
-    arm = table._arm_file()
+    arm = files.arm()
     try:
         read = arm.read()
     except LaminaError as exc:
@@ -45,7 +46,7 @@ def check_table(table: ArchiveTable) -> CheckReport:
                                        "slot damaged (torn write or corruption)",
                                        "valid", read.states[slot]))
     try:
-        snap = table._snapshot()
+        snap = files.snapshot()
     except LaminaError as exc:
         report.findings.append(Finding(name, "data file header", f"unreadable: {exc}"))
         return report
@@ -65,47 +66,46 @@ def check_table(table: ArchiveTable) -> CheckReport:
         if not codec.available(meta.codec):
             report.findings.append(Finding(name, "meta", "codec unavailable in this build",
                                            "", str(meta.codec)))
-        _check_blocks(table, report, snap.data, meta.data_length, meta.last_commit_seq,
-                      meta.row_count, meta.next_row_id, meta.blocks, meta.raw_bytes)
+        _check_blocks(name, report, data, meta)
         report.stats.update({
             "rows": meta.row_count, "generation": meta.generation,
             "committed_length": meta.data_length,
             "tail_bytes": max(0, fileio.file_size(data.fd) - meta.data_length),
-            "retained_generations": [g for g, _p in generations.retained(table.directory,
+            "retained_generations": [g for g, _p in generations.retained(files.directory,
                                                                           name)],
-            "pending_optimize": F.arz_new_path(table.directory, name).exists(),
+            "pending_optimize": fileio.exists(files.new_path),
         })
     finally:
         snap.data.release()
     return report
 
 
-def _check_blocks(table: ArchiveTable, report: CheckReport, data: DataFile, upto: int,
-                  last_seq: int, rows: int, next_row_id: int, blocks: int,
-                  raw_bytes: int) -> None:
-    name = table.name
+def _check_blocks(name: str, report: CheckReport, data: DataFile, meta: Meta) -> None:
+    """Walk every block below the committed length and compare the totals with ``meta``."""
     path = data.path
-    offset = F.ARZ_HEADER_SIZE
-    expected = 1
+    upto = meta.data_length
+    walker = BlockWalker(name, path, upto, strict=False)
+    headers = walker.headers(data.fd)
     prev_seq = 0
     seen_blocks = 0
     seen_raw = 0
     payload_ok = True
     find = report.findings.append
-    while offset < upto:
-        raw = fileio.pread(data.fd, F.BLOCK_HEADER_SIZE, offset, path)
+    while True:
         try:
-            header: BlockHeader = decode_header(raw, offset, name, path, None)
-        except CorruptionError as exc:
-            find(Finding(name, f"block at offset {offset} rows from {expected}",
+            header = next(headers, None)
+        except CorruptionError as exc:  # the header itself: its lengths cannot be trusted
+            find(Finding(name, f"block at offset {walker.offset} rows from {walker.expected}",
                          exc.what, "", ""))
-            find(Finding(name, f"offsets {offset}-{upto}", "not checked after a damaged block "
-                                                         "header"))
+            find(Finding(name, f"offsets {walker.offset}-{upto}", "not checked after a "
+                                                                  "damaged block header"))
             report.stats["blocks_checked"] = seen_blocks
             return
-        where = f"block at offset {offset} rows {header.first_row_id}-{header.last_row_id}"
-        if header.first_row_id != expected:
-            find(Finding(name, where, "row ids not continuous", str(expected),
+        if header is None:
+            break
+        where = f"block at offset {header.offset} rows {header.first_row_id}-{header.last_row_id}"
+        if header.first_row_id != walker.expected:
+            find(Finding(name, where, "row ids not continuous", str(walker.expected),
                          str(header.first_row_id)))
         if header.end > upto:
             find(Finding(name, where, "block runs past the committed length", str(upto),
@@ -115,11 +115,11 @@ def _check_blocks(table: ArchiveTable, report: CheckReport, data: DataFile, upto
         if header.commit_seq < prev_seq:
             find(Finding(name, where, "commit seq decreases", f">= {prev_seq}",
                          str(header.commit_seq)))
-        if header.commit_seq > last_seq:
+        if header.commit_seq > meta.last_commit_seq:
             find(Finding(name, where, "commit seq after the table's last commit",
-                         f"<= {last_seq}", str(header.commit_seq)))
-        payload = fileio.pread(data.fd, header.stored_length, offset + F.BLOCK_HEADER_SIZE,
-                               path)
+                         f"<= {meta.last_commit_seq}", str(header.commit_seq)))
+        payload = fileio.pread(data.fd, header.stored_length,
+                               header.offset + BLOCK_HEADER_SIZE, path)
         try:
             got = decode_payload(header, payload, name, path)
             seen_raw += sum(map(len, got))
@@ -127,20 +127,22 @@ def _check_blocks(table: ArchiveTable, report: CheckReport, data: DataFile, upto
             payload_ok = False
             find(Finding(name, where, getattr(exc, "what", str(exc))))
         prev_seq = max(prev_seq, header.commit_seq)
-        expected = header.first_row_id + header.row_count
         seen_blocks += 1
-        offset = header.end
     report.stats["blocks_checked"] = seen_blocks
-    if offset != upto:
+    expected = walker.expected
+    if walker.offset != upto:
         find(Finding(name, "data file", "blocks do not end at the committed length", str(upto),
-                     str(offset)))
-    if expected != next_row_id:
+                     str(walker.offset)))
+    if expected != meta.next_row_id:
         find(Finding(name, "meta", "next row id does not follow the last block",
-                     str(expected), str(next_row_id)))
-    if expected - 1 != rows:
-        find(Finding(name, "meta", "row count differs from the rows in blocks", str(rows),
-                     str(expected - 1)))
-    if seen_blocks != blocks:
-        find(Finding(name, "meta", "block count differs", str(blocks), str(seen_blocks)))
-    if payload_ok and seen_raw != raw_bytes:
-        find(Finding(name, "meta", "raw bytes differ", str(raw_bytes), str(seen_raw)))
+                     str(expected), str(meta.next_row_id)))
+    if expected - 1 != meta.row_count:
+        find(Finding(name, "meta", "row count differs from the rows in blocks",
+                     str(meta.row_count), str(expected - 1)))
+    if seen_blocks != meta.blocks:
+        find(Finding(name, "meta", "block count differs", str(meta.blocks), str(seen_blocks)))
+    if payload_ok and seen_raw != meta.raw_bytes:
+        find(Finding(name, "meta", "raw bytes differ", str(meta.raw_bytes), str(seen_raw)))
+
+
+__all__ = ["check_table"]

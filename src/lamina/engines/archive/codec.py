@@ -8,35 +8,40 @@ The compression itself is :mod:`lamina.core.compression` (thread-safe, bounded).
 from __future__ import annotations
 
 from lamina.core import compression
-from lamina.engines.archive import format as F
+from lamina.engines.archive.format import (
+    CODEC_IDS,
+    CODEC_NAMES,
+    DEFAULT_LEVELS,
+    LEVEL_RANGES,
+)
 from lamina.errors import UnsupportedError, UsageError
 
 
 def available(codec_id: int) -> bool:
     """True if this build can compress and decompress ``codec_id``."""
-    return F.CODEC_NAMES.get(codec_id) in compression.AVAILABLE
+    return CODEC_NAMES.get(codec_id) in compression.AVAILABLE
 
 
 def require(codec_id: int, context: str = "") -> None:
     """Raise :class:`UnsupportedError` unless ``codec_id`` is usable here."""
     if available(codec_id):
         return
-    label = F.CODEC_NAMES.get(codec_id, f"id {codec_id}")
+    label = CODEC_NAMES.get(codec_id, f"id {codec_id}")
     where = f" ({context})" if context else ""
-    if codec_id in F.CODEC_NAMES:
+    if codec_id in CODEC_NAMES:
         raise UnsupportedError(f"codec {label} is not available in this build{where}")
     raise UnsupportedError(f"unknown codec {label}{where}")
 
 
 def resolve(name: str, level: int | None) -> tuple[int, int]:
     """Map a codec name and optional level to ``(codec_id, level)``; UsageError if invalid."""
-    if name not in F.CODEC_IDS:
-        raise UsageError(f"unknown codec {name!r}; choose one of {', '.join(F.CODEC_IDS)}")
-    codec_id = F.CODEC_IDS[name]
+    if name not in CODEC_IDS:
+        raise UsageError(f"unknown codec {name!r}; choose one of {', '.join(CODEC_IDS)}")
+    codec_id = CODEC_IDS[name]
     require(codec_id)
     if level is None:
-        level = F.DEFAULT_LEVELS[name]
-    low, high = F.LEVEL_RANGES[name]
+        level = DEFAULT_LEVELS[name]
+    low, high = LEVEL_RANGES[name]
     if not low <= level <= high:
         raise UsageError(f"codec {name} level must be in {low}..{high}, not {level}")
     return codec_id, level
@@ -45,7 +50,7 @@ def resolve(name: str, level: int | None) -> tuple[int, int]:
 def compress(codec_id: int, level: int, raw: bytes) -> bytes:
     """Compress ``raw`` with ``codec_id`` at ``level``."""
     require(codec_id)
-    return compression.compress(F.CODEC_NAMES[codec_id], level, raw)
+    return compression.compress(CODEC_NAMES[codec_id], level, raw)
 
 
 def decompress(codec_id: int, stored: bytes, raw_length: int) -> bytes:
@@ -55,4 +60,4 @@ def decompress(codec_id: int, stored: bytes, raw_length: int) -> bytes:
     not decompress (the caller turns that into a CorruptionError naming the block).
     """
     require(codec_id)
-    return compression.decompress_exact(F.CODEC_NAMES[codec_id], stored, raw_length)
+    return compression.decompress_exact(CODEC_NAMES[codec_id], stored, raw_length)

@@ -7,10 +7,10 @@ so the header alone can roll the ``.ARM`` forward if a crash hits between the da
 and the meta write (see ``recovery.py``).
 
 Block index: kept in memory per open :class:`DataFile`, built lazily on the first read by
-walking block headers from the header to the committed length (buffered preads, so many
-small blocks cost few system calls) and extended incrementally as later snapshots see more
-committed data. It is never stored, so it can never be stale; ``optimize`` keeps the block
-count, and so the walk, small.
+walking block headers from the header to the committed length (the one block walk,
+:class:`~lamina.engines.archive.walker.BlockWalker`) and extended incrementally as later
+snapshots see more committed data. It is never stored, so it can never be stale;
+``optimize`` keeps the block count, and so the walk, small.
 
 A DataFile is shared by all threads of one ``ArchiveTable``; every scan/get holds a
 reference, so an ``optimize`` that swaps in a new generation only retires the old one and its
@@ -29,12 +29,19 @@ from pathlib import Path
 import xxhash
 
 from lamina.core import fileio
-from lamina.engines.archive import format as F
 from lamina.engines.archive.block import BlockHeader, decode_header, decode_payload
+from lamina.engines.archive.format import (
+    ARZ_HEADER_BODY,
+    ARZ_HEADER_CHECKSUM,
+    ARZ_HEADER_SIZE,
+    ARZ_MAGIC,
+    ARZ_VERSION,
+    BLOCK_HEADER_SIZE,
+)
+from lamina.engines.archive.meta import Meta
+from lamina.engines.archive.walker import BlockWalker
 from lamina.errors import CorruptionError, NotADatabaseError, VersionError
 
-#: Bytes read per pread while walking block headers.
-_WALK_CHUNK = 16 * 1024
 #: Decoded blocks kept per DataFile for ``get`` (sequential gets hit the same block).
 _CACHE_BLOCKS = 4
 
@@ -57,33 +64,33 @@ class FileHeader:
 
     def encode(self) -> bytes:
         """The 128 header bytes."""
-        body = F.ARZ_HEADER_BODY.pack(
-            F.ARZ_MAGIC, F.ARZ_VERSION, F.ARZ_HEADER_SIZE, self.table_id, self.codec, self.level,
+        body = ARZ_HEADER_BODY.pack(
+            ARZ_MAGIC, ARZ_VERSION, ARZ_HEADER_SIZE, self.table_id, self.codec, self.level,
             0, self.generation, self.block_target, 0, self.base_row_count,
             self.base_next_row_id, self.base_data_length, self.base_blocks,
             self.base_raw_bytes, self.generation_commit_seq)
-        return body + F.ARZ_HEADER_CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
+        return body + ARZ_HEADER_CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
 
     @classmethod
     def decode(cls, raw: bytes, path: Path) -> FileHeader:
         """Validate magic, version, checksum; raises NotADatabaseError / VersionError /
         CorruptionError."""
-        if len(raw) < F.ARZ_HEADER_SIZE:
-            if raw[:len(F.ARZ_MAGIC)] != F.ARZ_MAGIC[:len(raw)]:
+        if len(raw) < ARZ_HEADER_SIZE:
+            if raw[:len(ARZ_MAGIC)] != ARZ_MAGIC[:len(raw)]:
                 raise NotADatabaseError(f"{path} is not an archive data file (bad magic)")
             raise CorruptionError(f"archive data file header cut short ({len(raw)} bytes)",
                                   path=path)
-        fields = F.ARZ_HEADER_BODY.unpack_from(raw)
-        if fields[0] != F.ARZ_MAGIC:
+        fields = ARZ_HEADER_BODY.unpack_from(raw)
+        if fields[0] != ARZ_MAGIC:
             raise NotADatabaseError(f"{path} is not an archive data file (bad magic)")
-        if fields[1] > F.ARZ_VERSION:
+        if fields[1] > ARZ_VERSION:
             raise VersionError(f"{path} is archive data format version {fields[1]}; this build "
-                               f"knows up to {F.ARZ_VERSION}")
-        (checksum,) = F.ARZ_HEADER_CHECKSUM.unpack_from(raw, F.ARZ_HEADER_BODY.size)
-        if checksum != xxhash.xxh3_64_intdigest(raw[:F.ARZ_HEADER_BODY.size]):
+                               f"knows up to {ARZ_VERSION}")
+        (checksum,) = ARZ_HEADER_CHECKSUM.unpack_from(raw, ARZ_HEADER_BODY.size)
+        if checksum != xxhash.xxh3_64_intdigest(raw[:ARZ_HEADER_BODY.size]):
             raise CorruptionError("archive data file header checksum mismatch", path=path,
                                   where="offset 0")
-        if fields[1] < 1 or fields[2] != F.ARZ_HEADER_SIZE:
+        if fields[1] < 1 or fields[2] != ARZ_HEADER_SIZE:
             raise CorruptionError("archive data file header has a bad version or size",
                                   path=path, where="offset 0")
         (_m, _v, _s, table_id, codec_id, level, _r, generation, block_target, _r2, rows,
@@ -92,9 +99,21 @@ class FileHeader:
                    blocks, raw_bytes, gen_seq)
 
 
+def meta_from_header(header: FileHeader, prev: Meta) -> Meta:
+    """The meta of a generation whose data file was renamed into place but whose meta was
+    not yet rolled forward (an optimize publish cut short, or in flight): ``prev`` (the meta
+    of the generation before) with the header's base state."""
+    return prev.replace(
+        generation=header.generation, row_count=header.base_row_count,
+        next_row_id=header.base_next_row_id, data_length=header.base_data_length,
+        blocks=header.base_blocks, raw_bytes=header.base_raw_bytes,
+        generation_commit_seq=header.generation_commit_seq,
+        last_commit_seq=max(prev.last_commit_seq, header.generation_commit_seq))
+
+
 def read_header(fd: int, path: Path) -> FileHeader:
     """Read and validate the file header of an open ``.ARZ``."""
-    return FileHeader.decode(fileio.pread(fd, F.ARZ_HEADER_SIZE, 0, path), path)
+    return FileHeader.decode(fileio.pread(fd, ARZ_HEADER_SIZE, 0, path), path)
 
 
 def read_header_at(path: Path) -> FileHeader | None:
@@ -106,7 +125,7 @@ def read_header_at(path: Path) -> FileHeader | None:
     try:
         return read_header(fd, path)
     finally:
-        os.close(fd)
+        fileio.close_fd(fd, path)
 
 
 class DataFile:
@@ -117,15 +136,14 @@ class DataFile:
         self.fd = fd
         self.header = header
         self.table = table
-        st = os.fstat(fd)
-        self.identity = (st.st_dev, st.st_ino)
+        self.identity = fileio.identity(fd, path)
         self._lock = threading.Lock()
         self._refs = 0
         self._retired = False
         # Index: parallel lists, append-only (readers index them without the lock).
         self.first_ids: list[int] = []
         self.blocks: list[BlockHeader] = []
-        self.indexed_to = F.ARZ_HEADER_SIZE
+        self.indexed_to = ARZ_HEADER_SIZE
         self._cache: OrderedDict[int, list[bytes]] = OrderedDict()
 
     @classmethod
@@ -133,11 +151,10 @@ class DataFile:
         """Open and validate the header; FileNotFoundError propagates (caller words it)."""
         fd = fileio.open_fd(path, os.O_RDWR if writable else os.O_RDONLY)
         try:
-            header = read_header(fd, path)
+            return cls(path, fd, read_header(fd, path), table)
         except BaseException:
-            os.close(fd)
+            fileio.close_fd(fd, path)
             raise
-        return cls(path, fd, header, table)
 
     # ------------------------------------------------------------ references
     def acquire(self) -> None:
@@ -165,7 +182,7 @@ class DataFile:
         with self._lock:
             fd, self.fd = self.fd, -1
         if fd >= 0:
-            os.close(fd)
+            fileio.close_fd(fd, self.path)
 
     # ------------------------------------------------------------ index
     def ensure_index(self, upto: int) -> int:
@@ -176,27 +193,14 @@ class DataFile:
         return self.block_count_below(upto)
 
     def _walk(self, upto: int) -> None:
-        offset = self.indexed_to
-        buf = b""
-        buf_start = offset
+        """Extend the index up to ``upto`` (under ``_lock``)."""
         expected = self.blocks[-1].last_row_id + 1 if self.blocks else 1
-        while offset < upto:
-            rel = offset - buf_start
-            if rel < 0 or rel + F.BLOCK_HEADER_SIZE > len(buf):
-                buf_start = offset
-                buf = fileio.pread(self.fd, max(_WALK_CHUNK, F.BLOCK_HEADER_SIZE), offset,
-                                   self.path)
-                rel = 0
-            header = decode_header(buf[rel:rel + F.BLOCK_HEADER_SIZE], offset, self.table,
-                                   self.path, expected)
-            if header.end > upto:
-                raise CorruptionError(f"block runs past the committed length {upto}",
-                                      path=self.path, where=header.where(self.table))
+        walker = BlockWalker(self.table, self.path, upto, start=self.indexed_to,
+                             first_row=expected)
+        for header in walker.headers(self.fd):
             self.blocks.append(header)
             self.first_ids.append(header.first_row_id)
-            expected = header.last_row_id + 1
-            offset = header.end
-        self.indexed_to = max(self.indexed_to, offset)
+            self.indexed_to = header.end
 
     def note_appended(self, headers: list[BlockHeader], old_end: int) -> None:
         """Add blocks the writer itself just appended, if the index already reaches them."""
@@ -229,14 +233,14 @@ class DataFile:
     # ------------------------------------------------------------ reads
     def read_rows(self, header: BlockHeader) -> list[bytes]:
         """The rows of one block, every checksum verified (header re-verified too)."""
-        raw = fileio.pread(self.fd, F.BLOCK_HEADER_SIZE + header.stored_length, header.offset,
+        raw = fileio.pread(self.fd, BLOCK_HEADER_SIZE + header.stored_length, header.offset,
                            self.path)
-        again = decode_header(raw[:F.BLOCK_HEADER_SIZE], header.offset, self.table, self.path,
+        again = decode_header(raw[:BLOCK_HEADER_SIZE], header.offset, self.table, self.path,
                               header.first_row_id)
         if again != header:
             raise CorruptionError("block header changed since it was indexed", path=self.path,
                                   where=header.where(self.table))
-        return decode_payload(header, raw[F.BLOCK_HEADER_SIZE:], self.table, self.path)
+        return decode_payload(header, raw[BLOCK_HEADER_SIZE:], self.table, self.path)
 
     def cached_rows(self, header: BlockHeader) -> list[bytes]:
         """Like :meth:`read_rows` with a small LRU cache (for point reads)."""
@@ -251,3 +255,6 @@ class DataFile:
             while len(self._cache) > _CACHE_BLOCKS:
                 self._cache.popitem(last=False)
         return rows
+
+
+__all__ = ["DataFile", "FileHeader", "meta_from_header", "read_header", "read_header_at"]

@@ -85,11 +85,13 @@ BLOCK_HEADER_SIZE = BLOCK_HEADER_BODY.size + BLOCK_HEADER_CHECKSUM.size  # 56
 #: BLOCK_FLAG_LINES: the rows joined by LINE_SEPARATOR (used when no row of the block
 #: contains it, i.e. most text): the boundary costs ~nothing once compressed and splitting
 #: is one C call.
-ROW_LENGTH = struct.Struct("<I")
 BLOCK_FLAG_LINES = 0x01
 BLOCK_FLAGS_KNOWN = BLOCK_FLAG_LINES
 LINE_SEPARATOR = b"\n"
-MAX_RAW_BLOCK = 0xFFFF_FFFF
+#: Largest raw payload a valid block can have: a block closes once it reaches its target
+#: (<= MAX_BLOCK_TARGET), so it holds less than the target plus one more row (and its
+#: length). A restore refuses a larger one before allocating it.
+MAX_BLOCK_RAW = MAX_BLOCK_TARGET + 4 + MAX_ROW_BYTES
 
 # ---------------------------------------------------------------- file names
 ARM_SUFFIX = ".ARM"

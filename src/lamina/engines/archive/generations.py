@@ -10,27 +10,24 @@ live reader slot of kind *backup* exists when it publishes, keeps:
 * ``NAME.ARM.g<N>`` — a *copy* of the meta as of the publish (the live ``.ARM`` is updated
   in place, so a hard link to it would not stay frozen).
 
-Protocol for the backup (next issue): set its slot (kind 1) *before* creating the VP, keep it
-until it has read everything, then call :func:`cleanup`. The check runs inside the commit
-blocker, so either the optimize saw the slot, or it published before the VP (then the current
-generation is the right one).
+Protocol for a backup (the native driver and the snapshot driver's source): take a backup
+slot (:func:`take_backup_slot`) *before* creating the VP, keep it until it has read
+everything, release it, then call :func:`cleanup`. The check runs inside the commit
+blocker, so either the optimize saw the slot, or it published before the VP (then the
+current generation is the right one).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lamina.core import fileio
-from lamina.core.lockfile import LockFile
+from lamina.core.lockfile import LockFile, Slot
 from lamina.core.lockfile_format import SLOT_BACKUP
-from lamina.engines.archive import format as F
+from lamina.engines.archive.files import TableFiles
+from lamina.engines.archive.format import RETAINED_RE, arm_path, arz_path, retained_paths
 from lamina.engines.archive.meta import MetaRead, encode_file, read_meta_file
-from lamina.errors import LaminaError, NotFoundError, storage_error
-
-if TYPE_CHECKING:
-    from lamina.engines.archive.table import ArchiveTable
+from lamina.errors import LaminaError, NotFoundError
 
 
 def backup_running(lockfile: LockFile) -> bool:
@@ -38,36 +35,42 @@ def backup_running(lockfile: LockFile) -> bool:
     return any(kind == SLOT_BACKUP for _i, _p, _t, kind in lockfile.live_slots())
 
 
+def take_backup_slot(lockfile: LockFile) -> Slot:
+    """Own a lock-file reader slot marked *backup*, so every ``optimize`` that publishes
+    from now on retains the generation it replaces. The caller releases the slot.
+
+    The slot's txnid is the last published btree txnid (else the commit seq, at least 1):
+    what a reader starting now would pin, so it holds back no btree page reuse that
+    readers do not. Memory only; raises LockedError when every slot is in use.
+    """
+    slot = lockfile.acquire_slot()
+    slot.set(max(1, lockfile.btree_txnid() or lockfile.commit_seq()), SLOT_BACKUP)
+    return slot
+
+
 def retained(directory: Path, name: str) -> list[tuple[int, tuple[Path, Path]]]:
     """``[(generation, (arm, arz))]`` of every retained generation (either file present)."""
     gens: set[int] = set()
     prefix = name + "."
-    try:
-        entries = os.listdir(directory)
-    except OSError as exc:
-        raise storage_error(exc, "list", directory) from exc
-    for entry in entries:
+    for entry in fileio.listdir(directory):
         if not entry.startswith(prefix):
             continue
-        match = F.RETAINED_RE.search(entry)
+        match = RETAINED_RE.search(entry)
         if match and entry[:match.start()] == name:
             gens.add(int(match.group(2)))
-    return [(g, F.retained_paths(directory, name, g)) for g in sorted(gens)]
+    return [(g, retained_paths(directory, name, g)) for g in sorted(gens)]
 
 
-def retain_if_backup(table: ArchiveTable, read: MetaRead) -> bool:
+def retain_if_backup(files: TableFiles, read: MetaRead) -> bool:
     """Keep the current generation as ``.g<N>`` files if a backup is running (called by
-    optimize inside the commit blocker, before the rename). Returns True if kept."""
-    if not backup_running(table.lockfile):
+    optimize under the table writer lock, inside the commit blocker, before the rename).
+    Returns True if kept. Raises StorageError."""
+    if not backup_running(files.lockfile):
         return False
-    arm_keep, arz_keep = F.retained_paths(table.directory, table.name, read.meta.generation)
-    try:
-        if arz_keep.exists():
-            os.unlink(arz_keep)
-        os.link(table.arz_path, arz_keep)
-    except OSError as exc:
-        raise storage_error(exc, "link", arz_keep) from exc
-    fileio.atomic_write_file(arm_keep, encode_file(read.meta), sync=table.sync)
+    arm_keep, arz_keep = retained_paths(files.directory, files.name, read.meta.generation)
+    fileio.unlink(arz_keep)
+    fileio.link(files.arz_path, arz_keep)
+    fileio.atomic_write_file(arm_keep, encode_file(read.meta), sync=files.sync)
     return True
 
 
@@ -75,15 +78,15 @@ def files_at(directory: Path, name: str, seq: int) -> tuple[Path, Path]:
     """The ``(arm, arz)`` files of the generation current at commit seq ``seq``: the one
     with the greatest generation commit seq <= ``seq``. NotFoundError if not retained."""
     candidates: list[tuple[int, Path, Path]] = []
-    current = read_meta_file(F.arm_path(directory, name)).meta
-    candidates.append((current.generation_commit_seq, F.arm_path(directory, name),
-                       F.arz_path(directory, name)))
+    current = read_meta_file(arm_path(directory, name)).meta
+    candidates.append((current.generation_commit_seq, arm_path(directory, name),
+                       arz_path(directory, name)))
     for _gen, (arm, arz) in retained(directory, name):
         try:
             meta = read_meta_file(arm).meta
         except LaminaError:
             continue  # half-written or already cleaned up
-        if arz.exists():
+        if fileio.exists(arz):
             candidates.append((meta.generation_commit_seq, arm, arz))
     eligible = [c for c in candidates if c[0] <= seq]
     if not eligible:
@@ -102,10 +105,12 @@ def cleanup(directory: Path, name: str, lockfile: LockFile) -> int:
     for _gen, pair in found:
         for path in pair:
             try:
-                os.unlink(path)
-                removed += 1
+                fileio.unlink(path, missing_ok=False)
             except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise storage_error(exc, "remove", path) from exc
+                continue
+            removed += 1
     return removed
+
+
+__all__ = ["backup_running", "cleanup", "files_at", "retain_if_backup", "retained",
+           "take_backup_slot"]

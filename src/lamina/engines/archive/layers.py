@@ -15,24 +15,19 @@ Not thread-safe: one assembler is used by one thread.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.core import fileio
 from lamina.core.driver import TableSpec
 from lamina.core.names import validate_table_name
-from lamina.engines.archive import format as F
-from lamina.engines.archive.backup import STREAM_HEADER_SIZE, STREAM_META_SIZE, StreamHeader
+from lamina.engines.archive.format import arm_path, arz_path
 from lamina.engines.archive.meta import Meta, read_meta_file
-from lamina.engines.archive.restore_driver import (
-    DataChecker,
-    check_stream_meta,
-    recheck_data_file,
-)
-from lamina.errors import AlreadyExistsError, ChainError, CorruptionError, storage_error
+from lamina.engines.archive.proof import DataChecker, check_stream_meta, recheck_data_file
+from lamina.engines.archive.stream import STREAM_HEAD_SIZE, STREAM_HEADER_SIZE, StreamHeader
+from lamina.errors import AlreadyExistsError, ChainError, CorruptionError, StorageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +58,8 @@ class TableAssembler:
             raise ChainError(f"archive table {spec.name!r} has no part in the chain")
         self.name = validate_table_name(spec.name)  # never a path outside the directory
         self.spec = spec
-        self.arz_path = F.arz_path(directory, self.name)
-        self.arm_path = F.arm_path(directory, self.name)
+        self.arz_path = arz_path(directory, self.name)
+        self.arm_path = arm_path(directory, self.name)
         self.parts = {p.image: p for p in parts}
         self.final = max(parts, key=lambda p: p.image)
         #: The last image's meta and ``.ARM`` bytes (set when its stream is read).
@@ -92,16 +87,11 @@ class TableAssembler:
         if not data:
             return
         if self._fd < 0:
-            flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-                     | getattr(os, "O_CLOEXEC", 0))
-            fileio.COUNTERS["open"] += 1  # os.open directly: fileio would hide EEXIST
             try:
-                self._fd = os.open(self.arz_path, flags, 0o644)
+                self._fd = fileio.create_new(self.arz_path)
             except FileExistsError as exc:
                 raise AlreadyExistsError(f"{self.arz_path} already exists in the restore "
                                          "destination") from exc
-            except OSError as exc:
-                raise storage_error(exc, "create", self.arz_path) from exc
             self._created.append(self.arz_path)
         fileio.pwrite(self._fd, data, offset, self.arz_path)
         self._covered += len(data)
@@ -120,11 +110,12 @@ class TableAssembler:
             raise CorruptionError(f"archive table {self.name!r}: the chain's parts cover "
                                   f"{self._covered} bytes, the last VP has "
                                   f"{None if meta is None else meta.data_length}")
-        fileio.fsync(self._fd, self.arz_path)
-        os.close(self._fd)
-        self._fd = -1
-        recheck_data_file(self.arz_path, self.name, self.spec.table_id, meta,
-                          self.final.vp_seq, None)
+        fd, self._fd = self._fd, -1
+        try:
+            fileio.fsync(fd, self.arz_path)
+        finally:
+            fileio.close_fd(fd, self.arz_path)
+        recheck_data_file(self.arz_path, self.name, self.spec.table_id, meta, None)
         self._created.append(self.arm_path)
         fileio.atomic_write_file(self.arm_path, self.arm_bytes, sync=True)
         if read_meta_file(self.arm_path).meta != meta:
@@ -134,12 +125,12 @@ class TableAssembler:
         """Close and remove every file this assembler created (never raises)."""
         fd, self._fd = self._fd, -1
         if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            with suppress(StorageError):
+                fileio.close_fd(fd, self.arz_path)
         for path in self._created:
             for p in (path, path.with_name(path.name + ".tmp")):
-                with contextlib.suppress(OSError):
-                    os.unlink(p)
+                with suppress(StorageError):
+                    fileio.unlink(p)
         self._created.clear()
 
 
@@ -170,11 +161,11 @@ class TableStreamReader:
             return
         view = memoryview(data)
         if self._data is None:
-            take = min(STREAM_HEADER_SIZE + STREAM_META_SIZE - len(self._head), len(view))
+            take = min(STREAM_HEAD_SIZE - len(self._head), len(view))
             self._head += view[:take]
             view = view[take:]
             self._received += take
-            if len(self._head) == STREAM_HEADER_SIZE + STREAM_META_SIZE:
+            if len(self._head) == STREAM_HEAD_SIZE:
                 self._start(bytes(self._head))
         if len(view):
             checker = self._data
@@ -209,9 +200,9 @@ class TableStreamReader:
             self.assembler.meta = meta
             self.assembler.arm_bytes = arm
         self._header = header
-        self._data = DataChecker(self.assembler.name, spec.table_id, meta, header.vp_seq,
-                                 self.label, decode=True, start=part.start,
-                                 first_row=part.first_row, min_seq=part.min_seq)
+        self._data = DataChecker(self.assembler.name, spec.table_id, meta, self.label,
+                                 decode=True, start=part.start, first_row=part.first_row,
+                                 min_seq=part.min_seq)
         self._head = bytearray()
 
 

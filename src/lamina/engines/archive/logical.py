@@ -21,30 +21,31 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from lamina.core import fileio
+from lamina.core.catalog import ENGINE_ARCHIVE
 from lamina.core.driver import TableSpec, require_engine
 from lamina.core.lockfile import LockFile, Slot
-from lamina.core.lockfile_format import SLOT_BACKUP
 from lamina.core.table_locks import HeldTableLocks
-from lamina.engines.archive import format as F
+from lamina.engines.archive import generations, vpcut
 from lamina.engines.archive.datafile import DataFile
+from lamina.engines.archive.format import CODEC_NAMES, arm_path
 from lamina.engines.archive.meta import read_meta_file
 from lamina.engines.archive.table import ArchiveTable
 from lamina.errors import (
     CorruptionError,
     LaminaError,
+    StorageError,
     TableNotFoundError,
     UsageError,
 )
 
-ENGINE_ARCHIVE = "archive"
 _ROW_ID = struct.Struct(">Q")
 #: Raw bytes per commit while a restore appends rows (bounds the appender's buffer).
 LOAD_COMMIT_BYTES = 8 << 20
-
-
 
 
 class ArchiveLogical:
@@ -76,11 +77,11 @@ class _Base:
     def _probe(self) -> None:
         """Check every table exists with its id; note its codec and size. Disk I/O."""
         for t in self.tables:
-            meta = read_meta_file(F.arm_path(self.directory, t.name)).meta
+            meta = read_meta_file(arm_path(self.directory, t.name)).meta
             if meta.table_id != t.table_id:
                 raise TableNotFoundError(f"archive table {t.name!r} (id {t.table_id}) not "
                                          f"found: its files hold table id {meta.table_id}")
-            self._info[t.name] = {"codec": F.CODEC_NAMES.get(meta.codec, "zstd"),
+            self._info[t.name] = {"codec": CODEC_NAMES.get(meta.codec, "zstd"),
                                   "level": meta.level, "block_target": meta.block_target}
             self._estimates[t.name] = (meta.row_count, meta.raw_bytes + 8 * meta.row_count)
 
@@ -103,8 +104,7 @@ class ArchiveSnapshotSource(_Base):
 
     def begin(self) -> None:
         """Take a backup slot (optimize retains generations from now on), probe tables."""
-        self._slot = self.lockfile.acquire_slot()
-        self._slot.set(_pin_txnid(self.lockfile), SLOT_BACKUP)
+        self._slot = generations.take_backup_slot(self.lockfile)
         self._probe()
 
     def pin(self) -> None:
@@ -125,14 +125,13 @@ class ArchiveSnapshotSource(_Base):
             raise UsageError("archive snapshot source: rows() before pin()")
         # The native driver's generation lookup: the generation current at the VP (a
         # retained .g<N> copy if an optimize replaced it since).
-        from lamina.engines.archive.backup import _open_vp_generation
-
-        fd, header, committed, arz = _open_vp_generation(self.directory, spec.name,
-                                                         self.vp_seq)
+        fd, header, committed, arz = vpcut.open_vp_generation(self.directory, spec.name,
+                                                              self.vp_seq)
         try:
             data = DataFile(arz, fd, header, spec.name)
         except BaseException:
-            os.close(fd)
+            with suppress(StorageError):
+                fileio.close_fd(fd, arz)
             raise
         try:
             if committed.table_id != spec.table_id:
@@ -161,7 +160,7 @@ class ArchiveSnapshotSource(_Base):
         slot.release()
         for t in self.tables:
             try:
-                ArchiveTable.cleanup_generations(self.directory, t.name, self.lockfile)
+                generations.cleanup(self.directory, t.name, self.lockfile)
             except (LaminaError, OSError):
                 pass  # the next optimize or writable open removes them
 
@@ -210,16 +209,6 @@ class ArchiveLockingSource(_Base):
     def close(self) -> None:
         """Release every lock still held. Never raises."""
         self._locks.release_all()
-
-
-def _pin_txnid(lockfile: LockFile) -> int:
-    """A harmless txnid for the backup slot: the last published btree one (else 1)."""
-    from lamina.engines.btree import format as btree_format
-
-    try:
-        return max(1, btree_format.Meta.decode(lockfile.btree_meta()).txnid)
-    except LaminaError:
-        return 1
 
 
 def load_table(directory: Path, lockfile: LockFile, spec: TableSpec, info: dict[str, Any],

@@ -21,7 +21,17 @@ import xxhash
 
 from lamina.core import fileio
 from lamina.core.failpoints import failpoint
-from lamina.engines.archive import format as F
+from lamina.engines.archive.format import (
+    ARM_FILE_SIZE,
+    ARM_MAGIC,
+    ARM_SLOT_BODY,
+    ARM_SLOT_CHECKSUM,
+    ARM_SLOT_COUNT,
+    ARM_SLOT_SIZE,
+    ARM_SLOT_STRIDE,
+    ARM_SLOT_TEAR_AT,
+    ARM_VERSION,
+)
 from lamina.errors import CorruptionError, NotADatabaseError, TableNotFoundError, VersionError
 
 
@@ -56,20 +66,20 @@ class Meta:
 
 def encode_slot(meta: Meta) -> bytes:
     """The 128 bytes of one slot holding ``meta``."""
-    body = F.ARM_SLOT_BODY.pack(
-        F.ARM_MAGIC, F.ARM_VERSION, F.ARM_SLOT_SIZE, meta.counter, meta.table_id, meta.codec,
+    body = ARM_SLOT_BODY.pack(
+        ARM_MAGIC, ARM_VERSION, ARM_SLOT_SIZE, meta.counter, meta.table_id, meta.codec,
         meta.level, 0, meta.generation, meta.row_count, meta.next_row_id, meta.data_length,
         meta.block_target, 0, meta.last_commit_seq, meta.generation_commit_seq, meta.blocks,
         meta.raw_bytes)
-    return body + F.ARM_SLOT_CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
+    return body + ARM_SLOT_CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
 
 
 def encode_file(meta: Meta) -> bytes:
     """A whole fresh ``.ARM`` file: both slots valid (counters n and n+1), same state."""
-    out = bytearray(F.ARM_FILE_SIZE)
-    out[0:F.ARM_SLOT_SIZE] = encode_slot(meta)
+    out = bytearray(ARM_FILE_SIZE)
+    out[0:ARM_SLOT_SIZE] = encode_slot(meta)
     second = encode_slot(meta.replace(counter=meta.counter + 1))
-    out[F.ARM_SLOT_STRIDE:F.ARM_SLOT_STRIDE + F.ARM_SLOT_SIZE] = second
+    out[ARM_SLOT_STRIDE:ARM_SLOT_STRIDE + ARM_SLOT_SIZE] = second
     return bytes(out)
 
 
@@ -84,18 +94,18 @@ SLOT_BAD_CHECKSUM = "bad checksum"
 
 def decode_slot(raw: bytes) -> tuple[str, Meta | None, int]:
     """Validate one slot: ``(state, meta or None, version)``; never raises."""
-    if len(raw) < F.ARM_SLOT_SIZE:
+    if len(raw) < ARM_SLOT_SIZE:
         return SLOT_MISSING, None, 0
-    fields = F.ARM_SLOT_BODY.unpack_from(raw)
+    fields = ARM_SLOT_BODY.unpack_from(raw)
     magic, version, size = fields[0], fields[1], fields[2]
-    if magic != F.ARM_MAGIC:
+    if magic != ARM_MAGIC:
         return SLOT_BAD_MAGIC, None, 0
-    if version > F.ARM_VERSION:
+    if version > ARM_VERSION:
         return SLOT_FUTURE, None, version
-    if version < 1 or size != F.ARM_SLOT_SIZE:
+    if version < 1 or size != ARM_SLOT_SIZE:
         return SLOT_BAD_VERSION, None, version
-    (checksum,) = F.ARM_SLOT_CHECKSUM.unpack_from(raw, F.ARM_SLOT_BODY.size)
-    if checksum != xxhash.xxh3_64_intdigest(raw[:F.ARM_SLOT_BODY.size]):
+    (checksum,) = ARM_SLOT_CHECKSUM.unpack_from(raw, ARM_SLOT_BODY.size)
+    if checksum != xxhash.xxh3_64_intdigest(raw[:ARM_SLOT_BODY.size]):
         return SLOT_BAD_CHECKSUM, None, version
     (_m, _v, _s, counter, table_id, codec_id, level, _flags, generation, row_count, next_row_id,
      data_length, block_target, _r, last_seq, gen_seq, blocks, raw_bytes) = fields
@@ -124,13 +134,13 @@ def decode_file(raw: bytes, path: Path) -> MetaRead:
     Raises VersionError (a slot from a newer format), NotADatabaseError (no slot has the
     magic: not an archive meta file), CorruptionError (every slot damaged).
     """
-    decoded = [decode_slot(raw[i * F.ARM_SLOT_STRIDE:i * F.ARM_SLOT_STRIDE + F.ARM_SLOT_SIZE])
-               for i in range(F.ARM_SLOT_COUNT)]
+    decoded = [decode_slot(raw[i * ARM_SLOT_STRIDE:i * ARM_SLOT_STRIDE + ARM_SLOT_SIZE])
+               for i in range(ARM_SLOT_COUNT)]
     states = tuple(d[0] for d in decoded)
     for state, _m, version in decoded:
         if state == SLOT_FUTURE:
             raise VersionError(f"{path} is archive meta format version {version}; this build "
-                               f"knows up to {F.ARM_VERSION}")
+                               f"knows up to {ARM_VERSION}")
     valid = [(m.counter, i, m) for i, (s, m, _v) in enumerate(decoded) if m is not None]
     if not valid:
         if len(raw) == 0:
@@ -147,10 +157,9 @@ class ArmFile:
     """An open ``.ARM`` file. ``read()`` is safe from any thread; ``write()`` only under the
     table writer lock (the lock, not this object, serializes writers across processes)."""
 
-    def __init__(self, path: Path, fd: int, writable: bool) -> None:
+    def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self.fd = fd
-        self.writable = writable
 
     @classmethod
     def open(cls, path: Path, *, writable: bool) -> ArmFile:
@@ -159,7 +168,7 @@ class ArmFile:
             fd = fileio.open_fd(path, os.O_RDWR if writable else os.O_RDONLY)
         except FileNotFoundError as exc:
             raise TableNotFoundError(f"archive meta file {path} does not exist") from exc
-        return cls(path, fd, writable)
+        return cls(path, fd)
 
     def read(self) -> MetaRead:
         """The current committed state. One pread of both slots.
@@ -169,7 +178,7 @@ class ArmFile:
         one pread.
         """
         for attempt in range(3):
-            raw = fileio.pread(self.fd, F.ARM_FILE_SIZE, 0, self.path)
+            raw = fileio.pread(self.fd, ARM_FILE_SIZE, 0, self.path)
             try:
                 return decode_file(raw, self.path)
             except CorruptionError:
@@ -187,10 +196,10 @@ class ArmFile:
         slot = 1 - current.slot
         meta = meta.replace(counter=current.meta.counter + 1)
         data = encode_slot(meta)
-        offset = slot * F.ARM_SLOT_STRIDE
-        fileio.pwrite(self.fd, data[:F.ARM_SLOT_TEAR_AT], offset, self.path)
+        offset = slot * ARM_SLOT_STRIDE
+        fileio.pwrite(self.fd, data[:ARM_SLOT_TEAR_AT], offset, self.path)
         failpoint("archive.mid_meta_write")
-        fileio.pwrite(self.fd, data[F.ARM_SLOT_TEAR_AT:], offset + F.ARM_SLOT_TEAR_AT, self.path)
+        fileio.pwrite(self.fd, data[ARM_SLOT_TEAR_AT:], offset + ARM_SLOT_TEAR_AT, self.path)
         if sync:
             fileio.fsync(self.fd, self.path)
         states = list(current.states)
@@ -199,9 +208,9 @@ class ArmFile:
 
     def close(self) -> None:
         """Close the descriptor (idempotent)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            fileio.close_fd(fd, self.path)
 
 
 def read_meta_file(path: Path) -> MetaRead:

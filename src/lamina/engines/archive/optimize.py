@@ -20,38 +20,38 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from contextlib import suppress
+from typing import Any
 
 from lamina.core import fileio
 from lamina.core.failpoints import failpoint
-from lamina.engines.archive import format as F
 from lamina.engines.archive import generations, recovery
-from lamina.engines.archive.block import PendingBlock, pack_block
+from lamina.engines.archive.block import pack_block
 from lamina.engines.archive.datafile import DataFile, FileHeader
-from lamina.errors import storage_error
+from lamina.engines.archive.files import TableFiles
+from lamina.engines.archive.format import ARZ_HEADER_SIZE, DEFAULT_OPTIMIZE_TARGET
+from lamina.errors import StorageError
 
-if TYPE_CHECKING:
-    from lamina.engines.archive.table import ArchiveTable
 
-
-def optimize(table: ArchiveTable, block_target: int | None, timeout: float | None,
+def optimize(files: TableFiles, block_target: int | None, timeout: float | None,
              ) -> dict[str, Any]:
-    """Rewrite ``table`` as a new generation (see module doc); returns stats:
+    """Rewrite the table of ``files`` as a new generation (see module doc); returns stats:
     ``generation``, ``rows``, ``blocks_before``, ``blocks_after``, ``bytes_before``,
     ``bytes_after``, ``block_target``, ``commit_seq``, ``retained`` (old generation kept for a
-    backup), ``seconds``. Raises LockedError if the writer lock is not free in ``timeout``."""
+    backup), ``seconds``. Takes the table writer lock: LockedError if it is not free in
+    ``timeout``. Raises StorageError, CorruptionError (from recovery)."""
     started = time.monotonic()
-    lock = table.lockfile.table_writer_lock(table.table_id, table.name)
+    lock = files.writer_lock()
     lock.acquire(timeout)
     held: list[DataFile] = []  # data files this optimize reads (referenced until the end)
     try:
-        read = recovery.recover(table)
-        generations.cleanup(table.directory, table.name, table.lockfile)
+        read = recovery.recover(files)
+        generations.cleanup(files.directory, files.name, files.lockfile)
         meta = read.meta
-        target = block_target or max(F.DEFAULT_OPTIMIZE_TARGET, 4 * meta.block_target)
-        old = table._acquire_data_at_path()
+        target = block_target or max(DEFAULT_OPTIMIZE_TARGET, 4 * meta.block_target)
+        old = files.acquire_current()
         held.append(old)
-        new_path = F.arz_new_path(table.directory, table.name)
+        new_path = files.new_path
         fd = fileio.open_fd(new_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         published = installed = False
         try:
@@ -62,37 +62,33 @@ def optimize(table: ArchiveTable, block_target: int | None, timeout: float | Non
             # syncs; recovery rolls a durable rename forward from the data file's header).
             fileio.fdatasync(fd, new_path)
             failpoint("archive.optimize_before_publish")
-            lockfile = table.lockfile
+            lockfile = files.lockfile
             with lockfile.publishing_commit():
                 seq = lockfile.next_commit_seq()
-                header = FileHeader(table.table_id, meta.codec, meta.level,
+                header = FileHeader(files.table_id, meta.codec, meta.level,
                                     meta.generation + 1, target, meta.row_count,
                                     meta.next_row_id, end, blocks, raw_bytes, seq)
                 fileio.pwrite(fd, header.encode(), 0, new_path)
                 fileio.fdatasync(fd, new_path)
-                retained = generations.retain_if_backup(table, read)
-                try:
-                    os.replace(new_path, table.arz_path)
-                except OSError as exc:
-                    raise storage_error(exc, "rename", new_path) from exc
+                retained = generations.retain_if_backup(files, read)
+                fileio.rename(new_path, files.arz_path)
                 published = True
-                if table.sync:
-                    fileio.fsync_dir(table.directory)
+                if files.sync:
+                    fileio.fsync_dir(files.directory)
                 failpoint("archive.optimize_mid_publish")
                 new_meta = meta.replace(generation=header.generation, data_length=end,
                                         blocks=blocks, raw_bytes=raw_bytes,
                                         last_commit_seq=seq, generation_commit_seq=seq)
-                table._arm_file().write(read, new_meta, sync=table.sync)
+                files.arm().write(read, new_meta, sync=files.sync)
             installed = True
-            table._install(DataFile(table.arz_path, fd, header, table.name))
+            files.install(DataFile(files.arz_path, fd, header, files.name))
         except BaseException:
             if not installed:
-                os.close(fd)
+                with suppress(StorageError):
+                    fileio.close_fd(fd, new_path)
             if not published:
-                try:
-                    os.unlink(new_path)
-                except OSError:
-                    pass
+                with suppress(StorageError):
+                    fileio.unlink(new_path)
             raise
     finally:
         for data in held:
@@ -109,8 +105,8 @@ def optimize(table: ArchiveTable, block_target: int | None, timeout: float | Non
 def _rewrite(old: DataFile, upto: int, fd: int, path: os.PathLike[str], codec_id: int,
              level: int, target: int) -> tuple[int, int, int]:
     """Copy every row of ``old`` below ``upto`` into new blocks; returns (end, blocks, raw)."""
-    fileio.pwrite(fd, bytes(F.ARZ_HEADER_SIZE), 0, path)  # placeholder until publish
-    offset = F.ARZ_HEADER_SIZE
+    fileio.pwrite(fd, bytes(ARZ_HEADER_SIZE), 0, path)  # placeholder until publish
+    offset = ARZ_HEADER_SIZE
     count = old.ensure_index(upto)
     run: list[bytes] = []
     run_size = 0
@@ -121,7 +117,7 @@ def _rewrite(old: DataFile, upto: int, fd: int, path: os.PathLike[str], codec_id
 
     def flush() -> None:
         nonlocal offset, blocks, raw_bytes, run, run_size, run_first
-        block: PendingBlock = pack_block(run, run_first, codec_id, level)
+        block = pack_block(run, run_first, codec_id, level)
         data = block.encode(run_seq)
         fileio.pwrite(fd, data, offset, path)
         offset += len(data)
@@ -143,3 +139,6 @@ def _rewrite(old: DataFile, upto: int, fd: int, path: os.PathLike[str], codec_id
     if run:
         flush()
     return offset, blocks, raw_bytes
+
+
+__all__ = ["optimize"]

@@ -23,85 +23,61 @@ past the committed length is truncated.
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING
-
 from lamina.core import fileio
-from lamina.engines.archive import format as F
-from lamina.engines.archive.datafile import read_header_at
+from lamina.engines.archive.datafile import DataFile, meta_from_header, read_header_at
+from lamina.engines.archive.files import TableFiles
 from lamina.engines.archive.meta import MetaRead
-from lamina.errors import CorruptionError, storage_error
-
-if TYPE_CHECKING:
-    from pathlib import Path
-
-    from lamina.engines.archive.datafile import DataFile
-    from lamina.engines.archive.meta import ArmFile, Meta
-    from lamina.engines.archive.table import ArchiveTable
+from lamina.errors import CorruptionError
 
 
-def _unlink_if_present(path: os.PathLike[str]) -> None:
+def recover(files: TableFiles) -> MetaRead:
+    """Bring the table's files to a clean committed state; call only under the table writer
+    lock. Returns the current meta. Raises CorruptionError for states no crash can
+    produce, StorageError."""
+    read = files.read()
+    data = files.acquire_current()
     try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise storage_error(exc, "remove", path) from exc
-
-
-def recover(table: ArchiveTable) -> MetaRead:
-    """Bring the table's files to a clean committed state; call only under the writer lock.
-
-    Returns the current meta. Raises CorruptionError for states no crash can produce.
-    """
-    arm = table._arm_file()
-    read = arm.read()
-    meta = read.meta
-    new_path = F.arz_new_path(table.directory, table.name)
-    data = table._acquire_data_at_path()
-    try:
-        return _recover_with(table, arm, read, meta, new_path, data)
+        return _recover_with(files, read, data)
     finally:
         data.release()
 
 
-def _recover_with(table: ArchiveTable, arm: ArmFile, read: MetaRead, meta: Meta,
-                  new_path: Path, data: DataFile) -> MetaRead:
-    from lamina.engines.archive.table import meta_from_header
-
+def _recover_with(files: TableFiles, read: MetaRead, data: DataFile) -> MetaRead:
+    arm = files.arm()
+    meta = read.meta
     gen = data.header.generation
     if gen == meta.generation + 1:
-        read = arm.write(read, meta_from_header(data.header, meta), sync=table.sync)
+        read = arm.write(read, meta_from_header(data.header, meta), sync=files.sync)
         meta = read.meta
-        _unlink_if_present(new_path)
-    elif gen == meta.generation - 1 and new_path.exists():
-        pending = read_header_at(new_path)
+        fileio.unlink(files.new_path)
+    elif gen == meta.generation - 1 and fileio.exists(files.new_path):
+        pending = read_header_at(files.new_path)
         if pending is None or pending.generation != meta.generation:
             raise CorruptionError(f"data file is generation {gen}, meta says {meta.generation}",
-                                  path=table.arz_path)
+                                  path=files.arz_path)
+        fileio.rename(files.new_path, files.arz_path)
+        fileio.fsync_dir(files.directory)
+        fresh = files.acquire_current()
         try:
-            os.replace(new_path, table.arz_path)
-        except OSError as exc:
-            raise storage_error(exc, "rename", new_path) from exc
-        fileio.fsync_dir(table.directory)
-        fresh = table._acquire_data_at_path()
-        try:
-            return _recover_with(table, arm, read, meta, new_path, fresh)
+            return _recover_with(files, read, fresh)
         finally:
             fresh.release()
     elif gen == meta.generation:
-        if new_path.exists():
-            _unlink_if_present(new_path)
+        if fileio.exists(files.new_path):
+            fileio.unlink(files.new_path)
     else:
         raise CorruptionError(f"data file is generation {gen}, meta says {meta.generation}",
-                              path=table.arz_path, where="offset 0")
+                              path=files.arz_path, where="offset 0")
     if read.damaged_slots:
-        read = arm.write(read, meta, sync=table.sync)
+        read = arm.write(read, meta, sync=files.sync)
     size = fileio.file_size(data.fd)
     if size < meta.data_length:
         raise CorruptionError(f"data file is {size} bytes, shorter than its committed length "
-                              f"{meta.data_length}", path=table.arz_path)
+                              f"{meta.data_length}", path=files.arz_path)
     if size > meta.data_length:
         # A torn tail: blocks of a commit whose meta never published.
-        fileio.truncate(data.fd, meta.data_length, table.arz_path)
+        fileio.truncate(data.fd, meta.data_length, files.arz_path)
     return read
+
+
+__all__ = ["recover"]

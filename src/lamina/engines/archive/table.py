@@ -1,20 +1,18 @@
 """``ArchiveTable``: one open archive table — reads, writer handout, stats, static helpers.
 
 Reads work on a *snapshot*: the meta read at the start of the operation (committed length,
-row count) plus a reference to the data file of that generation. A reader never reads past
-the snapshot's committed length, so it sees whole commits only, in any process, without
-locks. Writes go through :class:`~lamina.engines.archive.writer.Appender` under the table
-writer lock; ``optimize`` and ``check`` live in their own modules.
+row count) plus a reference to the data file of that generation
+(:meth:`~lamina.engines.archive.files.TableFiles.snapshot`). A reader never reads past the
+snapshot's committed length, so it sees whole commits only, in any process, without locks.
+Writes go through :class:`~lamina.engines.archive.writer.Appender` under the table writer
+lock; recovery, ``optimize`` and ``check`` live in their own modules and work on the table's
+:class:`~lamina.engines.archive.files.TableFiles`.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-import threading
-import time
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,41 +20,30 @@ from lamina.core import fileio
 from lamina.core.check import CheckReport
 from lamina.core.lockfile import LockFile
 from lamina.core.names import validate_table_name
-from lamina.engines.archive import codec
-from lamina.engines.archive import format as F
-from lamina.engines.archive.datafile import DataFile, FileHeader, read_header_at
+from lamina.engines.archive import check, codec, generations, optimize, recovery
+from lamina.engines.archive.datafile import FileHeader, meta_from_header, read_header_at
+from lamina.engines.archive.files import Snapshot, TableFiles
+from lamina.engines.archive.format import (
+    ARZ_HEADER_SIZE,
+    CODEC_NAMES,
+    DEFAULT_BLOCK_TARGET,
+    MAX_BLOCK_TARGET,
+    MIN_BLOCK_TARGET,
+    arm_path,
+    arz_new_path,
+    arz_path,
+)
 from lamina.engines.archive.meta import ArmFile, Meta, encode_file, read_meta_file
 from lamina.engines.archive.writer import Appender
 from lamina.errors import (
     AlreadyExistsError,
-    ClosedError,
     CorruptionError,
     LockedError,
     NotFoundError,
     ReadOnlyError,
     TableNotFoundError,
     UsageError,
-    storage_error,
 )
-
-
-def meta_from_header(header: FileHeader, prev: Meta) -> Meta:
-    """The meta of a generation whose data file was renamed into place but whose meta was
-    not yet rolled forward (an optimize publish cut short): the header's base state."""
-    return prev.replace(
-        generation=header.generation, row_count=header.base_row_count,
-        next_row_id=header.base_next_row_id, data_length=header.base_data_length,
-        blocks=header.base_blocks, raw_bytes=header.base_raw_bytes,
-        generation_commit_seq=header.generation_commit_seq,
-        last_commit_seq=max(prev.last_commit_seq, header.generation_commit_seq))
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """A committed state and the data file holding it (a reference the caller releases)."""
-
-    meta: Meta
-    data: DataFile
 
 
 class RowIterator:
@@ -124,22 +111,22 @@ class ArchiveTable:
 
     def __init__(self, directory: Path, name: str, table_id: int, lockfile: LockFile,
                  arm: ArmFile, *, readonly: bool, sync: bool) -> None:
-        self.directory = Path(directory)
+        #: The table's files: paths, the open meta file, the current data file.
+        self.files = TableFiles(directory, name, table_id, lockfile, arm, readonly=readonly,
+                                sync=sync)
+        self.directory = self.files.directory
         self.name = name
         self.table_id = table_id
         self.lockfile = lockfile
         self.readonly = readonly
         self.sync = sync
-        self.arm_path = F.arm_path(self.directory, name)
-        self.arz_path = F.arz_path(self.directory, name)
-        self._arm: ArmFile | None = arm
-        self._data: DataFile | None = None
-        self._lock = threading.Lock()
+        self.arm_path = self.files.arm_path
+        self.arz_path = self.files.arz_path
 
     # ================================================================ lifecycle
     @classmethod
     def create(cls, directory: Path, name: str, table_id: int, *, codec: str = "zstd",
-               level: int | None = None, block_target: int = F.DEFAULT_BLOCK_TARGET,
+               level: int | None = None, block_target: int = DEFAULT_BLOCK_TARGET,
                sync: bool = True) -> None:
         """Create an empty table's ``NAME.ARZ`` then ``NAME.ARM`` (each written to a temp
         file, synced, renamed; the ``.ARM`` last, so its presence means the table exists).
@@ -153,13 +140,13 @@ class ArchiveTable:
         if not 0 < table_id < 2**32:
             raise UsageError(f"table id must be in 1..{2**32 - 1}, not {table_id}")
         directory = Path(directory)
-        arm_p, arz_p = F.arm_path(directory, name), F.arz_path(directory, name)
-        if arm_p.exists():
+        arm_p, arz_p = arm_path(directory, name), arz_path(directory, name)
+        if fileio.exists(arm_p):
             raise AlreadyExistsError(f"archive table {name!r} already exists in {directory}")
-        header = FileHeader(table_id, codec_id, lvl, 1, block_target, 0, 1, F.ARZ_HEADER_SIZE,
+        header = FileHeader(table_id, codec_id, lvl, 1, block_target, 0, 1, ARZ_HEADER_SIZE,
                             0, 0, 0)
         fileio.atomic_write_file(arz_p, header.encode(), sync=sync)
-        meta = Meta(1, table_id, codec_id, lvl, 1, 0, 1, F.ARZ_HEADER_SIZE, block_target, 0, 0,
+        meta = Meta(1, table_id, codec_id, lvl, 1, 0, 1, ARZ_HEADER_SIZE, block_target, 0, 0,
                     0, 0)
         fileio.atomic_write_file(arm_p, encode_file(meta), sync=sync)
 
@@ -175,9 +162,9 @@ class ArchiveTable:
         """
         validate_table_name(name)
         directory = Path(directory)
-        arm_p, arz_p = F.arm_path(directory, name), F.arz_path(directory, name)
-        if not arm_p.exists():
-            if arz_p.exists():
+        arm_p, arz_p = arm_path(directory, name), arz_path(directory, name)
+        if not fileio.exists(arm_p):
+            if fileio.exists(arz_p):
                 raise CorruptionError(f"archive table {name!r} has no meta file", path=arm_p)
             raise TableNotFoundError(f"archive table {name!r} does not exist in {directory}")
         arm = ArmFile.open(arm_p, writable=not readonly)
@@ -197,28 +184,20 @@ class ArchiveTable:
         return table
 
     def _recover_if_idle(self) -> None:
-        from lamina.engines.archive import generations, recovery
-
-        lock = self.lockfile.table_writer_lock(self.table_id, self.name)
+        lock = self.files.writer_lock()
         try:
             lock.acquire(0)
         except LockedError:
             return  # a live writer owns the table; it recovers whenever it takes the lock
         try:
-            recovery.recover(self)
+            recovery.recover(self.files)
             generations.cleanup(self.directory, self.name, self.lockfile)
         finally:
             lock.release()
 
     def close(self) -> None:
         """Close the files (idempotent). Scans still running keep their data file open."""
-        with self._lock:
-            arm, self._arm = self._arm, None
-            data, self._data = self._data, None
-        if arm is not None:
-            arm.close()
-        if data is not None:
-            data.retire()
+        self.files.close()
 
     def __enter__(self) -> ArchiveTable:
         return self
@@ -228,93 +207,12 @@ class ArchiveTable:
 
     # ================================================================ internals
     def _arm_file(self) -> ArmFile:
-        arm = self._arm
-        if arm is None:
-            raise ClosedError(f"archive table {self.name!r} is closed")
-        return arm
-
-    def _open_data(self) -> DataFile:
-        try:
-            data = DataFile.open(self.arz_path, self.name, writable=not self.readonly)
-        except FileNotFoundError as exc:
-            raise CorruptionError(f"archive table {self.name!r} has no data file",
-                                  path=self.arz_path) from exc
-        if data.header.table_id != self.table_id:
-            data.retire()
-            raise CorruptionError(f"data file has table id {data.header.table_id}, expected "
-                                  f"{self.table_id}", path=self.arz_path, where="offset 0")
-        return data
-
-    def _install(self, data: DataFile) -> None:
-        """Make ``data`` the current generation file; retire the previous one."""
-        with self._lock:
-            if self._arm is None:
-                data.retire()
-                raise ClosedError(f"archive table {self.name!r} is closed")
-            old, self._data = self._data, data
-        if old is not None and old is not data:
-            old.retire()
-
-    def _acquire_data_at_path(self) -> DataFile:
-        """The data file currently at ``NAME.ARZ`` (reopened if it was replaced), with a
-        reference the caller must ``release()``: a reader thread may install a newer
-        generation meanwhile and retire this one, which is closed only once unreferenced."""
-        try:
-            st = os.stat(self.arz_path)
-        except FileNotFoundError as exc:
-            raise CorruptionError(f"archive table {self.name!r} has no data file",
-                                  path=self.arz_path) from exc
-        except OSError as exc:
-            raise storage_error(exc, "stat", self.arz_path) from exc
-        with self._lock:
-            data = self._data
-            if data is not None and data.identity == (st.st_dev, st.st_ino):
-                data.acquire()  # under the lock: an _install cannot retire it first
-                return data
-        data = self._open_data()
-        data.acquire()
-        try:
-            self._install(data)
-        except BaseException:
-            data.release()
-            raise
-        return data
+        """The open meta file; ClosedError once closed."""
+        return self.files.arm()
 
     def _snapshot(self) -> Snapshot:
         """The committed state now and a referenced data file holding it."""
-        for attempt in range(20):
-            meta = self._arm_file().read().meta
-            with self._lock:
-                data = self._data
-                # Acquire under the lock so a concurrent _install cannot close it under us.
-                if data is not None and data.header.generation in (meta.generation,
-                                                                    meta.generation + 1):
-                    data.acquire()
-                else:
-                    data = None
-            if data is None:
-                data = self._open_data()
-                data.acquire()
-                try:
-                    self._install(data)
-                except BaseException:
-                    data.release()
-                    raise
-            gen = data.header.generation
-            if gen == meta.generation + 1:
-                # An optimize renamed the new generation into place and has not yet rolled
-                # the meta forward (it is publishing right now, or crashed): the header's
-                # base state is that committed state.
-                meta = meta_from_header(data.header, meta)
-            elif gen != meta.generation:
-                # Raced two publishes (or a crash left meta ahead of the rename): retry.
-                data.release()
-                time.sleep(0.001 * (attempt + 1))
-                continue
-            return Snapshot(meta, data)
-        raise CorruptionError(f"archive table {self.name!r}: data file generation does not "
-                              f"match the meta file (a half-done optimize? open the table "
-                              f"for writing to recover)", path=self.arz_path)
+        return self.files.snapshot()
 
     def _check_writable(self) -> None:
         self._arm_file()
@@ -326,17 +224,15 @@ class ArchiveTable:
         """Take the table writer lock (waiting up to ``timeout`` seconds; None = forever)
         and return an :class:`Appender` holding it. Raises LockedError naming the table,
         ReadOnlyError, ClosedError."""
-        from lamina.engines.archive import recovery
-
         self._check_writable()
-        lock = self.lockfile.table_writer_lock(self.table_id, self.name)
+        lock = self.files.writer_lock()
         lock.acquire(timeout)
         try:
-            read = recovery.recover(self)
+            read = recovery.recover(self.files)
         except BaseException:
             lock.release()
             raise
-        return Appender(self, lock, read)
+        return Appender(self.files, lock, read)
 
     def append(self, row: bytes) -> int:
         """Append one row in its own commit; returns its row id."""
@@ -355,12 +251,10 @@ class ArchiveTable:
         Holds the table writer lock throughout (appends wait); readers keep reading the old
         generation until they finish. Returns stats (see ``optimize.optimize``).
         """
-        from lamina.engines.archive import optimize
-
         self._check_writable()
         if block_target is not None:
             _check_block_target(block_target)
-        return optimize.optimize(self, block_target, timeout)
+        return optimize.optimize(self.files, block_target, timeout)
 
     # ================================================================ reads
     def count(self) -> int:
@@ -391,10 +285,8 @@ class ArchiveTable:
     def check(self) -> CheckReport:
         """Run the checker on the committed state (see ``check.py``); never raises for
         damage it can describe — it reports findings instead."""
-        from lamina.engines.archive import check
-
         self._arm_file()
-        return check.check_table(self)
+        return check.check_table(self.files)
 
     def stat(self) -> dict[str, Any]:
         """Rows, raw/stored bytes, ratio, blocks, generation, codec and file sizes."""
@@ -405,12 +297,12 @@ class ArchiveTable:
             arz_size = fileio.file_size(snap.data.fd)
         finally:
             snap.data.release()
-        stored = m.data_length - F.ARZ_HEADER_SIZE
+        stored = m.data_length - ARZ_HEADER_SIZE
         return {
             "table": self.name, "table_id": self.table_id, "rows": m.row_count,
             "next_row_id": m.next_row_id, "raw_bytes": m.raw_bytes, "stored_bytes": stored,
             "ratio": round(m.raw_bytes / stored, 3) if stored else 0.0, "blocks": m.blocks,
-            "generation": m.generation, "codec": F.CODEC_NAMES.get(m.codec, str(m.codec)),
+            "generation": m.generation, "codec": CODEC_NAMES.get(m.codec, str(m.codec)),
             "level": m.level, "block_target": m.block_target,
             "last_commit_seq": m.last_commit_seq,
             "generation_commit_seq": m.generation_commit_seq,
@@ -426,45 +318,35 @@ class ArchiveTable:
         Includes an optimize publish cut short after its rename. Raises like ``open``.
         """
         directory = Path(directory)
-        meta = read_meta_file(F.arm_path(directory, name)).meta
-        header = read_header_at(F.arz_path(directory, name))
+        meta = read_meta_file(arm_path(directory, name)).meta
+        header = read_header_at(arz_path(directory, name))
         if header is not None and header.generation == meta.generation + 1:
-            return max(meta.last_commit_seq, header.generation_commit_seq)
+            return meta_from_header(header, meta).last_commit_seq
         return meta.last_commit_seq
 
     @staticmethod
     def remove_files(directory: Path, name: str) -> None:
-        """Delete every file of the table (meta first: without it the table is gone)."""
+        """Delete every file of the table (meta first: without it the table is gone), then
+        sync the directory. Missing files are fine; raises StorageError."""
         directory = Path(directory)
-        paths = [F.arm_path(directory, name), F.arz_path(directory, name),
-                 F.arz_new_path(directory, name)]
-        for base in (F.arm_path(directory, name), F.arz_path(directory, name)):
+        paths = [arm_path(directory, name), arz_path(directory, name),
+                 arz_new_path(directory, name)]
+        for base in (arm_path(directory, name), arz_path(directory, name)):
             paths.append(base.with_name(base.name + ".tmp"))
-        from lamina.engines.archive import generations
-
         paths.extend(p for _g, pair in generations.retained(directory, name) for p in pair)
         for path in paths:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise storage_error(exc, "remove", path) from exc
+            fileio.unlink(path)
         fileio.fsync_dir(directory)
 
     @staticmethod
     def generation_files_at(directory: Path, name: str, seq: int) -> tuple[Path, Path]:
         """``(arm_path, arz_path)`` of the generation that was current at commit seq ``seq``
         (the current files, or retained ``.g<N>`` copies). NotFoundError if not retained."""
-        from lamina.engines.archive import generations
-
         return generations.files_at(Path(directory), name, seq)
 
     @staticmethod
     def cleanup_generations(directory: Path, name: str, lockfile: LockFile) -> int:
         """Remove retained generations if no backup is running; returns files removed."""
-        from lamina.engines.archive import generations
-
         return generations.cleanup(Path(directory), name, lockfile)
 
 
@@ -473,9 +355,9 @@ def _resolve_codec(name: str, level: int | None) -> tuple[int, int]:
 
 
 def _check_block_target(block_target: int) -> None:
-    if not F.MIN_BLOCK_TARGET <= block_target <= F.MAX_BLOCK_TARGET:
-        raise UsageError(f"block target must be in {F.MIN_BLOCK_TARGET}..{F.MAX_BLOCK_TARGET} "
+    if not MIN_BLOCK_TARGET <= block_target <= MAX_BLOCK_TARGET:
+        raise UsageError(f"block target must be in {MIN_BLOCK_TARGET}..{MAX_BLOCK_TARGET} "
                          f"bytes, not {block_target}")
 
 
-__all__ = ["ArchiveTable", "RowIterator", "Snapshot", "meta_from_header"]
+__all__ = ["ArchiveTable", "RowIterator"]

@@ -17,21 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from lamina.core import fileio
 from lamina.core.failpoints import failpoint, is_armed
 from lamina.core.lockfile import ExclusiveLock
 from lamina.core.table_locks import table_backup_lock
-from lamina.engines.archive import format as F
-from lamina.engines.archive.block import BlockHeader, pack_rows
+from lamina.engines.archive.block import BlockHeader, PendingBlock, pack_rows
+from lamina.engines.archive.datafile import DataFile
+from lamina.engines.archive.files import TableFiles
+from lamina.engines.archive.format import MAX_ROW_BYTES
 from lamina.engines.archive.meta import MetaRead
 from lamina.errors import StorageError, TransactionClosedError, UsageError, ValueTooLargeError
-
-if TYPE_CHECKING:
-    from lamina.engines.archive.block import PendingBlock
-    from lamina.engines.archive.datafile import DataFile
-    from lamina.engines.archive.table import ArchiveTable
 
 
 def check_row(row: object, table: str) -> bytes:
@@ -42,9 +38,9 @@ def check_row(row: object, table: str) -> bytes:
         data = bytes(row)
     else:
         raise UsageError(f"archive rows are bytes, not {type(row).__name__} (table {table!r})")
-    if len(data) > F.MAX_ROW_BYTES:
+    if len(data) > MAX_ROW_BYTES:
         raise ValueTooLargeError(f"row of {len(data)} bytes is larger than the archive maximum "
-                                 f"of {F.MAX_ROW_BYTES} bytes (table {table!r})")
+                                 f"of {MAX_ROW_BYTES} bytes (table {table!r})")
     return data
 
 
@@ -56,8 +52,8 @@ class Appender:
     are invisible to every reader until their commit publishes. Use from one thread.
     """
 
-    def __init__(self, table: ArchiveTable, lock: ExclusiveLock, read: MetaRead) -> None:
-        self._table = table
+    def __init__(self, files: TableFiles, lock: ExclusiveLock, read: MetaRead) -> None:
+        self._files = files
         self._lock: ExclusiveLock | None = lock
         self._read = read
         self._rows: list[bytes] = []
@@ -67,7 +63,7 @@ class Appender:
 
     def _live(self) -> MetaRead:
         if self._lock is None:
-            raise TransactionClosedError(f"appender of table {self._table.name!r} is closed")
+            raise TransactionClosedError(f"appender of table {self._files.name!r} is closed")
         return self._read
 
     @property
@@ -81,17 +77,17 @@ class Appender:
         Raises ValueTooLargeError (row > ``MAX_ROW_BYTES``), UsageError (not bytes).
         """
         read = self._live()
-        self._rows.append(check_row(row, self._table.name))
+        self._rows.append(check_row(row, self._files.name))
         return read.meta.next_row_id + len(self._rows) - 1
 
     def append_many(self, rows: Iterable[bytes]) -> list[int]:
         """Buffer several rows; returns their future row ids. All-or-nothing on bad rows."""
         read = self._live()
-        name = self._table.name
+        name = self._files.name
         checked = list(rows)
         # Fast path in C for the common case (all bytes, none too long); else row by row.
         if not (set(map(type, checked)) <= {bytes}
-                and max(map(len, checked), default=0) <= F.MAX_ROW_BYTES):
+                and max(map(len, checked), default=0) <= MAX_ROW_BYTES):
             checked = [check_row(r, name) for r in checked]
         first = read.meta.next_row_id + len(self._rows)
         self._rows.extend(checked)
@@ -109,26 +105,25 @@ class Appender:
         read = self._live()
         if not self._rows:
             return 0
-        table = self._table
         meta = read.meta
         blocks = pack_rows(self._rows, meta.next_row_id, meta.codec, meta.level,
                            meta.block_target)
-        data = table._acquire_data_at_path()
+        data = self._files.acquire_current()
         try:
             return self._commit(read, blocks, data)
         finally:
             data.release()
 
     def _commit(self, read: MetaRead, blocks: list[PendingBlock], data: DataFile) -> int:
-        table = self._table
+        files = self._files
         meta = read.meta
-        arm = table._arm_file()
+        arm = files.arm()
         offset = meta.data_length
-        lockfile = table.lockfile
+        lockfile = files.lockfile
         # The table backup lock, shared: a default backup driver holding the table makes
         # this commit wait; otherwise it costs one fcntl call each way.
-        backup_lock = table_backup_lock(lockfile, table.table_id)
-        with backup_lock.shared(self.backup_lock_timeout, f"archive table {table.name!r}"), \
+        backup_lock = table_backup_lock(lockfile, files.table_id)
+        with backup_lock.shared(self.backup_lock_timeout, f"archive table {files.name!r}"), \
                 lockfile.publishing_commit():
             seq = lockfile.next_commit_seq()
             buf = memoryview(b"".join(b.encode(seq) for b in blocks))
@@ -150,10 +145,10 @@ class Appender:
                                blocks=meta.blocks + len(blocks),
                                raw_bytes=meta.raw_bytes + sum(b.raw_bytes for b in blocks))
             try:
-                self._read = arm.write(read, new, sync=table.sync)
+                self._read = arm.write(read, new, sync=files.sync)
             except BaseException as exc:
                 self.close()
-                raise StorageError(f"commit to archive table {table.name!r} failed while "
+                raise StorageError(f"commit to archive table {files.name!r} failed while "
                                    f"writing its meta ({exc}); whether it is visible is "
                                    "unknown: open a new writer to see") from exc
             failpoint("archive.after_meta_write")

@@ -9,6 +9,14 @@ Public API (used by the database facade, dbm, CLI and the backup layer):
 * :class:`Table` and :class:`Cursor` — bytes-to-bytes ordered maps.
 
 File format: docs/format.md, "Btree data file".
+
+Modules, bottom up (imports point down this list; no cycles): ``format`` (on-disk records,
+meta), ``page`` (page codec, hashes), ``pager`` (page I/O, node cache, meta pages),
+``tree`` (B+tree algorithms), ``freelist`` (page allocation and reuse), ``cursor``,
+``txn`` (transactions, tables), ``check`` (checker, stat), ``store`` (the open data file);
+for backups: ``stream`` (page stream format and reader), ``facts`` (VP facts), ``proof``
+(Merkle proof of a stream), ``backup_driver``, ``restore_driver``, ``backup`` (the
+engine), ``layers`` (chains), and ``logical`` (rows for the generic drivers).
 """
 
 from lamina.engines.btree.cursor import Cursor

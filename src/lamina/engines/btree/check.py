@@ -13,14 +13,15 @@ free-list records decode. It never raises for damage: it reports findings.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lamina.core import fileio
 from lamina.core.catalog import ENGINE_BTREE, CatalogEntry
 from lamina.core.check import CheckReport, Finding
-from lamina.engines.btree import format as F
+from lamina.engines.btree import format as btree_format
 from lamina.engines.btree import tree
 from lamina.engines.btree.freelist import decode_free_value
 from lamina.engines.btree.page import (
@@ -31,20 +32,15 @@ from lamina.engines.btree.page import (
     page_hash,
     verify_header,
 )
-from lamina.engines.btree.pager import Pager
+from lamina.engines.btree.pager import Pager, read_metas
+from lamina.engines.btree.txn import ReadTxn
 from lamina.errors import DataError
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from lamina.engines.btree.store import BtreeStore
-
 
 #: Findings listed in a report; more are counted in ``stats['findings_not_listed']``.
 MAX_FINDINGS = 1000
 
 class _Checker:
-    def __init__(self, pager: Pager, meta: F.Meta, report: CheckReport) -> None:
+    def __init__(self, pager: Pager, meta: btree_format.Meta, report: CheckReport) -> None:
         self.pager = pager
         self.ps = pager.page_size
         self.meta = meta
@@ -52,7 +48,7 @@ class _Checker:
         self.owner: dict[int, str] = {}
         self.free: set[int] = set()
         self.by_type = {"branch": 0, "leaf": 0, "overflow": 0}
-        self.tables: list[tuple[str, F.RootDesc]] = []
+        self.tables: list[tuple[str, btree_format.RootDesc]] = []
         self.table_ids: dict[int, str] = {}
 
     def find(self, table: str | None, where: str, what: str, expected: object = "",
@@ -66,9 +62,9 @@ class _Checker:
                 self.report.stats.get("findings_not_listed", 0) + 1)
 
     def claim(self, pgno: int, label: str) -> bool:
-        if pgno < F.FIRST_DATA_PAGE or pgno >= self.meta.total_pages:
+        if pgno < btree_format.FIRST_DATA_PAGE or pgno >= self.meta.total_pages:
             self.find(label, f"page {pgno}", "page number outside the data pages",
-                      f"{F.FIRST_DATA_PAGE}..{self.meta.total_pages - 1}", pgno)
+                      f"{btree_format.FIRST_DATA_PAGE}..{self.meta.total_pages - 1}", pgno)
             return False
         if pgno in self.owner:
             self.find(label, f"page {pgno}", "page referenced twice", self.owner[pgno], label)
@@ -77,10 +73,10 @@ class _Checker:
         return True
 
     # ---------------------------------------------------------------- trees
-    def tree(self, label: str, desc: F.RootDesc,
+    def tree(self, label: str, desc: btree_format.RootDesc,
              on_entry: Callable[[bytes, bytes | OverflowRef], None] | None = None) -> None:
         if desc.pgno == 0:
-            if desc.count or desc.depth or desc.hash != F.ZERO_HASH:
+            if desc.count or desc.depth or desc.hash != btree_format.ZERO_HASH:
                 self.find(label, "root", "empty tree with a non-empty descriptor")
             return
         if desc.txnid > self.meta.txnid:
@@ -171,14 +167,14 @@ class _Checker:
             except DataError as exc:
                 self.find(label, f"page {pgno}", getattr(exc, "what", str(exc)))
                 return
-            if ptype != F.PAGE_OVERFLOW or aux > self.ps - F.HEADER_SIZE:
+            if ptype != btree_format.PAGE_OVERFLOW or aux > self.ps - btree_format.HEADER_SIZE:
                 self.find(label, f"page {pgno}", "bad overflow page header")
                 return
             if (nxt == 0) != (i == ref.npages - 1):
                 self.find(label, f"page {pgno}", "overflow chain length differs from its record")
                 return
             self.by_type["overflow"] += 1
-            parts.append(page[F.HEADER_SIZE:F.HEADER_SIZE + aux])
+            parts.append(page[btree_format.HEADER_SIZE:btree_format.HEADER_SIZE + aux])
             pgno = nxt
         value = b"".join(parts)
         if len(value) != ref.length or page_hash(value) != ref.hash:
@@ -203,15 +199,15 @@ class _Checker:
                       f"< {self.meta.next_table_id}", entry.table_id)
         if entry.engine == ENGINE_BTREE:
             try:
-                self.tables.append((entry.name, F.RootDesc.decode(entry.state)))
+                self.tables.append((entry.name, btree_format.RootDesc.decode(entry.state)))
             except DataError as exc:
                 self.find(entry.name, "catalog entry", f"bad root descriptor: {exc}")
 
     def free_record(self, key: bytes, val: bytes | OverflowRef) -> None:
-        if len(key) != F.FREE_KEY.size or not isinstance(val, bytes):
+        if len(key) != btree_format.FREE_KEY.size or not isinstance(val, bytes):
             self.find("free list", f"record {key!r}", "malformed free-list record")
             return
-        txnid, _chunk = F.FREE_KEY.unpack(key)
+        txnid, _chunk = btree_format.FREE_KEY.unpack(key)
         if txnid > self.meta.txnid:
             self.find("free list", f"record {key.hex()}", "freed by a future txnid",
                       f"<= {self.meta.txnid}", txnid)
@@ -221,7 +217,7 @@ class _Checker:
             self.find("free list", f"record {key.hex()}", str(exc))
             return
         for pgno in pages:
-            if pgno < F.FIRST_DATA_PAGE or pgno >= self.meta.total_pages:
+            if pgno < btree_format.FIRST_DATA_PAGE or pgno >= self.meta.total_pages:
                 self.find("free list", f"page {pgno}", "free page number out of range")
             elif pgno in self.free:
                 self.find("free list", f"page {pgno}", "page free twice")
@@ -235,7 +231,7 @@ class _Checker:
         self.tree("free list", meta.freelist, self.free_record)
         for name, desc in self.tables:
             self.tree(name, desc)
-        for pgno in range(F.FIRST_DATA_PAGE, meta.total_pages):
+        for pgno in range(btree_format.FIRST_DATA_PAGE, meta.total_pages):
             used = pgno in self.owner
             free = pgno in self.free
             if used and free:
@@ -254,25 +250,26 @@ class _Checker:
         })
 
 
-def check_store(store: BtreeStore) -> CheckReport:
-    """Check both meta pages and the whole current snapshot; returns the report."""
-    from lamina.engines.btree.store import read_metas
-
+def check_store(pager: Pager, begin_read: Callable[[], ReadTxn]) -> CheckReport:
+    """Check both meta pages of ``pager``'s data file, then the whole snapshot of a read
+    transaction taken with ``begin_read`` (so writers may go on meanwhile); returns the
+    report. Damage is reported as findings, never raised; LockedError (no reader slot) and
+    StorageError pass through."""
     report = CheckReport()
     try:
-        _current, slots = read_metas(store._pager.fd, store.path)
+        _current, slots = read_metas(pager.fd, pager.path)
     except DataError as exc:
         report.findings.append(Finding(None, "meta 0, meta 1", f"no usable meta page: {exc}"))
         return report
     for slot, m in enumerate(slots):
-        if not isinstance(m, F.Meta):
+        if not isinstance(m, btree_format.Meta):
             report.findings.append(Finding(None, f"meta {slot}", f"invalid meta page: {m}"))
-    with store.begin_read() as txn:
-        _Checker(store._pager, txn.meta, report).run()
+    with begin_read() as txn:
+        _Checker(pager, txn.meta, report).run()
     return report
 
 
-def check_pages(path: Path, meta: F.Meta) -> CheckReport:
+def check_pages(path: Path, meta: btree_format.Meta) -> CheckReport:
     """Check the snapshot ``meta`` describes in the page file at ``path``, which need not be
     part of a database (no lock file, no identity; its meta pages are not read): the whole
     checker above, from ``meta``'s roots. Used to prove a backup chain's assembled pages
@@ -289,45 +286,47 @@ def check_pages(path: Path, meta: F.Meta) -> CheckReport:
     return report
 
 
-def stat_store(store: BtreeStore) -> dict[str, Any]:
-    """Figures of the current snapshot (walks the trees through the page cache)."""
-    with store.begin_read() as txn:
-        meta = txn.meta
-        load = txn._load
-        by_type = {"meta": F.META_PAGES, "branch": 0, "leaf": 0, "overflow": 0, "free": 0}
+def stat_store(pager: Pager, txn: ReadTxn) -> dict[str, Any]:
+    """Figures of ``txn``'s snapshot of ``pager``'s data file (walks the trees through the
+    page cache; the file size is the file's now). Raises CorruptionError for a damaged
+    tree, StorageError."""
+    meta = txn.meta
+    load = txn._load
+    by_type = {"meta": btree_format.META_PAGES, "branch": 0, "leaf": 0, "overflow": 0,
+               "free": 0}
 
-        def walk(desc: F.RootDesc) -> dict[str, int]:
-            pages = 0
-            for node, _d in tree.iter_nodes(load, tree.TreeState(desc)):
-                pages += 1
-                if isinstance(node, Leaf):
-                    by_type["leaf"] += 1
-                    for v in node.vals:
-                        if isinstance(v, OverflowRef):
-                            by_type["overflow"] += v.npages
-                            pages += v.npages
-                else:
-                    by_type["branch"] += 1
-            return {"entries": desc.count, "depth": desc.depth, "pages": pages}
-
-        tables: dict[str, Any] = {}
-        catalog_stat = walk(meta.catalog)
-        walk(meta.freelist)
-        for entry in txn.catalog():
-            if entry.engine == ENGINE_BTREE:
-                tables[entry.name] = walk(F.RootDesc.decode(entry.state))
+    def walk(desc: btree_format.RootDesc) -> dict[str, int]:
+        pages = 0
+        for node, _d in tree.iter_nodes(load, tree.TreeState(desc)):
+            pages += 1
+            if isinstance(node, Leaf):
+                by_type["leaf"] += 1
+                for v in node.vals:
+                    if isinstance(v, OverflowRef):
+                        by_type["overflow"] += v.npages
+                        pages += v.npages
             else:
-                tables[entry.name] = {"engine": entry.engine}
-        free = len(txn.free_pages())
-        by_type["free"] = free
-        btree_tables = [t for t in tables.values() if "depth" in t]
-        return {
-            "txnid": meta.txnid, "commit_seq": meta.commit_seq, "page_size": meta.page_size,
-            "file_size": fileio.file_size(store._pager.fd), "total_pages": meta.total_pages,
-            "free_pages": free, "pages_by_type": by_type,
-            "depth": max([t["depth"] for t in btree_tables] + [catalog_stat["depth"]]),
-            "entries": sum(t["entries"] for t in btree_tables),
-            "catalog_entries": catalog_stat["entries"], "root_hash": meta.root_hash.hex(),
-            "tables": tables,
-        }
+                by_type["branch"] += 1
+        return {"entries": desc.count, "depth": desc.depth, "pages": pages}
+
+    tables: dict[str, Any] = {}
+    catalog_stat = walk(meta.catalog)
+    walk(meta.freelist)
+    for entry in txn.catalog():
+        if entry.engine == ENGINE_BTREE:
+            tables[entry.name] = walk(btree_format.RootDesc.decode(entry.state))
+        else:
+            tables[entry.name] = {"engine": entry.engine}
+    free = len(txn.free_pages())
+    by_type["free"] = free
+    btree_tables = [t for t in tables.values() if "depth" in t]
+    return {
+        "txnid": meta.txnid, "commit_seq": meta.commit_seq, "page_size": meta.page_size,
+        "file_size": fileio.file_size(pager.fd), "total_pages": meta.total_pages,
+        "free_pages": free, "pages_by_type": by_type,
+        "depth": max([t["depth"] for t in btree_tables] + [catalog_stat["depth"]]),
+        "entries": sum(t["entries"] for t in btree_tables),
+        "catalog_entries": catalog_stat["entries"], "root_hash": meta.root_hash.hex(),
+        "tables": tables,
+    }
 

@@ -8,16 +8,39 @@ stale re-seeks to its current key before moving, so it never reads a detached no
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from lamina.engines.btree import tree
-from lamina.engines.btree.page import Branch, Leaf, Node, OverflowRef
+from lamina.engines.btree.page import Branch, Leaf, Node, OverflowRef, Ref
 from lamina.errors import UsageError
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from lamina.engines.btree.txn import Table
+
+class CursorTxn(Protocol):
+    """What a cursor uses of its transaction (:class:`~lamina.engines.btree.txn.ReadTxn`
+    and ``WriteTxn`` provide it): the node loader, the overflow value reader and the
+    "still open" check (TransactionClosedError)."""
+
+    @property
+    def _load(self) -> Callable[[Ref], Node]: ...
+
+    def _check_open(self) -> None: ...
+
+    def _read_value(self, ref: OverflowRef) -> bytes: ...
+
+
+class CursorTable(Protocol):
+    """What a cursor uses of its table (:class:`~lamina.engines.btree.txn.Table` provides
+    it): the transaction and the tree's state (root, version)."""
+
+    @property
+    def _txn(self) -> CursorTxn: ...
+
+    @property
+    def _st(self) -> tree.TreeState: ...
 
 
 class Cursor:
@@ -31,7 +54,7 @@ class Cursor:
 
     __slots__ = ("_i", "_leaf", "_stack", "_table", "_version", "valid")
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: CursorTable) -> None:
         self._table = table
         self._stack: list[tuple[Branch, int]] = []
         self._leaf: Leaf | None = None

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable, Iterator
 from itertools import groupby
 
-from lamina.engines.btree import format as F
+from lamina.engines.btree import format as btree_format
 from lamina.engines.btree import tree
 from lamina.engines.btree.page import (
     Leaf,
@@ -56,7 +56,7 @@ class PageSpace:
     Not thread-safe: a write transaction belongs to one thread.
     """
 
-    def __init__(self, pager: Pager, txnid: int, meta: F.Meta,
+    def __init__(self, pager: Pager, txnid: int, meta: btree_format.Meta,
                  oldest_reader: Callable[[], int | None], *,
                  keep_previous_snapshot: bool = False) -> None:
         self.pager = pager
@@ -81,8 +81,8 @@ class PageSpace:
         self.pool: list[int] = []
         #: Free-list groups taken: (txnid, number of chunks).
         self.consumed: list[tuple[int, int]] = []
-        self.max_key = F.max_key_size(self.page_size)
-        self.max_entry = F.max_leaf_entry(self.page_size)
+        self.max_key = btree_format.max_key_size(self.page_size)
+        self.max_entry = btree_format.max_leaf_entry(self.page_size)
 
     # ------------------------------------------------------------ WriteCtx
     def load(self, ref: Ref) -> Node:
@@ -128,7 +128,7 @@ class PageSpace:
             page = self.pending[pgno] if ours else self.pager.read(pgno)
             _t, ptype, _f, _n, _aux, nxt = verify_header(page, pgno, value.txnid,
                                                          self.pager.path)
-            if ptype != F.PAGE_OVERFLOW:
+            if ptype != btree_format.PAGE_OVERFLOW:
                 raise CorruptionError("overflow chain reaches a non-overflow page",
                                       path=self.pager.path, where=f"page {pgno}")
             self.release(pgno, value.txnid)
@@ -144,17 +144,17 @@ class PageSpace:
                                    f"{self.page_size} is {self.max_key}")
         if 4 + len(key) + len(value) <= self.max_entry:
             return value
-        if len(value) > F.MAX_VALUE_SIZE:
+        if len(value) > btree_format.MAX_VALUE_SIZE:
             raise ValueTooLargeError(f"value is {len(value)} bytes; the maximum is "
-                                     f"{F.MAX_VALUE_SIZE}")
-        cap = F.overflow_capacity(self.page_size)
+                                     f"{btree_format.MAX_VALUE_SIZE}")
+        cap = btree_format.overflow_capacity(self.page_size)
         npages = max(1, -(-len(value) // cap))
         pgnos = [self.alloc() for _ in range(npages)]
         for i, pgno in enumerate(pgnos):
             nxt = pgnos[i + 1] if i + 1 < npages else 0
             self.store_page(pgno, encode_overflow(value[i * cap:(i + 1) * cap], pgno, nxt,
                                                   self.txnid, self.page_size), None)
-        digest = hashlib.blake2b(value, digest_size=F.HASH_SIZE).digest()
+        digest = hashlib.blake2b(value, digest_size=btree_format.HASH_SIZE).digest()
         return OverflowRef(pgnos[0], npages, len(value), self.txnid, digest)
 
     # ------------------------------------------------------------ allocation
@@ -208,7 +208,7 @@ class PageSpace:
         self._refill_allowed = False
         for txnid, nchunks in self.consumed:
             for i in range(nchunks):
-                tree.delete(self, fst, F.FREE_KEY.pack(txnid, i))
+                tree.delete(self, fst, btree_format.FREE_KEY.pack(txnid, i))
         left_t = self.consumed[-1][0] if self.consumed else self.txnid
         written: dict[bytes, bytes] = {}
         reserved: list[int] = []
@@ -231,16 +231,16 @@ class PageSpace:
 
     def _write_group(self, fst: tree.TreeState, written: dict[bytes, bytes], txnid: int,
                      pages: list[int]) -> None:
-        cap = F.free_chunk_capacity(self.page_size)
+        cap = btree_format.free_chunk_capacity(self.page_size)
         chunks = [encode_free_value(pages[i:i + cap]) for i in range(0, len(pages), cap)]
         for i, raw in enumerate(chunks):
-            key = F.FREE_KEY.pack(txnid, i)
+            key = btree_format.FREE_KEY.pack(txnid, i)
             if written.get(key) != raw:
                 tree.insert(self, fst, key, raw)
                 written[key] = raw
         i = len(chunks)
         while True:
-            key = F.FREE_KEY.pack(txnid, i)
+            key = btree_format.FREE_KEY.pack(txnid, i)
             if key not in written:
                 break
             tree.delete(self, fst, key)
@@ -254,9 +254,9 @@ class PageSpace:
 
 
 def _record_txnid(item: tuple[bytes, Value]) -> int:
-    if len(item[0]) != F.FREE_KEY.size:
+    if len(item[0]) != btree_format.FREE_KEY.size:
         raise CorruptionError(f"free-list key {item[0]!r} has a bad length")
-    return int(F.FREE_KEY.unpack(item[0])[0])
+    return int(btree_format.FREE_KEY.unpack(item[0])[0])
 
 
 def _as_bytes(obj: object, what: str) -> bytes:

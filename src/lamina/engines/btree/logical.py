@@ -2,7 +2,7 @@
 and the bulk loader their restore side writes through.
 
 Implements :class:`lamina.backup.logical.LogicalProvider` structurally: it imports nothing
-from the backup layer (``online.py`` wires it to the generic drivers):
+from the backup layer (:mod:`lamina.online` wires it to the generic drivers):
 
 * :class:`BtreeSnapshotSource`: ``begin()`` owns a reader slot; ``pin()`` (inside the
   driver's ``lock()``, commit blocker held) decodes the published meta and pins its txnid
@@ -25,7 +25,7 @@ from lamina.core.catalog import ENGINE_BTREE
 from lamina.core.driver import TableSpec, require_engine
 from lamina.core.lockfile_format import SLOT_BACKUP
 from lamina.core.table_locks import HeldTableLocks
-from lamina.engines.btree import format as F
+from lamina.engines.btree import format as btree_format
 from lamina.errors import CorruptionError, TableNotFoundError, UsageError
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def _estimates(store: BtreeStore, tables: Sequence[TableSpec],
     with store.begin_read() as txn:
         meta = txn.meta
         entries = [e for e in txn.catalog() if e.engine == ENGINE_BTREE]
-        total_keys = sum(F.RootDesc.decode(e.state).count for e in entries)
+        total_keys = sum(btree_format.RootDesc.decode(e.state).count for e in entries)
         per_key = (meta.total_pages * meta.page_size) // total_keys if total_keys else 0
         for t in tables:
             rows = len(_table(txn, t))
@@ -84,7 +84,7 @@ class BtreeSnapshotSource:
         self.store = store
         self.tables = list(tables)
         self._slot: Slot | None = None
-        self._meta: F.Meta | None = None
+        self._meta: btree_format.Meta | None = None
         self._txn: ReadTxn | None = None
         self._estimates: dict[str, tuple[int, int]] = {}
 
@@ -98,7 +98,7 @@ class BtreeSnapshotSource:
         """Pin the published meta's txnid (commit blocker held): memory only, O(1)."""
         if self._slot is None:
             raise UsageError("btree snapshot source: pin() before begin()")
-        meta = F.Meta.decode(self.store._lockfile.btree_meta(), "published btree meta")
+        meta = btree_format.Meta.decode(self.store._lockfile.btree_meta(), "published btree meta")
         if meta.txnid:
             self._slot.set(meta.txnid, SLOT_BACKUP)
         self._meta = meta

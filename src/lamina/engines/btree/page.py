@@ -15,7 +15,7 @@ from typing import TypeVar, cast
 
 import xxhash
 
-from lamina.engines.btree import format as F
+from lamina.engines.btree import format as btree_format
 from lamina.errors import CorruptionError
 
 #: A clean child reference: (page number, txnid of that page).
@@ -42,12 +42,13 @@ class OverflowRef:
 
     def encode(self) -> bytes:
         """The 40-byte reference stored in the leaf's value slot."""
-        return F.OVERFLOW_REF.pack(self.pgno, self.npages, self.length, self.txnid, self.hash)
+        return btree_format.OVERFLOW_REF.pack(self.pgno, self.npages, self.length, self.txnid,
+                                              self.hash)
 
     @classmethod
     def decode(cls, raw: bytes) -> OverflowRef:
         """Decode the 40-byte reference."""
-        return cls(*F.OVERFLOW_REF.unpack(raw))
+        return cls(*btree_format.OVERFLOW_REF.unpack(raw))
 
 
 Value = bytes | OverflowRef
@@ -117,21 +118,21 @@ Node = Leaf | Branch
 
 def leaf_entry_size(key: bytes, val: Value) -> int:
     """Bytes one leaf entry takes (two u16 lengths, key, stored value)."""
-    return 4 + len(key) + (len(val) if type(val) is bytes else F.OVERFLOW_REF_SIZE)
+    return 4 + len(key) + (len(val) if type(val) is bytes else btree_format.OVERFLOW_REF_SIZE)
 
 
 def branch_entry_size(key: bytes) -> int:
     """Bytes one (separator key, child record) pair takes in a branch."""
-    return F.CHILD_SIZE + 2 + len(key)
+    return btree_format.CHILD_SIZE + 2 + len(key)
 
 
-EMPTY_LEAF_SIZE = F.HEADER_SIZE
-EMPTY_BRANCH_SIZE = F.HEADER_SIZE + F.CHILD_SIZE  # one child, no separator
+EMPTY_LEAF_SIZE = btree_format.HEADER_SIZE
+EMPTY_BRANCH_SIZE = btree_format.HEADER_SIZE + btree_format.CHILD_SIZE  # one child, no separator
 
 
 def page_hash(page: bytes) -> bytes:
     """blake2b-128 of the whole page: the Merkle hash its parent records."""
-    return hashlib.blake2b(page, digest_size=F.HASH_SIZE).digest()
+    return hashlib.blake2b(page, digest_size=btree_format.HASH_SIZE).digest()
 
 
 def checksum(page: bytes) -> int:
@@ -162,28 +163,31 @@ def encode_leaf(node: Leaf, pgno: int, txnid: int, page_size: int) -> bytes:
             parts.append(v)
         else:
             assert isinstance(v, OverflowRef)
-            vlens.append(F.VAL_OVERFLOW | F.OVERFLOW_REF_SIZE)
+            vlens.append(btree_format.VAL_OVERFLOW | btree_format.OVERFLOW_REF_SIZE)
             parts.append(v.encode())
             flags = 1
     body = (struct.pack(f"<{2 * n}H", *[len(k) for k in keys], *vlens)
             + b"".join(keys) + b"".join(parts))
-    return _finish(F.HEADER.pack(0, txnid, pgno, F.PAGE_LEAF, flags, n, 0, 0), body, page_size)
+    head = btree_format.HEADER.pack(0, txnid, pgno, btree_format.PAGE_LEAF, flags, n, 0, 0)
+    return _finish(head, body, page_size)
 
 
 def encode_branch(keys: list[bytes], kids: list[Ref], counts: list[int], hashes: list[bytes],
                   pgno: int, txnid: int, page_size: int) -> bytes:
     """The page bytes of a branch whose kids are all clean references."""
     n = len(kids)
-    pack = F.CHILD.pack
+    pack = btree_format.CHILD.pack
     recs = b"".join([pack(k[0], k[1], c, h) for k, c, h in zip(kids, counts, hashes)])
     body = recs + struct.pack(f"<{n - 1}H", *[len(k) for k in keys]) + b"".join(keys)
-    return _finish(F.HEADER.pack(0, txnid, pgno, F.PAGE_BRANCH, 0, n, 0, 0), body, page_size)
+    head = btree_format.HEADER.pack(0, txnid, pgno, btree_format.PAGE_BRANCH, 0, n, 0, 0)
+    return _finish(head, body, page_size)
 
 
 def encode_overflow(data: bytes, pgno: int, next_pgno: int, txnid: int, page_size: int) -> bytes:
     """One overflow page carrying ``data`` (at most page_size - 32 bytes)."""
-    return _finish(F.HEADER.pack(0, txnid, pgno, F.PAGE_OVERFLOW, 0, 0, len(data), next_pgno),
-                   data, page_size)
+    head = btree_format.HEADER.pack(0, txnid, pgno, btree_format.PAGE_OVERFLOW, 0, 0, len(data),
+                                    next_pgno)
+    return _finish(head, data, page_size)
 
 
 def verify_header(page: bytes, pgno: int, txnid: int | None, where_path: object) -> tuple[
@@ -191,9 +195,9 @@ def verify_header(page: bytes, pgno: int, txnid: int | None, where_path: object)
     """Check checksum, page number and (if given) txnid; return the header fields
     (txnid, type, flags, nkeys, aux, next). Raises CorruptionError naming the page."""
     where = f"page {pgno}"
-    if len(page) < F.HEADER_SIZE:
+    if len(page) < btree_format.HEADER_SIZE:
         raise CorruptionError("page is past the end of the file", path=where_path, where=where)
-    cs, ptxn, ppgno, ptype, flags, nkeys, aux, nxt = F.HEADER.unpack_from(page)
+    cs, ptxn, ppgno, ptype, flags, nkeys, aux, nxt = btree_format.HEADER.unpack_from(page)
     if cs != checksum(page):
         raise CorruptionError("page checksum mismatch", path=where_path, where=where)
     if ppgno != pgno:
@@ -220,25 +224,26 @@ def decode_node(page: bytes, pgno: int, txnid: int | None, where_path: object = 
     _t, ptype, flags, n, _aux, _nxt = verify_header(page, pgno, txnid, where_path)
     size = len(page)
     try:
-        if ptype == F.PAGE_LEAF:
-            lens = struct.unpack_from(f"<{2 * n}H", page, F.HEADER_SIZE)
-            offs = list(accumulate([ln & 0x7FFF for ln in lens], initial=F.HEADER_SIZE + 4 * n))
+        if ptype == btree_format.PAGE_LEAF:
+            lens = struct.unpack_from(f"<{2 * n}H", page, btree_format.HEADER_SIZE)
+            offs = list(accumulate([ln & 0x7FFF for ln in lens],
+                                   initial=btree_format.HEADER_SIZE + 4 * n))
             if offs[-1] > size:
                 raise ValueError("entries run past the page")
             keys = [page[offs[i]:offs[i + 1]] for i in range(n)]
             vals: list[Value] = [page[offs[i]:offs[i + 1]] for i in range(n, 2 * n)]
             if flags & 1:
                 for i in range(n):
-                    if lens[n + i] & F.VAL_OVERFLOW:
+                    if lens[n + i] & btree_format.VAL_OVERFLOW:
                         raw = vals[i]
                         assert type(raw) is bytes
                         vals[i] = OverflowRef.decode(raw)
             return Leaf(_frozen(keys), _frozen(vals), offs[-1])
-        if ptype == F.PAGE_BRANCH:
+        if ptype == btree_format.PAGE_BRANCH:
             if n < 1:
                 raise ValueError("branch without children")
-            end = F.HEADER_SIZE + F.CHILD_SIZE * n
-            recs = list(F.CHILD.iter_unpack(page[F.HEADER_SIZE:end]))
+            end = btree_format.HEADER_SIZE + btree_format.CHILD_SIZE * n
+            recs = list(btree_format.CHILD.iter_unpack(page[btree_format.HEADER_SIZE:end]))
             kids: list[Ref | Node] = [(r[0], r[1]) for r in recs]
             counts = [r[2] for r in recs]
             hashes = [r[3] for r in recs]

@@ -1,4 +1,5 @@
-"""The pager: page reads through an ``mmap``, page writes through ``fileio``, decoded-page cache.
+"""The pager: page reads through an ``mmap``, page writes through ``fileio``, decoded-page cache;
+and the meta pages of a data file (:func:`read_metas`, :func:`write_meta_file`).
 
 A committed page never changes while any snapshot that can reach it is alive, and its
 content is fixed by ``(pgno, txnid)`` (the parent records the child's txnid). So decoded
@@ -13,20 +14,92 @@ Thread safety: reads and cache lookups may run in any number of threads; the map
 from __future__ import annotations
 
 import mmap
-import os
 import threading
 from pathlib import Path
 
 from lamina.core import fileio
 from lamina.core.failpoints import failpoint
+from lamina.engines.btree import format as btree_format
 from lamina.engines.btree.page import Node, Ref, decode_node
+from lamina.errors import CorruptionError, DataError, NotADatabaseError, VersionError
 
 #: Default budget of the decoded-page cache, in page-size units times page size.
 DEFAULT_CACHE_BYTES = 256 << 20
 
+_PROBE = 512  # bytes read to find a meta record (it is 168 bytes, at a page start)
+
+
+def _decode_slot(raw: bytes, slot: int, path: Path) -> btree_format.Meta | DataError:
+    try:
+        meta = btree_format.Meta.decode(raw, f"meta {slot}")
+    except DataError as exc:
+        return exc
+    if meta.slot != slot:
+        return CorruptionError(f"meta {slot} says it is meta {meta.slot}", path=path,
+                               where=f"meta {slot}")
+    return meta
+
+
+def read_metas(fd: int, path: Path,
+               ) -> tuple[btree_format.Meta, list[btree_format.Meta | DataError]]:
+    """Both meta slots of the data file open at ``fd`` (each a Meta, or the error that
+    makes it invalid) and the current one (the valid slot with the highest txnid).
+
+    Reads the file (two small preads, more when meta 0 is invalid and the page size must be
+    guessed); takes no lock, so a caller that needs a stable answer holds the writer lock.
+    Raises NotADatabaseError (neither slot has the magic), VersionError (a slot is from a
+    newer format), CorruptionError (no valid slot), StorageError.
+    """
+    first = fileio.pread(fd, _PROBE, 0, path)
+    m0 = _decode_slot(first, 0, path)
+    # Meta 1 sits one page in; without a valid meta 0 the page size is unknown: try all.
+    candidates = ([m0.page_size] if isinstance(m0, btree_format.Meta)
+                  else [1 << s for s in range(10, 17)])
+    m1: btree_format.Meta | DataError = NotADatabaseError(f"{path}: meta 1 not found")
+    for ps in candidates:
+        got = _decode_slot(fileio.pread(fd, _PROBE, ps, path), 1, path)
+        if isinstance(got, btree_format.Meta) and got.page_size != ps:
+            got = CorruptionError("meta 1 page size disagrees with its position", path=path)
+        if isinstance(got, btree_format.Meta) or not isinstance(got, NotADatabaseError):
+            m1 = got
+            if isinstance(got, btree_format.Meta):
+                break
+    slots = [m0, m1]
+    for s in slots:
+        if isinstance(s, VersionError):
+            raise s
+    valid = [s for s in slots if isinstance(s, btree_format.Meta)]
+    if len(valid) == 2 and valid[0].page_size != valid[1].page_size:
+        raise CorruptionError("meta pages disagree on the page size", path=path)
+    if not valid:
+        if all(isinstance(s, NotADatabaseError) for s in slots):
+            raise NotADatabaseError(f"{path} is not a Lamina btree data file")
+        raise CorruptionError("no valid meta page", path=path, where="meta 0, meta 1")
+    current = max(valid, key=lambda m: (m.txnid, -m.slot))
+    return current, slots
+
+
+def write_meta_file(fd: int, path: Path, meta: btree_format.Meta) -> None:
+    """Finish a data file written page by page (a restore, a chain's assembly): extend the
+    file at ``fd`` to ``meta``'s page count (sparse), sync its pages, write ``meta`` into
+    both meta slots (slot fields 0 and 1, same txnid) and sync again, so the pages are
+    durable before any meta names them. For a file no other process uses. Raises
+    StorageError."""
+    ps = meta.page_size
+    if fileio.file_size(fd) < meta.total_pages * ps:
+        fileio.truncate(fd, meta.total_pages * ps, path)
+    fileio.fdatasync(fd, path)
+    for slot in (0, 1):
+        copy = btree_format.Meta(ps, meta.txnid, meta.commit_seq, slot, meta.total_pages,
+                                 meta.next_table_id, meta.catalog, meta.freelist,
+                                 meta.commit_ns)
+        rec = copy.encode()
+        fileio.pwrite(fd, rec + bytes(ps - len(rec)), slot * ps, path)
+    fileio.fsync(fd, path)
+
 
 class Pager:
-    """Page I/O for one open data file."""
+    """Page I/O for one open data file; owns ``fd`` (closed by :meth:`close`)."""
 
     def __init__(self, path: Path, fd: int, page_size: int, *, readonly: bool,
                  cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
@@ -51,7 +124,7 @@ class Pager:
             if pages == 0:
                 return
             # Read-only map even for writers: every write goes through fileio.pwrite.
-            new = mmap.mmap(self.fd, pages * self.page_size, access=mmap.ACCESS_READ)
+            new = fileio.map_readonly(self.fd, pages * self.page_size, self.path)
             # The old map is not closed: other threads may be slicing it; it is released
             # when its last reference goes.
             self._map = new
@@ -137,8 +210,9 @@ class Pager:
         fileio.pwrite(self.fd, page[half:], base + half, self.path)
 
     def close(self) -> None:
-        """Drop the map and the cache and close the descriptor."""
+        """Drop the map and the cache and close the descriptor. Raises StorageError if the
+        close reports an error (the descriptor is released all the same)."""
         self._map = None
         self._map_pages = 0
         self._cache.clear()
-        os.close(self.fd)
+        fileio.close_fd(self.fd, self.path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -11,71 +12,21 @@ from typing import Any
 from lamina.core import fileio
 from lamina.core.check import CheckReport
 from lamina.core.lockfile import LockFile
-from lamina.engines.btree import format as F
+from lamina.engines.btree import format as btree_format
+from lamina.engines.btree.check import check_store, stat_store
 from lamina.engines.btree.freelist import PageSpace
-from lamina.engines.btree.pager import DEFAULT_CACHE_BYTES, Pager
+from lamina.engines.btree.pager import DEFAULT_CACHE_BYTES, Pager, read_metas
 from lamina.engines.btree.txn import ReadTxn, WriteTxn
 from lamina.errors import (
-    CorruptionError,
-    DataError,
-    NotADatabaseError,
+    ClosedError,
     NotFoundError,
     ReadOnlyError,
     StorageError,
     UsageError,
-    VersionError,
 )
 
-_PROBE = 512  # bytes read to find a meta record (it is 168 bytes, at a page start)
-
-
-def _decode_slot(raw: bytes, slot: int, path: Path) -> F.Meta | DataError:
-    try:
-        meta = F.Meta.decode(raw, f"meta {slot}")
-    except DataError as exc:
-        return exc
-    if meta.slot != slot:
-        return CorruptionError(f"meta {slot} says it is meta {meta.slot}", path=path,
-                               where=f"meta {slot}")
-    return meta
-
-
-def read_metas(fd: int, path: Path) -> tuple[F.Meta, list[F.Meta | DataError]]:
-    """Both meta slots of an open data file and the current one (highest valid txnid).
-
-    Raises NotADatabaseError (neither slot has the magic), VersionError (a slot is from a
-    newer format) or CorruptionError (no valid slot).
-    """
-    first = fileio.pread(fd, _PROBE, 0, path)
-    m0 = _decode_slot(first, 0, path)
-    # Meta 1 sits one page in; without a valid meta 0 the page size is unknown: try all.
-    candidates = ([m0.page_size] if isinstance(m0, F.Meta)
-                  else [1 << s for s in range(10, 17)])
-    m1: F.Meta | DataError = NotADatabaseError(f"{path}: meta 1 not found")
-    for ps in candidates:
-        got = _decode_slot(fileio.pread(fd, _PROBE, ps, path), 1, path)
-        if isinstance(got, F.Meta) and got.page_size != ps:
-            got = CorruptionError("meta 1 page size disagrees with its position", path=path)
-        if isinstance(got, F.Meta) or not isinstance(got, NotADatabaseError):
-            m1 = got
-            if isinstance(got, F.Meta):
-                break
-    slots = [m0, m1]
-    for s in slots:
-        if isinstance(s, VersionError):
-            raise s
-    valid = [s for s in slots if isinstance(s, F.Meta)]
-    if len(valid) == 2 and valid[0].page_size != valid[1].page_size:
-        raise CorruptionError("meta pages disagree on the page size", path=path)
-    if not valid:
-        if all(isinstance(s, NotADatabaseError) for s in slots):
-            raise NotADatabaseError(f"{path} is not a Lamina btree data file")
-        raise CorruptionError("no valid meta page", path=path, where="meta 0, meta 1")
-    current = max(valid, key=lambda m: (m.txnid, -m.slot))
-    return current, slots
-
-
 log = logging.getLogger(__name__)
+
 
 class BtreeStore:
     """One open btree data file (``data.lamina``) of a database directory.
@@ -84,7 +35,7 @@ class BtreeStore:
     serialized by the lock file's btree writer lock (across threads and processes).
     """
 
-    DATA_FILE_NAME = F.DATA_FILE_NAME
+    DATA_FILE_NAME = btree_format.DATA_FILE_NAME
 
     def __init__(self, path: Path, pager: Pager, lockfile: LockFile, *, readonly: bool,
                  sync: bool) -> None:
@@ -95,13 +46,13 @@ class BtreeStore:
         self.sync = sync
         self.page_size = pager.page_size
         self._meta_lock = threading.Lock()
-        self._meta_cache: tuple[bytes, F.Meta] = (b"", _placeholder_meta(self.page_size))
+        self._meta_cache: tuple[bytes, btree_format.Meta] = (b"", _placeholder_meta(self.page_size))
         self._closed = False
 
     # ---------------------------------------------------------------- open / close
     @classmethod
     def open(cls, directory: Path, lockfile: LockFile, *, create: bool, readonly: bool,
-             page_size: int = F.DEFAULT_PAGE_SIZE, sync: bool = True,
+             page_size: int = btree_format.DEFAULT_PAGE_SIZE, sync: bool = True,
              cache_bytes: int = DEFAULT_CACHE_BYTES) -> BtreeStore:
         """Open ``directory/data.lamina``, creating it (with ``page_size``) if ``create``.
 
@@ -116,14 +67,14 @@ class BtreeStore:
         NotADatabaseError, VersionError, CorruptionError, LockedError, StorageError.
         """
         directory = Path(directory)
-        path = directory / F.DATA_FILE_NAME
-        if not path.exists():
+        path = directory / btree_format.DATA_FILE_NAME
+        if not fileio.exists(path):
             if not create or readonly:
                 raise NotFoundError(f"no btree data file in {directory}")
-            if not F.valid_page_size(page_size):
+            if not btree_format.valid_page_size(page_size):
                 raise UsageError(f"page size {page_size} is not a power of two in 1024..65536")
             with lockfile.btree_writer.held(None):
-                if not path.exists():
+                if not fileio.exists(path):
                     _create(path, page_size)
         try:
             fd = fileio.open_fd(path, os.O_RDONLY if readonly else os.O_RDWR)
@@ -134,33 +85,37 @@ class BtreeStore:
             pager = Pager(path, fd, current.page_size, readonly=readonly,
                           cache_bytes=cache_bytes)
         except BaseException:
-            os.close(fd)
+            with contextlib.suppress(StorageError):  # the first error is the one to report
+                fileio.close_fd(fd, path)
             raise
         store = cls(path, pager, lockfile, readonly=readonly, sync=sync)
         try:
             store._recover()
         except BaseException:
-            pager.close()
+            with contextlib.suppress(StorageError):  # the first error is the one to report
+                pager.close()
             raise
         return store
 
     def _recover(self) -> None:
         lf = self._lockfile
         _current, slots = read_metas(self._pager.fd, self.path)
-        if lf.btree_meta() and (self.readonly or all(isinstance(m, F.Meta) for m in slots)):
+        repaired = all(isinstance(m, btree_format.Meta) for m in slots)
+        if lf.btree_meta() and (self.readonly or repaired):
             return  # nothing to repair or publish: do not wait for a running writer
         with lf.btree_writer.held(None):
             current, slots = read_metas(self._pager.fd, self.path)
             if not self.readonly:
                 for slot, m in enumerate(slots):
-                    if not isinstance(m, F.Meta):
-                        copy = F.Meta(current.page_size, current.txnid, current.commit_seq, slot,
-                                      current.total_pages, current.next_table_id,
-                                      current.catalog, current.freelist, current.commit_ns)
+                    if not isinstance(m, btree_format.Meta):
+                        copy = btree_format.Meta(current.page_size, current.txnid,
+                                                 current.commit_seq, slot, current.total_pages,
+                                                 current.next_table_id, current.catalog,
+                                                 current.freelist, current.commit_ns)
                         self._pager.write_meta(slot, copy.encode())
                         self._pager.sync()
             published = lf.btree_meta()
-            if not published or F.Meta.decode(published).txnid < current.txnid:
+            if not published or btree_format.Meta.decode(published).txnid < current.txnid:
                 with lf.publishing_commit():
                     lf.publish_btree_meta(current.encode())
                     with lf.seq_mutex.held(None):
@@ -172,7 +127,7 @@ class BtreeStore:
         """(commit seq, meta record) of the current meta page of ``directory/data.lamina``,
         read from the file without a lock file; (0, b"") if there is no data file.
         Raises NotADatabaseError / VersionError / CorruptionError for a bad file."""
-        path = Path(directory) / F.DATA_FILE_NAME
+        path = Path(directory) / btree_format.DATA_FILE_NAME
         try:
             fd = fileio.open_fd(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -180,7 +135,7 @@ class BtreeStore:
         try:
             current, _slots = read_metas(fd, path)
         finally:
-            os.close(fd)
+            fileio.close_fd(fd, path)
         return current.commit_seq, current.encode()
 
     def close(self) -> None:
@@ -196,13 +151,13 @@ class BtreeStore:
         self.close()
 
     # ---------------------------------------------------------------- transactions
-    def current_meta(self) -> F.Meta:
+    def current_meta(self) -> btree_format.Meta:
         """The last committed meta, as published in the lock file (no file I/O)."""
         rec = self._lockfile.btree_meta()
         cached = self._meta_cache
         if rec == cached[0]:
             return cached[1]
-        meta = F.Meta.decode(rec, "published meta")
+        meta = btree_format.Meta.decode(rec, "published meta")
         self._meta_cache = (rec, meta)
         return meta
 
@@ -231,9 +186,9 @@ class BtreeStore:
         except BaseException:
             slot.release()
             raise
-        return ReadTxn(self, meta, slot)
+        return ReadTxn(self._pager, meta, slot)
 
-    def read_pinned(self, meta: F.Meta) -> ReadTxn:
+    def read_pinned(self, meta: btree_format.Meta) -> ReadTxn:
         """A read transaction on the snapshot ``meta`` describes, which the *caller* pins.
 
         For the backup driver: it publishes ``meta.txnid`` in a reader slot of its own
@@ -246,7 +201,7 @@ class BtreeStore:
         if meta.page_size != self.page_size:
             raise UsageError(f"meta of page size {meta.page_size} for a store of "
                              f"page size {self.page_size}")
-        return ReadTxn(self, meta, None)
+        return ReadTxn(self._pager, meta, None)
 
     def begin_write(self, timeout: float | None = 5.0) -> WriteTxn:
         """Start the write transaction. Raises ReadOnlyError (read-only store), LockedError
@@ -270,42 +225,41 @@ class BtreeStore:
             meta = self.current_meta()
             space = PageSpace(self._pager, meta.txnid + 1, meta, lf.oldest_reader_txnid,
                               keep_previous_snapshot=not self.sync)
-            return WriteTxn(self, meta, space)
+            return WriteTxn(self._pager, meta, space, lf, sync=self.sync,
+                            on_failed=self.mark_failed)
         except BaseException:
             lf.btree_writer.release()
             raise
 
     def _check_open(self) -> None:
         if self._closed:
-            from lamina.errors import ClosedError
-
             raise ClosedError("btree store is closed")
 
     # ---------------------------------------------------------------- check / stat
     def check(self) -> CheckReport:
         """Verify the current snapshot (see :mod:`lamina.engines.btree.check`); runs in a
         read transaction, so writers may continue meanwhile. Never raises for damage."""
-        from lamina.engines.btree.check import check_store
-
-        return check_store(self)
+        return check_store(self._pager, self.begin_read)
 
     def stat(self) -> dict[str, Any]:
         """Figures of the current snapshot: txnid, commit seq, page size, file size, depth,
-        pages by type, entries, free pages, and per-table entries/depth/pages."""
-        from lamina.engines.btree.check import stat_store
+        pages by type, entries, free pages, and per-table entries/depth/pages. Runs in a
+        read transaction (walks the trees through the page cache)."""
+        with self.begin_read() as txn:
+            return stat_store(self._pager, txn)
 
-        return stat_store(self)
 
-
-def _placeholder_meta(page_size: int) -> F.Meta:
-    return F.Meta(page_size, 0, 0, 0, F.META_PAGES, 1, F.EMPTY_ROOT, F.EMPTY_ROOT)
+def _placeholder_meta(page_size: int) -> btree_format.Meta:
+    return btree_format.Meta(page_size, 0, 0, 0, btree_format.META_PAGES, 1,
+                             btree_format.EMPTY_ROOT, btree_format.EMPTY_ROOT)
 
 
 def _create(path: Path, page_size: int) -> None:
     """Write a fresh data file (two meta pages at txnid 0) atomically."""
     pages = []
     for slot in (0, 1):
-        meta = F.Meta(page_size, 0, 0, slot, F.META_PAGES, 1, F.EMPTY_ROOT, F.EMPTY_ROOT)
+        meta = btree_format.Meta(page_size, 0, 0, slot, btree_format.META_PAGES, 1,
+                                 btree_format.EMPTY_ROOT, btree_format.EMPTY_ROOT)
         rec = meta.encode()
         pages.append(rec + bytes(page_size - len(rec)))
     fileio.atomic_write_file(path, b"".join(pages), sync=True)

@@ -17,7 +17,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from lamina.engines.btree import format as F
+from lamina.engines.btree import format as btree_format
 from lamina.engines.btree.page import (
     EMPTY_BRANCH_SIZE,
     EMPTY_LEAF_SIZE,
@@ -69,7 +69,7 @@ class TreeState:
 
     __slots__ = ("count", "depth", "root", "root_hash", "version")
 
-    def __init__(self, desc: F.RootDesc) -> None:
+    def __init__(self, desc: btree_format.RootDesc) -> None:
         self.root: Ref | Node | None = None if desc.pgno == 0 else (desc.pgno, desc.txnid)
         self.root_hash = desc.hash
         self.count = desc.count
@@ -187,7 +187,7 @@ def _split_leaf(node: Leaf, page_size: int, at_end: bool) -> tuple[Leaf, bytes]:
     if at_end:
         m = n - 1  # sequential appends: keep the left leaf full
     else:
-        half = (node.size - F.HEADER_SIZE) // 2
+        half = (node.size - btree_format.HEADER_SIZE) // 2
         acc = 0
         m = 0
         while m < n - 1:
@@ -332,7 +332,7 @@ def _remove_kid(parent: Branch, i: int) -> None:
         parent.size -= branch_entry_size(parent.keys[k])
         del parent.keys[k]
     else:
-        parent.size -= F.CHILD_SIZE
+        parent.size -= btree_format.CHILD_SIZE
     del parent.kids[i]
     del parent.counts[i]
     del parent.hashes[i]
@@ -356,8 +356,8 @@ def _rebalance(ctx: WriteCtx, st: TreeState, path: list[tuple[Branch, int]], nod
             j = i - 1 if i > 0 else i + 1
             a, b = min(i, j), max(i, j)
             sep = parent.keys[a]
-            extra = (-F.HEADER_SIZE if node.is_leaf
-                     else -F.HEADER_SIZE + 2 + len(sep))
+            extra = (-btree_format.HEADER_SIZE if node.is_leaf
+                     else -btree_format.HEADER_SIZE + 2 + len(sep))
             if node.size + _node_size(ctx, parent, j) + extra <= ps:
                 left = _own_kid(ctx, parent, a)
                 right = _own_kid(ctx, parent, b)
@@ -417,7 +417,7 @@ def free_tree(ctx: WriteCtx, st: TreeState) -> None:
             assert isinstance(node, Branch)
             stack.extend(node.kids)
     st.root = None
-    st.root_hash = F.ZERO_HASH
+    st.root_hash = btree_format.ZERO_HASH
     st.count = 0
     st.depth = 0
     st.version += 1
@@ -439,18 +439,18 @@ def count_dirty(st: TreeState) -> int:
     return n
 
 
-def serialize(ctx: WriteCtx, st: TreeState, alloc: Callable[[], int]) -> F.RootDesc:
+def serialize(ctx: WriteCtx, st: TreeState, alloc: Callable[[], int]) -> btree_format.RootDesc:
     """Give every dirty node a page (children first), encode it, and return the new root
     descriptor; afterwards the tree is all clean references."""
     root = st.root
     if root is None:
-        return F.EMPTY_ROOT
+        return btree_format.EMPTY_ROOT
     if type(root) is not tuple:
         assert isinstance(root, (Leaf, Branch))
         st.root, st.root_hash = _serialize_node(ctx, root, alloc)
     ref = st.root
     assert type(ref) is tuple
-    return F.RootDesc(ref[0], st.depth, ref[1], st.count, st.root_hash)
+    return btree_format.RootDesc(ref[0], st.depth, ref[1], st.count, st.root_hash)
 
 
 def _serialize_node(ctx: WriteCtx, node: Node, alloc: Callable[[], int]) -> tuple[Ref, bytes]:
@@ -474,7 +474,7 @@ def _serialize_node(ctx: WriteCtx, node: Node, alloc: Callable[[], int]) -> tupl
 
 
 def bulk_build(ctx: WriteCtx, items: Iterable[tuple[bytes, bytes]], alloc: Callable[[], int],
-               make_value: Callable[[bytes, bytes], Value]) -> F.RootDesc:
+               make_value: Callable[[bytes, bytes], Value]) -> btree_format.RootDesc:
     """Build a tree bottom-up from strictly increasing ``items``, writing full pages.
 
     ``make_value(key, value)`` validates sizes and returns what the leaf stores. Raises
@@ -514,25 +514,25 @@ def bulk_build(ctx: WriteCtx, items: Iterable[tuple[bytes, bytes]], alloc: Calla
     if keys:
         flush_leaf()
     if not level:
-        return F.EMPTY_ROOT
+        return btree_format.EMPTY_ROOT
     depth = 1
     while len(level) > 1:
         depth += 1
         upper: list[tuple[Ref, bytes, int, bytes]] = []
         group: list[tuple[Ref, bytes, int, bytes]] = []
-        bsize = EMPTY_BRANCH_SIZE - F.CHILD_SIZE
+        bsize = EMPTY_BRANCH_SIZE - btree_format.CHILD_SIZE
         for child in level:
-            add = F.CHILD_SIZE + (2 + len(child[3]) if group else 0)
+            add = btree_format.CHILD_SIZE + (2 + len(child[3]) if group else 0)
             if group and bsize + add > ps:
                 upper.append(_flush_branch(ctx, group, alloc))
-                group, bsize = [], EMPTY_BRANCH_SIZE - F.CHILD_SIZE
-                add = F.CHILD_SIZE
+                group, bsize = [], EMPTY_BRANCH_SIZE - btree_format.CHILD_SIZE
+                add = btree_format.CHILD_SIZE
             group.append(child)
             bsize += add
         upper.append(_flush_branch(ctx, group, alloc))
         level = upper
     ref, digest, count, _sep = level[0]
-    return F.RootDesc(ref[0], depth, ref[1], count, digest)
+    return btree_format.RootDesc(ref[0], depth, ref[1], count, digest)
 
 
 def _flush_branch(ctx: WriteCtx, group: list[tuple[Ref, bytes, int, bytes]],

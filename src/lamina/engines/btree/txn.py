@@ -15,15 +15,15 @@ from __future__ import annotations
 import contextlib
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from lamina.core.catalog import ENGINE_BTREE, ENGINE_CODES, CatalogEntry
 from lamina.core.failpoints import failpoint
-from lamina.core.lockfile import Slot
+from lamina.core.lockfile import LockFile, Slot
 from lamina.core.names import validate_table_name
 from lamina.core.table_locks import TableBackupLock, table_backup_lock
-from lamina.engines.btree import format as F
+from lamina.engines.btree import format as btree_format
 from lamina.engines.btree import tree
 from lamina.engines.btree.cursor import Cursor
 from lamina.engines.btree.freelist import PageSpace, decode_free_value
@@ -48,7 +48,7 @@ from lamina.errors import (
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from lamina.engines.btree.store import BtreeStore
+    from lamina.engines.btree.pager import Pager
 
 
 class ReadTxn:
@@ -61,9 +61,8 @@ class ReadTxn:
 
     readonly = True
 
-    def __init__(self, store: BtreeStore, meta: F.Meta, slot: Slot | None) -> None:
-        self._store = store
-        self._pager = store._pager
+    def __init__(self, pager: Pager, meta: btree_format.Meta, slot: Slot | None) -> None:
+        self._pager = pager
         self._slot = slot
         self.meta = meta
         self.txnid = meta.txnid
@@ -126,7 +125,8 @@ class ReadTxn:
                 raise TableNotFoundError(f"no table {name!r}")
             if entry.engine != ENGINE_BTREE:
                 raise UsageError(f"table {name!r} is an {entry.engine} table, not btree")
-            got = (entry, tree.TreeState(F.RootDesc.decode(entry.state, f"table {name!r}")))
+            desc = btree_format.RootDesc.decode(entry.state, f"table {name!r}")
+            got = (entry, tree.TreeState(desc))
             self._states[name] = got
         return Table(self, got[0], got[1])
 
@@ -143,9 +143,9 @@ class ReadTxn:
         for _ in range(ref.npages):
             page = self._page(pgno, ref.txnid)
             _t, ptype, _f, _n, aux, nxt = verify_header(page, pgno, ref.txnid, path)
-            if ptype != F.PAGE_OVERFLOW or aux > len(page) - F.HEADER_SIZE:
+            if ptype != btree_format.PAGE_OVERFLOW or aux > len(page) - btree_format.HEADER_SIZE:
                 raise CorruptionError("bad overflow page", path=path, where=f"page {pgno}")
-            parts.append(page[F.HEADER_SIZE:F.HEADER_SIZE + aux])
+            parts.append(page[btree_format.HEADER_SIZE:btree_format.HEADER_SIZE + aux])
             pgno = nxt
         value = b"".join(parts)
         if len(value) != ref.length or tree_hash(value) != ref.hash:
@@ -172,7 +172,7 @@ class ReadTxn:
         """
         if free is None:
             free = self.free_pages()
-        for pgno in range(F.FIRST_DATA_PAGE, self.meta.total_pages):
+        for pgno in range(btree_format.FIRST_DATA_PAGE, self.meta.total_pages):
             if pgno not in free:
                 self._check_open()
                 yield pgno, self._pager.read(pgno)
@@ -191,7 +191,8 @@ class ReadTxn:
             pgno, txnid, kind = stack.pop()
             self._check_open()
             page = self._pager.read(pgno)
-            if kind == 0 and len(page) > 21 and page[20] == F.PAGE_LEAF and not page[21] & 1:
+            if (kind == 0 and len(page) > 21 and page[20] == btree_format.PAGE_LEAF
+                    and not page[21] & 1):
                 # A tree leaf without overflow values references nothing: verifying its
                 # header (checksum, page number, txnid) is enough; decoding it is not needed.
                 verify_header(page, pgno, txnid, self._pager.path)
@@ -215,7 +216,7 @@ class ReadTxn:
                 elif kind == 1:
                     entry = CatalogEntry.decode(key, v)
                     if entry.engine == ENGINE_BTREE:
-                        d = F.RootDesc.decode(entry.state, f"table {entry.name!r}")
+                        d = btree_format.RootDesc.decode(entry.state, f"table {entry.name!r}")
                         if d.pgno and d.txnid > since_txnid:
                             stack.append((d.pgno, d.txnid, 0))
 
@@ -249,8 +250,16 @@ class WriteTxn(ReadTxn):
 
     readonly = False
 
-    def __init__(self, store: BtreeStore, meta: F.Meta, space: PageSpace) -> None:
-        super().__init__(store, meta, None)
+    def __init__(self, pager: Pager, meta: btree_format.Meta, space: PageSpace,
+                 lockfile: LockFile, *, sync: bool, on_failed: Callable[[str], None]) -> None:
+        """Created by ``BtreeStore.begin_write`` with the writer lock of ``lockfile`` held
+        (released when the transaction ends). ``sync``: the store's meta-sync setting;
+        ``on_failed(why)``: called when a failed meta write cannot be undone (the store
+        then stops every writer)."""
+        super().__init__(pager, meta, None)
+        self._lockfile = lockfile
+        self._sync = sync
+        self._on_failed = on_failed
         self._space = space
         self._load = space.load
         self._free = tree.TreeState(meta.freelist)
@@ -316,7 +325,7 @@ class WriteTxn(ReadTxn):
         elif table_id < self._next_table_id and any(
                 e.table_id == table_id for e in self.catalog()):
             raise AlreadyExistsError(f"table id {table_id} is already in use")
-        state = F.EMPTY_ROOT.encode() if engine == ENGINE_BTREE else b""
+        state = btree_format.EMPTY_ROOT.encode() if engine == ENGINE_BTREE else b""
         entry = CatalogEntry(name, engine, table_id, 0, state)
         self._next_table_id = max(self._next_table_id, table_id + 1)
         self._put_entry(entry)
@@ -335,7 +344,7 @@ class WriteTxn(ReadTxn):
         self._lock_table(entry.table_id, name)
         if entry.engine == ENGINE_BTREE:
             got = self._states.get(name)
-            st = got[1] if got else tree.TreeState(F.RootDesc.decode(entry.state))
+            st = got[1] if got else tree.TreeState(btree_format.RootDesc.decode(entry.state))
             tree.free_tree(space, st)
         tree.delete(space, self._catalog, name.encode("utf-8"))
         self._states.pop(name, None)
@@ -360,7 +369,7 @@ class WriteTxn(ReadTxn):
             for lock in locks.values():
                 lock.release_shared()
         finally:
-            self._store._lockfile.btree_writer.release()
+            self._lockfile.btree_writer.release()
 
     def _lock_table(self, table_id: int, name: str) -> None:
         """Hold table ``table_id``'s backup lock shared until this transaction ends (taken
@@ -368,7 +377,7 @@ class WriteTxn(ReadTxn):
         backup driver holds it, then raises LockedError; one ``fcntl`` call otherwise."""
         if table_id in self._backup_locks:
             return
-        lock = table_backup_lock(self._store._lockfile, table_id)
+        lock = table_backup_lock(self._lockfile, table_id)
         lock.acquire_shared(self.table_lock_timeout, f"table {name!r}")
         self._backup_locks[table_id] = lock
 
@@ -389,8 +398,7 @@ class WriteTxn(ReadTxn):
             self._end()
 
     def _do_commit(self) -> int:
-        store = self._store
-        lf = store._lockfile
+        lf = self._lockfile
         pager = self._pager
         sp = self._space
         with contextlib.ExitStack() as publishing:
@@ -425,12 +433,13 @@ class WriteTxn(ReadTxn):
             if seq is None:
                 publishing.enter_context(lf.publishing_commit())
                 seq = lf.next_commit_seq()
-            meta = F.Meta(pager.page_size, sp.txnid, seq, sp.txnid % 2, sp.next_pgno,
-                          self._next_table_id, catalog, freelist, time.time_ns())
+            meta = btree_format.Meta(pager.page_size, sp.txnid, seq, sp.txnid % 2,
+                                     sp.next_pgno, self._next_table_id, catalog, freelist,
+                                     time.time_ns())
             record = meta.encode()
             try:
                 pager.write_meta(meta.slot, record)
-                if store.sync:
+                if self._sync:
                     pager.sync()
             except BaseException as exc:
                 # The new meta may be on disk, valid, though the caller sees a failure: put
@@ -439,7 +448,7 @@ class WriteTxn(ReadTxn):
                 self._undo_meta(meta.slot, exc)
                 raise
             lf.publish_btree_meta(record)
-            lf.set_btree_meta_unsynced(not store.sync)
+            lf.set_btree_meta_unsynced(not self._sync)
         failpoint("btree.after_meta_write")
         for ref, node in sp.new_nodes().items():
             pager.cache_put(ref, node.frozen())
@@ -450,13 +459,13 @@ class WriteTxn(ReadTxn):
         the failed commit never happened) and sync it. If even that fails, mark the store
         failed for every process (see ``BtreeStore.begin_write``)."""
         m = self.meta
-        previous = F.Meta(m.page_size, m.txnid, m.commit_seq, slot, m.total_pages,
-                          m.next_table_id, m.catalog, m.freelist, m.commit_ns)
+        previous = btree_format.Meta(m.page_size, m.txnid, m.commit_seq, slot, m.total_pages,
+                                     m.next_table_id, m.catalog, m.freelist, m.commit_ns)
         try:
             self._pager.write_meta(slot, previous.encode())
             self._pager.sync()
         except BaseException:
-            self._store.mark_failed(f"a commit failed while writing its meta page ({exc}) "
+            self._on_failed(f"a commit failed while writing its meta page ({exc}) "
                                     "and the previous meta could not be restored")
 
     def _touch(self, name: str) -> None:

@@ -1,0 +1,5 @@
+"""``python -m lamina``: the same as the ``lamina`` command."""
+
+from lamina.cli.main import main
+
+main()

@@ -1,0 +1,211 @@
+"""The btree native restore driver: rebuilds ``data.lamina`` from a full btree stream.
+
+The stream (:mod:`lamina.engines.btree.stream`) is parsed incrementally (any buffer
+boundaries) by the one :class:`~lamina.engines.btree.stream.PageStreamReader`, which checks
+every page (checksum, page number, order, txnid, type); the driver proves the Merkle tree
+while streaming (:class:`~lamina.engines.btree.proof.MerkleProof`: every branch record's
+hash and txnid, the catalog's table roots, overflow chains, every page referenced exactly
+once) and writes the pages at ``pgno * page_size``. ``end()`` checks the root hash against
+the meta and every VP fact, then writes the meta record into both meta slots and syncs.
+With ``RestoreFlags.destination`` None it proves the same and writes nothing (``lamina
+verify --deep``). Layer streams are restored only as part of a chain
+(:mod:`lamina.engines.btree.layers`, :mod:`lamina.online.chain`).
+
+Concurrency: a driver is used by one thread (the kernel's); the file it writes is not
+visible to anyone until the restore is published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from lamina.core import fileio
+from lamina.core.catalog import ENGINE_BTREE
+from lamina.core.driver import Buffer, RestoreDriver, RestoreFlags, Result, TableSpec
+from lamina.engines.btree import format as btree_format
+from lamina.engines.btree.facts import BtreeVpFacts
+from lamina.engines.btree.page import page_hash
+from lamina.engines.btree.pager import write_meta_file
+from lamina.engines.btree.proof import MerkleProof
+from lamina.engines.btree.stream import PageStreamReader, StreamHeader
+from lamina.errors import (
+    AlreadyExistsError,
+    CorruptionError,
+    NotFoundError,
+    StorageError,
+)
+
+
+class BtreeRestoreDriver(RestoreDriver):
+    """Rebuilds ``data.lamina`` in ``RestoreFlags.destination`` from a full btree stream
+    (or, with destination None, proves the stream and writes nothing).
+
+    Buffers may split the header, pages and trailer anywhere. Every check names the stream
+    offset of the failing record. Errors are raised (CorruptionError, VersionError,
+    UnsupportedError, ChainError, AlreadyExistsError, NotFoundError, StorageError); the
+    kernel then calls ``cancel()``, which removes the data file.
+    """
+
+    def __init__(self, tables: Sequence[TableSpec], flags: RestoreFlags) -> None:
+        self._tables = list(tables)
+        self._dest = flags.destination
+        self.path: Path | None = (None if self._dest is None
+                                  else self._dest / btree_format.DATA_FILE_NAME)
+        self._fd: int | None = None
+        self._created = False
+        self._reader = PageStreamReader("", expect_base=None, on_page=self._page,
+                                        on_header=self._header)
+        self.meta: btree_format.Meta | None = None
+        self._proof: MerkleProof | None = None
+        self._root_page: bytes | None = None
+        self._run_start = -1
+        self._run: list[bytes] = []
+
+    @property
+    def pages_received(self) -> int:
+        """Pages of the stream received and checked so far."""
+        return self._reader.pages
+
+    # ---------------------------------------------------------------- protocol
+    def begin(self) -> Result:
+        """Create the data file exclusively. Raises AlreadyExistsError (it exists),
+        NotFoundError (no destination directory), StorageError. OK."""
+        if self.path is None:
+            return Result.OK
+        try:
+            self._fd = fileio.open_fd(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            raise AlreadyExistsError(f"{self.path} already exists") from None
+        except FileNotFoundError:
+            raise NotFoundError(f"restore destination {self._dest} does not exist") from None
+        self._created = True
+        return Result.OK
+
+    def send_data(self, buffer: Buffer) -> Result:
+        """Consume one block: stream 0 carries the page stream; table streams must be
+        empty. Returns OK. Raises CorruptionError (naming the stream offset), VersionError
+        (a newer stream version), UnsupportedError (unknown header flags), ChainError (a
+        layer stream), StorageError."""
+        if buffer.stream != 0:
+            if len(buffer.data):
+                raise CorruptionError(f"{len(buffer.data)} bytes on btree table stream "
+                                      f"{buffer.stream}, which is always empty")
+            return Result.OK
+        self._reader.feed(buffer.data, buffer.last)
+        self._flush()
+        return Result.OK
+
+    def _header(self, header: StreamHeader) -> None:
+        self.meta = header.meta
+        self._proof = MerkleProof(header.meta, "btree stream")
+
+    def _page(self, pgno: int, page: bytes) -> None:
+        proof, meta = self._proof, self.meta
+        assert proof is not None and meta is not None
+        proof.page(pgno, page, page_hash(page), self._reader.location(self._reader.page_offset))
+        if pgno == meta.catalog.pgno:
+            self._root_page = page
+        if self._run and pgno != self._run_start + len(self._run):
+            self._flush()
+        if not self._run:
+            self._run_start = pgno
+        self._run.append(page)
+
+    def _flush(self) -> None:
+        """Write the pending run of consecutive pages (one pwrite)."""
+        run, self._run = self._run, []
+        if run and self._fd is not None:
+            assert self.path is not None and self.meta is not None
+            fileio.pwrite(self._fd, b"".join(run), self._run_start * self.meta.page_size,
+                          self.path)
+
+    def end(self) -> Result:
+        """Prove the snapshot (Merkle references, the image's tables in the catalog, the
+        root hash against the meta, every VP fact against the stream), then extend the file
+        to the snapshot's size, write the meta record into both meta slots and sync.
+        Returns OK. Raises CorruptionError, StorageError."""
+        self._reader.finish()
+        meta, proof = self.meta, self._proof
+        assert meta is not None and proof is not None
+        proof.finish()
+        self._check_facts(meta)
+        for t in self._tables:
+            entry = proof.catalog.get(t.name)
+            if entry is None or entry.engine != ENGINE_BTREE or entry.table_id != t.table_id:
+                raise CorruptionError(f"the image lists btree table {t.name!r} (id "
+                                      f"{t.table_id}), the restored catalog does not have it",
+                                      path=self.path)
+        root = self._root_page
+        if self._fd is not None and meta.catalog.pgno:
+            # The root hash is recomputed from the page as it is on disk now.
+            assert self.path is not None
+            root = fileio.pread(self._fd, meta.page_size, meta.catalog.pgno * meta.page_size,
+                                self.path)
+        got = page_hash(root) if root is not None else btree_format.ZERO_HASH
+        if got != meta.root_hash:
+            raise CorruptionError(f"restored root hash {got.hex()} differs from the meta's "
+                                  f"{meta.root_hash.hex()}", path=self.path)
+        if self._fd is not None:
+            self._write_file(meta)
+        return Result.OK
+
+    def _check_facts(self, meta: btree_format.Meta) -> None:
+        """Every VP fact against what the stream holds. No facts at all (a driver driven by
+        hand, without ``set_vp_info``): the meta is the only reference."""
+        facts = self.vp_facts
+        if facts is None:
+            return
+        if not isinstance(facts, BtreeVpFacts):
+            raise CorruptionError(f"the VP facts of the btree driver are not btree facts "
+                                  f"({type(facts).__name__})", path=self.path)
+        expect: tuple[tuple[str, object, object], ...] = (
+            ("txnid", meta.txnid, facts.txnid),
+            ("commit_seq", meta.commit_seq, facts.commit_seq),
+            ("root_hash", meta.root_hash, facts.root_hash),
+            ("page_size", meta.page_size, facts.page_size),
+            ("total_pages", meta.total_pages, facts.total_pages),
+            ("pages_sent", self._reader.pages, facts.pages_sent),
+            ("pages_hash", self._reader.pages_hash, facts.pages_hash),
+            ("base_txnid", None, facts.base_txnid),
+        )
+        for key, value, fact in expect:
+            if value != fact:
+                raise CorruptionError(f"btree {key} {_shown(value)} differs from the VP "
+                                      f"facts' {_shown(fact)}", path=self.path)
+
+    def _write_file(self, meta: btree_format.Meta) -> None:
+        fd, path = self._fd, self.path
+        assert fd is not None and path is not None and self._dest is not None
+        # Trailing free pages were not sent: write_meta_file extends the file (sparse).
+        write_meta_file(fd, path, meta)
+        self._fd = None
+        fileio.close_fd(fd, path)
+        fileio.fsync_dir(self._dest)
+
+    def cancel(self) -> Result:
+        """Close and remove the data file this driver created; never raises (ERROR with
+        ``error`` set if the file could not be removed)."""
+        result = Result.OK
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(StorageError):
+                fileio.close_fd(fd, self.path)
+        if self._created and self.path is not None:
+            self._created = False
+            try:
+                fileio.unlink(self.path, missing_ok=True)
+            except StorageError as exc:
+                self.error = exc
+                result = Result.ERROR
+        return result
+
+
+def _shown(value: object) -> str:
+    """A fact as messages show it: bytes in hex, anything else as ``repr``."""
+    return repr(value.hex()) if isinstance(value, bytes) else repr(value)
+
+
+__all__ = ["BtreeRestoreDriver"]

@@ -1,0 +1,180 @@
+"""Restoring an image into a new database directory, and proving a restored directory
+before it is published.
+
+:func:`restore` runs the restore kernel into a temporary directory next to the destination;
+:func:`prove_restored` (also used by :func:`lamina.online.chain.restore_chain`) makes that
+directory a database and proves it against the image's VP facts (btree root hash, archive
+row counts) and the checker; only then is it renamed into place.
+
+Concurrency: the destination is new (or replaced only at the final rename); the image is a
+read-only input, so restores may run beside anything.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lamina.backup import image_format
+from lamina.backup.image_reader import ReadableStream
+from lamina.backup.kernel import CancelToken, ProgressCallback
+from lamina.backup.restore import RestoreResult, restore_into_directory, run_restore
+from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE
+from lamina.core.driver import BackupEngine, TableSpec
+from lamina.core.identity import Identity
+from lamina.database import open as open_database
+from lamina.engines.btree import format as btree_format
+from lamina.errors import CheckFailedError, CorruptionError, TableNotFoundError, UsageError
+from lamina.online.facts import ImageFacts
+from lamina.online.plan import DEFAULT, SNAPSHOT, restore_engines
+from lamina.online.sink import RestoreSink
+
+
+@dataclass(frozen=True)
+class RestoreSummary:
+    """What a restore produced: where, from which image, at which VP, and how long."""
+
+    path: Path
+    result: RestoreResult
+    tables: tuple[str, ...]
+    elapsed_ns: int
+
+    @property
+    def vp(self) -> image_format.ValidityPoint:
+        """The validity point the restored database represents."""
+        return self.result.manifest.vp
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready summary (``lamina restore --json``)."""
+        return {"path": str(self.path), "image_id": str(self.result.header.image_id),
+                "vp_commit_seq": self.vp.commit_seq, "vp_time_ns": self.vp.wall_ns,
+                "tables": list(self.tables), "image_bytes": self.result.size,
+                "seconds": self.elapsed_ns / 1e9}
+
+
+def prove_restored(tmp: Path, result: RestoreResult,
+                   wanted: Sequence[str] | None) -> tuple[str, ...]:
+    """Make the restored directory ``tmp`` a database of the image ``result`` describes,
+    keep only the ``wanted`` tables (None: all), and prove it; returns the tables kept.
+
+    Writes the identity (the source's database id, a new incarnation, the image and VP it
+    came from), then checks — before any table is dropped — that a natively restored btree
+    file has the VP's root hash, then each natively restored archive table's row count
+    against the image's VP facts, then runs the whole checker. Raises TableNotFoundError (a
+    wanted table not in the image), CorruptionError (a root hash or row count that differs,
+    or a missing VP fact), CheckFailedError, StorageError. ``tmp`` must not be in use by
+    anyone else (it is not published yet).
+    """
+    vp = result.manifest.vp
+    # The restored database keeps the source's id but starts a new incarnation: its history
+    # is the source's up to the VP and its own after, so it may continue the chain of the
+    # image it came from but never layer on the source's later images (two histories).
+    Identity(result.header.database_id, time.time_ns(), result.header.image_id,
+             vp.commit_seq, vp.wall_ns, incarnation=uuid.uuid4(),
+             origin_incarnation=result.header.incarnation).write(tmp)
+    in_image = {t.name for t in result.catalog.tables}
+    if wanted is not None:
+        missing = sorted(set(wanted) - in_image)
+        if missing:
+            raise TableNotFoundError(f"table(s) {', '.join(missing)} not in the image")
+    keep = in_image if wanted is None else set(wanted)
+    facts = ImageFacts(result, f"image {result.header.image_id}")
+    btree = facts.btree()
+    archive = facts.archive()
+    native_archive = [t.name for t in result.catalog.tables
+                      if result.catalog.drivers[t.driver].name == ENGINE_ARCHIVE]
+    logical = any(d.name in (SNAPSHOT, DEFAULT) for d in result.catalog.drivers)
+    with open_database(tmp, create=False) as db:
+        with db.read() as txn:
+            actual = txn.root_hash
+        # Checked before any table is dropped: the native btree file must be the VP's, bit
+        # for bit. Logical drivers rebuild their tables (a new tree), so the root hash of the
+        # VP cannot match; their row counts were checked against the VP facts instead.
+        if btree is not None and not logical and btree.root_hash != actual:
+            raise CorruptionError(f"restored root hash {actual.hex()} differs from the "
+                                  f"image's {btree.root_hash.hex()}", path=tmp)
+        for info in db.tables():
+            if info.name not in keep:  # not chosen, or not backed up (btree file carries all)
+                db.drop_table(info.name)
+        for name in native_archive:
+            if name not in keep:
+                continue
+            recorded = None if archive is None else archive.tables.get(name)
+            if recorded is None:
+                raise CorruptionError(f"archive table {name!r}: the image's archive VP facts "
+                                      "do not describe it", path=tmp)
+            rows = db.archive(name).count()
+            if rows != recorded.rows:
+                raise CorruptionError(f"archive table {name!r} restored {rows} rows, the "
+                                      f"image's VP says {recorded.rows}", path=tmp)
+        report = db.check()
+        if not report.ok:
+            raise CheckFailedError(f"restored database fails the checker "
+                                   f"({len(report.findings)} problems): {report.findings[0]}",
+                                   report.findings)
+        return tuple(sorted(t.name for t in db.tables()))
+
+
+def _complete_catalog(tmp: Path, result: RestoreResult, page_size: int | None) -> None:
+    """An image without the native btree driver carries no catalog: give every table that
+    no logical driver registered (native archive tables) its catalog entry, creating the
+    btree file if no logical driver did."""
+    if any(d.name == ENGINE_BTREE for d in result.catalog.drivers):
+        return
+    sink = RestoreSink(tmp, page_size, None)
+    try:
+        for t in result.catalog.tables:
+            sink.ensure_entry(TableSpec(t.name, t.engine, t.table_id))
+    finally:
+        sink.close()
+
+
+def restore(source: str | os.PathLike[str] | ReadableStream, dest: str | os.PathLike[str], *,
+            tables: Sequence[str] | None = None, force: bool = False,
+            progress: ProgressCallback | None = None, cancel: CancelToken = None,
+            page_size: int | None = None) -> RestoreSummary:
+    """Restore the image at ``source`` (path or binary stream) into a new database ``dest``.
+
+    Works in a temporary directory next to ``dest`` and renames it into place only when
+    :func:`prove_restored` passed (btree root hash equal to the image's, archive row counts
+    equal to the VP's, the checker); on any failure nothing is left at ``dest``. The
+    restored database keeps the source database id and records the image id and VP; its
+    next commit seq follows the VP's.
+    ``page_size`` restores a *logical* image (snapshot/default drivers) into a btree file
+    of that page size; tables are rebuilt compact. With an image that carries the btree file
+    natively it is a UsageError (raised before anything is written).
+    Returns a :class:`RestoreSummary`. Raises AlreadyExistsError (``dest`` exists, no
+    ``force``), TableNotFoundError, UsageError, CorruptionError & co., VersionError,
+    UnsupportedError, CheckFailedError, CancelledError, KeyTooLargeError (a key too long
+    for ``page_size``), StorageError.
+    """
+    start = time.monotonic_ns()
+    if page_size is not None and not btree_format.valid_page_size(page_size):
+        raise UsageError(f"page size {page_size} is not a power of two in 1024..65536")
+    engines = restore_engines(page_size)
+    kept: list[tuple[str, ...]] = []
+
+    def lookup(name: str) -> BackupEngine | None:
+        if page_size is not None and name == ENGINE_BTREE:
+            raise UsageError("--page-size applies only to logical images (snapshot or "
+                             "default driver); this image carries the btree file natively")
+        return engines.get(name)
+
+    def do_restore(tmp: Path) -> RestoreResult:
+        result = run_restore(source, lookup, tmp, cancel=cancel, progress=progress)
+        _complete_catalog(tmp, result, page_size)
+        return result
+
+    def prove(tmp: Path, result: RestoreResult) -> None:
+        kept.append(prove_restored(tmp, result, tables))
+
+    result = restore_into_directory(dest, do_restore, prove, force=force, cancel=cancel)
+    return RestoreSummary(Path(dest), result, kept[0], time.monotonic_ns() - start)
+
+
+__all__ = ["RestoreSummary", "prove_restored", "restore"]

@@ -1,0 +1,110 @@
+"""Taking a backup of a :class:`~lamina.database.Database`: plan its driver groups (and a
+layer's base), run the backup kernel with the database's commit blocker, and record the
+outcome in the database's backup history.
+
+Concurrency: a backup runs beside any number of writers in any process; they are held
+back only while the validity point is created (``BackupResult.blocker_held_ns``), and with
+the default driver each table's writers wait until that table is sent. Tables are neither
+created nor dropped while a backup runs (it holds the DDL lock).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from lamina.backup import image_format
+from lamina.backup.default_driver import DEFAULT_LOCK_TIMEOUT
+from lamina.backup.history import BackupHistory
+from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, run_backup
+from lamina.database import DDL_TIMEOUT, Database
+from lamina.errors import CancelledError, UsageError
+from lamina.online.facts import ImageFacts
+from lamina.online.layers import plan_layer
+from lamina.online.plan import DriverChoice, plan_groups
+
+#: Where a backup writes: a path, or a writable binary stream.
+ImageTarget = str | os.PathLike[str] | Any
+
+
+def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = None,
+           codec: str = "zstd", level: int | None = None,
+           buf_size: int = image_format.DEFAULT_BUF_SIZE,
+           progress: ProgressCallback | None = None, cancel: CancelToken = None,
+           blocker_timeout: float | None = 30.0, driver: DriverChoice = None,
+           max_rate: float | None = None,
+           lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+           base: str | os.PathLike[str] | None = None) -> BackupResult:
+    """Take a consistent online backup of ``db`` into ``target`` (a path or binary stream).
+
+    Writers in any process go on; with the native and snapshot drivers commits are delayed
+    only while the validity point is created; the default driver makes each table's writers
+    wait from ``prelock`` until the table is sent. The image holds each chosen table exactly
+    as of the VP commit seq. ``driver`` forces drivers (see
+    :func:`~lamina.online.plan.choose_drivers`; the choice is recorded per table in the
+    image catalog and the history); ``max_rate`` bounds the read rate in MB/s (10^6 bytes
+    per second); ``lock_timeout`` bounds how long the default driver tries to lock its
+    tables. A failure or cancellation leaves no image at ``target`` and no lock or snapshot
+    held; every outcome is recorded in the history. ``base`` (the path of an earlier image
+    of this database, full or layer) makes the image a *layer*: only what changed after the
+    base's VP (see :mod:`lamina.online.layers`); native drivers only.
+    Returns the kernel's :class:`~lamina.backup.kernel.BackupResult`.
+    Raises TableNotFoundError, DriverChoiceError, UsageError, LockedError (the DDL lock, the
+    commit blocker or a default-driver table lock not obtained in time), CancelledError,
+    StorageError; with ``base``: NotFoundError (no base image), ChainError (a base from
+    another database or history, or newer than the database), CorruptionError (a damaged
+    base).
+    """
+    history = BackupHistory(db.path, db.lockfile, sync=db.sync)
+    entry = history.start("full" if base is None else "layer",
+                          "-" if not isinstance(target, str | os.PathLike) else str(target))
+    try:
+        if max_rate is not None and not max_rate > 0:
+            raise UsageError(f"max rate must be a positive number of MB/s, not {max_rate}")
+        # MySQL 6.0's DDL blocker: no table is created or dropped from the moment the table
+        # list is planned until the backup ends, so the image's catalog is exactly the
+        # VP's (a table created before the VP is in it; none vanishes mid-backup).
+        with db.lockfile.ddl_lock.held(DDL_TIMEOUT):
+            groups = plan_groups(db, tables, driver, lock_timeout)
+            base_ref = None
+            if base is not None:
+                groups, base_ref = plan_layer(db, groups, base)
+            result = run_backup(groups, target, commit_blocker=db.lockfile, base=base_ref,
+                                commit_seq=db.lockfile.commit_seq,
+                                database_id=db.identity.db_id,
+                                database_incarnation=db.identity.incarnation,
+                                codec=codec, level=level,
+                                buf_size=buf_size, progress=progress, cancel=cancel,
+                                blocker_timeout=blocker_timeout,
+                                max_rate=None if max_rate is None else max_rate * 1e6)
+    except CancelledError:
+        history.finish(entry, "cancelled", error="cancelled on request")
+        raise
+    except BaseException as exc:
+        history.finish(entry, "error", error=str(exc) or type(exc).__name__)
+        raise
+    summary = describe(result)
+    history.finish(entry, "done", vp_time_ns=result.vp.wall_ns,
+                   vp_commit_seq=result.vp.commit_seq, bytes=result.size,
+                   drivers=summary["drivers"], blocker_held_ns=result.blocker_held_ns)
+    return result
+
+
+def describe(result: BackupResult) -> dict[str, Any]:
+    """JSON-ready summary of a finished backup (``lamina backup --json``): image id, path,
+    VP, sizes, each table's driver, the rows its driver counted (archive and logical
+    tables), time and commit-blocker cost. Pure. Raises CorruptionError if the result's VP
+    facts lack a fact (a driver bug)."""
+    drivers = {t.name: result.catalog.drivers[t.driver].name for t in result.catalog.tables}
+    rows = ImageFacts(result, f"image {result.image_id}").table_rows()
+    return {"rows": rows, "image_id": str(result.image_id),
+            "path": str(result.path) if result.path else None,
+            "vp_commit_seq": result.vp.commit_seq, "vp_time_ns": result.vp.wall_ns,
+            "bytes": result.size, "raw_bytes": result.raw_bytes, "drivers": drivers,
+            "seconds": result.elapsed_ns / 1e9,
+            "blocker_held_ms": result.blocker_held_ns / 1e6,
+            "blocker_wait_ms": result.blocker_wait_ns / 1e6}
+
+
+__all__ = ["ImageTarget", "backup", "describe"]

@@ -1,0 +1,40 @@
+"""Verifying one image without restoring it (``lamina verify IMAGE [--deep]``).
+
+Concurrency: the image is a read-only input; nothing is written and no lock is held.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lamina.backup.image_reader import ReadableStream, image_summary
+from lamina.backup.kernel import ProgressCallback
+from lamina.backup.restore import run_restore
+from lamina.backup.verify import verify_image
+from lamina.online.plan import restore_engines
+
+
+def verify(source: str | os.PathLike[str] | ReadableStream, *, deep: bool = False,
+           progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Verify an image without restoring it; returns a JSON-ready report.
+
+    Always: every chunk checksum, per-stream sequence and hash, the manifest hash and the
+    footer. ``deep``: also runs every restore driver in verify-only mode (with its VP
+    facts), which rebuilds the btree Merkle root from the image's pages (compared with the
+    VP's root hash) and decodes every archive block — writing nothing. Raises
+    CorruptionError naming the first damage, NotADatabaseError, VersionError,
+    UnsupportedError, StorageError.
+    """
+    if not deep:
+        report = verify_image(source)
+        out = report.to_json()
+        out.update(chunks=report.chunks, streams=report.catalog.stream_count, deep=False)
+        return out
+    result = run_restore(source, restore_engines(), None, progress=progress)
+    out = image_summary(result.header, result.catalog, result.manifest, result.size)
+    out.update(ok=True, chunks=result.chunks, streams=result.catalog.stream_count, deep=True)
+    return out
+
+
+__all__ = ["verify"]
