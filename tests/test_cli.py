@@ -24,7 +24,7 @@ def test_btree_commands(db: str) -> None:
     assert invoke("put", db, "users", "bob", "user")[0] == 0
     assert invoke("get", db, "users", "alice") == (0, "admin\n", "")
     code, out, _ = invoke("scan", db, "users", "--json")
-    assert json.loads(out) == [{"key": "alice", "value": "admin"}, {"key": "bob", "value": "user"}]
+    assert [json.loads(line) for line in out.splitlines()] == [{"key": "alice", "value": "admin"}, {"key": "bob", "value": "user"}]
     assert invoke("scan", db, "users", "--prefix", "b")[1] == "bob\tuser\n"
     assert invoke("scan", db, "users", "--start", "b")[1] == "bob\tuser\n"
     assert invoke("scan", db, "users", "--limit", "1")[1] == "alice\tadmin\n"
@@ -41,7 +41,7 @@ def test_archive_commands(db: str) -> None:
     assert invoke("append", db, "events", "-", input="three\nfour\n")[1] == "appended rows 3..4\n"
     assert invoke("scan", db, "events", "--start", "3")[1] == "3\tthree\n4\tfour\n"
     _, out, _ = invoke("scan", db, "events", "--json", "--limit", "1")
-    assert json.loads(out) == [{"row_id": 1, "row": "one"}]
+    assert [json.loads(line) for line in out.splitlines()] == [{"row_id": 1, "row": "one"}]
     assert invoke("optimize", db, "events")[0] == 0
     assert invoke("scan", db, "events")[1].count("\n") == 4
     _, out, _ = invoke("stat", db, "--json")

@@ -13,12 +13,13 @@ import fcntl
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamina.core import fileio, lockfile_format
+from lamina.core import fileio, lockfile_format, publish
 from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE, CatalogEntry
 from lamina.core.check import CheckReport, Finding
 from lamina.core.identity import FILE_NAME as IDENTITY_FILE
@@ -46,6 +47,20 @@ _CREATION_FILES = {lockfile_format.FILE_NAME, BtreeStore.DATA_FILE_NAME,
                    BtreeStore.DATA_FILE_NAME + ".tmp", IDENTITY_FILE + ".tmp"}
 #: How long DDL and open-time cleanup wait for another process's DDL.
 DDL_TIMEOUT = 30.0
+#: ``lamina.open``'s default bound on waits for the writer and table locks (seconds).
+DEFAULT_LOCK_TIMEOUT = 5.0
+
+
+class _ThreadWrites(threading.local):
+    """Per thread: the write transaction it began on each database, by the id of the
+    process's one ``LockFile`` of that database (shared by every handle). Weak references:
+    an entry never keeps a transaction alive, and an ended or collected one means none."""
+
+    def __init__(self) -> None:
+        self.txns: dict[int, weakref.ref[WriteTxn]] = {}
+
+
+_thread_writes = _ThreadWrites()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +77,7 @@ class Database:
     """An open Lamina database. Use :func:`lamina.open`; close it (or use ``with``)."""
 
     def __init__(self, path: Path, *, create: bool, readonly: bool, page_size: int,
-                 sync: bool, lock_timeout: float) -> None:
+                 sync: bool, lock_timeout: float, staged: Identity | None = None) -> None:
         self.path = path
         self.readonly = readonly
         self.sync = sync
@@ -72,9 +87,16 @@ class Database:
         self._handles_lock = threading.Lock()
         creating: int | None = None  # the creation lock's descriptor while we create
         try:
-            self.identity, creating = self._ensure_directory(create)
+            if staged is not None:  # a restore proving a directory it has not published
+                self.identity = staged
+            else:
+                self.identity, creating = self._ensure_directory(create)
             self.lockfile = LockFile.open(path, init=self._init_lockfile)
             try:
+                if staged is None and creating is None:
+                    # Read again now that we hold the lock file: a restore may have replaced
+                    # the database while we waited for it (see core/publish.py).
+                    self.identity = self._read_identity()
                 self.store = BtreeStore.open(path, self.lockfile,
                                              create=create and not readonly, readonly=readonly,
                                              page_size=page_size, sync=sync)
@@ -105,16 +127,23 @@ class Database:
         waits, then finds the identity file and opens the database the first one made.
         """
         path = self.path
+        if not (path / IDENTITY_FILE).exists():
+            # A restore killed while it replaced this database left it half done: settle
+            # that first (put the old database back, or finish publishing the new one).
+            publish.recover(path, timeout=max(self.lock_timeout, publish.PUBLISH_WAIT))
         if path.exists() and not path.is_dir():
             raise NotADatabaseError(f"{path} is not a directory, so not a Lamina database")
         if (path / IDENTITY_FILE).exists():
             return Identity.read(path), None
-        if not create:
+        if not create or self.readonly:  # a read-only open never creates
             if path.exists():
+                temp = publish.parse_any_temp(path)
+                if temp is not None:
+                    owner = "" if temp.pid is None else f" of process {temp.pid}"
+                    raise NotADatabaseError(f"{path} is the temporary {temp.kind} directory"
+                                            f"{owner}, not a Lamina database")
                 raise NotADatabaseError(f"{path} is not a Lamina database (no {IDENTITY_FILE})")
             raise NotFoundError(f"database {path} does not exist")
-        if self.readonly:
-            raise ReadOnlyError(f"cannot create database {path} read-only")
         try:
             path.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -137,6 +166,13 @@ class Database:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
+
+    def _read_identity(self) -> Identity:
+        try:
+            return Identity.read(self.path)
+        except FileNotFoundError:
+            raise NotADatabaseError(f"{self.path} is not a Lamina database (no "
+                                    f"{IDENTITY_FILE})") from None
 
     def _take_creation_lock(self, fd: int) -> None:
         deadline = time.monotonic() + max(self.lock_timeout, DDL_TIMEOUT)
@@ -169,8 +205,12 @@ class Database:
                 seq = max(seq, ArchiveTable.read_last_commit_seq(self.path, arm.name[:-4]))
             except Exception:
                 continue
-        if self.identity.restored_vp_seq > seq:
-            seq = self.identity.restored_vp_seq
+        try:  # from disk: a restore may have replaced the database since we read it
+            identity = Identity.read(self.path)
+        except FileNotFoundError:  # being created, or a restore's staged directory
+            identity = self.identity
+        if identity.restored_vp_seq > seq:
+            seq = identity.restored_vp_seq
         lockfile.set_commit_seq(seq)
         lockfile.publish_btree_meta(meta)
 
@@ -240,14 +280,33 @@ class Database:
         Waits up to ``timeout`` (default: the database's ``lock_timeout``) for the writer
         lock, then raises :class:`~lamina.errors.LockedError`. Commits on normal exit of a
         ``with`` block, aborts on an exception.
+
+        A thread that already has the write transaction of this database open (through
+        any handle) gets :class:`~lamina.errors.UsageError` at once instead of waiting for
+        itself: write transactions do not nest, so use the open one. Other threads wait.
         """
         self._check_open()
         if self.readonly:
             raise ReadOnlyError(f"database {self.path} is open read-only")
+        mine = _thread_writes.txns
+        held = mine.get(id(self.lockfile))
+        if held is not None:
+            txn = held()
+            if txn is not None and not txn.closed:
+                raise UsageError(
+                    f"this thread already holds the write transaction of {self.path}; write "
+                    "transactions do not nest: use the open one (txn.table(name)), or commit "
+                    "it first (db.put/delete/create_table/drop_table each begin their own)")
         wait = self.lock_timeout if timeout is None else timeout
         txn = self.store.begin_write(wait)
         # The same bound applies to a table a default backup driver holds (LockedError).
         txn.table_lock_timeout = wait
+        if len(mine) >= 16:  # forget the ended ones (databases written to earlier)
+            for lockfile_id, ref in list(mine.items()):
+                old = ref()
+                if old is None or old.closed:
+                    del mine[lockfile_id]
+        mine[id(self.lockfile)] = weakref.ref(txn)
         return txn
 
     # ------------------------------------------------------------------ catalog
@@ -359,12 +418,20 @@ class Database:
             return found
 
     def append(self, table: str, row: bytes) -> int:
-        """Append one row to archive table ``table`` in its own commit; returns its row id."""
-        return self.archive(table).append(row)
+        """Append one row to archive table ``table`` in its own commit; returns its row id.
+
+        Waits up to the database's ``lock_timeout`` for the table's writer (LockedError).
+        """
+        return self.append_many(table, (row,))[0]
 
     def append_many(self, table: str, rows: Iterable[bytes]) -> list[int]:
-        """Append rows to archive table ``table`` in one commit; returns their row ids."""
-        return self.archive(table).append_many(rows)
+        """Append rows to archive table ``table`` in one commit; returns their row ids.
+
+        Waits up to the database's ``lock_timeout`` for the table's writer (LockedError).
+        """
+        with self.archive(table).writer(self.lock_timeout) as w:
+            w.backup_lock_timeout = self.lock_timeout
+            return w.append_many(rows)
 
     def scan(self, table: str, start: int = 1) -> Iterator[tuple[int, bytes]]:
         """Committed rows of archive table ``table`` from row id ``start``."""
@@ -441,14 +508,26 @@ class Database:
 
 
 def open(path: str | os.PathLike[str], create: bool = True, readonly: bool = False, *,
-         page_size: int = 4096, sync: bool = True, lock_timeout: float = 5.0) -> Database:
+         page_size: int = 4096, sync: bool = True,
+         lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> Database:
     """Open (by default creating) the database in directory ``path``.
 
     ``page_size`` (a power of two, 1 KiB..64 KiB) applies only when the database is created.
     ``sync=False`` skips fsync on commit: a power loss may lose the last commits but never
     corrupts. ``lock_timeout`` bounds waits for the writer and table locks.
-    Raises NotFoundError (missing and ``create=False``), NotADatabaseError, VersionError,
-    CorruptionError, StorageError.
+    ``readonly=True`` never creates: a missing ``path`` raises NotFoundError whatever
+    ``create`` says. Raises NotFoundError (missing, and ``create=False`` or read-only),
+    NotADatabaseError, VersionError, CorruptionError, StorageError.
     """
     return Database(Path(path), create=create, readonly=readonly, page_size=page_size,
                     sync=sync, lock_timeout=lock_timeout)
+
+
+def open_staged(path: str | os.PathLike[str], identity: Identity) -> Database:
+    """Open, writable, the database a restore built in directory ``path`` and has not
+    published yet: its identity is ``identity`` (in memory; staged on disk only as
+    ``LAMINA.pending``), not a ``LAMINA`` file, so the directory never looks like a
+    database to anyone else. For restores proving what they built (see
+    :mod:`lamina.core.publish`); raises what :func:`open` raises."""
+    return Database(Path(path), create=False, readonly=False, page_size=4096, sync=True,
+                    lock_timeout=DEFAULT_LOCK_TIMEOUT, staged=identity)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 import threading
 import time
 from pathlib import Path
@@ -262,9 +263,23 @@ def test_real_commit_blocker_holds_off_commits(tmp_path: Path) -> None:
 
     writer = threading.Thread(target=commit)
 
+    def waiting_at_the_gate() -> bool:
+        """The writer thread waits in the commit gate (its innermost frame is the wait of
+        ``acquire_shared``), i.e. it really tried to commit during the VP."""
+        frame = sys._current_frames().get(writer.ident or -1)
+        names = []
+        while frame is not None:
+            names.append(frame.f_code.co_name)
+            frame = frame.f_back
+        return names[:1] == ["wait"] and "acquire_shared" in names
+
     def hook(method: str) -> None:
         if method == "lock":
             writer.start()
+            deadline = time.monotonic() + 60  # a hang guard only
+            while not waiting_at_the_gate() and not published.is_set():
+                assert time.monotonic() < deadline, "the writer never tried to commit"
+                time.sleep(0.001)
             time.sleep(0.05)  # the commit would publish now if it were not blocked
         elif method == "unlock":
             seen_during_vp.append(published.is_set())
@@ -275,7 +290,7 @@ def test_real_commit_blocker_holds_off_commits(tmp_path: Path) -> None:
         rig.blocker.inner = lf  # the real lock, plus the fake's logging
         result = run_backup(rig.groups, tmp_path / "img", commit_blocker=rig.blocker,
                             commit_seq=lf.commit_seq, database_id=DB_ID)
-        writer.join(5)
+        writer.join(60)
         assert seen_during_vp == [False] and published.is_set()
         assert result.vp.commit_seq == 7
         assert result.blocker_held_ns >= 50_000_000
@@ -401,9 +416,18 @@ def test_blocking_default_style_driver_fits(tmp_path: Path, fail: bool) -> None:
     rig.add("default", tables("d", 1, 2), Script(streams={1: b"d" * 300},
                                                  fail={"get_data": "raise"} if fail else {}),
             driver_cls=TableLockDriver)
-    TableLockDriver.table_lock.acquire()  # a writer holds the table for a while
-    timer = threading.Timer(0.05, TableLockDriver.table_lock.release)
-    timer.start()
+    TableLockDriver.table_lock.acquire()  # a writer holds the table for a while: ...
+
+    def writer() -> None:
+        # ... until the kernel has polled the driver 5 times (counted, not timed; 60 s is
+        # a hang guard, after which the count assertion below fails).
+        deadline = time.monotonic() + 60
+        while rig.calls("default").count("prelock") < 5 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        TableLockDriver.table_lock.release()
+
+    releaser = threading.Thread(target=writer)
+    releaser.start()
     try:
         if fail:
             with pytest.raises(StorageError):
@@ -411,7 +435,7 @@ def test_blocking_default_style_driver_fits(tmp_path: Path, fail: bool) -> None:
         else:
             rig.run(tmp_path / "img")
     finally:
-        timer.join()
+        releaser.join()
     calls = rig.calls("default")
     assert calls.count("prelock") > 3  # OK ("not yet") while the writer held the table
     assert calls.index("lock") > max(i for i, m in enumerate(calls) if m == "prelock")

@@ -36,6 +36,7 @@ from lamina.backup import (
     verify_image,
 )
 from lamina.backup.kernel import lamina_version
+from lamina.core.identity import Identity
 from lamina.core.lockfile import LockFile
 from lamina.errors import (
     AlreadyExistsError,
@@ -290,6 +291,11 @@ def test_restore_into_directory_publishes_verified_only(tmp_path: Path) -> None:
     with pytest.raises(AlreadyExistsError):
         restore_into_directory(dest, restore)
     (dest / "old-file").write_bytes(b"old")
+    with pytest.raises(AlreadyExistsError, match="not a Lamina database"):
+        restore_into_directory(dest, restore, force=True)  # not a database: kept
+    assert (dest / "old-file").read_bytes() == b"old"
+    assert leftover_files(tmp_path) == ["dest", "img"]
+    Identity.new().write(dest)  # now it is one (no process has it open)
     restore_into_directory(dest, restore, force=True)
     assert not (dest / "old-file").exists()
     assert leftover_files(tmp_path) == ["dest", "img"]

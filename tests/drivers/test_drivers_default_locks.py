@@ -47,7 +47,7 @@ def test_writer_of_a_locked_table_waits_others_do_not(tmp_path: Path) -> None:
     def progress(done: int, total: int | None) -> None:
         if not paused.is_set():
             paused.set()  # first chunk of the first table: every table is still locked
-            go.wait(30)
+            go.wait(300)  # a hang guard only: the test sets it
 
     errors: list[BaseException] = []
     with lamina.open(path, create=False) as db:
@@ -62,12 +62,16 @@ def test_writer_of_a_locked_table_waits_others_do_not(tmp_path: Path) -> None:
 
         thread = threading.Thread(target=run)
         thread.start()
-        assert paused.wait(30)
+        assert paused.wait(120)
         ids = {t.name: t.table_id for t in db.tables()}
-        # A btree writer of a table outside the backup is not blocked.
-        other = writer_proc(path, 'db.put("other", b"k", b"v")')
-        assert _finished_within(other, 10), "writer of another btree table was blocked"
-        assert other.returncode == 0
+        # A btree writer of a table outside the backup is not blocked: with a lock timeout
+        # of 0 any wait would be a LockedError (not a guess at how long it may take).
+        other = writer_proc(path, """
+            with db.write(timeout=0) as txn:
+                txn.table("other").put(b"k", b"v")
+        """)
+        assert _finished_within(other, 120), "writer of another btree table hangs"
+        assert other.returncode == 0, "writer of another btree table was blocked"
         # A writer of a locked table waits (with a lock timeout far longer than the test
         # can take, so a slow machine cannot turn its wait into a LockedError) ...
         blocked = writer_proc(path, """
@@ -82,18 +86,22 @@ def test_writer_of_a_locked_table_waits_others_do_not(tmp_path: Path) -> None:
         """.replace("WAIT", str(WRITER_WAIT)))
         wait_line(archived, "started")
         # ... while an archive writer of another table goes on meanwhile.
-        log2 = writer_proc(path, 'db.append("log2", b"row")')
-        assert _finished_within(log2, 10), "writer of another archive table was blocked"
-        assert log2.returncode == 0
+        log2 = writer_proc(path, """
+            with db.archive("log2").writer(timeout=0) as w:
+                w.backup_lock_timeout = 0
+                w.append(b"row")
+        """)
+        assert _finished_within(log2, 120), "writer of another archive table hangs"
+        assert log2.returncode == 0, "writer of another archive table was blocked"
         assert not _finished_within(blocked, 1.0), "writer of a locked table did not wait"
         assert archived.poll() is None, "archive writer of a locked table did not wait"
         assert not probe_free(db.lockfile, ids["t1"])
         go.set()
-        thread.join(30)
+        thread.join(120)
         assert not errors, errors
         # Released: both waiting writers complete.
-        assert _finished_within(blocked, 10) and blocked.returncode == 0
-        assert _finished_within(archived, 10) and archived.returncode == 0
+        assert _finished_within(blocked, 120) and blocked.returncode == 0
+        assert _finished_within(archived, 120) and archived.returncode == 0
         for name in ("log", "t1", "t2"):
             assert probe_free(db.lockfile, ids[name])
     # The image holds neither waiting writer's change: they committed after the VP.

@@ -312,7 +312,7 @@ def test_api_shapes() -> None:
     assert list(inspect.signature(chain.restore_chain).parameters) == [
         "paths", "dest", "tables", "force", "progress", "cancel"]
     assert list(inspect.signature(chain.verify_chain).parameters) == [
-        "paths", "deep", "progress"]
+        "paths", "deep", "progress", "cancel"]
     assert list(inspect.signature(chain.combine_chain).parameters) == [
         "paths", "out", "codec", "progress", "cancel", "image_id"]
     assert online.restore_chain is chain.restore_chain

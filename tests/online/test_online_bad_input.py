@@ -136,6 +136,8 @@ def test_backup_to_stdout_restores(source, tmp_path: Path) -> None:
 
 
 def test_existing_destination_needs_force(source, tmp_path: Path) -> None:
+    """--force replaces only a Lamina database or an empty directory (issue 10, item 1):
+    anything else at DEST is refused with exit 3 (AlreadyExistsError) and kept."""
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "keep").write_text("mine")
@@ -144,7 +146,22 @@ def test_existing_destination_needs_force(source, tmp_path: Path) -> None:
     assert (dest / "keep").read_text() == "mine"
     proc = cli.run_bytes("restore", str(source[1]), "--to", str(dest), "--force",
                          "--no-progress")
-    assert proc.returncode == 0 and not (dest / "keep").exists()
+    assert proc.returncode == 3 and "not a Lamina database" in one_line(proc)
+    assert (dest / "keep").read_text() == "mine"
+    plain = tmp_path / "plain"
+    plain.write_text("a file")
+    proc = cli.run_bytes("restore", str(source[1]), "--to", str(plain), "--force",
+                         "--no-progress")
+    assert proc.returncode == 3 and "not a Lamina database" in one_line(proc)
+    assert plain.read_text() == "a file"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for _ in range(2):  # an empty directory, then the database restored there
+        proc = cli.run_bytes("restore", str(source[1]), "--to", str(empty), "--force",
+                             "--no-progress")
+        assert proc.returncode == 0, proc.stderr
+        assert (empty / "LAMINA").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "empty", "plain"]
 
 
 def test_info_reads_only_the_trailer(source) -> None:
@@ -159,17 +176,27 @@ def test_info_reads_only_the_trailer(source) -> None:
 def test_a_forced_restore_killed_between_its_renames_is_rolled_back(source, tmp_path: Path
                                                                      ) -> None:
     """Killed after parking the old destination and before publishing the new one: DEST is
-    missing, the old database hides as .DEST.old-*. The next restore puts it back first."""
+    missing, the old database hides as .DEST.old-PID-*. The next restore puts it back
+    first (and so does the next open: see tests/online/test_online_publish.py)."""
     from lamina import online
 
+    dead = dead_pid()
     dest = tmp_path / "dest"
     online.restore(source[1], dest)
     (dest / "marker").write_text("the user's database")
-    dest.rename(tmp_path / ".dest.old-0123456789ab")  # what the kill leaves
+    dest.rename(tmp_path / f".dest.old-{dead}-0123456789ab")  # what the kill leaves
     with pytest.raises(lamina.errors.AlreadyExistsError):
         online.restore(source[1], dest)  # no --force: the rolled-back DEST is kept
     assert (dest / "marker").read_text() == "the user's database"
     assert not list(tmp_path.glob(".dest.old-*"))
-    (tmp_path / ".dest.old-fedcba987654").mkdir()  # killed after the second rename
-    online.restore(source[1], dest, force=True)
+    (tmp_path / f".dest.old-{dead}-fedcba987654").mkdir()  # killed after the second rename
+    summary = online.restore(source[1], dest, force=True)
     assert not (dest / "marker").exists() and not list(tmp_path.glob(".dest.*"))
+    assert [c.path.name for c in summary.cleaned] == [f".dest.old-{dead}-fedcba987654"]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and was reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid

@@ -34,10 +34,19 @@ _NAMES: dict[Codec, str] = {Codec.ZSTD: compression.ZSTD, Codec.ZLIB: compressio
                             Codec.NONE: compression.NONE}
 
 
+def check_level(codec: Codec, level: int | None) -> None:
+    """Raise UsageError unless ``codec`` accepts ``level`` (None: its default), by the one
+    table of levels, :data:`lamina.core.compression.LEVEL_RANGES` (``none`` takes none).
+    Pure."""
+    compression.check_level(_NAMES[codec], level)
+
+
 class Compressor:
-    """Compresses chunk payloads with one codec and level."""
+    """Compresses chunk payloads with one codec and level (UsageError for a level the
+    codec does not accept)."""
 
     def __init__(self, codec: Codec, level: int | None = None) -> None:
+        check_level(codec, level)
         self.codec = codec
         self.level = DEFAULT_LEVELS[codec] if level is None else level
 

@@ -7,10 +7,12 @@ report it as ``killed`` once its process is gone (never as done).
 
 File format (docs/format.md, "Backup history"): a 24-byte header (magic, version, checksum),
 then records ``length u32, xxh3_64 u64, JSON payload``. A torn or damaged tail record (a
-crash mid-append) is ignored. Retention: when the file holds more than
-:data:`COMPACT_AT` records it is rewritten atomically keeping the newest :data:`KEEP`
-backups, so it never grows without bound. Appends and compaction hold the history lock
-(``LOCK`` byte 5), so concurrent backups in several processes interleave safely.
+crash mid-append) is ignored; an intact record's fields this build does not know (a newer
+writer's) are ignored, and the records after it are read all the same. Retention: when
+the file holds more than :data:`COMPACT_AT` records it is rewritten atomically keeping the
+newest :data:`KEEP` backups (each record as written), so it never grows without bound.
+Appends and compaction hold the history lock (``LOCK`` byte 5), so concurrent backups in
+several processes interleave safely.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import struct
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,9 @@ class HistoryEntry:
     drivers: dict[str, str] = field(default_factory=dict)
     error: str = ""
     blocker_held_ns: int = 0
+    #: The id of the image a ``done`` backup wrote (the one ``backup``, ``info`` and
+    #: ``list`` print); None before it is done, and in records of older builds.
+    image_id: str | None = None
 
     def shown_state(self) -> str:
         """``running`` only while the backup's process lives; a dead one is ``killed``."""
@@ -90,17 +95,40 @@ def _encode(entry: HistoryEntry) -> bytes:
     return RECORD.pack(len(payload), xxhash.xxh3_64_intdigest(payload)) + payload
 
 
+_FIELDS = frozenset(f.name for f in fields(HistoryEntry))
+
+
+def _decode(payload: bytes) -> HistoryEntry | None:
+    """The entry of one intact record's payload, or None if this build cannot read it.
+    Fields this build does not know (a newer writer's) are ignored."""
+    try:
+        record: Any = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("backup_id"), str) or \
+            not isinstance(record.get("pid"), int) or \
+            not isinstance(record.get("started_ns"), int):
+        return None  # not an object, or a required field missing or mistyped
+    try:
+        return HistoryEntry(**{k: v for k, v in record.items() if k in _FIELDS})
+    except TypeError:  # pragma: no cover - every other field has a default
+        return None
+
+
 def parse(data: bytes, path: object = FILE_NAME) -> list[HistoryEntry]:
-    """Every intact record in file bytes ``data`` (a torn/damaged tail is dropped).
+    """Every intact record in file bytes ``data`` (a torn/damaged tail is dropped; an
+    intact record with fields this build does not know is read without them, one it cannot
+    read at all is skipped).
 
     Validates magic, then version, then the header checksum. Raises NotADatabaseError,
     VersionError, CorruptionError (damaged header) — nothing else.
     """
-    return _parse(data, path)[0]
+    return [entry for entry, _raw in _parse(data, path)[0]]
 
 
-def _parse(data: bytes, path: object) -> tuple[list[HistoryEntry], int]:
-    """Records and the length of the intact prefix of ``data``."""
+def _parse(data: bytes, path: object) -> tuple[list[tuple[HistoryEntry, bytes]], int]:
+    """Records (each with its raw bytes, kept as written by compaction) and the length of
+    the intact prefix of ``data``."""
     if len(data) < 8 or data[:8] != MAGIC:
         raise NotADatabaseError(f"{path} is not a Lamina backup history file")
     if len(data) < HEADER.size:
@@ -111,7 +139,7 @@ def _parse(data: bytes, path: object) -> tuple[list[HistoryEntry], int]:
                            f"this build knows up to {VERSION}")
     if checksum != xxhash.xxh3_64_intdigest(data[:16]):
         raise CorruptionError("backup history header checksum mismatch", path=path)
-    entries: list[HistoryEntry] = []
+    entries: list[tuple[HistoryEntry, bytes]] = []
     offset = HEADER.size
     while offset + RECORD.size <= len(data):
         length, digest = RECORD.unpack_from(data, offset)
@@ -120,11 +148,11 @@ def _parse(data: bytes, path: object) -> tuple[list[HistoryEntry], int]:
         if length > MAX_RECORD or len(payload) != length or \
                 xxhash.xxh3_64_intdigest(payload) != digest:
             break  # a torn append: everything before it is intact
-        try:
-            fields = json.loads(payload)
-            entries.append(HistoryEntry(**fields))
-        except (ValueError, TypeError):
-            break
+        # Intact, so part of the file whatever it holds: never a reason to stop reading (or
+        # for the next append to truncate a newer writer's records).
+        entry = _decode(payload)
+        if entry is not None:
+            entries.append((entry, data[offset:start + length]))
         offset = start + length
     return entries, offset
 
@@ -137,7 +165,7 @@ class BackupHistory:
         self._lockfile = lockfile
         self._sync = sync
 
-    def _read_raw(self) -> tuple[list[HistoryEntry], int]:
+    def _read_raw(self) -> tuple[list[tuple[HistoryEntry, bytes]], int]:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -149,7 +177,7 @@ class BackupHistory:
     def records(self) -> list[HistoryEntry]:
         """Every record, oldest first (several per backup)."""
         with self._lockfile.history_lock.held(10.0):
-            return self._read_raw()[0]
+            return [entry for entry, _raw in self._read_raw()[0]]
 
     def entries(self) -> list[HistoryEntry]:
         """The newest state of every backup, oldest backup first."""
@@ -178,12 +206,14 @@ class BackupHistory:
             finally:
                 os.close(fd)
 
-    def _compact(self, records: list[HistoryEntry]) -> None:
-        latest: dict[str, HistoryEntry] = {}
+    def _compact(self, records: list[tuple[HistoryEntry, bytes]]) -> None:
+        # Each kept record is rewritten as it was written (with any field a newer writer
+        # added that this build does not know).
+        latest: dict[str, tuple[HistoryEntry, bytes]] = {}
         for record in records:
-            latest[record.backup_id] = record
-        kept = sorted(latest.values(), key=lambda e: e.started_ns)[-KEEP:]
-        data = _header() + b"".join(_encode(e) for e in kept)
+            latest[record[0].backup_id] = record
+        kept = sorted(latest.values(), key=lambda r: r[0].started_ns)[-KEEP:]
+        data = _header() + b"".join(raw for _entry, raw in kept)
         fileio.atomic_write_file(self.path, data, sync=self._sync)
 
     def start(self, kind: str, target: str) -> HistoryEntry:
@@ -194,7 +224,8 @@ class BackupHistory:
         return entry
 
     def finish(self, entry: HistoryEntry, state: str, **fields: Any) -> HistoryEntry:
-        """Record how ``entry`` ended (``done``/``error``/``cancelled``) with its facts."""
+        """Record how ``entry`` ended (``done``/``error``/``cancelled``) with its facts
+        (``HistoryEntry`` fields: a ``done`` backup's ``image_id``, its VP, bytes...)."""
         if state not in STATES[1:]:
             raise ValueError(f"bad final state {state!r}")
         final = replace(entry, state=state, ended_ns=time.time_ns(), **fields)

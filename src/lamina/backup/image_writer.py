@@ -1,11 +1,14 @@
 """Write one backup image front to back, in one pass, to a file or a binary stream.
 
 A file target is written under a temporary name in the same directory
-(``.NAME.tmp-XXXXXXXXXXXX``), fsynced, and published under its name only by
-:meth:`ImageWriter.finish`; :meth:`ImageWriter.abort` (or leaving the ``with`` block by an
-exception) removes it, so a failed or cancelled backup leaves no file that looks like an
-image. A stream target (stdout, a pipe, an upload) cannot be taken back; an aborted image
-simply lacks its manifest and footer, which every reader refuses.
+(``.NAME.tmp-PID-XXXXXXXXXXXX``: this process's pid, random hex; the writer holds an
+``flock`` on it), fsynced, and published under its name only by :meth:`ImageWriter.finish`;
+:meth:`ImageWriter.abort` (or leaving the ``with`` block by an exception) removes it, so a
+failed or cancelled backup leaves no file that looks like an image. A killed backup's temp
+is removed by the next image written to the same path, once its owner is provably dead
+(its lock free and its pid gone; :mod:`lamina.core.publish`): ``WriteSummary.cleaned``.
+A stream target (stdout, a pipe, an upload) cannot be taken back; an aborted image simply
+lacks its manifest and footer, which every reader refuses.
 
 Not thread-safe: one writer is driven by one kernel thread.
 """
@@ -24,6 +27,8 @@ from typing import Any, BinaryIO, Protocol
 
 from lamina.backup import image_format
 from lamina.backup.codec import Compressor
+from lamina.core import publish
+from lamina.core.failpoints import failpoint
 from lamina.core.fileio import fsync_dir
 from lamina.errors import (
     AlreadyExistsError,
@@ -66,15 +71,21 @@ class _FileSink:
     def __init__(self, path: Path, overwrite: bool) -> None:
         self.path = path
         self.overwrite = overwrite
+        self.cleaned = tuple(publish.clean_leftovers(path, (publish.TMP,)))
         if path.exists() and not overwrite:
             raise AlreadyExistsError(f"{path} exists")
-        self.tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+        self.tmp = publish.temp_path(path, publish.TMP, publish.new_token())
         self._unsynced = 0
         self._synced_to = 0
         try:
             self._file: BinaryIO | None = open(self.tmp, "xb")  # noqa: SIM115 - closed in commit/abort
         except OSError as exc:
             raise storage_error(exc, "create", self.tmp) from exc
+        try:
+            publish.lock_file(self._file.fileno())  # ours until published or removed
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, data: bytes) -> None:
         assert self._file is not None
@@ -171,6 +182,8 @@ class WriteSummary:
     size: int
     manifest: image_format.Manifest
     footer: image_format.Footer
+    #: Temporary files of killed writers of the same path that this writer removed.
+    cleaned: tuple[publish.Cleaned, ...] = ()
 
 
 
@@ -205,9 +218,13 @@ class ImageWriter:
         self.raw_bytes = 0
         self._done = False
         self.path: Path | None = None
+        #: Temporary files of killed writers of the same path that this writer removed.
+        self.cleaned: tuple[publish.Cleaned, ...] = ()
         if isinstance(target, (str, os.PathLike)):
             self.path = Path(target)
-            self._sink: _Sink = _FileSink(self.path, overwrite)
+            file_sink = _FileSink(self.path, overwrite)
+            self.cleaned = file_sink.cleaned
+            self._sink: _Sink = file_sink
         else:
             self._sink = _StreamSink(target)
         try:
@@ -255,6 +272,7 @@ class ImageWriter:
         state.closed = last
         self._chunks += 1
         self.raw_bytes += len(data)
+        failpoint("backup.image_chunk_written")
         return len(stored)
 
     def finish(self, *, vp_seq: int, vp_wall_ns: int, vp_facts: Sequence[Mapping[str, Any]],
@@ -296,7 +314,7 @@ class ImageWriter:
             self.abort()
             raise
         self._done = True
-        return WriteSummary(self.path, self.offset, manifest, footer)
+        return WriteSummary(self.path, self.offset, manifest, footer, self.cleaned)
 
     def abort(self) -> None:
         """Give up: remove the temporary file (file target). Idempotent; never raises."""

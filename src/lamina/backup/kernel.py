@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lamina.backup import image_format
-from lamina.backup.codec import parse_codec
+from lamina.backup.codec import check_level, parse_codec
 from lamina.backup.image_writer import ImageTarget, ImageWriter
 from lamina.core.driver import (
     BackupDriver,
@@ -49,6 +49,7 @@ from lamina.core.driver import (
     VpFacts,
 )
 from lamina.core.names import validate_table_name
+from lamina.core.publish import Cleaned
 from lamina.errors import CancelledError, LockedError, UsageError
 
 log = logging.getLogger("lamina.backup")
@@ -99,6 +100,8 @@ class BackupResult:
     blocker_wait_ns: int
     raw_bytes: int
     elapsed_ns: int
+    #: Temporary image files of killed backups to the same path that were removed first.
+    cleaned: tuple[Cleaned, ...] = ()
 
     @property
     def image_id(self) -> uuid.UUID:
@@ -502,6 +505,7 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
     """
     started = time.perf_counter_ns()
     codec = parse_codec(codec)
+    check_level(codec, level)
     _check_groups(groups, buf_size, base)
     run = _BackupRun(groups, commit_blocker=commit_blocker, commit_seq=commit_seq,
                      buf_size=buf_size, cancel=cancel, progress=progress,
@@ -541,4 +545,4 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
     return BackupResult(path=summary.path, size=summary.size, header=header, catalog=catalog,
                         manifest=summary.manifest, blocker_held_ns=held_ns,
                         blocker_wait_ns=wait_ns, raw_bytes=writer.raw_bytes,
-                        elapsed_ns=time.perf_counter_ns() - started)
+                        elapsed_ns=time.perf_counter_ns() - started, cleaned=summary.cleaned)

@@ -10,18 +10,17 @@ driver got its VP facts (the manifest's JSON, decoded by the driver's engine wit
 driver.
 
 :func:`restore_into_directory` wraps any restore: it restores into a temporary directory
-next to the destination, runs the caller's verification (e.g. the checker and the btree
-root hash), and only then renames it into place; on failure or cancellation the temporary
-directory is removed and the destination is untouched.
+next to the destination (named after its owner's pid, never looking like a database), runs
+the caller's verification (e.g. the checker and the btree root hash), and only then
+publishes it (:func:`lamina.core.publish.publish_directory`, the one publish routine); on
+failure or cancellation the temporary directory is removed and the destination is
+untouched.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import TypeVar
 from lamina.backup import image_format
 from lamina.backup.image_reader import ImageReader, ReadableStream, open_image_file
 from lamina.backup.kernel import Backoff, CancelToken, ProgressCallback, is_cancelled
+from lamina.core import publish
 from lamina.core.driver import (
     BackupEngine,
     Buffer,
@@ -41,13 +41,12 @@ from lamina.core.driver import (
     VpFacts,
 )
 from lamina.core.fileio import fsync_dir
+from lamina.core.publish import Cleaned
 from lamina.errors import (
-    AlreadyExistsError,
     CancelledError,
     NotFoundError,
     UnsupportedError,
     VersionError,
-    storage_error,
 )
 
 log = logging.getLogger("lamina.backup")
@@ -213,86 +212,47 @@ def _restore(stream: ReadableStream, path: Path | None, size: int | None, engine
 
 def restore_into_directory(dest: str | os.PathLike[str], restore: Callable[[Path], T],
                            verify: Callable[[Path, T], None] | None = None, *,
-                           force: bool = False, cancel: CancelToken = None) -> T:
+                           force: bool = False, cancel: CancelToken = None,
+                           cleaned: list[Cleaned] | None = None) -> T:
     """Run ``restore(tmp)`` into a new temporary directory next to ``dest``, then
-    ``verify(tmp, result)``, then publish ``tmp`` as ``dest`` by rename; return the result.
+    ``verify(tmp, result)``, then publish ``tmp`` as ``dest``; return the result.
 
-    ``dest`` must not exist unless ``force`` (then the old one is moved aside, replaced and
-    deleted; between the two renames ``dest`` is briefly absent). If ``restore`` or
-    ``verify`` raises (CancelledError, CorruptionError, CheckFailedError, ...), the
-    temporary directory is removed, ``dest`` is untouched, and the error propagates.
-    ``cancel`` is checked once more just before publishing (CancelledError).
-    Raises AlreadyExistsError (``dest`` exists, no ``force``), NotFoundError (no parent
-    directory), StorageError.
+    The temporary directory is ``.NAME.restore-PID-XXXXXXXXXXXX``, owned by this process
+    (an ``flock`` on it) until it is published or removed; a restore keeps its identity as
+    ``LAMINA.pending`` there (see :mod:`lamina.core.publish`), so it never looks like a
+    database. First, what killed restores to ``dest`` left behind is settled (a half-done
+    replacement finished or undone, dead owners' temporaries removed); each such leftover
+    is appended to ``cleaned`` (if given) and logged.
+
+    ``dest`` must not exist unless ``force``; then it must be a Lamina database that no
+    process has open, or an empty directory, and is replaced by
+    :func:`lamina.core.publish.publish_directory` (crash-safe: a kill at any instant leaves
+    the old or the new database at ``dest``, once settled). If ``restore`` or ``verify``
+    raises (CancelledError, CorruptionError, CheckFailedError, ...), the temporary
+    directory is removed, ``dest`` is untouched, and the error propagates. ``cancel`` is
+    checked once more just before publishing (CancelledError).
+    Raises AlreadyExistsError (``dest`` exists without ``force``, or is not a database or
+    an empty directory), LockedError (a process has ``dest`` open; checked before the
+    restore and again at the publish), NotFoundError (no parent directory), StorageError.
     """
     dest = Path(dest)
     parent = dest.parent
     if not parent.is_dir():
         raise NotFoundError(f"directory {parent} does not exist")
-    _recover_forced_publish(dest)
-    if (dest.exists() or dest.is_symlink()) and not force:
-        raise AlreadyExistsError(f"{dest} exists (use --force to replace it)")
-    tmp = parent / f".{dest.name}.restore-{uuid.uuid4().hex[:12]}"
+    settled = publish.recover(dest)
+    settled += publish.clean_leftovers(dest, (publish.RESTORE, publish.OLD))
+    if cleaned is not None:
+        cleaned.extend(settled)
+    publish.check_destination(dest, replace=force)
+    tmp = publish.OwnedTemp.create_dir(dest)
     try:
-        os.mkdir(tmp, 0o755)
-    except OSError as exc:
-        raise storage_error(exc, "create directory", tmp) from exc
-    try:
-        result = restore(tmp)
+        result = restore(tmp.path)
         if verify is not None:
-            verify(tmp, result)
+            verify(tmp.path, result)
         if is_cancelled(cancel):
             raise CancelledError("restore cancelled")
-        fsync_dir(tmp)
-        _publish(tmp, dest, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(parent)
+        fsync_dir(tmp.path)
+        publish.publish_directory(tmp, dest, replace=force)
+    finally:
+        tmp.remove()  # never the published directory: only lets go of it then
     return result
-
-
-def _recover_forced_publish(dest: Path) -> None:
-    """Finish what a ``--force`` publish killed between its two renames left behind.
-
-    ``.NAME.old-*`` is the replaced destination, parked by the first rename. If ``dest`` is
-    missing, the second rename never happened: put the old destination back (the user's
-    database must not stay hidden). If ``dest`` exists, the publish completed and only
-    the removal of the old one was cut short: remove it now.
-    """
-    olds = sorted(dest.parent.glob(f".{dest.name}.old-*"))
-    if not olds:
-        return
-    if not (dest.exists() or dest.is_symlink()):
-        try:
-            os.rename(olds[-1], dest)
-        except OSError as exc:
-            raise storage_error(exc, "roll back the interrupted restore of", dest) from exc
-        olds = olds[:-1]
-    for old in olds:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _publish(tmp: Path, dest: Path, force: bool) -> None:
-    old: Path | None = None
-    try:
-        if dest.exists() or dest.is_symlink():
-            if not force:  # appeared while we restored
-                raise AlreadyExistsError(f"{dest} exists (use --force to replace it)")
-            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:12]}"
-            os.rename(dest, old)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if old is not None:  # put the old destination back
-                with contextlib.suppress(OSError):
-                    os.rename(old, dest)
-            raise
-    except OSError as exc:
-        raise storage_error(exc, "publish restored directory", dest) from exc
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(old)

@@ -17,6 +17,8 @@ from typing import Any
 
 from lamina.backup import image_format
 from lamina.backup.image_reader import ImageReader, ReadableStream, image_summary, open_image_file
+from lamina.backup.kernel import CancelToken, is_cancelled
+from lamina.errors import CancelledError
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,26 +39,32 @@ class VerifyReport:
         return out
 
 
-def verify_image(source: str | os.PathLike[str] | ReadableStream) -> VerifyReport:
+def verify_image(source: str | os.PathLike[str] | ReadableStream, *,
+                 cancel: CancelToken = None) -> VerifyReport:
     """Verify every byte of the image at ``source`` (a path, or a readable binary stream
     positioned at the image's first byte; it is read to its end, not closed).
 
-    Returns a :class:`VerifyReport`. Raises CorruptionError naming the stream, chunk and
-    offset of the first damage found, NotADatabaseError (not an image), VersionError (newer
-    format), UnsupportedError (unknown codec/flag), NotFoundError (no such file),
-    StorageError (read error). Never raises anything else.
+    ``cancel`` is checked before every chunk. Returns a :class:`VerifyReport`. Raises
+    CorruptionError naming the stream, chunk and offset of the first damage found,
+    NotADatabaseError (not an image), VersionError (newer format), UnsupportedError
+    (unknown codec/flag), NotFoundError (no such file), StorageError (read error),
+    CancelledError. Never raises anything else.
     """
     if isinstance(source, (str, os.PathLike)):
         with open_image_file(source) as f:
-            return _verify(f, Path(source))
-    return _verify(source, None)
+            return _verify(f, Path(source), cancel)
+    return _verify(source, None, cancel)
 
 
-def _verify(stream: ReadableStream, path: Path | None) -> VerifyReport:
+def _verify(stream: ReadableStream, path: Path | None, cancel: CancelToken) -> VerifyReport:
     reader = ImageReader(stream, path=path)
     chunks = 0
     raw = 0
+    if is_cancelled(cancel):
+        raise CancelledError("verify cancelled")
     for chunk in reader.chunks():
+        if is_cancelled(cancel):
+            raise CancelledError("verify cancelled")
         chunks += 1
         raw += len(chunk.data)
     assert reader.manifest is not None and reader.size is not None  # set when chunks() ends

@@ -6,7 +6,15 @@ import sys
 
 import click
 
-from lamina.cli.common import emit_json, encode_arg, hex_option, json_option, open_database
+from lamina.cli.common import (
+    TIMEOUT,
+    emit_json,
+    encode_arg,
+    hex_option,
+    json_option,
+    open_database,
+)
+from lamina.database import DEFAULT_LOCK_TIMEOUT
 from lamina.errors import UsageError
 
 
@@ -14,9 +22,12 @@ from lamina.errors import UsageError
 @click.argument("db", type=click.Path())
 @click.argument("table")
 @click.argument("rows", nargs=-1, required=True)
+@click.option("--lock-timeout", type=TIMEOUT, default=DEFAULT_LOCK_TIMEOUT, show_default=True,
+              help="Seconds to wait for the table's writer lock (then exit 8).")
 @hex_option
 @json_option
-def command(db: str, table: str, rows: tuple[str, ...], as_hex: bool, as_json: bool) -> None:
+def command(db: str, table: str, rows: tuple[str, ...], lock_timeout: float, as_hex: bool,
+            as_json: bool) -> None:
     """Append rows to an archive table in one commit; prints the row ids."""
     if rows == ("-",):
         if sys.stdin.isatty():
@@ -31,6 +42,7 @@ def command(db: str, table: str, rows: tuple[str, ...], as_hex: bool, as_json: b
     ids: list[int] = []
     if data:
         with open_database(db) as database:
+            database.lock_timeout = lock_timeout
             ids = database.append_many(table, data)
     if as_json:
         emit_json({"table": table, "rows": len(ids),

@@ -132,6 +132,8 @@ def command(db: str, image: str | None, tables: str | None, codec: str, level: i
                                if table_lock_timeout is None else table_lock_timeout,
                                base=base)
     summary = online.describe(result)
+    for cleaned in result.cleaned:  # what killed backups to IMAGE left behind
+        click.echo(f"lamina: {cleaned}", err=True)
     out = click.echo if image != "-" else (lambda msg: click.echo(msg, err=True))
     if as_json:
         if image == "-":

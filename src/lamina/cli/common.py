@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 import lamina
+from lamina.core import compression
 from lamina.database import Database
 from lamina.errors import CancelledError, UsageError
 
@@ -51,18 +52,17 @@ TIMEOUT = Number(min=0)
 #: A rate or size that must be more than zero.
 POSITIVE = Number(min=0, min_open=True)
 
-#: Compression levels each codec accepts (the same library for archive blocks and backup
-#: images; ``none`` takes no level).
-LEVEL_RANGES: dict[str, tuple[int, int]] = {"zstd": (-7, 22), "zlib": (0, 9)}
-
 
 def check_level(codec: str, level: int | None, *, option: str = "--compress") -> None:
-    """Raise UsageError unless ``level`` fits ``codec`` (None: the codec's default)."""
+    """Raise UsageError unless ``level`` fits ``codec`` (None: the codec's default), by the
+    one table of levels, :data:`lamina.core.compression.LEVEL_RANGES` (archive blocks and
+    backup images alike; ``none`` takes no level)."""
     if level is None:
         return
-    if codec not in LEVEL_RANGES:
+    bounds = compression.LEVEL_RANGES.get(codec)
+    if bounds is None:
         raise UsageError(f"--level does not apply to {option} {codec}")
-    low, high = LEVEL_RANGES[codec]
+    low, high = bounds
     if not low <= level <= high:
         raise UsageError(f"--level for {codec} must be in {low}..{high}, not {level}")
 

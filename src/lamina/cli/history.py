@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from lamina.cli.common import emit_json, human_bytes, iso_time, json_option, open_database
 
+if TYPE_CHECKING:
+    from lamina.backup.history import HistoryEntry
 
-def image_id_of(entry: Any, directory: Path) -> str | None:
+
+def image_id_of(entry: HistoryEntry) -> str | None:
     """The id of the image a history entry produced: the one ``backup``, ``info`` and
     ``list`` print.
 
-    The history records it when the glue gives it (``image_id``); older records do not
-    (see the report of issue 10), so for a finished backup into a file the image's header
-    is read, and accepted only if it is the same database's image at the entry's VP."""
-    recorded = getattr(entry, "image_id", None)
-    if recorded:
-        return str(recorded)
+    Every finished backup's record holds it (``image_id``: file, stdout and repository
+    backups alike). Records of older builds do not: for those, a finished backup into a
+    file has the image's header read, accepted only if the image is at the entry's VP."""
+    if entry.image_id:
+        return entry.image_id
     if entry.state != "done" or not entry.target or entry.target == "-":
         return None
     from lamina.backup.image_reader import read_info
@@ -47,8 +49,7 @@ def command(db: str, as_json: bool) -> None:
 
     with open_database(db, readonly=True) as database:
         entries = BackupHistory(database.path, database.lockfile).entries()
-        directory = database.path
-    rows = [(e, image_id_of(e, directory)) for e in entries]
+    rows = [(e, image_id_of(e)) for e in entries]
     if as_json:
         # "backup_id" means an image's id everywhere else (list, repo backup, prune): the
         # history's own record id is "history_id" here.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,10 +16,23 @@ from lamina.cli.common import (
     human_value,
     json_option,
 )
+from lamina.core.identity import FILE_NAME as IDENTITY_FILE
+from lamina.errors import NotADatabaseError
 
 
 def _facts(facts: Mapping[str, Any]) -> str:
     return ", ".join(f"{human_key(k)} {human_value(k, v)}" for k, v in flatten(facts)) or "-"
+
+
+def _refuse_directory(image: str) -> None:
+    """An image is a file: a directory (a database, most likely) is not one (exit 5)."""
+    path = Path(image)
+    if not path.is_dir():
+        return
+    if (path / IDENTITY_FILE).exists():
+        raise NotADatabaseError(f"{image} is not a Lamina image: it is a database directory "
+                                f"(describe a database with `lamina stat {image}`)")
+    raise NotADatabaseError(f"{image} is not a Lamina image: it is a directory")
 
 
 @click.command("info")
@@ -28,6 +42,7 @@ def command(image: str, as_json: bool) -> None:
     """Describe a backup image from its header and trailer only."""
     from lamina.backup.image_reader import read_info
 
+    _refuse_directory(image)
     summary = read_info(image).to_json()
     if as_json:
         emit_json(summary)

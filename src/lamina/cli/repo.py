@@ -131,11 +131,13 @@ def verify_repo(image: str | None, repo_path: str | None, *, backup_id: str | No
     """``lamina verify --repo REPO [--id ID]``: exits with the first failure's code."""
     repo_path = _check_target(image, repo_path, "IMAGE")
     repo = open_repository(repo_path, lock_timeout)
-    # Deep: progress after every chunk (a signal cancels at the next); else once per image.
+    # Deep: the token, checked before every chunk, cancels cleanly at the next one. Else
+    # a signal interrupts at once (also while waiting for the repository lock, which does
+    # not check the token); verifying writes nothing either way.
     with cancellation_if(deep) as cancel, \
             progress_bar("verify", show_progress, cancel=cancel,
                          phases=VERIFY_PHASES) as progress:
-        report = repo.verify(backup_id, deep=deep, progress=progress)
+        report = repo.verify(backup_id, deep=deep, progress=progress, cancel=cancel)
     note_rebuilt(repo, report.index_rebuilt)
     if as_json:
         emit_json(report.to_json())

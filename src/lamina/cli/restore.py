@@ -24,7 +24,9 @@ from lamina.cli.repo import RESTORE_PHASES, lock_timeout_option
 @click.argument("images", nargs=-1)
 @click.option("--to", "dest", required=True, type=click.Path(), help="New database directory.")
 @click.option("--tables", default=None, help="Comma-separated tables to restore (default: all).")
-@click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+@click.option("--force", is_flag=True,
+              help="Replace DEST if it is a Lamina database no process has open (or an empty "
+                   "directory).")
 @click.option("--repo", "repo_path", default=None, type=click.Path(),
               help="Restore a backup of this repository (IMAGE omitted or 'latest').")
 @click.option("--id", "backup_id", default=None, help="With --repo: the backup to restore.")
@@ -91,6 +93,8 @@ def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
                              phases=RESTORE_PHASES) as progress:
             summary = online.restore(source, dest, tables=table_list, force=force,
                                      progress=progress, cancel=cancel, page_size=page_size)
+    for cleaned in summary.cleaned:  # what killed restores to DEST left behind
+        click.echo(f"lamina: {cleaned}", err=True)
     if as_json:
         emit_json(summary.to_json())
         return

@@ -9,7 +9,6 @@ import click
 
 from lamina.cli.common import (
     cancellation,
-    cancellation_if,
     emit_json,
     json_option,
     only_with_repo,
@@ -56,13 +55,14 @@ def command(images: tuple[str, ...], deep: bool, repo_path: str | None, backup_i
         raise UsageError("refusing to read a backup image from a terminal; redirect stdin "
                          "(< FILE, COMMAND |) or name an IMAGE file")
 
+    # The glue checks the signal-driven token before every chunk (like backup and
+    # restore): a signal cancels cleanly at the next one (CancelledError, exit 10).
     if len(images) > 1 or (deep and image != "-" and _is_layer(image)):
-        # Deep: progress after every chunk, so a signal cancels at the next one; else
-        # progress comes once per image and a signal interrupts at once.
-        with cancellation_if(deep) as cancel, \
+        with cancellation() as cancel, \
                 progress_bar("verify", show_progress, cancel=cancel,
                              phases=VERIFY_PHASES) as progress:
-            report = online.verify_chain(list(images), deep=deep, progress=progress)
+            report = online.verify_chain(list(images), deep=deep, progress=progress,
+                                         cancel=cancel)
         if as_json:
             emit_json(report)
             return
@@ -73,15 +73,13 @@ def command(images: tuple[str, ...], deep: bool, repo_path: str | None, backup_i
         return
     source = sys.stdin.buffer if image == "-" else image
     if deep:
-        # The deep verification reports progress after every chunk: a signal sets the
-        # token and the next callback cancels it cleanly (the glue takes no cancel token).
         with cancellation() as cancel, \
                 progress_bar("verify", show_progress, cancel=cancel,
                              phases=VERIFY_PHASES) as progress:
-            report = online.verify(source, deep=True, progress=progress)
+            report = online.verify(source, deep=True, progress=progress, cancel=cancel)
     else:
-        # No progress callback and no cancel token below: a signal interrupts at once.
-        report = online.verify(source, deep=False)
+        with cancellation() as cancel:
+            report = online.verify(source, deep=False, cancel=cancel)
     if as_json:
         emit_json(report)
         return

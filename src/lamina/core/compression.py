@@ -13,12 +13,32 @@ import zlib
 
 import zstandard
 
+from lamina.errors import UsageError
+
 ZSTD, ZLIB, NONE = "zstd", "zlib", "none"
 CODECS = (ZSTD, ZLIB, NONE)
+#: The compression levels each codec accepts: the one table for every format (archive
+#: blocks, backup image chunks) and the CLI. ``none`` takes no level (None).
+LEVEL_RANGES: dict[str, tuple[int, int] | None] = {ZSTD: (-7, 22), ZLIB: (0, 9), NONE: None}
 #: Codecs this build can use. A format naming any other codec is refused with
 #: UnsupportedError by its reader (tests remove entries to simulate a lacking build).
 AVAILABLE: set[str] = set(CODECS)
 _local = threading.local()
+
+
+def check_level(codec: str, level: int | None) -> None:
+    """Raise UsageError unless ``codec`` (a name in :data:`CODECS`) accepts ``level``
+    (None, the codec's default, always does). Pure."""
+    if level is None:
+        return
+    if codec not in LEVEL_RANGES:
+        raise UsageError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    bounds = LEVEL_RANGES[codec]
+    if bounds is None:
+        raise UsageError(f"codec {codec} takes no compression level (given {level})")
+    low, high = bounds
+    if isinstance(level, bool) or not isinstance(level, int) or not low <= level <= high:
+        raise UsageError(f"codec {codec} level must be in {low}..{high}, not {level!r}")
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:

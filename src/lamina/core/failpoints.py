@@ -29,6 +29,11 @@ NAMES: dict[str, str] = {
     "catalog.after_files_created": "create-table: engine files made, catalog not committed",
     "catalog.after_commit_before_unlink": "drop-table: catalog committed, files not removed",
     "repository.prune_step": "prune: after each merge publish and each delete (use name:N)",
+    "restore.publish_staged": "restore publish: proven, identity staged, nothing renamed",
+    "restore.publish_parked": "restore --force: old DEST renamed aside, new not in place",
+    "restore.publish_renamed": "restore publish: new DEST in place, identity still pending",
+    "restore.publish_identity": "restore publish: LAMINA in place, parked old not removed",
+    "backup.image_chunk_written": "image writer: after each chunk written (use name:N)",
 }
 
 _armed: dict[str, int] = {}

@@ -24,6 +24,7 @@ import mmap
 import os
 import random
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -128,6 +129,95 @@ def _attach(fd: int, path: Path) -> tuple[mmap.mmap, bool]:
             raise LockedError(f"{path} is in use by another process but was never initialized")
         time.sleep(random.uniform(0, delay))
         delay = min(delay * 2, _POLL_MAX)
+
+
+def _same_file(path: Path, st: os.stat_result) -> bool:
+    """True if ``path`` still names the file whose ``fstat`` is ``st``."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+
+
+# struct flock of Linux (x86-64, arm64, ...): l_type, l_whence, l_start, l_len, l_pid.
+_FLOCK = struct.Struct("@hhqqi4x")
+
+
+def lock_holder(fd: int, offset: int) -> int | None:
+    """The pid of another process holding a lock on byte ``offset`` of ``fd``'s file that
+    an exclusive lock would conflict with (``F_GETLK``); None if there is none, or the
+    platform's ``struct flock`` is not known here."""
+    if not sys.platform.startswith("linux"):
+        return None
+    query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+    try:
+        reply = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+    except OSError:
+        return None
+    l_type, _whence, _start, _len, pid = _FLOCK.unpack(reply)
+    return None if l_type == fcntl.F_UNLCK or pid <= 0 else int(pid)
+
+
+#: Lock files this process holds through :func:`claim_unused`: (device, inode) -> descriptor.
+_claimed: dict[tuple[int, int], int] = {}
+
+
+def claim_unused(directory: str | Path, what: str) -> int:
+    """Make sure no process has the database in ``directory`` open, and keep it that way.
+
+    Opens (creating if needed) ``directory/LOCK`` and takes its alive byte exclusively:
+    every process that has the database open holds it shared, and an opener waits for it
+    (then, seeing the file replaced, starts again on the new one); an opener in this
+    process gets LockedError meanwhile (record locks do not exclude our own process).
+    Returns the descriptor; :func:`release_claim` lets openers in. Raises LockedError naming
+    ``what`` and a holder's pid (the writer's if a writer is running) when another process
+    has the database open, or when this process has (its own record locks would not
+    conflict, and closing the descriptor would drop them); StorageError.
+    """
+    path = Path(directory) / F.FILE_NAME
+    with LockFile._registry_lock:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and any(key[0] == os.getpid() and key[1:] == (st.st_dev, st.st_ino)
+                                  for key in LockFile._registry):
+            raise LockedError(f"{what} is open in this process (close it first)")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise storage_error(exc, "open lock file", path) from exc
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in _claimed:
+                raise LockedError(f"{what} is being replaced by this process")
+            if _try_lock(fd, fcntl.LOCK_EX, F.LOCK_ALIVE):
+                _claimed[(st.st_dev, st.st_ino)] = fd
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+    try:
+        writer = lock_holder(fd, F.LOCK_BTREE_WRITER)
+        holder = writer if writer is not None else lock_holder(fd, F.LOCK_ALIVE)
+        if holder is None:
+            raise LockedError(f"{what} is in use by another process")
+        doing = "is writing to it" if writer is not None else "has it open"
+        raise LockedError(f"{what} is in use: process {holder} {doing}")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def release_claim(fd: int) -> None:
+    """Give up a :func:`claim_unused` (closing its descriptor lets openers in)."""
+    with LockFile._registry_lock:
+        for key, held in list(_claimed.items()):
+            if held == fd:
+                del _claimed[key]
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 class ExclusiveLock:
@@ -289,27 +379,39 @@ class LockFile:
         """
         path = Path(directory) / F.FILE_NAME
         with cls._registry_lock:
-            # Look up by stat, never by opening: closing a second descriptor of the file
-            # would drop every record lock this process holds on it.
-            try:
-                st = os.stat(path)
-                existing = cls._registry.get((os.getpid(), st.st_dev, st.st_ino))
-            except FileNotFoundError:
-                existing = None
-            if existing is not None:
-                existing._refs += 1
-                return existing
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-            except OSError as exc:
-                raise storage_error(exc, "open lock file", path) from exc
-            try:
-                st = os.fstat(fd)
-                key = (os.getpid(), st.st_dev, st.st_ino)
-                mm, alone = _attach(fd, path)
-            except BaseException:
-                os.close(fd)  # releases the alive lock too
-                raise
+            while True:
+                # Look up by stat, never by opening: closing a second descriptor of the file
+                # would drop every record lock this process holds on it.
+                try:
+                    st = os.stat(path)
+                    existing = cls._registry.get((os.getpid(), st.st_dev, st.st_ino))
+                except FileNotFoundError:
+                    existing = None
+                if existing is not None:
+                    existing._refs += 1
+                    return existing
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                                 0o644)
+                except OSError as exc:
+                    raise storage_error(exc, "open lock file", path) from exc
+                try:
+                    st = os.fstat(fd)
+                    key = (os.getpid(), st.st_dev, st.st_ino)
+                    if (st.st_dev, st.st_ino) in _claimed:
+                        raise LockedError(f"{path.parent} is being replaced by a restore in "
+                                          "this process")
+                    mm, alone = _attach(fd, path)
+                except BaseException:
+                    os.close(fd)  # releases the alive lock too
+                    raise
+                if _same_file(path, st):
+                    break
+                # A restore replaced the database while we waited for the alive lock (it
+                # holds it exclusively while it does, see claim_unused): this descriptor is
+                # the replaced database's lock file. Start again on the new one.
+                mm.close()
+                os.close(fd)
             lf = cls(path, fd, mm)
             lf._key = key
             try:

@@ -25,7 +25,10 @@ identity, no lock file), deleted afterwards.
 
 Every image's VP facts are read typed (:class:`~lamina.online.facts.ImageFacts`): a
 missing fact is a CorruptionError, facts that do not link (a layer's base txnid, an archive
-tail's base position) a ChainError.
+tail's base position) a ChainError. Every image's facts are cross-checked in full, as a
+single-image restore checks them: its archive ``vp_seq`` against its VP, its btree facts
+against its stream (the header's meta, the trailer's page count and pages hash), and the
+last image's archive facts against the metas assembled (CorruptionError).
 
 Concurrency: images are read-only inputs; every function may run beside writers of the
 database and beside other readers of the images; none holds a database lock.
@@ -54,6 +57,7 @@ from lamina.backup.restore import RestoreResult, restore_into_directory
 from lamina.backup.verify import verify_image
 from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE
 from lamina.core.driver import TableSpec
+from lamina.core.publish import Cleaned
 from lamina.engines.archive.facts import ArchiveTableFacts, ArchiveVpFacts
 from lamina.engines.archive.layers import TableAssembler, TablePart
 from lamina.engines.archive.stream import StreamHeader as ArchiveStreamHeader
@@ -213,8 +217,11 @@ def _archive_tables(facts: ImageFacts) -> Mapping[str, ArchiveTableFacts]:
 
 
 def _plan(infos: list[ImageInfo]) -> _Plan:
-    facts = [_facts(i) for i in infos]
+    facts = [_facts(i) for i in infos]  # archive vp_seq checked against each image's VP
     btree = [_btree(f) for f in facts]
+    if btree[0].base_txnid is not None:
+        raise CorruptionError(f"{_label(infos[0])}: VP fact 'base_txnid' in a full image's "
+                              "btree facts")
     final = infos[-1]
     per_image = [_archive_tables(f) for f in facts]
     archive: dict[str, tuple[TableSpec, list[TablePart]]] = {}
@@ -312,6 +319,11 @@ def _assemble(plan: _Plan, directory: Path, progress: ProgressCallback | None,
                 if btree.pages != sent:
                     raise CorruptionError(f"{_label(info)}: {btree.pages} btree pages, its VP "
                                           f"facts say {sent}")
+                digest = plan.btree[index].pages_hash
+                if btree.pages_hash != digest:
+                    raise CorruptionError(f"{_label(info)}: btree pages hash "
+                                          f"{btree.pages_hash.hex()} (stream trailer), its VP "
+                                          f"facts say {digest.hex()}")
                 pages_read += btree.pages
                 pages[0].flush()
                 done += info.size
@@ -321,6 +333,7 @@ def _assemble(plan: _Plan, directory: Path, progress: ProgressCallback | None,
         assembler.finish()
         for table in tables.values():
             table.finish()
+        _check_archive_facts(plan, tables)
     except BaseException:
         for p in pages:
             p.abort()
@@ -329,6 +342,22 @@ def _assemble(plan: _Plan, directory: Path, progress: ProgressCallback | None,
         raise
     return _Assembled(assembler.meta, tables, done, chunks, raw, assembler.pages_written,
                       pages_read)
+
+
+def _check_archive_facts(plan: _Plan, tables: Mapping[str, TableAssembler]) -> None:
+    """Each assembled archive table's meta (the last image's stream) against the last
+    image's VP facts: rows, position, generation, last commit seq (CorruptionError)."""
+    final = _archive_tables(plan.facts[-1])
+    for name, table in tables.items():
+        meta, facts = table.meta, final.get(name)
+        assert meta is not None and facts is not None  # finish() and _table_parts
+        want = {"rows": meta.row_count, "position": meta.data_length,
+                "generation": meta.generation, "last_commit_seq": meta.last_commit_seq}
+        got = {"rows": facts.rows, "position": facts.position,
+               "generation": facts.generation, "last_commit_seq": facts.last_commit_seq}
+        if got != want:
+            raise CorruptionError(f"{_label(plan.final)}, archive table {name!r}: stream meta "
+                                  f"{want} differs from the image's VP facts {got}")
 
 
 def _consumers(plan: _Plan, index: int, tables: dict[str, TableAssembler],
@@ -342,10 +371,14 @@ def _consumers(plan: _Plan, index: int, tables: dict[str, TableAssembler],
 
     def on_header(h: StreamHeader) -> None:
         meta = h.meta
-        expect = {"txnid": meta.txnid, "root_hash": meta.root_hash.hex(),
-                  "total_pages": meta.total_pages, "page_size": meta.page_size}
-        got = {"txnid": facts.txnid, "root_hash": facts.root_hash.hex(),
-               "total_pages": facts.total_pages, "page_size": facts.page_size}
+        expect = {"txnid": meta.txnid, "commit_seq": meta.commit_seq,
+                  "root_hash": meta.root_hash.hex(),
+                  "total_pages": meta.total_pages, "page_size": meta.page_size,
+                  "pages_sent": h.page_count}
+        got = {"txnid": facts.txnid, "commit_seq": facts.commit_seq,
+               "root_hash": facts.root_hash.hex(),
+               "total_pages": facts.total_pages, "page_size": facts.page_size,
+               "pages_sent": facts.pages_sent}
         if got != expect:
             raise CorruptionError(f"{_label(info)}: btree stream meta {expect} differs from "
                                   f"the image's VP facts {got}")
@@ -364,7 +397,9 @@ def _consumers(plan: _Plan, index: int, tables: dict[str, TableAssembler],
         if entry.name == ENGINE_BTREE:
             btree = PageStreamReader(_label(info),
                                      expect_base=None if index == 0 else plan.txnids[index - 1],
-                                     on_page=offer, on_header=on_header)
+                                     on_page=offer, on_header=on_header,
+                                     base_total_pages=None if index == 0
+                                     else plan.btree[index - 1].total_pages)
             consumers[entry.common_stream] = btree
         elif entry.name == ENGINE_ARCHIVE:
             for t in info.catalog.tables_of(di):
@@ -399,7 +434,8 @@ def restore_chain(paths: Sequence[ImagePath], dest: ImagePath, *,
     ``tables`` keeps only those tables. ``progress(bytes_read, total_bytes)``.
 
     Raises ChainError (broken or misordered chain, a chain starting with a layer),
-    NotFoundError, AlreadyExistsError (``dest`` exists, no ``force``), TableNotFoundError,
+    NotFoundError, AlreadyExistsError (``dest`` exists, no ``force``; or is not a database
+    or an empty directory), LockedError (a process has ``dest`` open), TableNotFoundError,
     CorruptionError & co., CheckFailedError, CancelledError, StorageError.
     """
     start = time.monotonic_ns()
@@ -416,8 +452,11 @@ def restore_chain(paths: Sequence[ImagePath], dest: ImagePath, *,
     def prove(tmp: Path, result: RestoreResult) -> None:
         kept.append(prove_restored(tmp, result, tables))
 
-    result = restore_into_directory(dest, do_restore, prove, force=force, cancel=cancel)
-    return RestoreSummary(Path(dest), result, kept[0], time.monotonic_ns() - start)
+    cleaned: list[Cleaned] = []
+    result = restore_into_directory(dest, do_restore, prove, force=force, cancel=cancel,
+                                    cleaned=cleaned)
+    return RestoreSummary(Path(dest), result, kept[0], time.monotonic_ns() - start,
+                          tuple(cleaned))
 
 
 # ====================================================================== verify
@@ -438,7 +477,8 @@ def _prove(assembled: _Assembled, directory: Path) -> None:
 
 
 def verify_chain(paths: Sequence[ImagePath], *, deep: bool = False,
-                 progress: ProgressCallback | None = None) -> dict[str, Any]:
+                 progress: ProgressCallback | None = None,
+                 cancel: CancelToken = None) -> dict[str, Any]:
     """Prove a chain without restoring it; returns a JSON-ready report.
 
     Always: the links (:func:`order_chain`, in the given order) and every image whole
@@ -450,7 +490,8 @@ def verify_chain(paths: Sequence[ImagePath], *, deep: bool = False,
     re-checks every archive table against its last meta.
 
     Raises ChainError, NotFoundError, CorruptionError (naming the image, stream and
-    offset, or the checker's first finding), VersionError, UnsupportedError, StorageError.
+    offset, or the checker's first finding), VersionError, UnsupportedError, StorageError,
+    CancelledError (``cancel``, checked before every chunk, like a restore's).
     """
     infos = _chain_in_order(paths)
     out: dict[str, Any] = {"ok": True, "deep": deep, "images": [_image_json(i) for i in infos],
@@ -463,7 +504,7 @@ def verify_chain(paths: Sequence[ImagePath], *, deep: bool = False,
         total = sum(i.size for i in infos)
         done = chunks = 0
         for info in infos:
-            report = verify_image(info.path)
+            report = verify_image(info.path, cancel=cancel)
             chunks += report.chunks
             done += report.size
             if progress is not None:
@@ -472,7 +513,9 @@ def verify_chain(paths: Sequence[ImagePath], *, deep: bool = False,
         return out
     plan = _plan(infos)
     with tempfile.TemporaryDirectory(prefix="lamina-verify-") as tmp:
-        assembled = _assemble(plan, Path(tmp), progress, None)
+        assembled = _assemble(plan, Path(tmp), progress, cancel)
+        if is_cancelled(cancel):
+            raise CancelledError("cancelled")
         _prove(assembled, Path(tmp))
     out.update(chunks=assembled.chunks, pages=assembled.pages_written,
                pages_read=assembled.pages_read)

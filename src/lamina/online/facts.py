@@ -4,7 +4,9 @@ decoded into the typed record of the engine that wrote it.
 An image's manifest keeps every driver's facts as JSON (catalog order); the engine of the
 driver decodes them (:meth:`~lamina.core.driver.BackupEngine.decode_vp_facts`, engines
 from :func:`lamina.online.plan.restore_engines`). A missing or mistyped fact is a
-CorruptionError naming the image and the driver. Pure: decoding reads no file.
+CorruptionError naming the image and the driver, and so are facts that contradict the
+image's own VP: an archive driver's ``vp_seq`` other than the manifest's VP commit seq, a
+btree driver's ``commit_seq`` after it. Pure: decoding reads no file.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE
 from lamina.core.driver import DriverProtocolError, VpFacts
 from lamina.engines.archive.facts import ArchiveVpFacts
 from lamina.engines.btree.facts import BtreeVpFacts
-from lamina.errors import UnsupportedError
+from lamina.errors import CorruptionError, UnsupportedError
 from lamina.online.plan import restore_engines
 
 T = TypeVar("T", bound=VpFacts)
@@ -52,8 +54,9 @@ class ImageFacts:
 
     def of(self, driver: str) -> VpFacts | None:
         """The facts of the image's driver named ``driver``; None if the image has no such
-        driver. Raises CorruptionError (a missing or mistyped fact), UnsupportedError (a
-        driver this build does not know)."""
+        driver. Raises CorruptionError (a missing or mistyped fact, or one that contradicts
+        the image's VP: see the module doc), UnsupportedError (a driver this build does not
+        know)."""
         i = self._index(driver)
         if i is None:
             return None
@@ -62,9 +65,26 @@ class ImageFacts:
             if engine is None:
                 raise UnsupportedError(f"{self.label} uses backup driver {driver!r}, which "
                                        "this build does not have")
-            self._decoded[i] = engine.decode_vp_facts(self.manifest.vp.drivers[i],
-                                                      f"{self.label}, {driver} driver")
+            where = f"{self.label}, {driver} driver"
+            facts = engine.decode_vp_facts(self.manifest.vp.drivers[i], where)
+            self._check_vp(facts, where)
+            self._decoded[i] = facts
         return self._decoded[i]
+
+    def _check_vp(self, facts: VpFacts, where: str) -> None:
+        """CorruptionError if ``facts`` contradict the manifest's VP commit seq."""
+        vp = self.manifest.vp.commit_seq
+        if isinstance(facts, ArchiveVpFacts) and facts.vp_seq != vp:
+            raise CorruptionError(f"{where}: VP fact 'vp_seq' is {facts.vp_seq}, the image's "
+                                  f"VP commit seq is {vp}")
+        if isinstance(facts, BtreeVpFacts) and facts.commit_seq > vp:
+            raise CorruptionError(f"{where}: VP fact 'commit_seq' is {facts.commit_seq}, after "
+                                  f"the image's VP commit seq {vp}")
+
+    def check(self) -> None:
+        """Decode every driver's facts and cross-check them with the VP (raises as
+        :meth:`of`)."""
+        self.by_driver()
 
     def by_driver(self) -> dict[str, VpFacts]:
         """The facts of every driver of the image, by driver name (raises as :meth:`of`)."""

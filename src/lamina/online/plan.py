@@ -129,6 +129,20 @@ def restore_engines(page_size: int | None = None) -> dict[str, BackupEngine]:
             DEFAULT: DefaultBackupEngine(None, sink)}
 
 
+def table_drivers(db: Database, tables: Sequence[str] | None,
+                  driver: DriverChoice = None) -> dict[str, str]:
+    """The driver :func:`choose_drivers` picks for each chosen table (all when ``tables``
+    is None), in backup order. Reads the catalog only; nothing is held, so a caller that
+    needs the catalog to stay as planned holds the DDL lock. Raises TableNotFoundError,
+    DriverChoiceError."""
+    infos = {t.name: t for t in db.tables()}
+    chosen = sorted(infos) if tables is None else list(dict.fromkeys(tables))
+    for name in chosen:
+        if name not in infos:
+            raise TableNotFoundError(f"no table {name!r} in {db.path}")
+    return choose_drivers({n: infos[n].engine for n in chosen}, driver)
+
+
 def plan_groups(db: Database, tables: Sequence[str] | None, driver: DriverChoice = None,
                 lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> list[DriverGroup]:
     """Driver groups over the chosen tables (all when ``tables`` is None), each table with
@@ -144,11 +158,8 @@ def plan_groups(db: Database, tables: Sequence[str] | None, driver: DriverChoice
     DriverChoiceError.
     """
     infos = {t.name: t for t in db.tables()}
-    chosen = sorted(infos) if tables is None else list(dict.fromkeys(tables))
-    for name in chosen:
-        if name not in infos:
-            raise TableNotFoundError(f"no table {name!r} in {db.path}")
-    drivers = choose_drivers({n: infos[n].engine for n in chosen}, driver)
+    drivers = table_drivers(db, tables, driver)
+    chosen = list(drivers)
     natives = backup_engines(db)
     by_group: dict[tuple[str, str], list[TableSpec]] = {}
     for name in chosen:
@@ -187,4 +198,5 @@ __all__ = [
     "parse_driver_choice",
     "plan_groups",
     "restore_engines",
+    "table_drivers",
 ]

@@ -6,7 +6,8 @@ before it is published.
 directory a database and proves it against the image's VP facts (btree root hash, archive
 row counts) and the checker; only then is it renamed into place.
 
-Concurrency: the destination is new (or replaced only at the final rename); the image is a
+Concurrency: the destination is new, or a database that no process has open (a restore
+refuses to replace one in use, and holds it so while it replaces it); the image is a
 read-only input, so restores may run beside anything.
 """
 
@@ -24,10 +25,12 @@ from lamina.backup import image_format
 from lamina.backup.image_reader import ReadableStream
 from lamina.backup.kernel import CancelToken, ProgressCallback
 from lamina.backup.restore import RestoreResult, restore_into_directory, run_restore
+from lamina.core import fileio
 from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE
 from lamina.core.driver import BackupEngine, TableSpec
 from lamina.core.identity import Identity
-from lamina.database import open as open_database
+from lamina.core.publish import PENDING_IDENTITY, Cleaned
+from lamina.database import open_staged
 from lamina.engines.btree import format as btree_format
 from lamina.errors import CheckFailedError, CorruptionError, TableNotFoundError, UsageError
 from lamina.online.facts import ImageFacts
@@ -43,6 +46,8 @@ class RestoreSummary:
     result: RestoreResult
     tables: tuple[str, ...]
     elapsed_ns: int
+    #: Leftovers of killed restores to ``path`` that this restore settled first.
+    cleaned: tuple[Cleaned, ...] = ()
 
     @property
     def vp(self) -> image_format.ValidityPoint:
@@ -54,7 +59,7 @@ class RestoreSummary:
         return {"path": str(self.path), "image_id": str(self.result.header.image_id),
                 "vp_commit_seq": self.vp.commit_seq, "vp_time_ns": self.vp.wall_ns,
                 "tables": list(self.tables), "image_bytes": self.result.size,
-                "seconds": self.elapsed_ns / 1e9}
+                "seconds": self.elapsed_ns / 1e9, "cleaned": [str(c) for c in self.cleaned]}
 
 
 def prove_restored(tmp: Path, result: RestoreResult,
@@ -62,21 +67,23 @@ def prove_restored(tmp: Path, result: RestoreResult,
     """Make the restored directory ``tmp`` a database of the image ``result`` describes,
     keep only the ``wanted`` tables (None: all), and prove it; returns the tables kept.
 
-    Writes the identity (the source's database id, a new incarnation, the image and VP it
-    came from), then checks — before any table is dropped — that a natively restored btree
-    file has the VP's root hash, then each natively restored archive table's row count
-    against the image's VP facts, then runs the whole checker. Raises TableNotFoundError (a
-    wanted table not in the image), CorruptionError (a root hash or row count that differs,
-    or a missing VP fact), CheckFailedError, StorageError. ``tmp`` must not be in use by
-    anyone else (it is not published yet).
+    Makes its identity (the source's database id, a new incarnation, the image and VP it
+    came from) and opens ``tmp`` with it, then checks — before any table is dropped — that
+    a natively restored btree file has the VP's root hash, then each natively restored
+    archive table's row count against the image's VP facts, then runs the whole checker;
+    only then is the identity staged as ``LAMINA.pending``, which the publish renames to
+    ``LAMINA`` (so ``tmp`` never looks like a database, see :mod:`lamina.core.publish`).
+    Raises TableNotFoundError (a wanted table not in the image), CorruptionError (a root
+    hash or row count that differs, or a missing VP fact), CheckFailedError, StorageError.
+    ``tmp`` must not be in use by anyone else (it is not published yet).
     """
     vp = result.manifest.vp
     # The restored database keeps the source's id but starts a new incarnation: its history
     # is the source's up to the VP and its own after, so it may continue the chain of the
     # image it came from but never layer on the source's later images (two histories).
-    Identity(result.header.database_id, time.time_ns(), result.header.image_id,
-             vp.commit_seq, vp.wall_ns, incarnation=uuid.uuid4(),
-             origin_incarnation=result.header.incarnation).write(tmp)
+    identity = Identity(result.header.database_id, time.time_ns(), result.header.image_id,
+                        vp.commit_seq, vp.wall_ns, incarnation=uuid.uuid4(),
+                        origin_incarnation=result.header.incarnation)
     in_image = {t.name for t in result.catalog.tables}
     if wanted is not None:
         missing = sorted(set(wanted) - in_image)
@@ -89,7 +96,7 @@ def prove_restored(tmp: Path, result: RestoreResult,
     native_archive = [t.name for t in result.catalog.tables
                       if result.catalog.drivers[t.driver].name == ENGINE_ARCHIVE]
     logical = any(d.name in (SNAPSHOT, DEFAULT) for d in result.catalog.drivers)
-    with open_database(tmp, create=False) as db:
+    with open_staged(tmp, identity) as db:
         with db.read() as txn:
             actual = txn.root_hash
         # Checked before any table is dropped: the native btree file must be the VP's, bit
@@ -117,7 +124,9 @@ def prove_restored(tmp: Path, result: RestoreResult,
             raise CheckFailedError(f"restored database fails the checker "
                                    f"({len(report.findings)} problems): {report.findings[0]}",
                                    report.findings)
-        return tuple(sorted(t.name for t in db.tables()))
+        kept = tuple(sorted(t.name for t in db.tables()))
+    fileio.atomic_write_file(tmp / PENDING_IDENTITY, identity.encode())
+    return kept
 
 
 def _complete_catalog(tmp: Path, result: RestoreResult, page_size: int | None) -> None:
@@ -148,10 +157,14 @@ def restore(source: str | os.PathLike[str] | ReadableStream, dest: str | os.Path
     ``page_size`` restores a *logical* image (snapshot/default drivers) into a btree file
     of that page size; tables are rebuilt compact. With an image that carries the btree file
     natively it is a UsageError (raised before anything is written).
+    ``force`` replaces a Lamina database that no process has open (or an empty directory);
+    the temporary directories of killed restores to ``dest`` are removed first
+    (``RestoreSummary.cleaned``).
     Returns a :class:`RestoreSummary`. Raises AlreadyExistsError (``dest`` exists, no
-    ``force``), TableNotFoundError, UsageError, CorruptionError & co., VersionError,
-    UnsupportedError, CheckFailedError, CancelledError, KeyTooLargeError (a key too long
-    for ``page_size``), StorageError.
+    ``force``; or ``dest`` is not a Lamina database or an empty directory), LockedError
+    (a process has ``dest`` open), TableNotFoundError, UsageError, CorruptionError & co.,
+    VersionError, UnsupportedError, CheckFailedError, CancelledError, KeyTooLargeError (a
+    key too long for ``page_size``), StorageError.
     """
     start = time.monotonic_ns()
     if page_size is not None and not btree_format.valid_page_size(page_size):
@@ -173,8 +186,11 @@ def restore(source: str | os.PathLike[str] | ReadableStream, dest: str | os.Path
     def prove(tmp: Path, result: RestoreResult) -> None:
         kept.append(prove_restored(tmp, result, tables))
 
-    result = restore_into_directory(dest, do_restore, prove, force=force, cancel=cancel)
-    return RestoreSummary(Path(dest), result, kept[0], time.monotonic_ns() - start)
+    cleaned: list[Cleaned] = []
+    result = restore_into_directory(dest, do_restore, prove, force=force, cancel=cancel,
+                                    cleaned=cleaned)
+    return RestoreSummary(Path(dest), result, kept[0], time.monotonic_ns() - start,
+                          tuple(cleaned))
 
 
 __all__ = ["RestoreSummary", "prove_restored", "restore"]

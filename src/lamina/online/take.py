@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lamina.backup import image_format
+from lamina.backup.codec import check_level, parse_codec
 from lamina.backup.default_driver import DEFAULT_LOCK_TIMEOUT
 from lamina.backup.history import BackupHistory
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, run_backup
@@ -22,7 +23,7 @@ from lamina.database import DDL_TIMEOUT, Database
 from lamina.errors import CancelledError, UsageError
 from lamina.online.facts import ImageFacts
 from lamina.online.layers import plan_layer
-from lamina.online.plan import DriverChoice, plan_groups
+from lamina.online.plan import DriverChoice, plan_groups, table_drivers
 
 #: Where a backup writes: a path, or a writable binary stream.
 ImageTarget = str | os.PathLike[str] | Any
@@ -46,7 +47,9 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
     image catalog and the history); ``max_rate`` bounds the read rate in MB/s (10^6 bytes
     per second); ``lock_timeout`` bounds how long the default driver tries to lock its
     tables. A failure or cancellation leaves no image at ``target`` and no lock or snapshot
-    held; every outcome is recorded in the history. ``base`` (the path of an earlier image
+    held; every outcome is recorded in the history (an interrupt, KeyboardInterrupt, as
+    ``cancelled``), except a request refused before it starts (a bad ``max_rate``, codec,
+    ``level``, table or driver choice: nothing is recorded). ``base`` (the path of an earlier image
     of this database, full or layer) makes the image a *layer*: only what changed after the
     base's VP (see :mod:`lamina.online.layers`); native drivers only.
     Returns the kernel's :class:`~lamina.backup.kernel.BackupResult`.
@@ -56,12 +59,16 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
     another database or history, or newer than the database), CorruptionError (a damaged
     base).
     """
+    # A refused request is no backup: checked before the history records one.
+    if max_rate is not None and not max_rate > 0:
+        raise UsageError(f"max rate must be a positive number of MB/s, not {max_rate}")
+    codec_id = parse_codec(codec)
+    check_level(codec_id, level)
+    table_drivers(db, tables, driver)  # planned again below, under the DDL lock
     history = BackupHistory(db.path, db.lockfile, sync=db.sync)
     entry = history.start("full" if base is None else "layer",
                           "-" if not isinstance(target, str | os.PathLike) else str(target))
     try:
-        if max_rate is not None and not max_rate > 0:
-            raise UsageError(f"max rate must be a positive number of MB/s, not {max_rate}")
         # MySQL 6.0's DDL blocker: no table is created or dropped from the moment the table
         # list is planned until the backup ends, so the image's catalog is exactly the
         # VP's (a table created before the VP is in it; none vanishes mid-backup).
@@ -74,12 +81,15 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
                                 commit_seq=db.lockfile.commit_seq,
                                 database_id=db.identity.db_id,
                                 database_incarnation=db.identity.incarnation,
-                                codec=codec, level=level,
+                                codec=codec_id, level=level,
                                 buf_size=buf_size, progress=progress, cancel=cancel,
                                 blocker_timeout=blocker_timeout,
                                 max_rate=None if max_rate is None else max_rate * 1e6)
     except CancelledError:
         history.finish(entry, "cancelled", error="cancelled on request")
+        raise
+    except KeyboardInterrupt:  # a hard interrupt (a second Ctrl-C) is a cancellation too
+        history.finish(entry, "cancelled", error="interrupted")
         raise
     except BaseException as exc:
         history.finish(entry, "error", error=str(exc) or type(exc).__name__)
@@ -87,14 +97,16 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
     summary = describe(result)
     history.finish(entry, "done", vp_time_ns=result.vp.wall_ns,
                    vp_commit_seq=result.vp.commit_seq, bytes=result.size,
-                   drivers=summary["drivers"], blocker_held_ns=result.blocker_held_ns)
+                   drivers=summary["drivers"], blocker_held_ns=result.blocker_held_ns,
+                   image_id=str(result.image_id))
     return result
 
 
 def describe(result: BackupResult) -> dict[str, Any]:
     """JSON-ready summary of a finished backup (``lamina backup --json``): image id, path,
     VP, sizes, each table's driver, the rows its driver counted (archive and logical
-    tables), time and commit-blocker cost. Pure. Raises CorruptionError if the result's VP
+    tables), time and commit-blocker cost, and the killed backups' temporary files removed
+    first (``cleaned``). Pure. Raises CorruptionError if the result's VP
     facts lack a fact (a driver bug)."""
     drivers = {t.name: result.catalog.drivers[t.driver].name for t in result.catalog.tables}
     rows = ImageFacts(result, f"image {result.image_id}").table_rows()
@@ -104,7 +116,8 @@ def describe(result: BackupResult) -> dict[str, Any]:
             "bytes": result.size, "raw_bytes": result.raw_bytes, "drivers": drivers,
             "seconds": result.elapsed_ns / 1e9,
             "blocker_held_ms": result.blocker_held_ns / 1e6,
-            "blocker_wait_ms": result.blocker_wait_ns / 1e6}
+            "blocker_wait_ms": result.blocker_wait_ns / 1e6,
+            "cleaned": [str(c) for c in result.cleaned]}
 
 
 __all__ = ["ImageTarget", "backup", "describe"]

@@ -9,29 +9,35 @@ import os
 from typing import Any
 
 from lamina.backup.image_reader import ReadableStream, image_summary
-from lamina.backup.kernel import ProgressCallback
+from lamina.backup.kernel import CancelToken, ProgressCallback
 from lamina.backup.restore import run_restore
 from lamina.backup.verify import verify_image
+from lamina.online.facts import ImageFacts
 from lamina.online.plan import restore_engines
 
 
 def verify(source: str | os.PathLike[str] | ReadableStream, *, deep: bool = False,
-           progress: ProgressCallback | None = None) -> dict[str, Any]:
+           progress: ProgressCallback | None = None,
+           cancel: CancelToken = None) -> dict[str, Any]:
     """Verify an image without restoring it; returns a JSON-ready report.
 
     Always: every chunk checksum, per-stream sequence and hash, the manifest hash and the
     footer. ``deep``: also runs every restore driver in verify-only mode (with its VP
     facts), which rebuilds the btree Merkle root from the image's pages (compared with the
-    VP's root hash) and decodes every archive block — writing nothing. Raises
+    VP's root hash) and decodes every archive block — writing nothing — and checks every
+    driver's VP facts against the image's VP (:class:`~lamina.online.facts.ImageFacts`). Raises
     CorruptionError naming the first damage, NotADatabaseError, VersionError,
-    UnsupportedError, StorageError.
+    UnsupportedError, StorageError, CancelledError (``cancel``, checked before every
+    chunk, like a backup's or a restore's).
     """
     if not deep:
-        report = verify_image(source)
+        report = verify_image(source, cancel=cancel)
         out = report.to_json()
         out.update(chunks=report.chunks, streams=report.catalog.stream_count, deep=False)
         return out
-    result = run_restore(source, restore_engines(), None, progress=progress)
+    result = run_restore(source, restore_engines(), None, progress=progress, cancel=cancel)
+    # Each driver proved its own facts; these are the ones against the image's VP.
+    ImageFacts(result, f"image {result.header.image_id}").check()
     out = image_summary(result.header, result.catalog, result.manifest, result.size)
     out.update(ok=True, chunks=result.chunks, streams=result.catalog.stream_count, deep=True)
     return out

@@ -236,11 +236,17 @@ class Index:
         current = record
         while True:
             if current.error is not None:
-                raise CorruptionError(f"backup {current.backup_id} is unreadable: "
-                                      f"{current.error}")
+                raise CorruptionError(f"backup {current.backup_id} is damaged (unreadable: "
+                                      f"{current.error})")
             if not current.is_layer:
                 break
             base = self.base_of(current)
+            named = (None if base is not None or current.base_image_id is None
+                     else self.records.get(current.base_image_id))
+            if named is not None and named.error is not None:
+                raise CorruptionError(f"backup {record.backup_id}: layer {current.backup_id} "
+                                      f"builds on image {named.backup_id}, which is damaged "
+                                      f"(unreadable: {named.error})")
             if base is None:
                 raise ChainError(f"backup {record.backup_id}: layer {current.backup_id} "
                                  f"builds on {current.base_image_id}, which is missing from "

@@ -11,8 +11,28 @@ Plan (:func:`plan_prune`, pure):
    full image go (otherwise the merge would add a full without removing one). The
    synthetic full keeps the layer's image id (same database, same VP, same btree txnid),
    so layers that stay on it still link to it;
-4. every image nothing needs is deleted; images whose header cannot be read, and chains
-   that do not resolve (a base missing), are kept as they are, with their ancestors.
+4. every image nothing needs is deleted.
+
+Damage (:mod:`lamina.repository.damage`: an image missing, or unreadable) never costs a
+restorable point, so the policy's choice is widened — never narrowed — by three rules,
+whose extra keeps the plan lists as ``refused`` deletions (with the reason; ``--dry-run``
+shows them) and the damage itself as ``damaged``:
+
+* a damaged backup (its chain reaches a missing or unreadable image) is always kept, as it
+  is, with the images of its chain that are there (so it can be repaired: the image put
+  back from a copy);
+* nothing a damaged chain may stand on is deleted: a missing (or unreadable) image that a
+  layer names as its base belongs to that layer's database at the layer's base commit
+  seq, and every image of that database at or below that seq is kept (which of them its
+  chain was cannot be known);
+* each database's newest intact backup (its chain restores) is always kept, with its
+  chain, so that a prune never leaves a database whose newest backups are damaged with
+  only older restorable points, or none (keeping protects data better than refusing, and
+  a re-run keeps the same).
+
+``Repository.prune`` also refuses to run at all while any image is unreadable (which
+backups its chain holds cannot be known if no layer names it); these rules make the plan
+itself safe whatever it is given.
 
 Execution order (:func:`execute`), with the repository lock held exclusively so no backup
 or restore runs: each merge publishes its synthetic full by an atomic put over the layer's
@@ -34,6 +54,7 @@ from typing import Any, Protocol
 
 from lamina.core.failpoints import failpoint
 from lamina.errors import CorruptionError
+from lamina.repository import damage as D
 from lamina.repository.index import ImageRecord, Index
 from lamina.repository.policy import KeepPolicy, select
 
@@ -58,6 +79,10 @@ class PrunePlan:
     delete: list[uuid.UUID]
     broken: list[uuid.UUID]
     bytes_freed: int
+    #: Backups whose chain does not resolve, with why (newest first).
+    damaged: list[D.Damage] = field(default_factory=list)
+    #: What the policy alone would delete but damage keeps, with the reason.
+    refused: dict[uuid.UUID, str] = field(default_factory=dict)
     done_merges: list[uuid.UUID] = field(default_factory=list)
     done_deletes: list[uuid.UUID] = field(default_factory=list)
     bytes_written: int = 0
@@ -77,6 +102,8 @@ class PrunePlan:
                           for m in self.merges],
                 "delete": [desc(i) for i in self.delete],
                 "broken": [str(i) for i in self.broken],
+                "damaged": [d.to_json() for d in self.damaged],
+                "refused": [{**desc(i), "reason": why} for i, why in self.refused.items()],
                 "bytes_freed": self.bytes_freed, "bytes_written": self.bytes_written}
 
 
@@ -93,11 +120,39 @@ def _needed(index: Index, keep: set[uuid.UUID], merged: set[uuid.UUID]) -> set[u
     return needed
 
 
+def _damage_keeps(index: Index, keep: dict[uuid.UUID, list[str]],
+                 damaged: dict[uuid.UUID, D.Damage]) -> dict[uuid.UUID, str]:
+    """Add to ``keep`` what the damage rules of the module doc keep; returns, for each
+    backup added, why."""
+    why: dict[uuid.UUID, str] = {}
+
+    def add(record: ImageRecord, rule: str, reason: str) -> None:
+        if rule not in keep.setdefault(record.backup_id, []):
+            keep[record.backup_id].append(rule)
+        why.setdefault(record.backup_id, reason)
+
+    readable = [r for r in index.records.values() if r.error is None]
+    for bid, damage in damaged.items():
+        add(index.records[bid], "damaged", f"damaged: {damage.describe()}")
+        for r in D.may_stand_on(damage, readable):  # (only placed damage: needed_by set)
+            seq = 0 if damage.needed_by is None else damage.needed_by.base_vp_seq
+            add(r, "damaged chain", f"a damaged chain may stand on it: {damage.describe()}, "
+                                    f"at commit seq {seq}")
+    for db in sorted({r.database_id for r in readable}, key=str):
+        newest = D.newest_intact(index, (r for r in readable if r.database_id == db))
+        if newest is not None and newest.backup_id not in keep:
+            add(newest, "newest intact", f"the newest intact backup of database {db}")
+    return why
+
+
 def plan_prune(index: Index, policy: KeepPolicy) -> PrunePlan:
-    """Decide what a prune of ``index`` under ``policy`` keeps, merges and deletes."""
-    keep = select(index.records.values(), policy)
-    broken = sorted((i for i in keep if index.records[i].error is None
-                     and index.chain_or_none(index.records[i]) is None), key=str)
+    """Decide what a prune of ``index`` under ``policy`` keeps, merges and deletes (the
+    damage rules of the module doc included)."""
+    chosen = select(index.records.values(), policy)
+    damaged = D.damaged_backups(index)
+    keep = {k: list(v) for k, v in chosen.items()}
+    why = _damage_keeps(index, keep, damaged)
+    broken = sorted((i for i in keep if i in damaged), key=str)
     candidates: dict[uuid.UUID, list[ImageRecord]] = {}
     for kid in keep:
         record = index.records[kid]
@@ -114,12 +169,18 @@ def plan_prune(index: Index, policy: KeepPolicy) -> PrunePlan:
         merged -= dropped
     merges = [Merge(m, tuple(r.backup_id for r in candidates[m]))
               for m in sorted(merged, key=lambda m: (index.records[m].vp_seq, str(m)))]
-    delete = [r.backup_id for r in sorted(index.records.values(),
-                                          key=lambda r: (r.vp_seq, r.vp_wall_ns, str(r.backup_id)),
-                                          reverse=True)
-              if r.backup_id not in needed]
+    newest_first = sorted(index.records.values(),
+                          key=lambda r: (r.vp_seq, r.vp_wall_ns, str(r.backup_id)),
+                          reverse=True)
+    delete = [r.backup_id for r in newest_first if r.backup_id not in needed]
     freed = sum(index.records[i].size for i in delete)
-    return PrunePlan(policy, keep, needed, merges, delete, broken, freed)
+    # What the policy's own keeps need; anything else kept is a refused deletion.
+    wanted = _needed(index, set(chosen), merged)
+    refused = {r.backup_id: why.get(r.backup_id, "in the chain of a backup kept for damage")
+               for r in newest_first if r.backup_id in needed and r.backup_id not in wanted}
+    damage_list = [damaged[r.backup_id] for r in newest_first if r.backup_id in damaged]
+    return PrunePlan(policy, keep, needed, merges, delete, broken, freed, damage_list,
+                     refused)
 
 
 #: ``combine(chain_paths, out_path, backup_id) -> (image id, vp commit seq, is_full)`` of the

@@ -27,10 +27,11 @@ from typing import Any
 
 from lamina import online
 from lamina.backup import image_format as F
-from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback
+from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, is_cancelled
 from lamina.database import Database
 from lamina.errors import (
     AlreadyExistsError,
+    CancelledError,
     CorruptionError,
     DataError,
     LaminaError,
@@ -41,6 +42,7 @@ from lamina.errors import (
 )
 from lamina.online import chain
 from lamina.repository import layout as L
+from lamina.repository.damage import check_point, order_key
 from lamina.repository.index import (
     ImageRecord,
     Index,
@@ -199,13 +201,13 @@ class _Target:
             staged.unlink()
 
 
-def _combine(paths: list[Path], out: Path,
-             backup_id: uuid.UUID) -> tuple[uuid.UUID, int, bool]:
+def _combine(paths: list[Path], out: Path, backup_id: uuid.UUID,
+             cancel: CancelToken = None) -> tuple[uuid.UUID, int, bool]:
     """One synthetic full image of the chain ``paths`` at ``out`` that keeps the replaced
     backup's id (so layers on it still link), checked whole before the caller publishes it
     (it replaces a layer that restores today)."""
-    info = chain.combine_chain(paths, out, image_id=backup_id)
-    chain.verify_chain([out])
+    info = chain.combine_chain(paths, out, image_id=backup_id, cancel=cancel)
+    chain.verify_chain([out], cancel=cancel)
     return info.header.image_id, info.vp.commit_seq, info.manifest.kind == F.ImageKind.FULL
 
 
@@ -301,6 +303,7 @@ class Repository:
             wanted = database.strip().lower()
             records = [r for r in records if str(r.database_id).startswith(wanted)]
             if not records:
+                check_point(index, None, [], f"backup of database {database}", self.path)
                 raise NotFoundError(f"no backup of database {database} in the repository")
         databases = {r.database_id for r in records}
         if len(databases) > 1:
@@ -313,21 +316,30 @@ class Repository:
                 at: str | float | int | dt.datetime | None = None,
                 database: str | None = None) -> ImageRecord:
         """The backup ``id`` names, else the newest with VP time <= ``at``, else the newest
-        (of ``database``, required when the repository holds several). Raises
-        NotFoundError, UsageError."""
+        (of ``database``, required when the repository holds several).
+
+        Without ``id`` an older point is never chosen silently: CorruptionError ("damaged",
+        naming the image, and the newest intact backup to pass as ``id`` instead) when the
+        backup chosen is damaged (an image of its chain missing or unreadable), when a
+        damaged image may hold a newer point, or when only damaged images are there (see
+        :mod:`lamina.repository.damage`). Raises NotFoundError, UsageError."""
         if id is not None:
             if at is not None:
                 raise UsageError("give a backup id or a time, not both")
             return index.find(id)
-        records = self._candidates(index, database)
+        pool = self._candidates(index, database)
+        records, what = pool, "latest backup"
         if at is not None:
             limit = parse_time(at)
-            records = [r for r in records if r.vp_wall_ns <= limit]
-            if not records:
-                raise NotFoundError(f"no backup with a validity point at or before {at}")
-        if not records:
+            records = [r for r in pool if r.vp_wall_ns <= limit]
+            what = f"newest backup at or before {at}"
+        target = max(records, key=order_key, default=None)
+        check_point(index, target, pool, what, self.path)
+        if target is None and at is not None:
+            raise NotFoundError(f"no backup with a validity point at or before {at}")
+        if target is None:
             raise NotFoundError(f"the repository {self.path} holds no backup")
-        return max(records, key=lambda r: (r.vp_wall_ns, r.vp_seq, str(r.backup_id)))
+        return target
 
     # ------------------------------------------------------------------ operations
     def list(self) -> tuple[list[BackupEntry], str | None]:
@@ -427,11 +439,12 @@ class Repository:
                                  summary, rebuilt)
 
     def verify(self, id: str | None = None, *, deep: bool = False,
-               progress: ProgressCallback | None = None) -> RepoVerifyReport:
+               progress: ProgressCallback | None = None,
+               cancel: CancelToken = None) -> RepoVerifyReport:
         """Verify the chain of backup ``id``, or (no id) every chain: one per backup that
         no other builds on, so every image is read. Errors are collected per chain
         (``first_error``); a bad id raises NotFoundError/UsageError, a busy repository
-        LockedError."""
+        LockedError, ``cancel`` (checked before every chunk) CancelledError."""
         report = RepoVerifyReport()
         with self._shared("verify"):
             index, report.index_rebuilt = self._load()
@@ -446,7 +459,7 @@ class Repository:
                     images = index.chain(record)
                     entry["chain"] = [str(r.backup_id) for r in images]
                     details = chain.verify_chain(self._paths(images), deep=deep,
-                                                 progress=progress)
+                                                 progress=progress, cancel=cancel)
                     entry.update(ok=True, images=len(images), deep=deep,
                                  vp_seq=record.vp_seq, details=details)
                 except DataError as exc:
@@ -458,17 +471,28 @@ class Repository:
                 report.results.append(entry)
         return report
 
-    def prune(self, policy: KeepPolicy, dry_run: bool = False) -> PruneResult:
+    def prune(self, policy: KeepPolicy, dry_run: bool = False, *,
+              cancel: CancelToken = None) -> PruneResult:
         """Delete the backups ``policy`` does not keep and nothing kept needs; merge a kept
         layer's chain into a synthetic full where that frees a full image (see
         :mod:`lamina.repository.prune`). Holds the repository lock exclusively.
 
         Crash-safe: killed at any moment, every kept backup still restores and a new
-        prune finishes the job. Refuses (CorruptionError, nothing deleted) while any image
-        is unreadable: which backups build on it cannot be known, so any deletion could
-        break a kept chain (restic's rule: check, repair, then prune). Raises LockedError,
-        StorageError, and what merging raises (the repository is then as a crash would
-        leave it).
+        prune finishes the job. Refuses (CorruptionError, nothing deleted; a dry run
+        too) while any image is unreadable: which backups build on it cannot be known, so
+        any deletion could break a kept chain (restic's rule: check, repair, then prune).
+
+        A missing image (a layer here builds on it, and it is gone) is damage too, which
+        never costs a restorable point: the damaged backups are kept as they are, nothing
+        their chains may stand on is deleted (every image of that database at or below the
+        missing image's commit seq), and each database's newest intact backup is always
+        kept, so a prune never leaves a database without a restorable backup while one
+        exists. What the policy alone would delete but these rules keep is reported as
+        ``refused`` (with the reason), the damage as ``damaged``: see
+        :mod:`lamina.repository.prune`. Raises LockedError, StorageError, and what merging
+        raises (the repository is then as a crash would leave it), CancelledError
+        (``cancel``, checked before the work starts and before every chunk a merge reads:
+        the repository is then as after any failed merge).
         """
         with self.locks.repository(exclusive=True, operation="prune"):
             index, rebuilt = self._load()
@@ -486,8 +510,11 @@ class Repository:
                 return result
             # Exclusive lock: no backup is writing, so every staged file is a dead one's.
             result.stale_files_removed = len(self.storage.remove_stale_temps())
+            if is_cancelled(cancel):
+                raise CancelledError("prune cancelled")
             try:
-                execute(plan, index, _Target(self.storage), _combine)
+                execute(plan, index, _Target(self.storage),
+                        lambda paths, out, backup_id: _combine(paths, out, backup_id, cancel))
             finally:
                 with self.locks.index():  # the index is written last, even after a failure
                     loaded = load_index(self.storage, save=False)

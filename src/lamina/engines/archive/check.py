@@ -3,7 +3,10 @@
 Checks, on a snapshot (writers may keep committing meanwhile):
 
 * both meta slots (a damaged slot is reported: after a torn write a writer's open repairs
-  it, so a clean table has two valid slots);
+  it, so a clean table has two valid slots; a damaged *newest* slot — the table reads the
+  previous commit — is a finding whose ``what`` starts with ``fallback:``, and the
+  fallback the table was opened in is in ``stats["fallback"]``, see ``fallback.py``);
+* the committed length against the data file's size (before any block is read);
 * the data file header against the meta (table id, generation, codec);
 * every block below the committed length: header checksum, codec, payload checksum,
   decompressed length, row length table, row id continuity, commit seq order and bound;
@@ -22,6 +25,7 @@ from lamina.core.check import CheckReport, Finding
 from lamina.engines.archive import codec, generations
 from lamina.engines.archive.block import decode_payload
 from lamina.engines.archive.datafile import DataFile
+from lamina.engines.archive.fallback import detect
 from lamina.engines.archive.files import TableFiles
 from lamina.engines.archive.format import BLOCK_HEADER_SIZE
 from lamina.engines.archive.meta import Meta
@@ -41,10 +45,22 @@ def check_table(files: TableFiles) -> CheckReport:
     except LaminaError as exc:
         report.findings.append(Finding(name, "meta file", f"unreadable: {exc}"))
         return report
+    now = detect(files.arm_path, read)
+    recorded = files.fallback
     for slot in read.damaged_slots:
+        if now is not None and now.slot == slot:
+            fb = recorded if recorded is not None and recorded.slot == slot else now
+            report.findings.append(Finding(name, f"meta slot {slot}",
+                                           f"fallback: {fb.describe()}",
+                                           f"counter {fb.lost_counter}",
+                                           f"counter {fb.current_counter}"))
+            continue
         report.findings.append(Finding(name, f"meta slot {slot}",
                                        "slot damaged (torn write or corruption)",
                                        "valid", read.states[slot]))
+    shown = recorded or now
+    if shown is not None:
+        report.stats["fallback"] = shown.to_json()
     try:
         snap = files.snapshot()
     except LaminaError as exc:
@@ -84,6 +100,14 @@ def _check_blocks(name: str, report: CheckReport, data: DataFile, meta: Meta) ->
     """Walk every block below the committed length and compare the totals with ``meta``."""
     path = data.path
     upto = meta.data_length
+    size = fileio.file_size(data.fd)
+    if upto > size:
+        # Nothing past the file can be checked, and no length read from it may size a read.
+        find = report.findings.append
+        find(Finding(name, "meta", "committed length is past the end of the data file",
+                     f"<= {size}", str(upto)))
+        report.stats["blocks_checked"] = 0
+        return
     walker = BlockWalker(name, path, upto, strict=False)
     headers = walker.headers(data.fd)
     prev_seq = 0

@@ -12,7 +12,6 @@ from lamina.engines.archive.format import (
     CODEC_IDS,
     CODEC_NAMES,
     DEFAULT_LEVELS,
-    LEVEL_RANGES,
 )
 from lamina.errors import UnsupportedError, UsageError
 
@@ -34,17 +33,14 @@ def require(codec_id: int, context: str = "") -> None:
 
 
 def resolve(name: str, level: int | None) -> tuple[int, int]:
-    """Map a codec name and optional level to ``(codec_id, level)``; UsageError if invalid."""
+    """Map a codec name and optional level to ``(codec_id, level)``; UsageError if invalid
+    (levels: :data:`lamina.core.compression.LEVEL_RANGES`; ``none`` takes none)."""
     if name not in CODEC_IDS:
         raise UsageError(f"unknown codec {name!r}; choose one of {', '.join(CODEC_IDS)}")
     codec_id = CODEC_IDS[name]
     require(codec_id)
-    if level is None:
-        level = DEFAULT_LEVELS[name]
-    low, high = LEVEL_RANGES[name]
-    if not low <= level <= high:
-        raise UsageError(f"codec {name} level must be in {low}..{high}, not {level}")
-    return codec_id, level
+    compression.check_level(name, level)  # the one table of levels (none: no level)
+    return codec_id, DEFAULT_LEVELS[name] if level is None else level
 
 
 def compress(codec_id: int, level: int, raw: bytes) -> bytes:

@@ -193,7 +193,15 @@ class DataFile:
         return self.block_count_below(upto)
 
     def _walk(self, upto: int) -> None:
-        """Extend the index up to ``upto`` (under ``_lock``)."""
+        """Extend the index up to ``upto`` (under ``_lock``). CorruptionError if ``upto``
+        (a committed length from the meta) lies past the end of the file: every block
+        length is then bounded by the file before any block is read."""
+        if upto <= self.indexed_to:
+            return
+        size = fileio.file_size(self.fd)
+        if upto > size:
+            raise CorruptionError(f"committed length {upto} is past the end of the data file "
+                                  f"({size} bytes)", path=self.path)
         expected = self.blocks[-1].last_row_id + 1 if self.blocks else 1
         walker = BlockWalker(self.table, self.path, upto, start=self.indexed_to,
                              first_row=expected)

@@ -20,6 +20,8 @@ alive) is closed once the last reference is released.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -28,9 +30,12 @@ from pathlib import Path
 from lamina.core import fileio
 from lamina.core.lockfile import ExclusiveLock, LockFile
 from lamina.engines.archive.datafile import DataFile, meta_from_header
+from lamina.engines.archive.fallback import ArmFallback, detect, save_damaged, slot_bytes
 from lamina.engines.archive.format import arm_path, arz_new_path, arz_path
 from lamina.engines.archive.meta import ArmFile, Meta, MetaRead
 from lamina.errors import ClosedError, CorruptionError
+
+log = logging.getLogger(__name__)
 
 #: How often :meth:`TableFiles.snapshot` retries while publishes race its two reads.
 _SNAPSHOT_ATTEMPTS = 20
@@ -69,6 +74,49 @@ class TableFiles:
         self._arm: ArmFile | None = arm
         self._data: DataFile | None = None
         self._lock = threading.Lock()
+        #: Set when this table was found reading the previous commit because its newest
+        #: meta slot is invalid (see ``fallback.py``); reported by ``stat()``/``check()``.
+        self.fallback: ArmFallback | None = None
+
+    # ------------------------------------------------------------ fallback
+    def note_fallback(self, read: MetaRead, *, warn: bool = True) -> None:
+        """Remember (and, with ``warn``, log as one warning line) a fallback that ``read``
+        shows, once. Call with ``read`` taken under the table writer lock (only then is an
+        invalid slot not a meta write in flight)."""
+        fb = detect(self.arm_path, read)
+        if fb is not None and self.fallback is None:
+            self.fallback = fb
+            if warn:
+                log.warning("%s", fb.describe())
+
+    def save_damaged_slots(self, read: MetaRead) -> None:
+        """Before a writer's first meta write: note a fallback and save every damaged
+        slot's bytes aside (once; see ``fallback.save_damaged``). Under the table writer
+        lock, writable tables only. Raises StorageError."""
+        had = self.fallback is not None
+        self.note_fallback(read, warn=False)
+        fb = self.fallback
+        for slot in read.damaged_slots:
+            data = slot_bytes(read, slot)
+            if not data:
+                continue
+            if fb is not None and fb.slot == slot:
+                counter = fb.lost_counter
+            else:
+                counter = int.from_bytes(data[16:24], "little") if len(data) >= 24 else 0
+            saved = save_damaged(self.arm_path, slot, counter, data)
+            if fb is not None and fb.slot == slot:
+                if fb.saved is None:
+                    self.fallback = fb = dataclasses.replace(fb, saved=saved)
+                    if not had:
+                        log.warning("%s", fb.describe())
+                    else:
+                        log.warning("%s: saved damaged meta slot %d as %s before rewriting "
+                                    "it", self.arm_path, slot, saved.name)
+            else:
+                log.warning("%s: meta slot %d was damaged (%s), no commit lost; saved as %s "
+                            "and rewritten", self.arm_path, slot, read.states[slot],
+                            saved.name)
 
     # ------------------------------------------------------------ meta
     def arm(self) -> ArmFile:

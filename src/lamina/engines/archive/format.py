@@ -42,7 +42,7 @@ CODEC_NAMES: dict[int, str] = {v: k for k, v in CODEC_IDS.items()}
 #: blocks of log text, level 6 is where zstd beats zlib 6 on both size and speed
 #: (bench/archive.py), while level 3 is ~15% larger.
 DEFAULT_LEVELS: dict[str, int] = {"none": 0, "zlib": 6, "zstd": 6}
-LEVEL_RANGES: dict[str, tuple[int, int]] = {"none": (0, 0), "zlib": (0, 9), "zstd": (-7, 22)}
+#: Valid levels: :data:`lamina.core.compression.LEVEL_RANGES` (the one table).
 
 # ---------------------------------------------------------------- .ARM meta file
 ARM_MAGIC = b"LAMARCM\x00"

@@ -25,7 +25,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from lamina.core import fileio
+from lamina.core import compression, fileio
 from lamina.core.catalog import ENGINE_ARCHIVE
 from lamina.core.driver import TableSpec, require_engine
 from lamina.core.lockfile import LockFile, Slot
@@ -222,7 +222,8 @@ def load_table(directory: Path, lockfile: LockFile, spec: TableSpec, info: dict[
     """
     directory = Path(directory)
     kwargs: dict[str, Any] = {"codec": str(info.get("codec", "zstd")), "sync": sync}
-    if isinstance(info.get("level"), int):
+    # A codec without levels (none) recorded level 0: it takes no level.
+    if isinstance(info.get("level"), int) and compression.LEVEL_RANGES.get(kwargs["codec"]):
         kwargs["level"] = info["level"]
     if isinstance(info.get("block_target"), int):
         kwargs["block_target"] = info["block_target"]

@@ -121,6 +121,8 @@ class MetaRead:
     meta: Meta
     slot: int
     states: tuple[str, ...]
+    #: The file's bytes as read (both slots; empty after a write, which read nothing).
+    raw: bytes = b""
 
     @property
     def damaged_slots(self) -> list[int]:
@@ -150,7 +152,7 @@ def decode_file(raw: bytes, path: Path) -> MetaRead:
         raise CorruptionError("both archive meta slots are damaged", path=path,
                               where="; ".join(f"slot {i}: {s}" for i, s in enumerate(states)))
     _c, slot, meta = max(valid)
-    return MetaRead(meta, slot, states)
+    return MetaRead(meta, slot, states, bytes(raw[:ARM_FILE_SIZE]))
 
 
 class ArmFile:

@@ -17,8 +17,9 @@ g == m - 1, ``.new`` is gen m  meta written but rename lost (no dir sync): redo 
 anything else                  CorruptionError
 =============================  ===============================================================
 
-Then: a damaged meta slot (torn write) is rewritten from the current one, and a torn tail
-past the committed length is truncated.
+Then: a damaged meta slot (torn write) is rewritten from the current one — after its
+bytes were saved aside (``T.ARM.slot<k>-<counter>.damaged``, see ``fallback.py``), before
+any meta write — and a torn tail past the committed length is truncated.
 """
 
 from __future__ import annotations
@@ -44,10 +45,19 @@ def recover(files: TableFiles) -> MetaRead:
 
 def _recover_with(files: TableFiles, read: MetaRead, data: DataFile) -> MetaRead:
     arm = files.arm()
+    if read.damaged_slots:
+        # Evidence first: every meta write below reuses the damaged slot.
+        files.save_damaged_slots(read)
     meta = read.meta
     gen = data.header.generation
     if gen == meta.generation + 1:
-        read = arm.write(read, meta_from_header(data.header, meta), sync=files.sync)
+        rolled = meta_from_header(data.header, meta)
+        size = fileio.file_size(data.fd)
+        if rolled.data_length > size:  # never publish a length the file cannot hold
+            raise CorruptionError(f"data file header's base length {rolled.data_length} is "
+                                  f"past the end of the file ({size} bytes)",
+                                  path=files.arz_path, where="offset 0")
+        read = arm.write(read, rolled, sync=files.sync)
         meta = read.meta
         fileio.unlink(files.new_path)
     elif gen == meta.generation - 1 and fileio.exists(files.new_path):

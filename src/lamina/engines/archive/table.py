@@ -22,6 +22,7 @@ from lamina.core.lockfile import LockFile
 from lamina.core.names import validate_table_name
 from lamina.engines.archive import check, codec, generations, optimize, recovery
 from lamina.engines.archive.datafile import FileHeader, meta_from_header, read_header_at
+from lamina.engines.archive.fallback import ArmFallback
 from lamina.engines.archive.files import Snapshot, TableFiles
 from lamina.engines.archive.format import (
     ARZ_HEADER_SIZE,
@@ -170,13 +171,16 @@ class ArchiveTable:
         arm = ArmFile.open(arm_p, writable=not readonly)
         table = cls(directory, name, table_id, lockfile, arm, readonly=readonly, sync=sync)
         try:
-            meta = arm.read().meta
+            read = arm.read()
+            meta = read.meta
             if meta.table_id != table_id:
                 raise CorruptionError(f"archive table {name!r} has table id {meta.table_id}, "
                                       f"expected {table_id}", path=arm_p)
             codec.require(meta.codec, f"table {name!r}")
             if not readonly:
                 table._recover_if_idle()
+            elif read.damaged_slots:
+                table._note_fallback_if_idle()
             table._snapshot().data.release()  # validates the data file header
         except BaseException:
             table.close()
@@ -194,6 +198,25 @@ class ArchiveTable:
             generations.cleanup(self.directory, self.name, self.lockfile)
         finally:
             lock.release()
+
+    def _note_fallback_if_idle(self) -> None:
+        """Read-only: report (never repair) a fallback, judged under the table writer lock
+        so that a slot a live writer is writing right now is not taken for damage (a live
+        writer repaired the slots when it took the lock: then there is nothing to note)."""
+        lock = self.files.writer_lock()
+        try:
+            lock.acquire(0)
+        except LockedError:
+            return
+        try:
+            self.files.note_fallback(self.files.read())
+        finally:
+            lock.release()
+
+    @property
+    def fallback(self) -> ArmFallback | None:
+        """The fallback this table was found in (see ``fallback.py``), or None."""
+        return self.files.fallback
 
     def close(self) -> None:
         """Close the files (idempotent). Scans still running keep their data file open."""
@@ -308,6 +331,7 @@ class ArchiveTable:
             "generation_commit_seq": m.generation_commit_seq,
             "committed_length": m.data_length,
             "files": {self.arm_path.name: arm_size, self.arz_path.name: arz_size},
+            **({"fallback": self.files.fallback.to_json()} if self.files.fallback else {}),
         }
 
     # ================================================================ static helpers

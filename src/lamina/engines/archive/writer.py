@@ -101,6 +101,8 @@ class Appender:
         visible and the rows stay buffered (retry or abort). Once the meta write began, its
         outcome is unknown (readers may already see it): the appender closes itself, so it
         can never publish the same row ids twice; a new writer re-reads the table's state.
+        A KeyboardInterrupt (any BaseException that is not an Exception) during the meta
+        write closes the appender the same way and propagates unchanged.
         """
         read = self._live()
         if not self._rows:
@@ -148,6 +150,8 @@ class Appender:
                 self._read = arm.write(read, new, sync=files.sync)
             except BaseException as exc:
                 self.close()
+                if not isinstance(exc, Exception):
+                    raise  # Ctrl-C, SystemExit: unchanged (the outcome is unknown all the same)
                 raise StorageError(f"commit to archive table {files.name!r} failed while "
                                    f"writing its meta ({exc}); whether it is visible is "
                                    "unknown: open a new writer to see") from exc

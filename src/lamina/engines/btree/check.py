@@ -23,6 +23,7 @@ from lamina.core.catalog import ENGINE_BTREE, CatalogEntry
 from lamina.core.check import CheckReport, Finding
 from lamina.engines.btree import format as btree_format
 from lamina.engines.btree import tree
+from lamina.engines.btree.fallback import MetaFallback, detect
 from lamina.engines.btree.freelist import decode_free_value
 from lamina.engines.btree.page import (
     Branch,
@@ -32,7 +33,7 @@ from lamina.engines.btree.page import (
     page_hash,
     verify_header,
 )
-from lamina.engines.btree.pager import Pager, read_metas
+from lamina.engines.btree.pager import Pager, read_meta_slots
 from lamina.engines.btree.txn import ReadTxn
 from lamina.errors import DataError
 
@@ -155,6 +156,10 @@ class _Checker:
         if ref.txnid > leaf_txnid:
             self.find(label, f"page {ref.pgno}", "overflow txnid newer than its leaf",
                       f"<= {leaf_txnid}", ref.txnid)
+        if not btree_format.overflow_ref_valid(ref.length, ref.npages, self.ps):
+            self.find(label, f"page {ref.pgno}", "overflow reference length and page count "
+                      "disagree", btree_format.overflow_pages(ref.length, self.ps), ref.npages)
+            return
         parts: list[bytes] = []
         pgno = ref.pgno
         for i in range(ref.npages):
@@ -250,21 +255,46 @@ class _Checker:
         })
 
 
-def check_store(pager: Pager, begin_read: Callable[[], ReadTxn]) -> CheckReport:
+def fallback_finding(fb: MetaFallback) -> Finding:
+    """The check finding of a meta fallback (``what`` starts with ``fallback:``)."""
+    return Finding(None, f"meta {fb.slot}", f"fallback: {fb.describe()}",
+                   f"txnid {fb.lost_txnid}", f"txnid {fb.current_txnid}")
+
+
+def check_store(pager: Pager, begin_read: Callable[[], ReadTxn],
+                fallback: MetaFallback | None = None) -> CheckReport:
     """Check both meta pages of ``pager``'s data file, then the whole snapshot of a read
     transaction taken with ``begin_read`` (so writers may go on meanwhile); returns the
     report. Damage is reported as findings, never raised; LockedError (no reader slot) and
-    StorageError pass through."""
+    StorageError pass through.
+
+    A fallback the slots show (the newest slot is invalid, reads use the previous
+    commit) is a finding whose ``what`` starts with ``fallback:``; any other invalid slot
+    an "invalid meta page" finding. The fallback the store found when it opened
+    (``fallback``) is also reported in ``stats["fallback"]``: once a writable open saved
+    the damaged slot aside and rewrote it, that is all that remains of it (a crash that
+    tore a meta write leaves the same bytes, and a recovered database checks clean)."""
     report = CheckReport()
     try:
-        _current, slots = read_metas(pager.fd, pager.path)
+        found = read_meta_slots(pager.fd, pager.path)
     except DataError as exc:
         report.findings.append(Finding(None, "meta 0, meta 1", f"no usable meta page: {exc}"))
         return report
-    for slot, m in enumerate(slots):
-        if not isinstance(m, btree_format.Meta):
-            report.findings.append(Finding(None, f"meta {slot}", f"invalid meta page: {m}"))
     with begin_read() as txn:
+        # A fallback only if the reads use an older commit than the damaged slot held
+        # (with other processes open, readers use the lock file's published meta).
+        now = detect(pager.path, found.current, found.slots, found.raw,
+                     reading_txnid=txn.meta.txnid)
+        if now is not None:
+            report.findings.append(fallback_finding(fallback if fallback is not None
+                                                    and fallback.slot == now.slot else now))
+        for slot, m in enumerate(found.slots):
+            if not isinstance(m, btree_format.Meta) and (now is None or now.slot != slot):
+                report.findings.append(Finding(None, f"meta {slot}",
+                                               f"invalid meta page: {m}"))
+        fb = fallback or now
+        if fb is not None:
+            report.stats["fallback"] = fb.to_json()
         _Checker(pager, txn.meta, report).run()
     return report
 

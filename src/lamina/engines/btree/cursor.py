@@ -19,6 +19,18 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 
+def bytes_arg(obj: object, what: str, table: str | None = None) -> bytes:
+    """``obj`` as ``bytes``: the one rule for every key, value, bound and prefix the btree
+    API takes. Bytes-like objects (``bytes``, ``bytearray``, ``memoryview``) are copied to
+    ``bytes``; anything else, ``str`` included, raises UsageError naming the argument
+    ``what`` (keys and values are bytes; text must be encoded by the caller)."""
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return bytes(obj)
+    where = "" if table is None else f" (table {table!r})"
+    hint = "; encode text first, e.g. s.encode()" if isinstance(obj, str) else ""
+    raise UsageError(f"{what} must be bytes, not {type(obj).__name__}{where}{hint}")
+
+
 class CursorTxn(Protocol):
     """What a cursor uses of its transaction (:class:`~lamina.engines.btree.txn.ReadTxn`
     and ``WriteTxn`` provide it): the node loader, the overflow value reader and the
@@ -113,7 +125,10 @@ class Cursor:
         return self._down(root, False)
 
     def seek(self, key: bytes) -> bool:
-        """Move to the first key >= ``key``; False (unpositioned) if there is none."""
+        """Move to the first key >= ``key``; False (unpositioned) if there is none.
+        UsageError if ``key`` is not bytes-like (:func:`bytes_arg`)."""
+        if type(key) is not bytes:
+            key = bytes_arg(key, "key")
         node = self._root()
         if node is None:
             self.valid = False

@@ -104,6 +104,18 @@ def overflow_capacity(page_size: int) -> int:
     return page_size - HEADER_SIZE
 
 
+def overflow_pages(length: int, page_size: int) -> int:
+    """Pages of the overflow chain of a ``length``-byte value (at least one)."""
+    return max(1, -(-length // overflow_capacity(page_size)))
+
+
+def overflow_ref_valid(length: int, npages: int, page_size: int) -> bool:
+    """Whether an overflow reference's length and page count agree (and the length is
+    possible): checked before a chain is followed, so a damaged reference can never make
+    a reader walk, or buffer, more than the value's own pages."""
+    return length <= MAX_VALUE_SIZE and npages == overflow_pages(length, page_size)
+
+
 @dataclass(frozen=True, slots=True)
 class RootDesc:
     """A tree's root: page number (0 = empty), depth (0 empty, 1 = root is a leaf),

@@ -10,6 +10,14 @@ transaction are recorded under its own txnid, so they are never reused before it
 Allocation order: pages released earlier in this transaction (never committed), then whole
 records taken from the free list (oldest first, while eligible), then the end of the file.
 
+A streaming bulk load (:meth:`PageSpace.streaming`) writes its pages to the file as it
+builds them instead of keeping them until commit. That is safe for the same reason the
+commit's own page writes are: every page :meth:`PageSpace.alloc` hands out is invisible to
+every snapshot (past the committed page count, or free in the committed snapshot and older
+than every live reader). Until the commit's meta names them they are garbage: an abort or
+a crash leaves them as free pages of the committed free list or as bytes past the committed
+page count, which the next writer overwrites (and the checker ignores).
+
 At commit, :meth:`PageSpace.settle` writes the free-list tree. Changing that tree frees and
 allocates pages itself, so it iterates to a fixpoint; it terminates because, within the
 loop, the pool of reusable pages only shrinks and the set of freed pages only grows.
@@ -17,6 +25,7 @@ loop, the pool of reusable pages only shrinks and the set of freed pages only gr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 from collections.abc import Callable, Iterator
@@ -36,6 +45,10 @@ from lamina.engines.btree.page import (
 )
 from lamina.engines.btree.pager import Pager
 from lamina.errors import CorruptionError, KeyTooLargeError, ValueTooLargeError
+
+#: Bytes of pages a streaming bulk load buffers before it writes them (one batch of
+#: pwrites, runs of consecutive pages coalesced).
+STREAM_BATCH_BYTES = 1 << 20
 
 
 def encode_free_value(pages: list[int]) -> bytes:
@@ -64,6 +77,7 @@ class PageSpace:
         self.txnid = txnid
         self.committed_txnid = meta.txnid
         self.next_pgno = meta.total_pages
+        self.committed_pages = meta.total_pages
         self._oldest_reader = oldest_reader
         # Without a meta fsync the previous meta may be the one a power loss falls back
         # to, so the snapshot it names must stay intact: reuse nothing it still uses.
@@ -83,6 +97,11 @@ class PageSpace:
         self.consumed: list[tuple[int, int]] = []
         self.max_key = btree_format.max_key_size(self.page_size)
         self.max_entry = btree_format.max_leaf_entry(self.page_size)
+        # While streaming (a bulk load): pages stored but not yet written, and the pool
+        # pages handed out (given back if the load fails).
+        self._stream: dict[int, bytes] | None = None
+        self._stream_taken: list[int] = []
+        self._stream_batch = max(1, STREAM_BATCH_BYTES // self.page_size)
 
     # ------------------------------------------------------------ WriteCtx
     def load(self, ref: Ref) -> Node:
@@ -90,9 +109,21 @@ class PageSpace:
         if ref[1] == self.txnid:
             node = self.pending_nodes.get(ref[0])
             if node is None:
-                node = decode_node(self.pending[ref[0]], ref[0], ref[1], self.pager.path)
+                # Never through the node cache: this txnid is not committed (an abort
+                # hands it to the next writer, with other contents under the same pgno).
+                node = decode_node(self.own_page(ref[0]), ref[0], ref[1], self.pager.path)
             return node
         return self.pager.node(ref)
+
+    def own_page(self, pgno: int) -> bytes:
+        """The bytes of this transaction's page ``pgno``: kept until commit, or already
+        written to the file by a streaming bulk load (then read back from the file)."""
+        page = self.pending.get(pgno)
+        if page is not None:
+            return page
+        if self._stream is not None and pgno in self._stream:
+            return self._stream[pgno]
+        return self.pager.read(pgno)
 
     def own(self, ref: Ref) -> Node:
         """Dirty copy of ``ref``'s node; the page is released."""
@@ -110,7 +141,14 @@ class PageSpace:
             self.freed.add(pgno)
 
     def store_page(self, pgno: int, page: bytes, node: Node | None) -> None:
-        """Keep an encoded page until commit."""
+        """Keep an encoded page until commit (while :meth:`streaming`: write it out)."""
+        if self._stream is not None:
+            self.pending.pop(pgno, None)
+            self.pending_nodes.pop(pgno, None)
+            self._stream[pgno] = page
+            if len(self._stream) >= self._stream_batch:
+                self._write_stream()
+            return
         self.pending[pgno] = page
         if node is not None:
             self.pending_nodes[pgno] = node
@@ -122,10 +160,14 @@ class PageSpace:
         if type(value) is bytes:
             return
         assert isinstance(value, OverflowRef)
+        if not btree_format.overflow_ref_valid(value.length, value.npages, self.page_size):
+            raise CorruptionError(f"overflow reference of {value.length} bytes names "
+                                  f"{value.npages} pages", path=self.pager.path,
+                                  where=f"page {value.pgno}")
         pgno = value.pgno
         for _ in range(value.npages):
             ours = value.txnid == self.txnid
-            page = self.pending[pgno] if ours else self.pager.read(pgno)
+            page = self.own_page(pgno) if ours else self.pager.read(pgno)
             _t, ptype, _f, _n, _aux, nxt = verify_header(page, pgno, value.txnid,
                                                          self.pager.path)
             if ptype != btree_format.PAGE_OVERFLOW:
@@ -148,7 +190,7 @@ class PageSpace:
             raise ValueTooLargeError(f"value is {len(value)} bytes; the maximum is "
                                      f"{btree_format.MAX_VALUE_SIZE}")
         cap = btree_format.overflow_capacity(self.page_size)
-        npages = max(1, -(-len(value) // cap))
+        npages = btree_format.overflow_pages(len(value), self.page_size)
         pgnos = [self.alloc() for _ in range(npages)]
         for i, pgno in enumerate(pgnos):
             nxt = pgnos[i + 1] if i + 1 < npages else 0
@@ -160,11 +202,47 @@ class PageSpace:
     # ------------------------------------------------------------ allocation
     def alloc(self) -> int:
         """A page number for a new page of this transaction."""
-        if self.pool:
-            return self.pool.pop()
-        if self._refill_allowed and self._refill():
-            return self.pool.pop()
+        if self.pool or (self._refill_allowed and self._refill()):
+            pgno = self.pool.pop()
+            if self._stream is not None:
+                self._stream_taken.append(pgno)
+            return pgno
         return self._grow()
+
+    # ------------------------------------------------------------ streaming
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[None]:
+        """Within the block, every page stored is written to the file (in batches of
+        ``STREAM_BATCH_BYTES``) instead of kept in ``pending``: memory stays O(one batch)
+        whatever the block stores. Reads of those pages in this transaction go back to the
+        file (:meth:`own_page`). Nothing becomes visible before the commit's meta (see the
+        module doc). If the block raises, the pages it allocated are handed back (the file
+        tail it grew is given up, pool pages return to the pool; their bytes are garbage)
+        and the exception propagates. Only for code that allocates nothing it keeps outside
+        the block's result (a bulk build); not reentrant."""
+        if self._stream is not None:
+            raise RuntimeError("PageSpace.streaming() is not reentrant")
+        grow_start = self.next_pgno
+        batch: dict[int, bytes] = {}
+        self._stream, self._stream_taken = batch, []
+        try:
+            yield
+            self._write_stream()
+        except BaseException:
+            batch.clear()
+            self.pool.extend(self._stream_taken)
+            if self.next_pgno > grow_start:  # the grown tail is given up, wherever it went
+                self.pool = [p for p in self.pool if p < grow_start]
+                self.next_pgno = grow_start
+            raise
+        finally:
+            self._stream, self._stream_taken = None, []
+
+    def _write_stream(self) -> None:
+        batch = self._stream
+        if batch:
+            self.pager.write_pages(batch)
+            batch.clear()
 
     def _grow(self) -> int:
         pgno = self.next_pgno
@@ -189,6 +267,15 @@ class PageSpace:
             for _key, raw in recs:
                 assert type(raw) is bytes
                 pages.extend(decode_free_value(raw))
+            if pages and (min(pages) < btree_format.FIRST_DATA_PAGE
+                          or max(pages) >= self.committed_pages):
+                # Never hand out a page the snapshot does not have: a damaged record could
+                # otherwise grow the file to any size (page numbers are u32).
+                bad = min(pages) if min(pages) < btree_format.FIRST_DATA_PAGE else max(pages)
+                raise CorruptionError(
+                    f"free-list record of txnid {txnid} lists page {bad}, outside the "
+                    f"data pages {btree_format.FIRST_DATA_PAGE}..{self.committed_pages - 1}",
+                    path=self.pager.path, where="free list")
             self.consumed.append((txnid, len(recs)))
             if pages:
                 pages.sort(reverse=True)  # pop() hands out low page numbers first

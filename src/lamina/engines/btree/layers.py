@@ -34,12 +34,18 @@ from lamina.errors import AlreadyExistsError, CorruptionError, StorageError
 
 #: Pages written by one pwrite at most when coalescing a run of consecutive pages.
 _RUN_PAGES = 256
+#: Page numbers per block of the "written" bitmap (one bit each; a block is allocated when
+#: a page in it is first written, so memory follows the pages received, not a declared
+#: page count).
+_BITMAP_BLOCK = 1 << 16
 
 
 class PageAssembler:
     """Writes the data file of a chain's last VP (``meta``) from pages offered newest image
     first: a page number is written the first time it is offered if it is below the page
-    count, and never again (a bitmap of one byte per page remembers it).
+    count, and never again (a bitmap of one bit per page remembers it, allocated in blocks
+    of 65,536 pages as pages arrive: memory follows the pages received, never the page
+    count a header declares).
 
     ``path`` is created exclusively (AlreadyExistsError if it exists). :meth:`finish` extends
     the file to the page count, syncs the pages, then writes ``meta`` into both meta slots
@@ -53,7 +59,7 @@ class PageAssembler:
         self.page_size = meta.page_size
         self.pages_written = 0
         self.pages_offered = 0
-        self._seen = bytearray(meta.total_pages)
+        self._seen: dict[int, bytearray] = {}
         self._run_start = -1
         self._run: list[bytes] = []
         try:
@@ -65,9 +71,15 @@ class PageAssembler:
         """Write ``page`` as page ``pgno`` unless that number was written already or lies
         past the last VP's page count; returns whether it was written."""
         self.pages_offered += 1
-        if pgno >= len(self._seen) or self._seen[pgno]:
+        if pgno >= self.meta.total_pages:
             return False
-        self._seen[pgno] = 1
+        block = self._seen.get(pgno // _BITMAP_BLOCK)
+        if block is None:
+            block = self._seen[pgno // _BITMAP_BLOCK] = bytearray(_BITMAP_BLOCK // 8)
+        bit = pgno % _BITMAP_BLOCK
+        if block[bit >> 3] & (1 << (bit & 7)):
+            return False
+        block[bit >> 3] |= 1 << (bit & 7)
         if self._run and (pgno != self._run_start + len(self._run)
                           or len(self._run) >= _RUN_PAGES):
             self.flush()

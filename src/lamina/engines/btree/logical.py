@@ -13,7 +13,8 @@ from the backup layer (:mod:`lamina.online` wires it to the generic drivers):
   from a snapshot begun after the lock was taken, which therefore holds the table exactly as
   at the VP.
 * :func:`load_table`: one write transaction that (re)creates the table with its original
-  table id and bulk-loads the rows into full pages (a fresh, compact tree).
+  table id and bulk-loads the rows into full pages (a fresh, compact tree), streaming them
+  to the file (memory bounded whatever the table's size).
 """
 
 from __future__ import annotations
@@ -203,7 +204,10 @@ class BtreeLockingSource:
 def load_table(store: BtreeStore, spec: TableSpec, rows: Iterable[tuple[bytes, bytes]]) -> int:
     """(Re)create btree table ``spec`` (same name and id; a copy restored by another driver
     is replaced) and bulk-load ``rows`` (strictly increasing keys) in one transaction;
-    returns the number of rows. Raises CorruptionError (keys out of order),
+    returns the number of rows. Streams: ``rows`` is consumed as an iterator and every
+    full page goes to the file as it is built (``Table.bulk_load``), so memory stays
+    bounded whatever the table's size; nothing is visible (and a failure leaves nothing)
+    before the commit. Raises CorruptionError (keys out of order),
     KeyTooLargeError (a key too long for this file's page size), AlreadyExistsError."""
     with store.begin_write(None) as txn:
         entry = txn.catalog_get(spec.name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.core import fileio
@@ -29,7 +30,8 @@ DEFAULT_CACHE_BYTES = 256 << 20
 _PROBE = 512  # bytes read to find a meta record (it is 168 bytes, at a page start)
 
 
-def _decode_slot(raw: bytes, slot: int, path: Path) -> btree_format.Meta | DataError:
+def _decode_slot(raw: bytes, slot: int, path: Path,
+                 file_size: int) -> btree_format.Meta | DataError:
     try:
         meta = btree_format.Meta.decode(raw, f"meta {slot}")
     except DataError as exc:
@@ -37,31 +39,64 @@ def _decode_slot(raw: bytes, slot: int, path: Path) -> btree_format.Meta | DataE
     if meta.slot != slot:
         return CorruptionError(f"meta {slot} says it is meta {meta.slot}", path=path,
                                where=f"meta {slot}")
+    if meta.total_pages > file_size // meta.page_size:
+        # A commit extends the file to its page count before its meta is written (a restore
+        # before it writes the metas), so a meta naming pages the file does not hold is
+        # damage: never let it size a check, a page bitmap or the next allocation.
+        return CorruptionError(f"meta {slot} names {meta.total_pages} pages; the file holds "
+                               f"{file_size // meta.page_size} of {meta.page_size} bytes",
+                               path=path, where=f"meta {slot}")
     return meta
+
+
+@dataclass(frozen=True, slots=True)
+class MetaSlots:
+    """What :func:`read_meta_slots` found: the current meta, each slot (a Meta, or the
+    error that makes it invalid) and each slot's first bytes as read (up to 512; the
+    whole record when the slot holds one)."""
+
+    current: btree_format.Meta
+    slots: list[btree_format.Meta | DataError]
+    raw: list[bytes]
 
 
 def read_metas(fd: int, path: Path,
                ) -> tuple[btree_format.Meta, list[btree_format.Meta | DataError]]:
     """Both meta slots of the data file open at ``fd`` (each a Meta, or the error that
-    makes it invalid) and the current one (the valid slot with the highest txnid).
+    makes it invalid) and the current one (the valid slot with the highest txnid); see
+    :func:`read_meta_slots`."""
+    found = read_meta_slots(fd, path)
+    return found.current, found.slots
 
-    Reads the file (two small preads, more when meta 0 is invalid and the page size must be
-    guessed); takes no lock, so a caller that needs a stable answer holds the writer lock.
+
+def read_meta_slots(fd: int, path: Path) -> MetaSlots:
+    """Both meta slots of the data file open at ``fd``, and the current one.
+
+    A slot is valid if its record validates (magic, version, checksum, fields), sits at its
+    own position and names no more pages than the file holds. Reads the file (two small
+    preads, more when meta 0 is invalid and the page size must be guessed, and one fstat);
+    takes no lock, so a caller that needs a stable answer holds the writer lock.
     Raises NotADatabaseError (neither slot has the magic), VersionError (a slot is from a
     newer format), CorruptionError (no valid slot), StorageError.
     """
+    size = fileio.file_size(fd)
     first = fileio.pread(fd, _PROBE, 0, path)
-    m0 = _decode_slot(first, 0, path)
+    m0 = _decode_slot(first, 0, path, size)
     # Meta 1 sits one page in; without a valid meta 0 the page size is unknown: try all.
     candidates = ([m0.page_size] if isinstance(m0, btree_format.Meta)
                   else [1 << s for s in range(10, 17)])
     m1: btree_format.Meta | DataError = NotADatabaseError(f"{path}: meta 1 not found")
+    raw1 = b""
     for ps in candidates:
-        got = _decode_slot(fileio.pread(fd, _PROBE, ps, path), 1, path)
+        probe = fileio.pread(fd, _PROBE, ps, path)
+        got = _decode_slot(probe, 1, path, size)
         if isinstance(got, btree_format.Meta) and got.page_size != ps:
             got = CorruptionError("meta 1 page size disagrees with its position", path=path)
+        if not raw1 or probe[:8] == btree_format.MAGIC:
+            raw1 = probe  # the slot's bytes: at the guessed page size that holds a record
         if isinstance(got, btree_format.Meta) or not isinstance(got, NotADatabaseError):
             m1 = got
+            raw1 = probe
             if isinstance(got, btree_format.Meta):
                 break
     slots = [m0, m1]
@@ -76,7 +111,7 @@ def read_metas(fd: int, path: Path,
             raise NotADatabaseError(f"{path} is not a Lamina btree data file")
         raise CorruptionError("no valid meta page", path=path, where="meta 0, meta 1")
     current = max(valid, key=lambda m: (m.txnid, -m.slot))
-    return current, slots
+    return MetaSlots(current, slots, [first, raw1])
 
 
 def write_meta_file(fd: int, path: Path, meta: btree_format.Meta) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -14,11 +15,19 @@ from lamina.core.check import CheckReport
 from lamina.core.lockfile import LockFile
 from lamina.engines.btree import format as btree_format
 from lamina.engines.btree.check import check_store, stat_store
+from lamina.engines.btree.fallback import MetaFallback, detect, save_damaged
 from lamina.engines.btree.freelist import PageSpace
-from lamina.engines.btree.pager import DEFAULT_CACHE_BYTES, Pager, read_metas
+from lamina.engines.btree.pager import (
+    DEFAULT_CACHE_BYTES,
+    MetaSlots,
+    Pager,
+    read_meta_slots,
+    read_metas,
+)
 from lamina.engines.btree.txn import ReadTxn, WriteTxn
 from lamina.errors import (
     ClosedError,
+    LockedError,
     NotFoundError,
     ReadOnlyError,
     StorageError,
@@ -48,6 +57,9 @@ class BtreeStore:
         self._meta_lock = threading.Lock()
         self._meta_cache: tuple[bytes, btree_format.Meta] = (b"", _placeholder_meta(self.page_size))
         self._closed = False
+        #: Set when the open found the newest meta slot invalid and reads fall back to the
+        #: previous commit (reported by ``stat()`` and ``check()``; see ``fallback.py``).
+        self.fallback: MetaFallback | None = None
 
     # ---------------------------------------------------------------- open / close
     @classmethod
@@ -95,23 +107,45 @@ class BtreeStore:
             with contextlib.suppress(StorageError):  # the first error is the one to report
                 pager.close()
             raise
+        if store.fallback is not None:
+            log.warning("%s", store.fallback.describe())  # one line: the CLI's warning
         return store
 
     def _recover(self) -> None:
         lf = self._lockfile
         _current, slots = read_metas(self._pager.fd, self.path)
         repaired = all(isinstance(m, btree_format.Meta) for m in slots)
-        if lf.btree_meta() and (self.readonly or repaired):
+        if lf.btree_meta() and repaired:
             return  # nothing to repair or publish: do not wait for a running writer
+        if lf.btree_meta() and self.readonly:
+            # Report a fallback, never write. Only under the writer lock is the answer
+            # stable; a writer holding it repaired the slots when it opened, so an invalid
+            # slot seen meanwhile is its meta write in progress (check() still reports it).
+            try:
+                lf.btree_writer.acquire(0)
+            except LockedError:
+                return
+            try:
+                self._note_fallback(read_meta_slots(self._pager.fd, self.path),
+                                    _published(lf))
+            finally:
+                lf.btree_writer.release()
+            return
         with lf.btree_writer.held(None):
-            current, slots = read_metas(self._pager.fd, self.path)
+            found = read_meta_slots(self._pager.fd, self.path)
+            current, slots = found.current, found.slots
+            pub = _published(lf)
+            self._note_fallback(found, pub)
             if not self.readonly:
+                # Other processes may still read a newer commit than the disk's current
+                # (the damaged slot held it): repair the slot with that one, so it is kept.
+                src = pub if pub is not None and pub.txnid > current.txnid else current
                 for slot, m in enumerate(slots):
                     if not isinstance(m, btree_format.Meta):
-                        copy = btree_format.Meta(current.page_size, current.txnid,
-                                                 current.commit_seq, slot, current.total_pages,
-                                                 current.next_table_id, current.catalog,
-                                                 current.freelist, current.commit_ns)
+                        self._save_damaged(found, slot)
+                        copy = btree_format.Meta(src.page_size, src.txnid, src.commit_seq,
+                                                 slot, src.total_pages, src.next_table_id,
+                                                 src.catalog, src.freelist, src.commit_ns)
                         self._pager.write_meta(slot, copy.encode())
                         self._pager.sync()
             published = lf.btree_meta()
@@ -121,6 +155,32 @@ class BtreeStore:
                     with lf.seq_mutex.held(None):
                         if lf.commit_seq() < current.commit_seq:
                             lf.set_commit_seq(current.commit_seq)
+
+    def _note_fallback(self, found: MetaSlots, published: btree_format.Meta | None) -> None:
+        """Remember a fallback the slots show (see ``fallback.py``); logged as one warning
+        at the end of the open (with where the damaged slot was saved, if it was). None if
+        the lock file's ``published`` meta (what readers use) is the damaged slot's."""
+        fb = detect(self.path, found.current, found.slots, found.raw,
+                    reading_txnid=None if published is None else published.txnid)
+        if fb is not None and self.fallback is None:
+            self.fallback = fb
+
+    def _save_damaged(self, found: MetaSlots, slot: int) -> None:
+        """Save the invalid ``slot``'s page aside before it is rewritten (under the writer
+        lock, writable stores only)."""
+        fb = self.fallback
+        if fb is not None and fb.slot == slot:
+            txnid = fb.lost_txnid
+        else:
+            raw = found.raw[slot]
+            txnid = int.from_bytes(raw[16:24], "little") if len(raw) >= 24 else 0
+        page = fileio.pread(self._pager.fd, self.page_size, slot * self.page_size, self.path)
+        saved = save_damaged(self.path.parent, slot, txnid, page)
+        if fb is not None and fb.slot == slot:
+            self.fallback = dataclasses.replace(fb, saved=saved)
+        else:
+            log.warning("%s: meta slot %d was damaged (%s), no commit lost; saved as %s and "
+                        "rewritten", self.path, slot, found.slots[slot], saved.name)
 
     @staticmethod
     def read_committed_meta(directory: Path) -> tuple[int, bytes]:
@@ -239,14 +299,23 @@ class BtreeStore:
     def check(self) -> CheckReport:
         """Verify the current snapshot (see :mod:`lamina.engines.btree.check`); runs in a
         read transaction, so writers may continue meanwhile. Never raises for damage."""
-        return check_store(self._pager, self.begin_read)
+        return check_store(self._pager, self.begin_read, self.fallback)
 
     def stat(self) -> dict[str, Any]:
         """Figures of the current snapshot: txnid, commit seq, page size, file size, depth,
         pages by type, entries, free pages, and per-table entries/depth/pages. Runs in a
         read transaction (walks the trees through the page cache)."""
         with self.begin_read() as txn:
-            return stat_store(self._pager, txn)
+            stats = stat_store(self._pager, txn)
+        if self.fallback is not None:
+            stats["fallback"] = self.fallback.to_json()
+        return stats
+
+
+def _published(lf: LockFile) -> btree_format.Meta | None:
+    """The meta record published in the lock file (what readers use), if any."""
+    rec = lf.btree_meta()
+    return btree_format.Meta.decode(rec, "published meta") if rec else None
 
 
 def _placeholder_meta(page_size: int) -> btree_format.Meta:

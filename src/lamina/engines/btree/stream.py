@@ -70,6 +70,18 @@ _U64 = struct.Struct("<Q")
 _TREE_PAGES = (btree_format.PAGE_BRANCH, btree_format.PAGE_LEAF, btree_format.PAGE_OVERFLOW)
 
 
+def max_total_pages(base_total_pages: int, pages_sent: int, page_size: int) -> int:
+    """The largest page count a snapshot can have if it was ``base_total_pages`` pages at
+    the base and a stream of it sends ``pages_sent`` pages (docs/format.md, "Bounds").
+
+    Every page at or past the base's page count was allocated after the base, so at the VP
+    it is either live — then written after the base and sent — or free, listed in a
+    free-list leaf written after the base (the record that lists it was), which is sent;
+    a page lists at most ``page_size / 4`` page numbers. A full stream is the case of a
+    base with only the two meta pages. Pure."""
+    return base_total_pages + pages_sent * (1 + page_size // 4)
+
+
 def encode_header(meta: btree_format.Meta, page_count: int, *,
                   base_txnid: int | None = None) -> bytes:
     """The 256-byte stream header of ``meta``'s snapshot followed by ``page_count`` pages: a
@@ -148,7 +160,7 @@ def decode_stream_header(raw: bytes, where: str) -> StreamHeader:
             or count > total - btree_format.FIRST_DATA_PAGE
             or (layer and base > meta.txnid)):
         raise CorruptionError("btree stream header disagrees with its meta record", where=where)
-    if not layer and total - btree_format.FIRST_DATA_PAGE - count > count * (page_size // 4):
+    if not layer and total > max_total_pages(btree_format.FIRST_DATA_PAGE, count, page_size):
         # Every page a full stream does not send is free, and free pages are listed (4 bytes
         # each) in free-list pages that are sent: so a small stream cannot claim a huge
         # file, and no work of a reader scales with what a hostile header declares.
@@ -171,6 +183,8 @@ class PageStreamReader:
     with :class:`~lamina.engines.btree.proof.MerkleProof`; a single layer holds only part
     of the tree, so a chain's assembled pages are proven as a whole).
 
+    ``base_total_pages`` (a layer's base's page count, when known) bounds the page count a
+    layer header may declare: at most the base's plus ``1 + P/4`` per page it sends.
     ``on_header(header)`` is called once, before the first page. ``where`` prefixes every
     error location (``"{where}, btree stream offset O"``; just the offset when empty).
     Raises CorruptionError, VersionError, UnsupportedError, ChainError (a layer on another
@@ -184,9 +198,11 @@ class PageStreamReader:
 
     def __init__(self, where: str, *, expect_base: int | None,
                  on_page: Callable[[int, bytes], None],
-                 on_header: Callable[[StreamHeader], None] | None = None) -> None:
+                 on_header: Callable[[StreamHeader], None] | None = None,
+                 base_total_pages: int | None = None) -> None:
         self.where = where
         self.expect_base = expect_base
+        self.base_total_pages = base_total_pages
         self.on_page = on_page
         self.on_header = on_header
         self.header: StreamHeader | None = None
@@ -254,6 +270,14 @@ class PageStreamReader:
             raise ChainError(f"{prefix}the btree layer is based on txnid "
                              f"{header.base_txnid}, its base image's VP is txnid "
                              f"{self.expect_base}")
+        if header.base_txnid is not None and self.base_total_pages is not None:
+            meta = header.meta
+            limit = max_total_pages(self.base_total_pages, header.page_count, meta.page_size)
+            if meta.total_pages > limit:
+                raise CorruptionError(
+                    f"btree layer declares {meta.total_pages} pages; its base's "
+                    f"{self.base_total_pages} pages and the {header.page_count} it sends "
+                    f"can hold at most {limit}", where=self._at())
         self.header = header
         self._consume(HEADER_SIZE)
         self._state = "pages" if header.page_count else "trailer"
@@ -333,5 +357,6 @@ __all__ = [
     "decode_stream_header",
     "encode_header",
     "encode_trailer",
+    "max_total_pages",
     "new_pages_hasher",
 ]

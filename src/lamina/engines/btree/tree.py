@@ -477,17 +477,40 @@ def bulk_build(ctx: WriteCtx, items: Iterable[tuple[bytes, bytes]], alloc: Calla
                make_value: Callable[[bytes, bytes], Value]) -> btree_format.RootDesc:
     """Build a tree bottom-up from strictly increasing ``items``, writing full pages.
 
+    One pass: each leaf is stored (``ctx.store_page``) as soon as it is full, and each
+    branch as soon as the next child would not fit it, so the builder holds one leaf and,
+    per level, the children of one branch: O(tree height) pages, whatever the item count
+    (a streaming :class:`WriteCtx` then holds no page at all). The tree is the same as
+    grouping every level greedily: full pages, left to right.
+
     ``make_value(key, value)`` validates sizes and returns what the leaf stores. Raises
     UsageError on unsorted or duplicate keys. Returns the new root descriptor.
     """
     ps, txnid = ctx.page_size, ctx.txnid
-    # Per finished child: (ref, hash, count, separator before it).
-    level: list[tuple[Ref, bytes, int, bytes]] = []
+    # Per level above the leaves: the children of the branch being filled, each as
+    # (ref, hash, count, separator before it), and that branch's encoded size so far.
+    groups: list[list[tuple[Ref, bytes, int, bytes]]] = []
+    sizes: list[int] = []
     keys: list[bytes] = []
     vals: list[Value] = []
     size = EMPTY_LEAF_SIZE
     prev_last = b""
     last: bytes | None = None
+
+    def add(level: int, child: tuple[Ref, bytes, int, bytes]) -> None:
+        if level == len(groups):
+            groups.append([])
+            sizes.append(EMPTY_BRANCH_SIZE - btree_format.CHILD_SIZE)
+        group = groups[level]
+        grow = btree_format.CHILD_SIZE + (2 + len(child[3]) if group else 0)
+        if group and sizes[level] + grow > ps:
+            full = _flush_branch(ctx, group, alloc)
+            groups[level] = group = []
+            sizes[level] = EMPTY_BRANCH_SIZE - btree_format.CHILD_SIZE
+            grow = btree_format.CHILD_SIZE
+            add(level + 1, full)
+        group.append(child)
+        sizes[level] += grow
 
     def flush_leaf() -> None:
         nonlocal keys, vals, size, prev_last
@@ -495,8 +518,8 @@ def bulk_build(ctx: WriteCtx, items: Iterable[tuple[bytes, bytes]], alloc: Calla
         pgno = alloc()
         page = encode_leaf(leaf, pgno, txnid, ps)
         ctx.store_page(pgno, page, leaf)
-        sep = shortest_separator(prev_last, keys[0]) if level else b""
-        level.append(((pgno, txnid), page_hash(page), len(keys), sep))
+        sep = shortest_separator(prev_last, keys[0]) if groups else b""
+        add(0, ((pgno, txnid), page_hash(page), len(keys), sep))
         prev_last = keys[-1]
         keys, vals, size = [], [], EMPTY_LEAF_SIZE
 
@@ -513,26 +536,16 @@ def bulk_build(ctx: WriteCtx, items: Iterable[tuple[bytes, bytes]], alloc: Calla
         size += esize
     if keys:
         flush_leaf()
-    if not level:
+    if not groups:
         return btree_format.EMPTY_ROOT
-    depth = 1
-    while len(level) > 1:
-        depth += 1
-        upper: list[tuple[Ref, bytes, int, bytes]] = []
-        group: list[tuple[Ref, bytes, int, bytes]] = []
-        bsize = EMPTY_BRANCH_SIZE - btree_format.CHILD_SIZE
-        for child in level:
-            add = btree_format.CHILD_SIZE + (2 + len(child[3]) if group else 0)
-            if group and bsize + add > ps:
-                upper.append(_flush_branch(ctx, group, alloc))
-                group, bsize = [], EMPTY_BRANCH_SIZE - btree_format.CHILD_SIZE
-                add = btree_format.CHILD_SIZE
-            group.append(child)
-            bsize += add
-        upper.append(_flush_branch(ctx, group, alloc))
-        level = upper
-    ref, digest, count, _sep = level[0]
-    return btree_format.RootDesc(ref[0], depth, ref[1], count, digest)
+    # Close the right edge bottom-up; the root is the one child left at the top level.
+    level = 0
+    while level < len(groups) - 1 or len(groups[level]) > 1:
+        add(level + 1, _flush_branch(ctx, groups[level], alloc))
+        groups[level] = []
+        level += 1
+    ref, digest, count, _sep = groups[level][0]
+    return btree_format.RootDesc(ref[0], level + 1, ref[1], count, digest)
 
 
 def _flush_branch(ctx: WriteCtx, group: list[tuple[Ref, bytes, int, bytes]],

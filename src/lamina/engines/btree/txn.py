@@ -25,7 +25,7 @@ from lamina.core.names import validate_table_name
 from lamina.core.table_locks import TableBackupLock, table_backup_lock
 from lamina.engines.btree import format as btree_format
 from lamina.engines.btree import tree
-from lamina.engines.btree.cursor import Cursor
+from lamina.engines.btree.cursor import Cursor, bytes_arg
 from lamina.engines.btree.freelist import PageSpace, decode_free_value
 from lamina.engines.btree.page import (
     Branch,
@@ -140,6 +140,9 @@ class ReadTxn:
         parts: list[bytes] = []
         pgno = ref.pgno
         path = self._pager.path
+        if not btree_format.overflow_ref_valid(ref.length, ref.npages, self._pager.page_size):
+            raise CorruptionError(f"overflow reference of {ref.length} bytes names "
+                                  f"{ref.npages} pages", path=path, where=f"page {ref.pgno}")
         for _ in range(ref.npages):
             page = self._page(pgno, ref.txnid)
             _t, ptype, _f, _n, aux, nxt = verify_header(page, pgno, ref.txnid, path)
@@ -297,7 +300,7 @@ class WriteTxn(ReadTxn):
 
     def _page(self, pgno: int, txnid: int) -> bytes:
         if txnid == self._space.txnid:
-            return self._space.pending[pgno]
+            return self._space.own_page(pgno)
         return self._pager.read(pgno)
 
     # ---------------------------------------------------------------- catalog changes
@@ -476,7 +479,9 @@ class WriteTxn(ReadTxn):
 class Table:
     """A btree table inside one transaction. Reads see the transaction's snapshot (plus its
     own writes in a write transaction); writes through a read transaction raise
-    ReadOnlyError. Keys and values are bytes."""
+    ReadOnlyError. Keys and values are bytes: every key, value, bound and prefix may be
+    any bytes-like object (copied to ``bytes``); anything else, ``str`` included, raises
+    UsageError naming the argument, whatever the table holds."""
 
     __slots__ = ("_entry", "_st", "_txn", "name")
 
@@ -497,6 +502,8 @@ class Table:
         txn = self._txn
         if txn._closed:
             raise TransactionClosedError("transaction already ended")
+        if type(key) is not bytes:
+            key = bytes_arg(key, "key", self.name)
         v = tree.lookup(txn._load, self._st, key)
         if v is None:
             return default
@@ -504,6 +511,8 @@ class Table:
 
     def __contains__(self, key: bytes) -> bool:
         self._txn._check_open()
+        if type(key) is not bytes:
+            key = bytes_arg(key, "key", self.name)
         return tree.lookup(self._txn._load, self._st, key) is not None
 
     def __len__(self) -> int:
@@ -519,6 +528,7 @@ class Table:
     def count(self, lo: bytes | None = None, hi: bytes | None = None) -> int:
         """Number of keys in ``[lo, hi)`` (None = unbounded), O(log n) via subtree counts."""
         self._txn._check_open()
+        lo, hi = self._bound(lo, "lo"), self._bound(hi, "hi")
         load, st = self._txn._load, self._st
         a = 0 if lo is None else tree.rank(load, st, lo)
         b = st.count if hi is None else tree.rank(load, st, hi)
@@ -532,13 +542,19 @@ class Table:
         the last key it returned.
         """
         self._txn._check_open()
+        start, stop = self._bound(start, "start"), self._bound(stop, "stop")
         if reverse:
             return self._backward(start, stop)
         return self._forward(start, stop)
 
     def prefix(self, p: bytes) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs whose key starts with ``p``, in key order."""
+        if type(p) is not bytes:
+            p = bytes_arg(p, "prefix", self.name)
         return self.items(p, _prefix_end(p))
+
+    def _bound(self, b: bytes | None, what: str) -> bytes | None:
+        return b if b is None or type(b) is bytes else bytes_arg(b, what, self.name)
 
     def _forward(self, start: bytes | None, stop: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         c = Cursor(self)
@@ -589,6 +605,10 @@ class Table:
     # ---------------------------------------------------------------- writes
     def put(self, key: bytes, value: bytes) -> None:
         """Insert or replace. Raises KeyTooLargeError, ValueTooLargeError, ReadOnlyError."""
+        if type(key) is not bytes:
+            key = bytes_arg(key, "key", self.name)
+        if type(value) is not bytes:
+            value = bytes_arg(value, "value", self.name)
         txn = self._txn
         space = txn._writable()
         txn._lock_table(self._entry.table_id, self.name)  # type: ignore[attr-defined]
@@ -598,6 +618,8 @@ class Table:
 
     def delete(self, key: bytes) -> bool:
         """Remove ``key``; returns whether it existed. Raises ReadOnlyError."""
+        if type(key) is not bytes:
+            key = bytes_arg(key, "key", self.name)
         txn = self._txn
         space = txn._writable()
         txn._lock_table(self._entry.table_id, self.name)  # type: ignore[attr-defined]
@@ -609,7 +631,14 @@ class Table:
     def bulk_load(self, items: Iterable[tuple[bytes, bytes]]) -> int:
         """Load strictly increasing (key, value) pairs into this EMPTY table, building full
         pages bottom-up; returns the number loaded. UsageError if the table is not empty or
-        the keys are not strictly increasing (the table is then left empty)."""
+        the keys are not strictly increasing (the table is then left empty).
+
+        Memory is bounded whatever the size: ``items`` is consumed as an iterator and each
+        full page is written to the file at once (O(tree height) pages held), not kept
+        until commit. Copy-on-write as any write: the pages are beyond the committed page
+        count or free in the committed snapshot, so nothing is visible before
+        :meth:`WriteTxn.commit` and an abort (or a crash) leaves the committed state
+        intact (the pages stay free space)."""
         txn = self._txn
         space = txn._writable()
         txn._lock_table(self._entry.table_id, self.name)  # type: ignore[attr-defined]
@@ -617,21 +646,28 @@ class Table:
         if st.count or st.root is not None:
             raise UsageError(f"bulk_load needs an empty table; {self.name!r} has {st.count}")
         st.version += 1
-        mark = (dict(space.pending), dict(space.pending_nodes), space.next_pgno)
-        try:
-            desc = tree.bulk_build(space, items, space.alloc, space.make_value)
-        except BaseException:
-            # Forget the half-built pages; they become reusable in this txn.
-            for pgno in list(space.pending):
-                if pgno not in mark[0]:
-                    space.release(pgno, space.txnid)
-            raise
+        # Streaming: every full leaf, branch and overflow page goes to the file as it is
+        # built (memory O(tree height) pages, whatever the size). Nothing is visible
+        # before commit; if the load fails, its pages become reusable in this txn.
+        with space.streaming():
+            desc = tree.bulk_build(space, _bytes_pairs(items, self.name), space.alloc,
+                                   space.make_value)
         st.root = None if desc.pgno == 0 else (desc.pgno, desc.txnid)
         st.root_hash = desc.hash
         st.count = desc.count
         st.depth = desc.depth
         txn._touch(self.name)  # type: ignore[attr-defined]
         return desc.count
+
+
+def _bytes_pairs(items: Iterable[tuple[bytes, bytes]], table: str,
+                 ) -> Iterator[tuple[bytes, bytes]]:
+    """``items`` with each key and value checked by :func:`bytes_arg` (bulk_load)."""
+    for pair in items:
+        key, value = pair
+        if type(key) is not bytes or type(value) is not bytes:
+            pair = (bytes_arg(key, "key", table), bytes_arg(value, "value", table))
+        yield pair
 
 
 def _prefix_end(p: bytes) -> bytes | None:
