@@ -24,7 +24,8 @@ def test_btree_commands(db: str) -> None:
     assert invoke("put", db, "users", "bob", "user")[0] == 0
     assert invoke("get", db, "users", "alice") == (0, "admin\n", "")
     code, out, _ = invoke("scan", db, "users", "--json")
-    assert [json.loads(line) for line in out.splitlines()] == [{"key": "alice", "value": "admin"}, {"key": "bob", "value": "user"}]
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"key": "alice", "value": "admin"}, {"key": "bob", "value": "user"}]
     assert invoke("scan", db, "users", "--prefix", "b")[1] == "bob\tuser\n"
     assert invoke("scan", db, "users", "--start", "b")[1] == "bob\tuser\n"
     assert invoke("scan", db, "users", "--limit", "1")[1] == "alice\tadmin\n"
