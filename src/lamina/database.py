@@ -36,6 +36,7 @@ from lamina.errors import (
     NotADatabaseError,
     NotFoundError,
     ReadOnlyError,
+    StorageError,
     TableNotFoundError,
     UsageError,
     storage_error,
@@ -49,6 +50,13 @@ _CREATION_FILES = {lockfile_format.FILE_NAME, BtreeStore.DATA_FILE_NAME,
 DDL_TIMEOUT = 30.0
 #: ``lamina.open``'s default bound on waits for the writer and table locks (seconds).
 DEFAULT_LOCK_TIMEOUT = 5.0
+
+
+def _close_dir(fd: int, path: Path) -> None:
+    """Close a read-only directory descriptor (releasing any flock on it); nothing was
+    written through it, so a close error loses nothing and is ignored."""
+    with contextlib.suppress(StorageError):
+        fileio.close_fd(fd, path)
 
 
 class _ThreadWrites(threading.local):
@@ -114,7 +122,7 @@ class Database:
                 raise
         finally:
             if creating is not None:
-                os.close(creating)  # releases the creation lock
+                _close_dir(creating, path)  # releases the creation lock
 
     # ------------------------------------------------------------------ opening
     def _ensure_directory(self, create: bool) -> tuple[Identity, int | None]:
@@ -144,28 +152,29 @@ class Database:
                                             f"{owner}, not a Lamina database")
                 raise NotADatabaseError(f"{path} is not a Lamina database (no {IDENTITY_FILE})")
             raise NotFoundError(f"database {path} does not exist")
+        fileio.mkdir(path, parents=True, exist_ok=True)
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        except OSError as exc:
+            fd = fileio.open_fd(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except FileNotFoundError as exc:  # removed again meanwhile
             raise storage_error(exc, "create database directory", path) from exc
         try:
             self._take_creation_lock(fd)
-            if (path / IDENTITY_FILE).exists():  # another process created it meanwhile
-                os.close(fd)
-                return Identity.read(path), None
-            leftovers = {p.name for p in path.iterdir()} - _CREATION_FILES
-            if leftovers:
-                raise NotADatabaseError(
-                    f"{path} is a non-empty directory that is not a Lamina database")
-            # Files of an interrupted creation (its creator died: the lock was free).
-            for name in _CREATION_FILES:
-                (path / name).unlink(missing_ok=True)
-            return Identity.new(), fd
+            # Another process may have created it meanwhile.
+            existing = Identity.read(path) if (path / IDENTITY_FILE).exists() else None
+            if existing is None:
+                leftovers = set(fileio.listdir(path)) - _CREATION_FILES
+                if leftovers:
+                    raise NotADatabaseError(
+                        f"{path} is a non-empty directory that is not a Lamina database")
+                # Files of an interrupted creation (its creator died: the lock was free).
+                for name in _CREATION_FILES:
+                    fileio.unlink(path / name, missing_ok=True)
+                return Identity.new(), fd
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            _close_dir(fd, path)
             raise
+        _close_dir(fd, path)
+        return existing, None
 
     def _read_identity(self) -> Identity:
         try:
@@ -198,7 +207,7 @@ class Database:
                 try:
                     fileio.fdatasync(fd, data_file)
                 finally:
-                    os.close(fd)
+                    fileio.close_fd(fd, data_file)
             seq, meta = BtreeStore.read_committed_meta(self.path)
         for arm in self.path.glob("*.ARM"):
             try:

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import dbm as _stdlib_dbm
 import os
-import shutil
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
 import lamina
+from lamina.core import fileio
 from lamina.core.identity import FILE_NAME as IDENTITY_FILE
 from lamina.core.identity import MAGIC as IDENTITY_MAGIC
 from lamina.database import Database
-from lamina.errors import LaminaError, NotFoundError
+from lamina.errors import LaminaError, NotFoundError, StorageError
 
 TABLE = "dbm"
 
@@ -177,10 +177,10 @@ def _clear_for_new(path: Path) -> None:
     try:
         if path.is_dir() and not path.is_symlink():
             if (path / IDENTITY_FILE).exists():
-                shutil.rmtree(path)
+                fileio.rmtree(path)
         elif path.is_symlink() or path.exists():
-            path.unlink()
-    except OSError as exc:
+            fileio.unlink(path)
+    except (OSError, StorageError) as exc:
         raise error(f"cannot replace {path} with a new database: {exc}") from exc
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -150,13 +152,15 @@ def reserve(fd: int, size: int, path: object = "") -> None:
 def fsync_dir(path: str | Path) -> None:
     """Make a rename or create inside directory ``path`` durable."""
     COUNTERS["fsync_dir"] += 1
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        os.fsync(fd)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise storage_error(exc, "sync directory", path) from exc
-    finally:
-        os.close(fd)
 
 
 def rename(src: str | Path, dst: str | Path) -> None:
@@ -189,6 +193,46 @@ def unlink(path: str | Path, *, missing_ok: bool = True) -> None:
             raise
     except OSError as exc:
         raise storage_error(exc, "remove", path) from exc
+
+
+def mkdir(path: str | Path, mode: int = 0o777, *, parents: bool = False,
+          exist_ok: bool = False) -> None:
+    """``Path.mkdir`` with counting and error translation. FileExistsError passes through
+    (only when not ``exist_ok``: the caller decides what an existing directory means);
+    any other OS error is a StorageError naming the directory it could not create."""
+    COUNTERS["mkdir"] += 1
+    try:
+        Path(path).mkdir(mode, parents=parents, exist_ok=exist_ok)
+    except FileExistsError as exc:
+        if not exist_ok:  # else a non-directory is in the way: an error like any other
+            raise
+        raise storage_error(exc, "create directory", path) from exc
+    except OSError as exc:
+        raise storage_error(exc, "create directory", path) from exc
+
+
+def rmtree(path: str | Path, *, ignore_errors: bool = False) -> None:
+    """Remove the directory tree ``path`` (``shutil.rmtree``; a missing tree is fine).
+
+    The first OS error is a StorageError naming the file or directory that could not be
+    removed, unless ``ignore_errors`` (best-effort clean-up: remove what can be removed).
+    """
+    COUNTERS["rmtree"] += 1
+
+    def onexc(_func: object, failed: str, exc: BaseException) -> None:
+        if isinstance(exc, FileNotFoundError) or ignore_errors:
+            return  # removed meanwhile / best effort
+        if isinstance(exc, OSError):
+            raise storage_error(exc, "remove", failed) from exc
+        raise exc  # pragma: no cover - rmtree reports only OS errors
+
+    def onerror(func: object, failed: str, info: tuple[type, BaseException, object]) -> None:
+        onexc(func, failed, info[1])
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=onexc)
+    else:  # pragma: no cover - Python 3.11
+        shutil.rmtree(path, onerror=onerror)
 
 
 def stat(path: str | Path) -> os.stat_result:

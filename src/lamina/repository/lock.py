@@ -27,7 +27,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lamina.errors import LockedError, storage_error
+from lamina.core import fileio
+from lamina.errors import LockedError, StorageError, storage_error
 
 REPOSITORY_LOCK = "repository"
 INDEX_LOCK = "index"
@@ -42,11 +43,15 @@ class FileLock:
         self._fd: int | None = None
 
     def _open(self) -> int:
+        fileio.mkdir(self.path.parent, parents=True, exist_ok=True)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
+            return fileio.open_fd(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError as exc:  # the directory was removed meanwhile
             raise storage_error(exc, "open lock file", self.path) from exc
+
+    def _close(self, fd: int) -> None:
+        with contextlib.suppress(StorageError):  # a lock file holds no data
+            fileio.close_fd(fd, self.path)
 
     def acquire(self, *, shared: bool, timeout: float | None, busy: str = "") -> None:
         """Take the lock, waiting up to ``timeout`` seconds (None: forever, 0: try once).
@@ -67,10 +72,10 @@ class FileLock:
             except BlockingIOError:
                 pass
             except OSError as exc:
-                os.close(fd)
+                self._close(fd)
                 raise storage_error(exc, "lock", self.path) from exc
             if deadline is not None and time.monotonic() >= deadline:
-                os.close(fd)
+                self._close(fd)
                 raise LockedError(f"{self.what} is locked by another process{busy}; "
                                   f"gave up after {timeout:g}s")
             time.sleep(delay if deadline is None else
@@ -83,8 +88,7 @@ class FileLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        self._close(fd)
 
     @property
     def held(self) -> bool:

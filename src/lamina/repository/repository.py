@@ -28,6 +28,7 @@ from typing import Any
 from lamina import online
 from lamina.backup import image_format as F
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, is_cancelled
+from lamina.core import fileio
 from lamina.database import Database
 from lamina.errors import (
     AlreadyExistsError,
@@ -37,8 +38,8 @@ from lamina.errors import (
     LaminaError,
     NotADatabaseError,
     NotFoundError,
+    StorageError,
     UsageError,
-    storage_error,
 )
 from lamina.online import chain
 from lamina.repository import layout as L
@@ -197,8 +198,8 @@ class _Target:
         self.storage.delete(record.key)
 
     def discard(self, staged: Path) -> None:
-        with contextlib.suppress(OSError):
-            staged.unlink()
+        with contextlib.suppress(StorageError):
+            fileio.unlink(staged)
 
 
 def _combine(paths: list[Path], out: Path, backup_id: uuid.UUID,
@@ -251,12 +252,9 @@ class Repository:
                 L.STAGING_DIR, L.LOCKS_DIR, L.IMAGES_PREFIX.rstrip("/"), L.INDEX_KEY}
             if leftovers:
                 raise AlreadyExistsError(f"{root} exists and is not empty")
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            for sub in (L.IMAGES_PREFIX.rstrip("/"), L.STAGING_DIR, L.LOCKS_DIR):
-                (root / sub).mkdir(exist_ok=True)
-        except OSError as exc:
-            raise storage_error(exc, "create repository", root) from exc
+        fileio.mkdir(root, parents=True, exist_ok=True)
+        for sub in (L.IMAGES_PREFIX.rstrip("/"), L.STAGING_DIR, L.LOCKS_DIR):
+            fileio.mkdir(root / sub, exist_ok=True)
         storage = _storage(root)
         save_index(storage, Index([]))
         storage.put_bytes(L.CONFIG_KEY, config.encode())
@@ -411,8 +409,8 @@ class Repository:
                     record = record_from_image(self.storage, self.storage.stat(key))
                     save_index(self.storage, loaded.index.with_record(record))
             finally:
-                with contextlib.suppress(OSError):
-                    staged.unlink()
+                with contextlib.suppress(StorageError):
+                    fileio.unlink(staged)
         return RepoBackupResult(result.image_id, "layer" if base else "full",
                                 None if base is None else base.backup_id, reason, result,
                                 rebuilt)

@@ -27,15 +27,15 @@ import errno
 import io
 import os
 import re
-import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from lamina.backup.image_reader import ReadableStream
-from lamina.core.fileio import fsync_dir
-from lamina.errors import NotFoundError, UsageError, storage_error
+from lamina.core import fileio
+from lamina.errors import NotFoundError, StorageError, UsageError, storage_error
 
 _COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,254}\Z")
 _COPY_BLOCK = 1024 * 1024
@@ -49,6 +49,12 @@ class ObjectStat:
     key: str
     size: int
     mtime_ns: int
+
+
+def _blocks(stream: ReadableStream) -> Iterator[bytes]:
+    """What ``stream`` yields, in blocks, until it reports end (empty or None)."""
+    while block := stream.read(_COPY_BLOCK):
+        yield block
 
 
 class Storage(Protocol):
@@ -145,19 +151,48 @@ class LocalStorage:
         return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
 
     def _ensure_parent(self, path: Path) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise storage_error(exc, "create directory", path.parent) from exc
+        fileio.mkdir(path.parent, parents=True, exist_ok=True)
+
+    @staticmethod
+    def _discard(tmp: Path) -> None:
+        """Best-effort removal of a temporary file of ours (clean-up must not mask the
+        error that caused it; a leftover is removed by :meth:`remove_stale_temps`)."""
+        with contextlib.suppress(StorageError):
+            fileio.unlink(tmp)
 
     def _publish(self, tmp: Path, path: Path) -> None:
         try:
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise storage_error(exc, "publish", path) from exc
-        fsync_dir(path.parent)
+            fileio.rename(tmp, path)
+        except StorageError:
+            self._discard(tmp)
+            raise
+        fileio.fsync_dir(path.parent)
+
+    def _write_temp(self, tmp: Path, blocks: Iterator[bytes]) -> None:
+        """Create ``tmp`` (a fresh name), write ``blocks`` to it and fsync it; on any error
+        (StorageError naming ``tmp``, or the source's own) nothing of it is left behind."""
+        try:
+            fd = fileio.create_new(tmp)
+        except FileExistsError as exc:  # not ours: never write or remove it
+            raise storage_error(exc, "create", tmp) from exc
+        try:
+            try:
+                offset = 0
+                for block in blocks:
+                    fileio.pwrite(fd, block, offset, tmp)
+                    offset += len(block)
+                fileio.fsync(fd, tmp)
+            except BaseException:
+                with contextlib.suppress(StorageError):
+                    fileio.close_fd(fd, tmp)
+                raise
+            fileio.close_fd(fd, tmp)
+        except OSError as exc:  # reading the source failed
+            self._discard(tmp)
+            raise storage_error(exc, "write", tmp) from exc
+        except BaseException:
+            self._discard(tmp)
+            raise
 
     def put_file(self, key: str, src: Path) -> None:
         """Rename ``src`` over the key when on the same file system (after an fsync),
@@ -165,46 +200,37 @@ class LocalStorage:
         path = self._path(key)
         self._ensure_parent(path)
         try:
-            with open(src, "rb") as f:
-                os.fsync(f.fileno())
+            fd = fileio.open_fd(src, os.O_RDONLY)
         except FileNotFoundError:
             raise NotFoundError(f"no file {src} to store") from None
-        except OSError as exc:
-            raise storage_error(exc, "sync", src) from exc
         try:
-            os.replace(src, path)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:  # another file system: copy instead
-                raise storage_error(exc, "publish", path) from exc
-            with open(src, "rb") as f:
+            fileio.fsync(fd, src)
+        finally:
+            fileio.close_fd(fd, src)
+        try:
+            fileio.rename(src, path)
+        except StorageError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, OSError) and cause.errno == errno.EXDEV):
+                raise
+            # Another file system: copy instead.
+            try:
+                f = open(src, "rb")  # noqa: SIM115 - closed by the with below
+            except OSError as open_exc:
+                raise storage_error(open_exc, "open", src) from open_exc
+            with f:
                 self.put_stream(key, f)
-            with contextlib.suppress(OSError):
-                os.unlink(src)
+            with contextlib.suppress(StorageError):
+                fileio.unlink(src)
             return
-        fsync_dir(path.parent)
+        fileio.fsync_dir(path.parent)
 
     def put_stream(self, key: str, stream: ReadableStream) -> None:
         """See :meth:`Storage.put_stream`."""
         path = self._path(key)
         self._ensure_parent(path)
         tmp = self._temp_for(path)
-        try:
-            with open(tmp, "xb") as out:
-                while True:
-                    block = stream.read(_COPY_BLOCK)
-                    if not block:
-                        break
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise storage_error(exc, "write", tmp) from exc
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        self._write_temp(tmp, _blocks(stream))
         self._publish(tmp, path)
 
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -212,15 +238,7 @@ class LocalStorage:
         path = self._path(key)
         self._ensure_parent(path)
         tmp = self._temp_for(path)
-        try:
-            with open(tmp, "xb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise storage_error(exc, "write", tmp) from exc
+        self._write_temp(tmp, iter((data,)))
         self._publish(tmp, path)
 
     def get_bytes(self, key: str, limit: int | None = None) -> bytes:
@@ -298,20 +316,15 @@ class LocalStorage:
         """Unlink and fsync the directory. See :meth:`Storage.delete`."""
         path = self._path(key)
         try:
-            os.unlink(path)
+            fileio.unlink(path, missing_ok=False)
         except FileNotFoundError:
             return
-        except OSError as exc:
-            raise storage_error(exc, "remove", path) from exc
-        fsync_dir(path.parent)
+        fileio.fsync_dir(path.parent)
 
     def staging_dir(self) -> Path:
         """``root/tmp`` (same file system as the objects). See :meth:`Storage.staging_dir`."""
         path = self.root / self._staging
-        try:
-            path.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise storage_error(exc, "create directory", path) from exc
+        fileio.mkdir(path, exist_ok=True)
         return path
 
     def remove_stale_temps(self) -> builtins.list[Path]:
@@ -323,12 +336,12 @@ class LocalStorage:
         removed: builtins.list[Path] = []
         staging = self.root / self._staging
         if staging.is_dir():
-            for child in staging.iterdir():
+            for child in (staging / name for name in fileio.listdir(staging)):
                 if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
+                    fileio.rmtree(child, ignore_errors=True)
                 else:
-                    with contextlib.suppress(OSError):
-                        child.unlink()
+                    with contextlib.suppress(StorageError):
+                        fileio.unlink(child)
                 removed.append(child)
         for dirpath, dirnames, filenames in os.walk(self.root):
             if dirpath == str(self.root):
@@ -336,7 +349,7 @@ class LocalStorage:
             for name in filenames:
                 if name.startswith(".") and ".tmp-" in name:
                     path = Path(dirpath, name)
-                    with contextlib.suppress(OSError):
-                        path.unlink()
+                    with contextlib.suppress(StorageError):
+                        fileio.unlink(path)
                     removed.append(path)
         return removed
