@@ -11,50 +11,14 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import lamina
 from lamina import workload
 from support import cli
+from support.workload_log import stop_workload, wait_for_workload
 
 CHOICES = ["snapshot", "default", "snapshot", "default", "wl_kv=default,snapshot", "default"]
-
-
-def _logged(log: Path) -> tuple[int, int]:
-    """(commits, last commit seq) of the complete lines the workload has logged so far."""
-    try:
-        text = log.read_text()
-    except FileNotFoundError:
-        return 0, 0
-    lines = text.split("\n")[1:-1]  # after the header; a line is whole once its "\n" is
-    return len(lines), int(lines[-1].split()[1]) if lines else 0
-
-
-def _wait_for_workload(writer: subprocess.Popen[str], log: Path, *, commits: int = 1,
-                       seq: int = 0) -> None:
-    """Wait until the workload logged at least ``commits`` commits, the last with a seq of
-    at least ``seq``: moments counted in its commits, not in seconds (a busy machine only
-    makes this take longer; 120 s is a hang guard)."""
-    deadline = time.monotonic() + 120
-    while True:
-        done, last = _logged(log)
-        if done >= commits and last >= seq:
-            return
-        assert writer.poll() is None, writer.communicate()
-        assert time.monotonic() < deadline, ("the workload made no progress", done, last)
-        time.sleep(0.002)
-
-
-def _stop_workload(writer: subprocess.Popen[str]) -> None:
-    """SIGKILL the workload (it runs until stopped: ``--seconds`` is a hang guard), after
-    checking it is still running: it never failed (a lock timeout would have ended it)."""
-    alive = writer.poll() is None
-    writer.kill()
-    _out, err = writer.communicate(timeout=120)
-    assert alive and writer.returncode == -signal.SIGKILL, (writer.returncode, err)
 
 
 def test_snapshot_and_default_backups_under_load_restore_exactly_the_vp(tmp_path: Path,
@@ -68,11 +32,11 @@ def test_snapshot_and_default_backups_under_load_restore_exactly_the_vp(tmp_path
     rng = random.Random(99)
     images: list[tuple[Path, int, str]] = []
     try:
-        _wait_for_workload(writer, log, commits=5)
+        wait_for_workload(writer, log, commits=5)
         for i, choice in enumerate(CHOICES):
             # A random moment in the workload's stream: 1..40 of its commits after the
             # previous VP (so every VP differs from the one before).
-            _wait_for_workload(writer, log, seq=(images[-1][1] if images else 0)
+            wait_for_workload(writer, log, seq=(images[-1][1] if images else 0)
                                + rng.randint(1, 40))
             image = tmp_path / f"img{i}.lamina"
             proc = cli.run("backup", str(db_path), str(image), "--driver", choice, "--json",
@@ -88,9 +52,9 @@ def test_snapshot_and_default_backups_under_load_restore_exactly_the_vp(tmp_path
             assert set(summary["rows"]) == {"wl_kv", "wl_idx", "wl_log"}
             images.append((image, summary["vp_commit_seq"], choice))
         # The writer goes on after the last VP.
-        _wait_for_workload(writer, log, seq=images[-1][1] + 1)
+        wait_for_workload(writer, log, seq=images[-1][1] + 1)
     finally:
-        _stop_workload(writer)  # checks the writer never failed (no lock timeout)
+        stop_workload(writer)  # checks the writer never failed (no lock timeout)
     seqs = [seq for _i, seq, _c in images]
     assert seqs == sorted(seqs) and len(set(seqs)) > 1
     commits = workload.WorkloadLog.read(log).commits

@@ -14,49 +14,13 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import lamina
 from lamina import workload
 from lamina.backup.image_reader import read_info
 from support import cli
-
-
-def _logged(log: Path) -> tuple[int, int]:
-    """(commits, last commit seq) of the complete lines the workload has logged so far."""
-    try:
-        text = log.read_text()
-    except FileNotFoundError:
-        return 0, 0
-    lines = text.split("\n")[1:-1]  # after the header; a line is whole once its "\n" is
-    return len(lines), int(lines[-1].split()[1]) if lines else 0
-
-
-def _wait_for_workload(writer: subprocess.Popen[str], log: Path, *, commits: int = 1,
-                       seq: int = 0) -> None:
-    """Wait until the workload logged at least ``commits`` commits, the last with a seq of
-    at least ``seq``: moments counted in its commits, not in seconds (a busy machine only
-    makes this take longer; 120 s is a hang guard)."""
-    deadline = time.monotonic() + 120
-    while True:
-        done, last = _logged(log)
-        if done >= commits and last >= seq:
-            return
-        assert writer.poll() is None, writer.communicate()
-        assert time.monotonic() < deadline, ("the workload made no progress", done, last)
-        time.sleep(0.002)
-
-
-def _stop_workload(writer: subprocess.Popen[str]) -> None:
-    """SIGKILL the workload (it runs until stopped: ``--seconds`` is a hang guard), after
-    checking it is still running: it never failed (a lock timeout would have ended it)."""
-    alive = writer.poll() is None
-    writer.kill()
-    _out, err = writer.communicate(timeout=120)
-    assert alive and writer.returncode == -signal.SIGKILL, (writer.returncode, err)
+from support.workload_log import stop_workload, wait_for_workload
 
 
 def test_layers_under_load_restore_to_exactly_each_vp(tmp_path: Path) -> None:
@@ -72,11 +36,11 @@ def test_layers_under_load_restore_to_exactly_each_vp(tmp_path: Path) -> None:
     live: set[str] = set()
     seqs: list[int] = []
     try:
-        _wait_for_workload(writer, log, commits=10)  # the archive table has rows
+        wait_for_workload(writer, log, commits=10)  # the archive table has rows
         for i in range(11):
             # A random moment in the workload's stream: 1..30 of its commits after the
             # previous VP (so every layer has a VP of its own).
-            _wait_for_workload(writer, log, seq=(seqs[-1] if seqs else 0) + rng.randint(1, 30))
+            wait_for_workload(writer, log, seq=(seqs[-1] if seqs else 0) + rng.randint(1, 30))
             if i == 4:
                 cli.run_ok("optimize", str(db_path), workload.ARCHIVE_TABLE)
             if i in (3, 7):
@@ -98,9 +62,9 @@ def test_layers_under_load_restore_to_exactly_each_vp(tmp_path: Path) -> None:
             extra.append(set(live))
             seqs.append(summary["vp_commit_seq"])
         # The writer goes on after the last VP (and makes more than 50 commits in all).
-        _wait_for_workload(writer, log, commits=51, seq=seqs[-1] + 1)
+        wait_for_workload(writer, log, commits=51, seq=seqs[-1] + 1)
     finally:
-        _stop_workload(writer)
+        stop_workload(writer)
     infos = [read_info(p) for p in images]
     assert [i.vp.commit_seq for i in infos] == seqs
     assert seqs == sorted(seqs) and len(set(seqs)) > 5, "layers must land at different VPs"

@@ -11,48 +11,12 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import lamina
 from lamina import workload
 from support import cli
-
-
-def _logged(log: Path) -> tuple[int, int]:
-    """(commits, last commit seq) of the complete lines the workload has logged so far."""
-    try:
-        text = log.read_text()
-    except FileNotFoundError:
-        return 0, 0
-    lines = text.split("\n")[1:-1]  # after the header; a line is whole once its "\n" is
-    return len(lines), int(lines[-1].split()[1]) if lines else 0
-
-
-def _wait_for_workload(writer: subprocess.Popen[str], log: Path, *, commits: int = 1,
-                       seq: int = 0) -> None:
-    """Wait until the workload logged at least ``commits`` commits, the last with a seq of
-    at least ``seq``: moments counted in its commits, not in seconds (a busy machine only
-    makes this take longer; 120 s is a hang guard)."""
-    deadline = time.monotonic() + 120
-    while True:
-        done, last = _logged(log)
-        if done >= commits and last >= seq:
-            return
-        assert writer.poll() is None, writer.communicate()
-        assert time.monotonic() < deadline, ("the workload made no progress", done, last)
-        time.sleep(0.002)
-
-
-def _stop_workload(writer: subprocess.Popen[str]) -> None:
-    """SIGKILL the workload (it runs until stopped: ``--seconds`` is a hang guard), after
-    checking it is still running: it never failed (a lock timeout would have ended it)."""
-    alive = writer.poll() is None
-    writer.kill()
-    _out, err = writer.communicate(timeout=120)
-    assert alive and writer.returncode == -signal.SIGKILL, (writer.returncode, err)
+from support.workload_log import stop_workload, wait_for_workload
 
 
 def test_backups_under_load_restore_to_exactly_the_vp_state(tmp_path: Path) -> None:
@@ -65,11 +29,11 @@ def test_backups_under_load_restore_to_exactly_the_vp_state(tmp_path: Path) -> N
     rng = random.Random(1234)
     images: list[tuple[Path, int]] = []
     try:
-        _wait_for_workload(writer, log, commits=5)
+        wait_for_workload(writer, log, commits=5)
         for i in range(5):
             # A random moment in the workload's stream: 1..40 of its commits after the
             # previous VP (so every VP differs from the one before).
-            _wait_for_workload(writer, log, seq=(images[-1][1] if images else 0)
+            wait_for_workload(writer, log, seq=(images[-1][1] if images else 0)
                                + rng.randint(1, 40))
             image = tmp_path / f"img{i}.lamina"
             proc = cli.run("backup", str(db_path), str(image), "--json", "--no-progress")
@@ -78,9 +42,9 @@ def test_backups_under_load_restore_to_exactly_the_vp_state(tmp_path: Path) -> N
             images.append((image, summary["vp_commit_seq"]))
             assert summary["blocker_held_ms"] < 100
         # The writer goes on after the last VP (and makes more than 20 commits in all).
-        _wait_for_workload(writer, log, commits=21, seq=images[-1][1] + 1)
+        wait_for_workload(writer, log, commits=21, seq=images[-1][1] + 1)
     finally:
-        _stop_workload(writer)
+        stop_workload(writer)
     seqs = [seq for _img, seq in images]
     assert seqs == sorted(seqs) and len(set(seqs)) > 1, "backups must land at different VPs"
     commits = workload.WorkloadLog.read(log).commits

@@ -204,7 +204,7 @@ class BackupHistory:
                 if self._sync:
                     fileio.fsync(fd, self.path)
             finally:
-                os.close(fd)
+                fileio.close_fd(fd, self.path)
 
     def _compact(self, records: list[tuple[HistoryEntry, bytes]]) -> None:
         # Each kept record is rewritten as it was written (with any field a newer writer

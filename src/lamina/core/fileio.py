@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from lamina.errors import storage_error
+from lamina.errors import StorageError, storage_error
 
 #: Calls made through this module, by operation name ("open", "pread", "pwrite", ...).
 COUNTERS: Counter[str] = Counter()
@@ -312,3 +312,28 @@ def atomic_write_file(path: str | Path, data: bytes, *, sync: bool = True) -> No
     rename(tmp, path)
     if sync:
         fsync_dir(path.parent)
+
+
+def save_evidence(directory: str | Path, stem: str, suffix: str, data: bytes) -> Path:
+    """Keep ``data`` (damaged bytes about to be overwritten) in ``directory`` as
+    ``stem + suffix``, durably (:func:`atomic_write_file`), once: a file of that name that
+    already holds exactly these bytes is kept as it is; a name holding other bytes makes the
+    name take a ``-2``, ``-3``... before ``suffix``. Returns the path. Raises StorageError
+    (also when 999 names are taken)."""
+    for n in range(1, 1000):
+        target = Path(directory) / (stem + ("" if n == 1 else f"-{n}") + suffix)
+        if exists(target):
+            if _holds_exactly(target, data):
+                return target
+            continue
+        atomic_write_file(target, data, sync=True)
+        return target
+    raise StorageError(f"too many saved copies of {stem}{suffix} in {directory}")
+
+
+def _holds_exactly(path: Path, data: bytes) -> bool:
+    fd = open_fd(path, os.O_RDONLY)
+    try:
+        return file_size(fd) == len(data) and pread(fd, len(data), 0, path) == data
+    finally:
+        close_fd(fd, path)

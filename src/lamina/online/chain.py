@@ -53,11 +53,10 @@ from lamina.backup.codec import parse_codec
 from lamina.backup.image_reader import ImageInfo, ImageReader, open_image_file, read_info
 from lamina.backup.image_writer import ImageWriter
 from lamina.backup.kernel import CancelToken, ProgressCallback, is_cancelled, lamina_version
-from lamina.backup.restore import RestoreResult, restore_into_directory
+from lamina.backup.restore import RestoreResult
 from lamina.backup.verify import verify_image
 from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE
 from lamina.core.driver import TableSpec
-from lamina.core.publish import Cleaned
 from lamina.engines.archive.facts import ArchiveTableFacts, ArchiveVpFacts
 from lamina.engines.archive.layers import TableAssembler, TablePart
 from lamina.engines.archive.stream import StreamHeader as ArchiveStreamHeader
@@ -77,7 +76,7 @@ from lamina.errors import (
 )
 from lamina.online.facts import ImageFacts
 from lamina.online.plan import CHAIN_DRIVERS
-from lamina.online.restoring import RestoreSummary, prove_restored
+from lamina.online.restoring import RestoreSummary, restore_proven
 
 ImagePath = str | os.PathLike[str]
 
@@ -441,7 +440,6 @@ def restore_chain(paths: Sequence[ImagePath], dest: ImagePath, *,
     start = time.monotonic_ns()
     infos = _chain_in_order(paths)
     plan = _plan(infos)
-    kept: list[tuple[str, ...]] = []
 
     def do_restore(tmp: Path) -> RestoreResult:
         done = _assemble(plan, tmp, progress, cancel)
@@ -449,14 +447,8 @@ def restore_chain(paths: Sequence[ImagePath], dest: ImagePath, *,
         return RestoreResult(final.header, final.catalog, final.manifest, done.bytes_read,
                              done.chunks, done.raw_bytes)
 
-    def prove(tmp: Path, result: RestoreResult) -> None:
-        kept.append(prove_restored(tmp, result, tables))
-
-    cleaned: list[Cleaned] = []
-    result = restore_into_directory(dest, do_restore, prove, force=force, cancel=cancel,
-                                    cleaned=cleaned)
-    return RestoreSummary(Path(dest), result, kept[0], time.monotonic_ns() - start,
-                          tuple(cleaned))
+    return restore_proven(dest, do_restore, tables, force=force, cancel=cancel,
+                          started_ns=start)
 
 
 # ====================================================================== verify

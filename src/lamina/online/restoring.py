@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,7 +170,6 @@ def restore(source: str | os.PathLike[str] | ReadableStream, dest: str | os.Path
     if page_size is not None and not btree_format.valid_page_size(page_size):
         raise UsageError(f"page size {page_size} is not a power of two in 1024..65536")
     engines = restore_engines(page_size)
-    kept: list[tuple[str, ...]] = []
 
     def lookup(name: str) -> BackupEngine | None:
         if page_size is not None and name == ENGINE_BTREE:
@@ -183,14 +182,29 @@ def restore(source: str | os.PathLike[str] | ReadableStream, dest: str | os.Path
         _complete_catalog(tmp, result, page_size)
         return result
 
+    return restore_proven(dest, do_restore, tables, force=force, cancel=cancel,
+                          started_ns=start)
+
+
+def restore_proven(dest: str | os.PathLike[str], do_restore: Callable[[Path], RestoreResult],
+                   tables: Sequence[str] | None, *, force: bool, cancel: CancelToken,
+                   started_ns: int) -> RestoreSummary:
+    """Run ``do_restore(tmp)`` into a temporary directory next to ``dest``, prove the result
+    with :func:`prove_restored` (keeping only ``tables``), and publish it at ``dest``
+    (:func:`lamina.backup.restore.restore_into_directory`: same ``force`` rules, leftovers of
+    dead restores removed). Shared by image and chain restores. Returns the summary, its
+    time counted from ``started_ns`` (``time.monotonic_ns()``). Raises what the restore,
+    the proof or the publication raise; nothing is left at ``dest`` on failure."""
+    kept: list[tuple[str, ...]] = []
+
     def prove(tmp: Path, result: RestoreResult) -> None:
         kept.append(prove_restored(tmp, result, tables))
 
     cleaned: list[Cleaned] = []
     result = restore_into_directory(dest, do_restore, prove, force=force, cancel=cancel,
                                     cleaned=cleaned)
-    return RestoreSummary(Path(dest), result, kept[0], time.monotonic_ns() - start,
+    return RestoreSummary(Path(dest), result, kept[0], time.monotonic_ns() - started_ns,
                           tuple(cleaned))
 
 
-__all__ = ["RestoreSummary", "prove_restored", "restore"]
+__all__ = ["RestoreSummary", "prove_restored", "restore", "restore_proven"]

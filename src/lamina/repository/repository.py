@@ -406,8 +406,16 @@ class Repository:
                     loaded = load_index(self.storage, save=False)
                     rebuilt = rebuilt or loaded.rebuilt
                     self.storage.put_file(key, staged)
-                    record = record_from_image(self.storage, self.storage.stat(key))
-                    save_index(self.storage, loaded.index.with_record(record))
+                    try:
+                        record = record_from_image(self.storage, self.storage.stat(key))
+                        save_index(self.storage, loaded.index.with_record(record))
+                    except BaseException:
+                        # Nothing is published on error: withdraw the image (no reader has
+                        # seen it, they load the index under the lock we hold). If that
+                        # fails too, it is a whole image the next index load lists.
+                        with contextlib.suppress(LaminaError):
+                            self.storage.delete(key)
+                        raise
             finally:
                 with contextlib.suppress(StorageError):
                     fileio.unlink(staged)

@@ -19,9 +19,7 @@ than the current one's).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,6 @@ from typing import Any
 from lamina.core import fileio
 from lamina.engines.archive.format import ARM_SLOT_SIZE, ARM_SLOT_STRIDE
 from lamina.engines.archive.meta import MetaRead
-from lamina.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -113,29 +110,10 @@ def detect(path: Path, read: MetaRead) -> ArmFallback | None:
 
 def save_damaged(arm: Path, slot: int, counter: int, data: bytes) -> Path:
     """Save a damaged slot's sector ``data`` next to ``arm`` as
-    ``T.ARM.slot<slot>-<counter>.damaged`` (temporary file, fsync, rename, directory
-    fsync), once: a file of that name already holding these bytes is kept; one holding
-    other bytes makes the name take a ``-2``, ``-3``… suffix. Returns the path. Raises
-    StorageError."""
-    base = f"{arm.name}.slot{slot}-{counter}"
-    for n in range(1, 1000):
-        target = arm.with_name(base + ("" if n == 1 else f"-{n}") + DAMAGED_SUFFIX)
-        if fileio.exists(target):
-            if _same_bytes(target, data):
-                return target
-            continue
-        fileio.atomic_write_file(target, data, sync=True)
-        return target
-    raise StorageError(f"too many saved damaged meta slots next to {arm}")
-
-
-def _same_bytes(path: Path, data: bytes) -> bool:
-    fd = fileio.open_fd(path, os.O_RDONLY)
-    try:
-        return fileio.file_size(fd) == len(data) and fileio.pread(fd, len(data), 0, path) == data
-    finally:
-        with contextlib.suppress(StorageError):
-            fileio.close_fd(fd, path)
+    ``T.ARM.slot<slot>-<counter>.damaged``, durably and once
+    (:func:`lamina.core.fileio.save_evidence`). Returns the path. Raises StorageError."""
+    return fileio.save_evidence(arm.parent, f"{arm.name}.slot{slot}-{counter}",
+                                DAMAGED_SUFFIX, data)
 
 
 __all__ = ["DAMAGED_SUFFIX", "ArmFallback", "detect", "save_damaged", "slot_bytes"]

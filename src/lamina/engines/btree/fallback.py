@@ -19,8 +19,6 @@ is damaged (neither V - 1, V nor V + 1), the commit seq field decides (newer tha
 
 from __future__ import annotations
 
-import contextlib
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 
 from lamina.core import fileio
 from lamina.engines.btree import format as btree_format
-from lamina.errors import DataError, StorageError
+from lamina.errors import DataError
 
 _TXNID = struct.Struct("<QQ")  # txnid u64, commit seq u64 at offset 16 of a meta record
 _TXNID_OFFSET = 16
@@ -107,30 +105,11 @@ def damaged_name(slot: int, txnid: int) -> str:
 
 
 def save_damaged(directory: Path, slot: int, txnid: int, data: bytes) -> Path:
-    """Save the damaged slot's bytes ``data`` in ``directory`` (temporary file, fsync,
-    rename, directory fsync), once: if a file of the name already holds exactly these
-    bytes it is kept; a name holding other bytes gets a ``-2``, ``-3``… suffix instead.
+    """Save the damaged slot's bytes ``data`` in ``directory`` under
+    :func:`damaged_name`, durably and once (:func:`lamina.core.fileio.save_evidence`).
     Returns the path. Raises StorageError."""
-    base = damaged_name(slot, txnid)[: -len(DAMAGED_SUFFIX)]
-    for n in range(1, 1000):
-        name = base + ("" if n == 1 else f"-{n}") + DAMAGED_SUFFIX
-        target = Path(directory) / name
-        if fileio.exists(target):
-            if _same_bytes(target, data):
-                return target
-            continue
-        fileio.atomic_write_file(target, data, sync=True)
-        return target
-    raise StorageError(f"too many saved damaged meta slots in {directory}")
-
-
-def _same_bytes(path: Path, data: bytes) -> bool:
-    fd = fileio.open_fd(path, os.O_RDONLY)
-    try:
-        return fileio.file_size(fd) == len(data) and fileio.pread(fd, len(data), 0, path) == data
-    finally:
-        with contextlib.suppress(StorageError):
-            fileio.close_fd(fd, path)
+    stem = damaged_name(slot, txnid)[: -len(DAMAGED_SUFFIX)]
+    return fileio.save_evidence(directory, stem, DAMAGED_SUFFIX, data)
 
 
 __all__ = ["DAMAGED_SUFFIX", "MetaFallback", "damaged_name", "detect", "save_damaged"]
