@@ -474,9 +474,17 @@ class Database:
                              max_rate=max_rate, lock_timeout=lock_timeout, base=base)
 
     # ------------------------------------------------------------------ check / stat
-    def check(self) -> CheckReport:
-        """Run the checker over the btree file and every archive table (read-only)."""
+    def check(self, progress: Callable[[str], None] | None = None) -> CheckReport:
+        """Run the checker over the btree file and every archive table (read-only).
+
+        Returns the report; damage is reported as findings, never raised (a catalogued
+        archive table whose files are missing is a finding too). ``progress(phase)`` is
+        called as each phase starts ("checking the btree file", "checking archive table T").
+        Safe beside writers in any process: it checks one snapshot.
+        """
         self._check_open()
+        if progress is not None:
+            progress("checking the btree file")
         report = self.store.check()
         try:
             tables = self.tables()
@@ -486,9 +494,11 @@ class Database:
         for info in tables:
             if info.engine != ENGINE_ARCHIVE:
                 continue
+            if progress is not None:
+                progress(f"checking archive table {info.name}")
             try:
                 table_report = self.archive(info.name).check()
-            except DataError as exc:
+            except (DataError, NotFoundError) as exc:
                 report.findings.append(Finding(info.name, "archive files", str(exc)))
                 continue
             report.extend(table_report, prefix=f"archive.{info.name}.")

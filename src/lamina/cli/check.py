@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from lamina.cli.common import echo_fields, emit_json, json_option, open_database
+from lamina.cli.common import echo_fields, emit_json, json_option, open_database, phase_status
 from lamina.errors import CheckFailedError
 
 
@@ -15,8 +15,8 @@ from lamina.errors import CheckFailedError
 @json_option
 def command(db: str, as_json: bool) -> None:
     """Prove the database is sound: every page, hash, count, block and meta."""
-    with open_database(db, readonly=True) as database:
-        report = database.check()
+    with open_database(db, readonly=True) as database, phase_status("check") as phase:
+        report = database.check(progress=phase)
     if as_json:
         emit_json(report.to_json())
     else:

@@ -15,7 +15,7 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -354,3 +354,19 @@ def only_with_repo(repo_path: str | None, **options: Any) -> None:
         if value not in (None, False):
             raise UsageError(f"--{name.replace('_', '-')} applies only with --repo")
 
+
+
+@contextmanager
+def phase_status(title: str, enabled: bool | None = None) -> Iterator[Callable[[str], None]]:
+    """Yield a ``phase(name)`` callback that shows ``title: name`` with a spinner on stderr
+    while the work runs (for work whose size is unknown, e.g. the checker); it draws
+    nothing unless ``enabled`` (None: when stderr is a terminal)."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        yield lambda name: None
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(f"{title}: starting") as status:
+        yield lambda name: status.update(f"{title}: {name}")
