@@ -149,8 +149,9 @@ def test_archive_meta_sync_failure_closes_the_appender(tmp_path: Path,
 
 
 def test_published_meta_is_never_read_torn(tmp_path: Path) -> None:
-    """A process republishes two records of equal length as fast as it can; every read in
-    this process sees one or the other, never a mix (the seqlock)."""
+    """A process republishes two records of equal length as fast as it can (yielding the CPU
+    between pairs: a real writer publishes once per commit); every read in this process sees
+    one or the other, never a mix (the seqlock, whose counter is one aligned 8-byte word)."""
     a, b = b"A" * 168, b"B" * 168
     lf = LockFile.open(tmp_path, init=lambda lf: lf.publish_btree_meta(a))
     try:
@@ -163,6 +164,7 @@ def test_published_meta_is_never_read_torn(tmp_path: Path) -> None:
             while not os.path.exists({str(stop)!r}):
                 for _ in range(1000):
                     lf.publish_btree_meta({a!r}); lf.publish_btree_meta({b!r})
+                    os.sched_yield()  # a seqlock starves readers of a writer that never pauses
             print("done", flush=True)
         """)
         assert writer.stdout is not None

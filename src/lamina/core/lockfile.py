@@ -352,6 +352,12 @@ class LockFile:
         self.path = path
         self._fd = fd
         self._mm = mm
+        # Counters that other processes read without a lock (the seqlock, the commit seq)
+        # are read and written as single aligned 8-byte words: struct packs and unpacks
+        # byte by byte, so a reader could see a mix of two values (it did: a torn seqlock
+        # counter equal to an old even one let a reader accept a mixed meta record).
+        self._bytes_view = memoryview(mm)
+        self._words = self._bytes_view[: F.HEADER_SIZE].cast("Q")
         self._refs = 0
         self._key: tuple[int, int, int] = (0, 0, 0)
         self._slot_lock = threading.Lock()
@@ -420,7 +426,7 @@ class LockFile:
                 else:
                     lf._validate()
             except BaseException:
-                mm.close()
+                lf._unmap()
                 os.close(fd)
                 raise
             lf._refs = 1
@@ -476,17 +482,23 @@ class LockFile:
                 self._write_slot(index, 0, 0, 0)
             self._owned_slots.clear()
             self._free_slots.clear()
-        self._mm.close()
+        self._unmap()
         os.close(self._fd)  # releases every fcntl lock this process held on the file
+
+    def _unmap(self) -> None:
+        """Release the word views, then unmap (an mmap with live views cannot close)."""
+        self._words.release()
+        self._bytes_view.release()
+        self._mm.close()
 
     # ---------------------------------------------------------------- shared counters
     def set_commit_seq(self, seq: int) -> None:
         """Set the last handed-out commit seq (only during ``init`` or under ``seq_mutex``)."""
-        _U64.pack_into(self._mm, F.OFF_COMMIT_SEQ, seq)
+        self._words[F.OFF_COMMIT_SEQ // 8] = seq
 
     def commit_seq(self) -> int:
-        """The last commit seq handed out (a plain memory read)."""
-        return int(_U64.unpack_from(self._mm, F.OFF_COMMIT_SEQ)[0])
+        """The last commit seq handed out (one aligned 8-byte memory read)."""
+        return int(self._words[F.OFF_COMMIT_SEQ // 8])
 
     def next_commit_seq(self) -> int:
         """Hand out the next commit seq. Call only while holding the commit blocker shared,
@@ -502,11 +514,12 @@ class LockFile:
         see the old record or the new one, never a mix."""
         if len(record) > F.BTREE_META_MAX:
             raise ValueError("btree meta record too large for the lock file")
-        seq = _U64.unpack_from(self._mm, F.OFF_BTREE_META_SEQ)[0]
-        _U64.pack_into(self._mm, F.OFF_BTREE_META_SEQ, seq | 1)  # odd: being rewritten
+        words, at = self._words, F.OFF_BTREE_META_SEQ // 8
+        seq = words[at]
+        words[at] = seq | 1  # odd: being rewritten
         _U32.pack_into(self._mm, F.OFF_BTREE_META_LEN, len(record))
         self._mm[F.OFF_BTREE_META: F.OFF_BTREE_META + len(record)] = record
-        _U64.pack_into(self._mm, F.OFF_BTREE_META_SEQ, (seq | 1) + 1)
+        words[at] = (seq | 1) + 1
 
     def btree_meta(self) -> bytes:
         """The last published btree meta record (memory reads only, no file I/O, no lock).
@@ -514,14 +527,14 @@ class LockFile:
         Retries while a publish is under way (the seqlock is odd or moved); the writer holds
         it odd for a memcpy of a few hundred bytes, so this returns almost at once.
         """
-        mm = self._mm
+        mm, words, at = self._mm, self._words, F.OFF_BTREE_META_SEQ // 8
         spins = 0
         while True:
-            before = _U64.unpack_from(mm, F.OFF_BTREE_META_SEQ)[0]
+            before = words[at]
             if not before & 1:
                 n = _U32.unpack_from(mm, F.OFF_BTREE_META_LEN)[0]
                 record = bytes(mm[F.OFF_BTREE_META: F.OFF_BTREE_META + min(n, F.BTREE_META_MAX)])
-                if _U64.unpack_from(mm, F.OFF_BTREE_META_SEQ)[0] == before:
+                if words[at] == before:
                     return record
             spins += 1
             if spins > 100:  # the publisher was preempted mid-copy: let it run
