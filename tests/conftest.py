@@ -4,6 +4,7 @@ teardown check of every database a test leaves behind (``support.checked``)."""
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,14 @@ settings.register_profile(
 )
 settings.register_profile("dev", parent=settings.get_profile("ci"), max_examples=20)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# A suite started in the background of a non-interactive shell (`cmd &` in a CI script)
+# inherits SIGINT ignored, and so would every CLI process the tests start: Python keeps
+# an inherited SIG_IGN, and the tests that interrupt a command with SIGINT would wait for
+# an exit that never comes. The suite's own processes get Python's default handler back
+# (an exec resets a handler, not an ignore, so the children then see SIGINT's default).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The teardown check of every database a test leaves behind (imported: pytest finds
 # hooks and fixtures among a conftest's names).
