@@ -23,7 +23,7 @@ import lamina
 from lamina.backup.image_reader import read_info
 from lamina.core import pins
 from lamina.database import Database
-from lamina.errors import NotFoundError, PinExpiredError
+from lamina.errors import ChainError, NotFoundError, PinExpiredError
 from lamina.repository import Repository
 from lamina.repository import layout as L
 from support import cli
@@ -54,7 +54,7 @@ def populate(db: Database, seed: int, n: int = 1500) -> None:
         db.create_table("ev", "archive")
     with db.write() as txn:
         table = txn.table("t")
-        for i in range(n):
+        for _ in range(n):
             table.put(b"k%05d" % rng.randrange(4 * n), rng.randbytes(rng.randrange(100, 1500)))
     db.append_many("ev", [rng.randbytes(rng.randrange(50, 400)) for _ in range(n // 2)])
 
@@ -86,7 +86,7 @@ def wait_stopped(proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 120
     while _state(proc.pid) != "T":
         if proc.poll() is not None:
-            out, err = proc.communicate()
+            _out, err = proc.communicate()
             pytest.fail(f"the backup ended (rc {proc.returncode}) before its failpoint: {err}")
         assert time.monotonic() < deadline, "the backup never reached its failpoint"
         time.sleep(0.002)
@@ -314,10 +314,9 @@ def test_resume_refused_when_the_base_was_pruned(setup: tuple[Path, Path]) -> No
     base = pin.resume["base"]
     assert base is not None
     (repo / L.image_key(base)).unlink()
-    with lamina.open(db, create=False) as live:
-        from lamina.errors import ChainError
-        with pytest.raises(ChainError, match="no longer in the repository"):
-            Repository.open(repo).backup(live, resume=True)
+    with lamina.open(db, create=False) as live, \
+            pytest.raises(ChainError, match="no longer in the repository"):
+        Repository.open(repo).backup(live, resume=True)
 
 
 def test_published_image_only_releases_the_pin(setup: tuple[Path, Path]) -> None:

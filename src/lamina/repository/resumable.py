@@ -25,8 +25,9 @@ import contextlib
 import os
 import time
 import uuid
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lamina.backup.image_reader import read_info
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback
@@ -36,7 +37,16 @@ from lamina.database import Database
 from lamina.errors import ChainError, CorruptionError, LaminaError, LockedError, NotFoundError
 from lamina.online import pinning
 from lamina.repository import layout as L
-from lamina.repository.index import ImageRecord, load_index, record_from_image, save_index
+from lamina.repository.index import (
+    ImageRecord,
+    Index,
+    load_index,
+    record_from_image,
+    save_index,
+)
+from lamina.repository.layout import RepoConfig
+from lamina.repository.lock import RepositoryLock
+from lamina.repository.storage import LocalStorage
 from lamina.repository.uploads import (
     DEFAULT_PART_SIZE,
     PartStats,
@@ -47,8 +57,21 @@ from lamina.repository.uploads import (
     uploads_of,
 )
 
-if TYPE_CHECKING:
-    from lamina.repository.repository import Repository
+
+class Repository(Protocol):
+    """What this module needs of :class:`~lamina.repository.repository.Repository` (a
+    protocol, so the two modules do not import each other)."""
+
+    storage: LocalStorage
+    config: RepoConfig
+    locks: RepositoryLock
+
+    def _shared(self, operation: str) -> AbstractContextManager[None]: ...
+
+    def _load(self) -> tuple[Index, str | None]: ...
+
+    def _choose_base(self, db: Database, index: Index, full: bool
+                     ) -> tuple[ImageRecord | None, str]: ...
 
 #: What a failed ``--resume`` suggests instead.
 RESUME_HINT = ("take a new backup with 'lamina backup DB --repo REPO' (add --abandon first "
@@ -96,10 +119,23 @@ def _publish(repo: Repository, upload: Upload, writer: PartWriter, image_id: uui
     return rebuilt
 
 
-def _tidy(db: Database, uploads: UploadStore, keep: str | None) -> None:
-    """Remove uploads of ``db`` that no live pin can resume: not ``keep``, and either
-    older than the default lease or of a pin that expired or was replaced and whose owner
-    is gone. Best effort (a failure leaves an upload for the next backup)."""
+#: Uploads being written by backups of this process (never removed by :func:`_tidy`).
+_ACTIVE: set[str] = set()
+
+
+def _idle(pin: pins.PinRecord) -> bool:
+    """True if no backup writes ``pin``'s upload now: its process is gone, or it is this
+    process and no backup of it is writing that upload."""
+    if pin.pid == os.getpid():
+        return pin.pin_id not in _ACTIVE
+    return not pin.owner_alive()
+
+
+def _tidy(db: Database, uploads: UploadStore, scope: str) -> None:
+    """Remove uploads of ``db`` that no pin will resume: the upload of this scope's pin
+    (the new backup replaces it) unless a backup still writes it, uploads of expired or
+    replaced pins, and uploads without a pin older than the default lease (a backup killed
+    before its VP). Best effort (a failure leaves an upload for the next backup)."""
     now = time.time_ns()
     try:
         recorded = {p.pin_id: p for p in pins.load(db.path)}
@@ -107,10 +143,11 @@ def _tidy(db: Database, uploads: UploadStore, keep: str | None) -> None:
     except LaminaError:
         return
     for info in found:
-        if info.name == keep or info.info.get("database_id") != str(db.identity.db_id):
+        if info.name in _ACTIVE or info.info.get("database_id") != str(db.identity.db_id):
             continue
         pin = recorded.get(info.name)
-        if pin is not None and not pin.expired(now):
+        if pin is not None and not pin.expired(now) and not (pin.scope == scope
+                                                                and _idle(pin)):
             continue
         if pin is None and now - info.created_ns < pins.DEFAULT_LEASE_NS:
             continue  # maybe a backup that has not reached its VP yet
@@ -130,10 +167,10 @@ def backup(repo: Repository, db: Database, *, full: bool, codec: str,
     with repo._shared("backup"):
         index, rebuilt = repo._load()
         base, reason = repo._choose_base(db, index, full)
-        old = pinning.find_pin(db, scope)
-        _tidy(db, uploads, None if old is None or not old.owner_alive() else old.pin_id)
+        _tidy(db, uploads, scope)
         image_id = uuid.uuid4()
         name = str(image_id)
+        _ACTIVE.add(name)
         upload = uploads.create(name, part_size, {"database_id": str(db.identity.db_id),
                                                   "image_id": name})
         writer = PartWriter(upload)
@@ -152,6 +189,8 @@ def backup(repo: Repository, db: Database, *, full: bool, codec: str,
                 with contextlib.suppress(LaminaError):
                     upload.abort()
             raise
+        finally:
+            _ACTIVE.discard(name)
         with contextlib.suppress(LaminaError):  # an unreleased pin just runs out
             pinning.release(db, name)
     return Outcome(result, base, None if base is None else base.backup_id, reason, rebuilt,
