@@ -153,7 +153,7 @@ def decode(raw: bytes, path: Path) -> list[PinRecord]:
                     raise ValueError(f"field {name} is not {kind.__name__}")
                 kwargs[name] = value
             out.append(PinRecord(**kwargs))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise CorruptionError(f"pin file: {exc}", path=path) from None
     return out
 

@@ -193,8 +193,11 @@ class LocalUpload:
         data_path = self.directory / DATA_FILE
         fd = fileio.open_fd(data_path, os.O_WRONLY | os.O_CREAT)
         try:
-            fileio.pwrite(fd, data, (number - 1) * self.part_size, data_path)
+            offset = (number - 1) * self.part_size
+            fileio.pwrite(fd, data, offset, data_path)
             fileio.fdatasync(fd, data_path)
+            if hasattr(os, "posix_fadvise"):  # never read back: keep the db's pages cached
+                os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
         finally:
             fileio.close_fd(fd, data_path)
         digest = xxhash.xxh3_128_digest(data)
