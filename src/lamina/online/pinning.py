@@ -22,7 +22,7 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lamina.backup import image_format
@@ -102,7 +102,8 @@ def _expired_message(pin: pins.PinRecord, hint: str) -> str:
 
 
 def renew(db: Database, pin: pins.PinRecord, lease_ns: int, hint: str) -> pins.PinRecord:
-    """Extend ``pin``'s lease to ``lease_ns`` from now, if it still holds. Raises
+    """Extend ``pin``'s lease to ``lease_ns`` from now, if it still holds, and make this
+    process its owner. Raises
     PinExpiredError (expired; ``hint`` says what to do instead), NotFoundError (released
     or replaced meanwhile), LockedError, StorageError."""
     renewed: pins.PinRecord | None = None
@@ -111,8 +112,9 @@ def renew(db: Database, pin: pins.PinRecord, lease_ns: int, hint: str) -> pins.P
         nonlocal renewed
         out = []
         for p in current:  # update() has dropped expired pins already
-            if p.pin_id == pin.pin_id:
-                renewed = pins.extend(p, lease_ns)
+            if p.pin_id == pin.pin_id:  # the resuming process owns it now
+                renewed = replace(pins.extend(p, lease_ns), pid=os.getpid(),
+                                  host=socket.gethostname())
                 p = renewed
             out.append(p)
         return out

@@ -197,6 +197,14 @@ def backup(repo: Repository, db: Database, *, full: bool, codec: str,
                    writer.stats, False)
 
 
+def _refuse_running(db: Database, pin: pins.PinRecord) -> None:
+    """LockedError if the backup ``pin`` names may still be running (or being resumed):
+    its unexpired pin's process lives on this host."""
+    if pin.pid != os.getpid() and not pin.expired() and pin.owner_alive():
+        raise LockedError(f"the backup {pin.pin_id} of {db.path} is still running in "
+                          f"process {pin.pid}; stop it first")
+
+
 def _published_result(repo: Repository, record: ImageRecord) -> BackupResult:
     """The result of a backup whose image was published before its pin was released."""
     info = read_info(repo.storage.local_path(record.key))
@@ -214,6 +222,7 @@ def resume(repo: Repository, db: Database, *, progress: ProgressCallback | None,
     if pin is None:
         raise NotFoundError(f"no interrupted backup of {db.path} into {repo.storage.url} to "
                             f"resume; {RESUME_HINT.split(' (')[0]}")
+    _refuse_running(db, pin)
     with repo._shared("backup"):
         pin = pinning.renew(db, pin, lease_ns, RESUME_HINT)
         extra: dict[str, Any] = pin.resume
@@ -263,9 +272,7 @@ def abandon(repo: Repository, db: Database) -> pins.PinRecord | None:
     pin = pinning.find_pin(db, _scope(repo))
     if pin is None:
         return None
-    if pin.pid != os.getpid() and not pin.expired() and pin.owner_alive():
-        raise LockedError(f"the backup {pin.pin_id} of {db.path} is still running (process "
-                          f"{pin.pid}); cancel it first")
+    _refuse_running(db, pin)
     pinning.release(db, pin.pin_id)
     with contextlib.suppress(NotFoundError):
         uploads_of(repo.storage).open(str(pin.resume.get("upload", pin.pin_id))).abort()
