@@ -23,9 +23,16 @@ import lamina
 from lamina.backup.image_reader import read_info
 from lamina.core import pins
 from lamina.database import Database
-from lamina.errors import ChainError, NotFoundError, PinExpiredError
+from lamina.errors import (
+    ChainError,
+    LockedError,
+    NotFoundError,
+    PinExpiredError,
+    StorageError,
+)
 from lamina.repository import Repository
 from lamina.repository import layout as L
+from lamina.repository.uploads import LocalUpload
 from support import cli
 
 PART = 64 * 1024
@@ -330,3 +337,47 @@ def test_published_image_only_releases_the_pin(setup: tuple[Path, Path]) -> None
     assert backup_id == pin.pin_id and parts["parts_stored"] == 0
     assert image_bytes(repo, backup_id) == before
     assert str(read_info(repo / L.image_key(backup_id)).header.image_id) == pin.pin_id
+
+
+def test_a_failed_backup_keeps_its_pin_and_resumes(setup: tuple[Path, Path],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception mid-upload (a lost connection, a full disk) is an interruption too."""
+    db_path, repo_path = setup
+    at_vp = content(db_path)
+    real = LocalUpload.put_part
+    calls = []
+
+    def flaky(self: LocalUpload, number: int, data: bytes) -> object:
+        calls.append(number)
+        if len(calls) == 3:
+            raise StorageError("connection lost (test)")
+        return real(self, number, data)
+
+    monkeypatch.setattr(LocalUpload, "put_part", flaky)
+    with lamina.open(db_path, create=False) as db:
+        with pytest.raises(StorageError, match="connection lost"):
+            Repository.open(repo_path).backup(db, part_size=PART)
+        monkeypatch.undo()
+        [pin] = pins.load(db_path)
+        result = Repository.open(repo_path).backup(db, resume=True)
+    assert str(result.backup_id) == pin.pin_id
+    assert result.parts["parts_skipped"] == 2 and result.parts["parts_replaced"] == 0
+    out = repo_path.parent / "restored"
+    Repository.open(repo_path).restore(out, id=pin.pin_id)
+    assert content(out) == at_vp
+
+
+def test_resume_and_abandon_refuse_while_the_backup_runs(setup: tuple[Path, Path]) -> None:
+    db_path, repo_path = setup
+    proc = start_child(db_path, repo_path, "backup.upload_part_stored:2")
+    try:
+        wait_stopped(proc)
+        with lamina.open(db_path, create=False) as db:
+            repo = Repository.open(repo_path)
+            with pytest.raises(LockedError, match=f"process {proc.pid}"):
+                repo.backup(db, resume=True)
+            with pytest.raises(LockedError, match="still running"):
+                repo.abandon(db)
+    finally:
+        kill(proc)
+    resume_in(db_path, repo_path)

@@ -113,7 +113,8 @@ class Upload(Protocol):
         ...
 
     def put_part(self, number: int, data: bytes) -> PartInfo:
-        """Store part ``number`` (1-based) durably, replacing an earlier one. Raises
+        """Store part ``number`` (1-based), replacing an earlier one; once present
+        (listed by :meth:`parts_present`) its bytes are durable. Raises
         UsageError (a bad number or size), StorageError."""
         ...
 
@@ -150,8 +151,9 @@ class LocalUpload:
     """An upload in the directory ``uploads/<name>/`` of a local repository.
 
     Part *n* is written at its offset of ``data`` and fdatasynced, then its record is
-    appended to ``parts`` and fdatasynced: a part is present only once its record is,
-    and a torn last record (a crash mid-append) is ignored. :meth:`complete` truncates
+    appended to ``parts`` (not synced: the record never outlives its bytes, and a lost
+    record only makes the part be stored again): a part is present only once its record
+    is, and a torn last record (a crash mid-append) is ignored. :meth:`complete` truncates
     ``data`` to the parts' total, fsyncs it and renames it onto the key.
     """
 
@@ -210,8 +212,9 @@ class LocalUpload:
             # A torn record left by a crash is cut off first, so ours is read after it.
             end -= end % PART_RECORD.size
             fileio.truncate(fd, end, log_path)
+            # No sync: the part's bytes are durable first, so a record that a power loss
+            # takes away only means the part is stored again by the resume.
             fileio.pwrite(fd, record, end, log_path)
-            fileio.fdatasync(fd, log_path)
         finally:
             fileio.close_fd(fd, log_path)
         failpoint("backup.upload_part_stored")
@@ -351,20 +354,34 @@ class PartWriter:
         self.upload = upload
         self.present = dict(present or {})
         self.stats = PartStats()
-        self._buffer = bytearray()
+        # The current part's pieces (references, no copies) and their total length.
+        self._pieces: list[bytes | memoryview] = []
+        self._filled = 0
         self._number = 0
         self.size = 0
 
-    def write(self, data: bytes, /) -> int:
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
         """Append ``data``; stores every part it completes. Raises StorageError."""
-        self._buffer += data
-        self.size += len(data)
+        view: bytes | memoryview = data if isinstance(data, bytes) else memoryview(data).cast("B")
         size = self.upload.part_size
-        while len(self._buffer) >= size:
-            part = bytes(self._buffer[:size])
-            del self._buffer[:size]
-            self._emit(part)
-        return len(data)
+        at, total = 0, len(view)
+        while at < total:
+            take = min(size - self._filled, total - at)
+            piece = view if take == total and at == 0 else memoryview(view)[at:at + take]
+            if not isinstance(data, bytes):  # the caller may reuse its buffer
+                piece = bytes(piece)
+            self._pieces.append(piece)
+            self._filled += take
+            at += take
+            if self._filled == size:
+                self._emit_buffered()
+        self.size += total
+        return total
+
+    def _emit_buffered(self) -> None:
+        part = b"".join(self._pieces)
+        self._pieces, self._filled = [], 0
+        self._emit(part)
 
     def flush(self) -> None:
         """Nothing to do: parts are stored whole (see :meth:`finish`)."""
@@ -386,10 +403,8 @@ class PartWriter:
 
     def finish(self) -> int:
         """Store the last (short) part; returns how many parts the object has."""
-        if self._buffer or self._number == 0:
-            part, self._buffer = bytes(self._buffer), bytearray()
-            if part:
-                self._emit(part)
+        if self._filled:
+            self._emit_buffered()
         return self._number
 
 
