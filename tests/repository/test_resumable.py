@@ -381,3 +381,29 @@ def test_resume_and_abandon_refuse_while_the_backup_runs(setup: tuple[Path, Path
     finally:
         kill(proc)
     resume_in(db_path, repo_path)
+
+
+def test_a_running_backup_keeps_its_pin_alive(setup: tuple[Path, Path]) -> None:
+    """The lease is renewed as parts are stored, once a quarter of it has passed."""
+    from lamina.online.pinning import keep_alive
+    db_path, repo_path = setup
+    proc = start_child(db_path, repo_path, "backup.pinned", action="kill", lease=30)
+    proc.communicate(timeout=120)
+    [pin] = pins.load(db_path)
+    lease_ns = 200_000_000
+    with lamina.open(db_path, create=False) as db:
+        renew = keep_alive(db, pin.pin_id, lease_ns)
+        renew()  # too early: unchanged
+        assert pins.load(db_path)[0].expires_ns == pin.expires_ns
+        start = time.monotonic_ns()
+        deadline = time.monotonic() + 60
+        while time.monotonic_ns() - start < lease_ns // 4:  # the condition: a quarter gone
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        renew()
+        [renewed] = pins.load(db_path)
+        assert renewed.pin_id == pin.pin_id and renewed.expires_ns != pin.expires_ns
+        assert renewed.expires_ns > time.time_ns()
+        assert db.lockfile.live_pins() == [(renewed.txnid, renewed.expires_ns)]
+        keep_alive(db, "no-such-pin", 1)()  # a pin that is not there: left alone
+        assert pins.load(db_path) == [renewed]

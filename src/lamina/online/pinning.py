@@ -16,12 +16,13 @@ file's ``pins_lock``, so backups in several processes pin and release safely.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,7 +33,7 @@ from lamina.core.catalog import ENGINE_BTREE
 from lamina.core.failpoints import failpoint
 from lamina.database import Database
 from lamina.engines.btree import format as btree_format
-from lamina.errors import CorruptionError, NotFoundError, PinExpiredError
+from lamina.errors import CorruptionError, LaminaError, NotFoundError, PinExpiredError
 from lamina.online.take import ImageTarget, backup
 
 
@@ -159,10 +160,34 @@ def resume_backup(db: Database, target: ImageTarget, pin: pins.PinRecord, *,
                   expect_plan=plan)
 
 
+def keep_alive(db: Database, pin_id: str, lease_ns: int) -> Callable[[], None]:
+    """A callable that a running backup calls often (after each part it stores): it
+    renews the pin ``pin_id`` to ``lease_ns`` from now once a quarter of the lease has
+    passed, so a backup that runs longer than its lease stays resumable if it is killed
+    late. Never raises (a failed renewal is retried at the next call; a pin not yet taken
+    or already gone is left alone)."""
+    state = {"last": time.monotonic_ns()}
+
+    def renew_now() -> None:
+        now = time.monotonic_ns()
+        if now - state["last"] < lease_ns // 4:
+            return
+        state["last"] = now
+
+        def change(current: list[pins.PinRecord]) -> list[pins.PinRecord]:
+            return [pins.extend(p, lease_ns) if p.pin_id == pin_id else p for p in current]
+
+        with contextlib.suppress(LaminaError):
+            pins.update(db.lockfile, db.path, change, timeout=0)
+
+    return renew_now
+
+
 def release(db: Database, pin_id: str) -> bool:
     """Release the pin ``pin_id``: writers may reuse its snapshot's pages again. Returns
     True if it was held. Raises LockedError, StorageError."""
     return pins.remove(db.lockfile, db.path, pin_id)
 
 
-__all__ = ["PinRequest", "find_pin", "pinned_backup", "release", "renew", "resume_backup"]
+__all__ = ["PinRequest", "find_pin", "keep_alive", "pinned_backup", "release", "renew",
+           "resume_backup"]

@@ -400,7 +400,8 @@ class Repository:
         The image streams into a resumable upload (parts of ``part_size`` bytes) and is
         published under ``images/`` with its index entry only when complete. Its validity
         point is pinned in ``db`` (a lease of ``resume_lease`` seconds) as soon as it
-        exists: interrupted (killed, failed), the backup can be finished later with
+        exists (renewed while the backup runs): interrupted (killed, failed, cancelled),
+        the backup can be finished later with
         ``resume=True``, which re-attaches to the pinned VP, stores only the parts missing
         and publishes exactly the image the uninterrupted backup would have (same bytes,
         same image hash; ``full`` and ``codec`` are then the interrupted backup's). The

@@ -173,7 +173,7 @@ def backup(repo: Repository, db: Database, *, full: bool, codec: str,
         _ACTIVE.add(name)
         upload = uploads.create(name, part_size, {"database_id": str(db.identity.db_id),
                                                   "image_id": name})
-        writer = PartWriter(upload)
+        writer = PartWriter(upload, on_part=pinning.keep_alive(db, name, lease_ns))
         extra = {"upload": name, "part_size": part_size, "reason": reason,
                  "base": None if base is None else str(base.backup_id)}
         request = pinning.PinRequest(scope, repo.storage.url, lease_ns, extra)
@@ -254,7 +254,8 @@ def resume(repo: Repository, db: Database, *, progress: ProgressCallback | None,
             present = {}
         else:
             upload, present = found, found.parts_present()
-        writer = PartWriter(upload, present)
+        writer = PartWriter(upload, present,
+                            on_part=pinning.keep_alive(db, pin.pin_id, lease_ns))
         base_path = None if base is None else repo.storage.local_path(base.key)
         result = pinning.resume_backup(db, writer, pin, base=base_path, progress=progress,
                                        cancel=cancel)
