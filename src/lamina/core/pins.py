@@ -195,7 +195,8 @@ def update(lockfile: LockFile, directory: str | os.PathLike[str],
     """Apply ``change`` to the recorded pins under ``pins_lock``, write the file (removed
     when no pin is left) and mirror the result into the lock file; returns the new list.
 
-    Expired pins are dropped before ``change`` sees the list; when more than
+    Expired pins are dropped before ``change`` sees the list (``change`` runs under the
+    lock, so it may decide by the clock); when more than
     :data:`MAX_PINS` are left the oldest are dropped (they pin nothing resumable then). A
     damaged file counts as no pins (it is replaced). Raises LockedError, StorageError.
     """
@@ -208,6 +209,13 @@ def update(lockfile: LockFile, directory: str | os.PathLike[str],
         now = time.time_ns()
         pins = change([p for p in current if not p.expired(now)])
         pins = sorted(pins, key=lambda p: p.created_ns)[-MAX_PINS:]
+        # The mirror holds a pin from before its record is written until after its record
+        # is removed, so no writer reuses a page that a recorded pin needs, even if this
+        # process dies between the two writes (a mirror entry without a record just holds
+        # pages until the next update or its expiry).
+        ids = {p.pin_id for p in pins}
+        keep = pins + [p for p in current if p.pin_id not in ids and not p.expired(now)]
+        lockfile.publish_pins(_mirror(keep[:MAX_PINS]))
         path = path_of(directory)
         if pins:
             fileio.atomic_write_file(path, encode(pins), sync=sync)

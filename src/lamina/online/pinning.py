@@ -49,6 +49,11 @@ class PinRequest:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+#: A pin closer than this to its expiry is not renewed by a resume (counted as expired):
+#: writers decide by the lease without a lock, so one ending now may already be ignored.
+RENEW_MARGIN_NS = 1_000_000_000
+
+
 def _btree_txnid(db: Database, point: ResumePoint) -> int:
     """The btree txnid the point's snapshot needs kept (at least 1)."""
     for name, facts in zip(point.drivers, point.driver_facts, strict=False):
@@ -108,15 +113,21 @@ def renew(db: Database, pin: pins.PinRecord, lease_ns: int, hint: str) -> pins.P
     PinExpiredError (expired; ``hint`` says what to do instead), NotFoundError (released
     or replaced meanwhile), LockedError, StorageError."""
     renewed: pins.PinRecord | None = None
+    lapsed = False
 
     def change(current: list[pins.PinRecord]) -> list[pins.PinRecord]:
-        nonlocal renewed
+        nonlocal renewed, lapsed
+        now = time.time_ns()
         out = []
         for p in current:  # update() has dropped expired pins already
-            if p.pin_id == pin.pin_id:  # the resuming process owns it now
-                renewed = replace(pins.extend(p, lease_ns), pid=os.getpid(),
-                                  host=socket.gethostname())
-                p = renewed
+            if p.pin_id == pin.pin_id:
+                if p.expires_ns - now < RENEW_MARGIN_NS:
+                    # About to lapse: a writer may be deciding by it this very moment.
+                    lapsed = True
+                else:  # the resuming process owns it now
+                    renewed = replace(pins.extend(p, lease_ns, now), pid=os.getpid(),
+                                      host=socket.gethostname())
+                    p = renewed
             out.append(p)
         return out
 
@@ -124,7 +135,7 @@ def renew(db: Database, pin: pins.PinRecord, lease_ns: int, hint: str) -> pins.P
         raise PinExpiredError(_expired_message(pin, hint))
     pins.update(db.lockfile, db.path, change)
     if renewed is None:
-        if pin.expired():
+        if lapsed or pin.expired():
             raise PinExpiredError(_expired_message(pin, hint))
         raise NotFoundError(f"the interrupted backup {pin.pin_id} was abandoned or replaced "
                             "meanwhile")
