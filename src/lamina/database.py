@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamina.core import fileio, lockfile_format, publish
+from lamina.core import fileio, lockfile_format, pins, publish
 from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE, CatalogEntry
 from lamina.core.check import CheckReport, Finding
 from lamina.core.identity import FILE_NAME as IDENTITY_FILE
@@ -222,6 +222,7 @@ class Database:
             seq = identity.restored_vp_seq
         lockfile.set_commit_seq(seq)
         lockfile.publish_btree_meta(meta)
+        pins.seed(lockfile, self.path)  # interrupted backups' durable pins hold pages
 
     def _remove_orphan_files(self) -> None:
         """Delete archive files whose table name the catalog does not know (a create or a
@@ -505,7 +506,9 @@ class Database:
         return report
 
     def stat(self) -> dict[str, Any]:
-        """Database-wide statistics: identity, commit seq, btree store, each table."""
+        """Database-wide statistics: identity, commit seq, btree store, each table, and the
+        durable pins of interrupted backups (``pins``: see :mod:`lamina.core.pins`; a
+        damaged pin file is reported as ``pins_error``)."""
         self._check_open()
         ident = self.identity
         result: dict[str, Any] = {
@@ -523,6 +526,10 @@ class Database:
         for info in self.tables():
             if info.engine == ENGINE_ARCHIVE:
                 result["archive"][info.name] = self.archive(info.name).stat()
+        try:
+            result["pins"] = [p.describe() for p in pins.load(self.path)]
+        except DataError as exc:
+            result["pins"], result["pins_error"] = [], str(exc)
         return result
 
 

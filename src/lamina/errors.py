@@ -16,7 +16,8 @@ exception escaping Lamina is a bug. The CLI prints ``str(error)`` as one line an
     │   ├── DriverChoiceError        2  a backup driver forced on an engine that cannot use it
     │   └── ClosedError              2  a Database or dbm handle used after close()
     ├── NotFoundError                3  a database, table, image or backup that does not exist
-    │   └── TableNotFoundError       3
+    │   ├── TableNotFoundError       3
+    │   └── PinExpiredError          3  an interrupted backup's pin expired: nothing to resume
     ├── AlreadyExistsError           3  creating what exists (a table, DEST without --force)
     ├── DataError                    -  bytes on disk or in an image are not what they must be
     │   ├── CorruptionError          4  checksum/structure failure: file, page/offset, what
@@ -87,6 +88,11 @@ class NotFoundError(LaminaError):
 
 class TableNotFoundError(NotFoundError):
     """The named table is not in the catalog."""
+
+
+class PinExpiredError(NotFoundError):
+    """``backup --resume``: the interrupted backup's durable pin expired, so its validity
+    point may no longer exist (its pages may have been reused): there is nothing to resume."""
 
 
 class AlreadyExistsError(LaminaError):

@@ -117,18 +117,20 @@ def test_half_written_images_are_never_listed(tmp_path: Path) -> None:
     assert _listed(repo) == (ids, None)
 
 
-def _staged_bytes(staging: Path, old: set[str], *, complete: bool) -> int:
-    """The size of the largest image file in the staging directory, ignoring the ``old``
-    names (what killed backups left): being written (a dot-temporary), or with
-    ``complete`` only one written whole (its final staged name)."""
+def _staged_bytes(staging: Path, old: set[str], *, complete: bool, whole: int = 0) -> int:
+    """The size of the largest image being written into the uploads directory, ignoring
+    the ``old`` uploads (what killed backups left); with ``complete`` only one written
+    whole (``whole`` bytes: its last part is stored, it waits to be published)."""
     sizes = [0]
-    for path in staging.glob("*") if staging.is_dir() else []:
-        if path.name in old or (complete and path.name.startswith(".")):
+    for path in staging.glob("*/data") if staging.is_dir() else []:
+        if path.parent.name in old:
             continue
         try:
-            sizes.append(path.stat().st_size)
-        except FileNotFoundError:  # renamed or removed meanwhile
-            pass
+            size = path.stat().st_size
+        except FileNotFoundError:  # published or removed meanwhile
+            continue
+        if not complete or size >= whole:
+            sizes.append(size)
     return max(sizes)
 
 
@@ -144,7 +146,7 @@ def test_backup_killed_mid_write_leaves_nothing_listed(tmp_path: Path) -> None:
     assert cli.run_bytes(*command, timeout=60).returncode == 0
     ids = _listed(repo)[0]
     whole = (repo.path / L.image_key(ids[-1])).stat().st_size
-    staging = repo.path / L.STAGING_DIR
+    staging = repo.path / L.UPLOADS_DIR
     index_lock = FileLock(repo.path / L.LOCKS_DIR / "index", "index")
     killed = 0
     # Kill at fractions of a whole image, measured in the bytes the backup has staged, not
@@ -161,7 +163,8 @@ def test_backup_killed_mid_write_leaves_nothing_listed(tmp_path: Path) -> None:
         index_lock.acquire(shared=False, timeout=120)
         try:
             while proc.poll() is None and not (
-                    _staged_bytes(staging, old, complete=True) if fraction == 1.0 else
+                    _staged_bytes(staging, old, complete=True, whole=whole)
+                    if fraction == 1.0 else
                     _staged_bytes(staging, old, complete=False) >= fraction * whole):
                 assert time.monotonic() < deadline, "the backup stopped writing"
                 time.sleep(0.0005)

@@ -83,6 +83,51 @@ class BaseImageRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Everything that makes an image's bytes a function of its VP snapshot: the header's
+    image id, creation time and writer version, the VP (commit seq, wall clock, commit
+    blocker time) and each driver's :meth:`~lamina.core.driver.BackupDriver.pin_facts`
+    (in catalog order). :func:`run_backup` reports it through ``on_vp`` and, given it as
+    ``resume``, writes the same image again (drivers re-frozen by ``relock``)."""
+
+    image_id: uuid.UUID
+    created_ns: int
+    lamina_version: str
+    vp_seq: int
+    vp_wall_ns: int
+    blocker_held_ns: int
+    driver_facts: tuple[dict[str, Any], ...]
+    #: The drivers' names (backup engine names), in catalog order.
+    drivers: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form (stored in a durable pin)."""
+        return {"image_id": str(self.image_id), "created_ns": self.created_ns,
+                "lamina_version": self.lamina_version, "vp_seq": self.vp_seq,
+                "vp_wall_ns": self.vp_wall_ns, "blocker_held_ns": self.blocker_held_ns,
+                "driver_facts": list(self.driver_facts), "drivers": list(self.drivers)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> ResumePoint:
+        """Parse :meth:`to_json`'s form; CorruptionError naming ``where`` if malformed."""
+        from lamina.errors import CorruptionError
+        try:
+            facts = data["driver_facts"]
+            names = data["drivers"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError("mistyped drivers")
+            ints = [data[k] for k in ("created_ns", "vp_seq", "vp_wall_ns", "blocker_held_ns")]
+            if (not isinstance(facts, list) or not all(isinstance(f, dict) for f in facts)
+                    or not all(isinstance(i, int) and not isinstance(i, bool) for i in ints)
+                    or not isinstance(data["lamina_version"], str)):
+                raise ValueError("mistyped field")
+            return cls(uuid.UUID(data["image_id"]), ints[0], data["lamina_version"], ints[1],
+                       ints[2], ints[3], tuple(facts), tuple(names))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CorruptionError(f"resume point: {exc}", where=where) from None
+
+
+@dataclass(frozen=True, slots=True)
 class BackupResult:
     """What a backup produced and what it cost the writers.
 
@@ -385,6 +430,26 @@ class _BackupRun:
         self.after_vp = True
         return vp_seq, vp_wall_ns, released - got, got - asked
 
+    def replay_point(self, point: ResumePoint) -> None:
+        """A resumed backup's VP: ``relock`` every driver at the pinned facts (no commit
+        blocker: the VP exists already and is kept by a durable pin)."""
+        if len(point.driver_facts) != len(self.states):
+            raise UsageError(f"the resume point has facts of {len(point.driver_facts)} "
+                             f"drivers; this backup has {len(self.states)}")
+        for s, facts in zip(self.states, point.driver_facts, strict=True):
+            self.call(s, "relock", _OK, facts)
+        self.after_vp = True
+
+    def pin_facts(self) -> tuple[dict[str, Any], ...] | None:
+        """Every driver's ``pin_facts()``; None if any driver cannot resume."""
+        out = []
+        for s in self.states:
+            facts = s.driver.pin_facts()
+            if facts is None:
+                return None
+            out.append(facts)
+        return tuple(out)
+
     def final_transfer(self) -> None:
         """Poll get_data round-robin until every driver says DONE."""
         assert self.writer is not None
@@ -485,7 +550,9 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
                progress: ProgressCallback | None = None,
                blocker_timeout: float | None = 30.0, prelock_timeout: float | None = None,
                overwrite: bool = False, image_id: uuid.UUID | None = None,
-               max_rate: float | None = None) -> BackupResult:
+               max_rate: float | None = None,
+               on_vp: Callable[[ResumePoint], None] | None = None,
+               resume: ResumePoint | None = None) -> BackupResult:
     """Back up every group's tables into one image at ``target`` (a path or a binary
     stream) and return what was written.
 
@@ -502,6 +569,14 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
     (target exists, not ``overwrite``), LockedError (blocker or prelock timeout),
     CancelledError, StorageError, any LaminaError a driver reports, DriverProtocolError (a
     driver bug). After any error no image file exists and every begun driver was cancelled.
+
+    Resumable backups: ``on_vp(point)`` is called once right after the VP, while every
+    driver still holds its snapshot, with the :class:`ResumePoint` that reproduces this
+    image (not called when a driver cannot resume: ``pin_facts()`` None); the caller makes
+    the VP durable there (an exception from it fails the backup). ``resume`` (a point an
+    earlier run reported, whose snapshot the caller kept) writes that very image again:
+    the same header, VP and driver output, hence the same bytes for the same groups, codec,
+    level and buffer size; UsageError if the point was written by another Lamina version.
     """
     started = time.perf_counter_ns()
     codec = parse_codec(codec)
@@ -517,8 +592,15 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
     catalog, local_maps = _build_catalog(groups, drivers)
     run.states = [_DriverState(i, g, d, local_maps[i])
                   for i, (g, d) in enumerate(zip(groups, drivers, strict=True))]
+    if resume is not None:
+        if resume.lamina_version != lamina_version():
+            raise UsageError(f"the interrupted backup was written by Lamina "
+                             f"{resume.lamina_version}, this is {lamina_version()}: it "
+                             "cannot be resumed byte for byte (abandon it)")
+        image_id = resume.image_id
     header = image_format.ImageHeader(
-        image_id=image_id or uuid.uuid4(), database_id=database_id, created_ns=time.time_ns(),
+        image_id=image_id or uuid.uuid4(), database_id=database_id,
+        created_ns=time.time_ns() if resume is None else resume.created_ns,
         lamina_version=lamina_version(),
         flags=image_format.HEADER_FLAG_LAYER if base is not None else 0,
         incarnation=database_incarnation)
@@ -528,8 +610,18 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
     try:
         run.begin_all()
         run.initial_transfer()
-        run.prelock_all()
-        vp_seq, vp_wall_ns, held_ns, wait_ns = run.validity_point()
+        if resume is None:
+            run.prelock_all()
+            vp_seq, vp_wall_ns, held_ns, wait_ns = run.validity_point()
+            facts = run.pin_facts() if on_vp is not None else None
+            if on_vp is not None and facts is not None:
+                on_vp(ResumePoint(header.image_id, header.created_ns, header.lamina_version,
+                                  vp_seq, vp_wall_ns, held_ns, facts,
+                                  tuple(s.name for s in run.states)))
+        else:
+            run.replay_point(resume)
+            vp_seq, vp_wall_ns = resume.vp_seq, resume.vp_wall_ns
+            held_ns, wait_ns = resume.blocker_held_ns, 0
         run.final_transfer()
         vp_facts = run.collect_vp_facts()
         run.end_all()

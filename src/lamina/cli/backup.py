@@ -8,6 +8,7 @@ import sys
 import click
 
 from lamina.cli.common import (
+    DURATION,
     POSITIVE,
     TIMEOUT,
     cancellation,
@@ -76,6 +77,15 @@ def _check_driver_tables(driver: str | None, tables: list[str] | None,
 @click.option("--repo", "repo_path", default=None, type=click.Path(),
               help="Back up into this repository (a layer when possible) instead of IMAGE.")
 @click.option("--full", is_flag=True, help="With --repo: a full image, never a layer.")
+@click.option("--resume", is_flag=True,
+              help="With --repo: finish the interrupted backup of DB into REPO (same image, "
+                   "only the missing parts are stored).")
+@click.option("--abandon", is_flag=True,
+              help="With --repo: give up the interrupted backup of DB into REPO (release "
+                   "its pin, remove its upload).")
+@click.option("--resume-lease", type=DURATION, default=None, metavar="DURATION",
+              help="With --repo: how long an interrupted backup stays resumable "
+                   "(e.g. 30m, 2h) [default: 1h].")
 @click.option("--base", "base", default=None, type=click.Path(dir_okay=False),
               help="Write a layer: only what changed after this earlier image of DB (full "
                    "or layer); restore it with its chain.")
@@ -92,7 +102,8 @@ def _check_driver_tables(driver: str | None, tables: list[str] | None,
 @progress_option
 @json_option
 def command(db: str, image: str | None, tables: str | None, codec: str, level: int | None,
-            repo_path: str | None, full: bool, base: str | None, driver: str | None,
+            repo_path: str | None, full: bool, resume: bool, abandon: bool,
+            resume_lease: float | None, base: str | None, driver: str | None,
             max_rate: float | None,
             table_lock_timeout: float | None, lock_timeout: float,
             show_progress: bool | None, as_json: bool) -> None:
@@ -112,8 +123,13 @@ def command(db: str, image: str | None, tables: str | None, codec: str, level: i
         from lamina.cli.repo import backup_to_repo
         backup_to_repo(db, image, repo_path, full=full, tables=tables, codec=codec,
                        lock_timeout=lock_timeout, show_progress=show_progress,
-                       as_json=as_json)
+                       as_json=as_json, resume=resume, abandon=abandon,
+                       resume_lease=resume_lease)
         return
+    for given, option in ((resume, "--resume"), (abandon, "--abandon"),
+                          (resume_lease is not None, "--resume-lease")):
+        if given:
+            raise UsageError(f"{option} applies only with --repo")
     if full:
         raise UsageError("--full applies only with --repo (an IMAGE is a full image unless "
                          "--base makes it a layer)")

@@ -47,6 +47,32 @@ class Number(click.FloatRange):
         return rv
 
 
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """A positive duration in seconds, written ``90``, ``90s``, ``30m``, ``1h`` or ``2d``
+    (one number and one unit); converted to seconds (a float)."""
+
+    name = "duration"
+    _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        else:
+            text = str(value).strip().lower()
+            unit = text[-1:] if text[-1:].isalpha() else ""
+            try:
+                seconds = float(text[:len(text) - len(unit)]) * self._UNITS[unit]
+            except (KeyError, ValueError):
+                self.fail(f"{value!r} is not a duration (e.g. 90s, 30m, 1h, 2d).", param, ctx)
+        if not (math.isfinite(seconds) and seconds > 0):
+            self.fail(f"{value!r} is not a positive duration.", param, ctx)
+        return seconds
+
+
+#: A lease or age: a positive duration (see :class:`Duration`).
+DURATION = Duration()
+
 #: Seconds to wait for something: 0 (try once) or more.
 TIMEOUT = Number(min=0)
 #: A rate or size that must be more than zero.

@@ -12,6 +12,7 @@ from lamina.cli.common import (
     cancellation_if,
     emit_json,
     human_bytes,
+    iso_time,
     json_option,
     open_database,
     progress_bar,
@@ -82,24 +83,52 @@ def _check_target(image: str | None, repo_path: str | None, what: str) -> str:
 
 def backup_to_repo(db: str, image: str | None, repo_path: str | None, *, full: bool,
                    tables: str | None, codec: str, lock_timeout: float,
-                   show_progress: bool | None, as_json: bool) -> None:
-    """``lamina backup DB --repo REPO [--full]``: prints the new backup's id."""
+                   show_progress: bool | None, as_json: bool, resume: bool = False,
+                   abandon: bool = False, resume_lease: float | None = None) -> None:
+    """``lamina backup DB --repo REPO [--full | --resume | --abandon]``: prints the new
+    backup's id (``--abandon``: the interrupted backup given up)."""
+    from lamina.core.pins import DEFAULT_LEASE_NS
+
     repo_path = _check_target(image, repo_path, "IMAGE")
     if tables is not None:
         raise UsageError("--tables cannot be used with --repo (a repository keeps whole "
                          "databases, so layers and chains stay complete)")
+    if resume and abandon:
+        raise UsageError("give --resume or --abandon, not both")
+    if (resume or abandon) and full:
+        raise UsageError("--full cannot be used with --resume or --abandon (the interrupted "
+                         "backup's kind is kept)")
+    if abandon and resume_lease is not None:
+        raise UsageError("--resume-lease cannot be used with --abandon")
     repo = open_repository(repo_path, lock_timeout)
+    if abandon:
+        with open_database(db) as database:
+            pin = repo.abandon(database)
+        if as_json:
+            emit_json({"abandoned": None if pin is None else pin.describe()})
+        elif pin is None:
+            click.echo(f"no interrupted backup of {db} into {repo.path} to abandon")
+        else:
+            click.echo(f"abandoned backup {pin.pin_id} (validity point: commit seq "
+                       f"{pin.vp_seq} at {iso_time(pin.vp_wall_ns)}); its pin is released")
+        return
+    lease = DEFAULT_LEASE_NS / 1e9 if resume_lease is None else resume_lease
     with cancellation() as cancel, open_database(db) as database, \
             progress_bar("backup", show_progress, cancel=cancel) as progress:
         result = repo.backup(database, full=full, codec=codec, progress=progress,
-                             cancel=cancel)
+                             cancel=cancel, resume=resume, resume_lease=lease)
     note_rebuilt(repo, result.index_rebuilt)
     if as_json:
         emit_json(result.to_json())
         return
     click.echo(str(result.backup_id))
+    resumed = ""
+    if result.resumed:
+        resumed = (f"; resumed: {result.parts.get('parts_skipped', 0)} part(s) already "
+                   f"stored, {result.parts.get('parts_stored', 0)} stored now")
     click.echo(f"{result.kind} backup ({result.reason}): commit seq "
-               f"{result.result.vp.commit_seq}, {human_bytes(result.result.size)}", err=True)
+               f"{result.result.vp.commit_seq}, {human_bytes(result.result.size)}{resumed}",
+               err=True)
 
 
 def restore_from_repo(image: str | None, repo_path: str | None, dest: str, *,

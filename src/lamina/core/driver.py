@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from lamina.errors import CorruptionError, DriverChoiceError, LaminaError
+from lamina.errors import CorruptionError, DriverChoiceError, LaminaError, UnsupportedError
 
 
 class Result(enum.Enum):
@@ -309,6 +309,24 @@ class BackupDriver(abc.ABC):
         engine is published meanwhile. It must return at once: **no disk I/O, no waiting,
         O(1) per table** (read published positions/txnids from memory, set a flag).
         """
+
+    def pin_facts(self) -> dict[str, Any] | None:
+        """After ``lock()``: JSON-ready facts from which :meth:`relock` in another process
+        freezes this very VP again (a btree meta record, an archive commit seq), for a
+        backup that is resumed after it was interrupted; None (the default) when this
+        driver cannot do that (its VP is not durable: table locks, an MVCC reader). Memory
+        only. The caller keeps what the facts name from being overwritten (a durable pin).
+        """
+        return None
+
+    def relock(self, facts: Mapping[str, Any]) -> Result:
+        """In a resumed backup, instead of ``lock()``: freeze the VP that ``facts`` (from
+        :meth:`pin_facts` of the interrupted backup's driver) describe, so that everything
+        this driver sends is byte for byte what the interrupted one would have sent.
+        Called without the commit blocker; memory only. Returns OK or ERROR (``error``:
+        UnsupportedError by default, CorruptionError for facts that do not decode)."""
+        self.error = UnsupportedError(f"the {type(self).__name__} cannot resume a backup")
+        return Result.ERROR
 
     @abc.abstractmethod
     def unlock(self) -> Result:

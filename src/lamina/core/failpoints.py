@@ -3,8 +3,10 @@
 A failpoint is armed by the environment variable ``LAMINA_FAILPOINT`` holding
 ``name`` or ``name:N`` (die at the N-th hit, default 1), read once at import, so a test
 starts a writer subprocess with it set and the process kills itself at that exact place.
-Disarmed failpoints cost one dict lookup. Every name used in the code is listed in
-:data:`NAMES` so tests can iterate over all of them.
+Disarmed failpoints cost one dict lookup. With ``LAMINA_FAILPOINT_ACTION=stop`` the process
+stops itself with SIGSTOP instead (a test then sees it stopped in ``/proc``, copies its
+files as a crash would leave them, and kills or continues it). Every name used in the
+code is listed in :data:`NAMES` so tests can iterate over all of them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ NAMES: dict[str, str] = {
     "restore.publish_renamed": "restore publish: new DEST in place, identity still pending",
     "restore.publish_identity": "restore publish: LAMINA in place, parked old not removed",
     "backup.image_chunk_written": "image writer: after each chunk written (use name:N)",
+    "backup.pinned": "repository backup: VP pinned durably, no data sent yet",
+    "backup.upload_part_stored": "repository backup: after each upload part stored (name:N)",
+    "backup.before_publish": "repository backup: every part stored, image not published",
+    "backup.after_publish": "repository backup: image and index published, pin not released",
 }
 
 _armed: dict[str, int] = {}
@@ -51,10 +57,12 @@ def _parse(spec: str) -> dict[str, int]:
 
 
 _armed.update(_parse(os.environ.get("LAMINA_FAILPOINT", "")))
+_action = os.environ.get("LAMINA_FAILPOINT_ACTION", "kill")
 
 
 def failpoint(name: str) -> None:
-    """Kill this process with SIGKILL if failpoint ``name`` is armed and its count reached.
+    """Kill this process with SIGKILL (or stop it, see the module doc) if failpoint
+    ``name`` is armed and its count reached.
 
     Returns normally (doing nothing) when the failpoint is not armed.
     """
@@ -65,6 +73,10 @@ def failpoint(name: str) -> None:
         return
     if remaining > 1:
         _armed[name] = remaining - 1
+        return
+    if _action == "stop":
+        del _armed[name]  # once: a continued process runs to its end
+        os.kill(os.getpid(), signal.SIGSTOP)
         return
     os.kill(os.getpid(), signal.SIGKILL)
 

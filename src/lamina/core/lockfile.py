@@ -370,6 +370,7 @@ class LockFile:
         self.seq_mutex = ExclusiveLock(fd, F.LOCK_SEQ_MUTEX, "commit seq")
         self.history_lock = ExclusiveLock(fd, F.LOCK_HISTORY, "backup history")
         self.ddl_lock = ExclusiveLock(fd, F.LOCK_DDL, f"table catalog of {path.parent}")
+        self.pins_lock = ExclusiveLock(fd, F.LOCK_PINS, f"backup pins of {path.parent}")
         #: True when this process (re)initialized the file: it was the only user.
         self.initialized_here = False
 
@@ -670,6 +671,43 @@ class LockFile:
         return result
 
     def oldest_reader_txnid(self) -> int | None:
-        """Smallest snapshot txnid pinned by any live reader in any process, or None."""
+        """Smallest snapshot txnid pinned by any live reader in any process or by an
+        unexpired durable backup pin (:meth:`live_pins`), or None."""
         txnids = [txnid for _i, _p, txnid, _k in self.live_slots()]
+        txnids += [txnid for txnid, _expires in self.live_pins()]
         return min(txnids) if txnids else None
+
+    # ---------------------------------------------------------------- durable pins
+    def publish_pins(self, pins: list[tuple[int, int]]) -> None:
+        """Mirror the durable backup pins, ``[(btree txnid > 0, expiry ns)]`` (at most
+        ``PIN_ENTRIES``; the caller holds ``pins_lock``, or is initializing the file).
+
+        A new entry's expiry is written before its txnid and a removed entry's txnid is
+        cleared first, each an aligned 8-byte store, so a reader without a lock sees an
+        entry whole or not at all. Callers add a pin only while a reader slot of theirs
+        pins the same txnid, so a reader that misses a new entry loses nothing.
+        """
+        if len(pins) > F.PIN_ENTRIES:
+            raise ValueError(f"at most {F.PIN_ENTRIES} durable pins fit the lock file")
+        words = self._words
+        base = F.OFF_PINS // 8
+        for i in range(F.PIN_ENTRIES):
+            txnid, expires = pins[i] if i < len(pins) else (0, 0)
+            words[base + 2 * i] = 0
+            if txnid:
+                words[base + 2 * i + 1] = expires
+                words[base + 2 * i] = txnid
+
+    def live_pins(self, now_ns: int | None = None) -> list[tuple[int, int]]:
+        """``[(txnid, expiry ns)]`` of every mirrored durable pin whose lease has not
+        expired at ``now_ns`` (default: the wall clock). Memory reads only."""
+        now = time.time_ns() if now_ns is None else now_ns
+        words = self._words
+        base = F.OFF_PINS // 8
+        out = []
+        for i in range(F.PIN_ENTRIES):
+            txnid = int(words[base + 2 * i])
+            expires = int(words[base + 2 * i + 1])
+            if txnid and expires > now:
+                out.append((txnid, expires))
+        return out

@@ -29,6 +29,12 @@ OFF_BTREE_META = 64          # up to BTREE_META_MAX bytes: last committed btree 
 BTREE_META_MAX = 448
 OFF_BTREE_FAILED = 512       # u64: 1 once a commit failed mid-meta and could not be undone
 OFF_BTREE_UNSYNCED = 520     # u64: 1 while the last btree commit's meta was not fsynced
+#: Durable backup pins (the ``BACKUP_PINS`` file, :mod:`lamina.core.pins`) mirrored here so
+#: that writers of every process see them with memory reads: PIN_ENTRIES entries of
+#: (btree txnid u64, lease expiry ns u64); txnid 0 = empty entry.
+OFF_PINS = 528
+PIN_ENTRIES = 8
+PIN_ENTRY_SIZE = 16
 
 HEADER_SIZE = 4096
 SLOT_COUNT = 256
@@ -48,6 +54,7 @@ LOCK_COMMIT_BLOCKER = 3      # shared while publishing a commit; exclusive to cr
 LOCK_SEQ_MUTEX = 4           # guards the commit seq counter
 LOCK_HISTORY = 5             # guards the backup history file
 LOCK_DDL = 6                 # create/drop table and orphan cleanup, across processes
+LOCK_PINS = 7                # guards the BACKUP_PINS file and its mirror (OFF_PINS)
 LOCK_SLOT_BASE = 1 << 20     # + slot index: held by the slot's owner while the slot is in use
 LOCK_TABLE_WRITER_BASE = 1 << 32   # + table id: archive table writer
 LOCK_TABLE_BACKUP_BASE = 1 << 33   # + table id: default-driver table lock (blocks writers)

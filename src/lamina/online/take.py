@@ -11,16 +11,24 @@ created nor dropped while a backup runs (it holds the DDL lock).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lamina.backup import image_format
 from lamina.backup.codec import check_level, parse_codec
 from lamina.backup.default_driver import DEFAULT_LOCK_TIMEOUT
 from lamina.backup.history import BackupHistory
-from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, run_backup
+from lamina.backup.kernel import (
+    BackupResult,
+    CancelToken,
+    ProgressCallback,
+    ResumePoint,
+    run_backup,
+)
+from lamina.core.driver import DriverGroup
 from lamina.database import DDL_TIMEOUT, Database
-from lamina.errors import CancelledError, UsageError
+from lamina.errors import CancelledError, TableNotFoundError, UsageError
 from lamina.online.facts import ImageFacts
 from lamina.online.layers import plan_layer
 from lamina.online.plan import DriverChoice, plan_groups, table_drivers
@@ -36,7 +44,11 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
            blocker_timeout: float | None = 30.0, driver: DriverChoice = None,
            max_rate: float | None = None,
            lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
-           base: str | os.PathLike[str] | None = None) -> BackupResult:
+           base: str | os.PathLike[str] | None = None,
+           image_id: uuid.UUID | None = None,
+           on_vp: Callable[[ResumePoint, list[Any]], None] | None = None,
+           resume: ResumePoint | None = None,
+           expect_plan: list[Any] | None = None) -> BackupResult:
     """Take a consistent online backup of ``db`` into ``target`` (a path or binary stream).
 
     Writers in any process go on; with the native and snapshot drivers commits are delayed
@@ -52,6 +64,13 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
     ``level``, table or driver choice: nothing is recorded). ``base`` (the path of an earlier image
     of this database, full or layer) makes the image a *layer*: only what changed after the
     base's VP (see :mod:`lamina.online.layers`); native drivers only.
+    ``image_id`` names the new image (default: a random id). ``on_vp`` and ``resume`` are
+    the kernel's (:func:`~lamina.backup.kernel.run_backup`: report the point that
+    reproduces the image; write the image of such a point again), ``on_vp`` getting the
+    backup's :func:`plan_of` too; ``expect_plan`` (with
+    ``resume``: the :func:`plan_of` the interrupted backup recorded) must equal this
+    backup's plan, else TableNotFoundError (a table of the VP was dropped or re-created
+    since: the image could not be the same).
     Returns the kernel's :class:`~lamina.backup.kernel.BackupResult`.
     Raises TableNotFoundError, DriverChoiceError, UsageError, LockedError (the DDL lock, the
     commit blocker or a default-driver table lock not obtained in time), CancelledError,
@@ -74,6 +93,10 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
         # VP's (a table created before the VP is in it; none vanishes mid-backup).
         with db.lockfile.ddl_lock.held(DDL_TIMEOUT):
             groups = plan_groups(db, tables, driver, lock_timeout)
+            if expect_plan is not None and plan_of(groups) != expect_plan:
+                raise TableNotFoundError(
+                    f"the tables of {db.path} changed since the interrupted backup's "
+                    f"validity point (one was dropped or re-created): it cannot be resumed")
             base_ref = None
             if base is not None:
                 groups, base_ref = plan_layer(db, groups, base)
@@ -84,7 +107,9 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
                                 codec=codec_id, level=level,
                                 buf_size=buf_size, progress=progress, cancel=cancel,
                                 blocker_timeout=blocker_timeout,
-                                max_rate=None if max_rate is None else max_rate * 1e6)
+                                max_rate=None if max_rate is None else max_rate * 1e6,
+                                image_id=image_id, resume=resume,
+                                on_vp=None if on_vp is None else _with_plan(on_vp, groups))
     except CancelledError:
         history.finish(entry, "cancelled", error="cancelled on request")
         raise
@@ -100,6 +125,19 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
                    drivers=summary["drivers"], blocker_held_ns=result.blocker_held_ns,
                    image_id=str(result.image_id))
     return result
+
+
+def _with_plan(on_vp: Callable[[ResumePoint, list[Any]], None],
+               groups: Sequence[DriverGroup]) -> Callable[[ResumePoint], None]:
+    plan = plan_of(groups)
+    return lambda point: on_vp(point, plan)
+
+
+def plan_of(groups: Sequence[DriverGroup]) -> list[Any]:
+    """The JSON-ready shape of a backup's driver groups: ``[[engine, [[table, engine,
+    id]...]]...]``; equal plans give equal image catalogs. Pure."""
+    return [[g.engine.name, [[t.name, t.engine, t.table_id] for t in g.tables]]
+            for g in groups]
 
 
 def describe(result: BackupResult) -> dict[str, Any]:
@@ -120,4 +158,4 @@ def describe(result: BackupResult) -> dict[str, Any]:
             "cleaned": [str(c) for c in result.cleaned]}
 
 
-__all__ = ["ImageTarget", "backup", "describe"]
+__all__ = ["ImageTarget", "backup", "describe", "plan_of"]

@@ -7,8 +7,9 @@ A repository is a set of objects addressed by keys (``/``-separated, see
     images/<backup-id>.lamina   one backup image per backup (published only when complete)
     index.json                  derived data: one record per image (see index.py)
 
-A local repository also has ``tmp/`` (staging for images being written, never listed) and
-``locks/`` (``fcntl`` lock files); neither holds committed data.
+A local repository also has ``tmp/`` (staging for merges, never listed), ``uploads/``
+(resumable uploads of images being written) and ``locks/`` (``fcntl`` lock files); none
+holds committed data.
 
 The config file is canonical JSON (sorted keys, no whitespace) of an object holding
 ``magic``, ``version``, ``repository_id``, ``created_ns``, ``chain_limit`` and
@@ -48,6 +49,9 @@ INDEX_VERSION = 1
 #: Local-only directories (not objects): staging of images being written, lock files.
 STAGING_DIR = "tmp"
 LOCKS_DIR = "locks"
+#: Local-only: resumable uploads of images being written (:mod:`~.uploads`), kept until
+#: published or abandoned (never emptied by prune, unlike ``tmp/``).
+UPLOADS_DIR = "uploads"
 
 #: Default longest chain: a new backup is a layer only while the chain it would extend has
 #: fewer than this many layers on top of its full image.

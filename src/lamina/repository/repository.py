@@ -28,7 +28,7 @@ from typing import Any
 from lamina import online
 from lamina.backup import image_format as F
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, is_cancelled
-from lamina.core import fileio
+from lamina.core import fileio, pins
 from lamina.database import Database
 from lamina.errors import (
     AlreadyExistsError,
@@ -43,13 +43,13 @@ from lamina.errors import (
 )
 from lamina.online import chain
 from lamina.repository import layout as L
+from lamina.repository import resumable
 from lamina.repository.damage import check_point, order_key
 from lamina.repository.index import (
     ImageRecord,
     Index,
     chain_size,
     load_index,
-    record_from_image,
     save_index,
 )
 from lamina.repository.layout import RepoConfig
@@ -57,6 +57,7 @@ from lamina.repository.lock import RepositoryLock
 from lamina.repository.policy import KeepPolicy
 from lamina.repository.prune import PrunePlan, execute, plan_prune
 from lamina.repository.storage import LocalStorage
+from lamina.repository.uploads import DEFAULT_PART_SIZE
 
 #: Default wait for the repository lock, in seconds.
 DEFAULT_LOCK_TIMEOUT = 60.0
@@ -94,12 +95,17 @@ class RepoBackupResult:
     reason: str
     result: BackupResult
     index_rebuilt: str | None
+    #: Upload part counts (:class:`~lamina.repository.uploads.PartStats` JSON form).
+    parts: dict[str, int] = field(default_factory=dict)
+    #: True when this finished an interrupted backup (``resume=True``).
+    resumed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready summary (``lamina backup --repo --json``)."""
         return {**online.describe(self.result), "backup_id": str(self.backup_id),
                 "kind": self.kind, "base": None if self.base_id is None else str(self.base_id),
-                "reason": self.reason, "index_rebuilt": self.index_rebuilt}
+                "reason": self.reason, "index_rebuilt": self.index_rebuilt,
+                "resumed": self.resumed, "parts": self.parts}
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +255,8 @@ class Repository:
             if not root.is_dir():
                 raise AlreadyExistsError(f"{root} exists and is not a directory")
             leftovers = {p.name for p in root.iterdir()} - {
-                L.STAGING_DIR, L.LOCKS_DIR, L.IMAGES_PREFIX.rstrip("/"), L.INDEX_KEY}
+                L.STAGING_DIR, L.LOCKS_DIR, L.UPLOADS_DIR, L.IMAGES_PREFIX.rstrip("/"),
+                L.INDEX_KEY}
             if leftovers:
                 raise AlreadyExistsError(f"{root} exists and is not empty")
         fileio.mkdir(root, parents=True, exist_ok=True)
@@ -383,45 +390,49 @@ class Repository:
 
     def backup(self, db: Database, full: bool = False, *, codec: str = "zstd",
                progress: ProgressCallback | None = None,
-               cancel: CancelToken = None) -> RepoBackupResult:
+               cancel: CancelToken = None, resume: bool = False,
+               resume_lease: float = pins.DEFAULT_LEASE_NS / 1e9,
+               part_size: int = DEFAULT_PART_SIZE) -> RepoBackupResult:
         """Back up ``db`` into the repository: a layer on the newest backup of this database
         here, or a full when there is none, when ``full``, when that backup's chain is
         broken, or when its chain already has ``chain_limit`` layers.
 
-        The image is written to ``tmp/`` and published under ``images/`` with its index
-        entry only when complete. Raises LockedError (repository or commit blocker),
-        CancelledError, StorageError and whatever ``online.backup`` raises; on any error
-        nothing is published.
+        The image streams into a resumable upload (parts of ``part_size`` bytes) and is
+        published under ``images/`` with its index entry only when complete. Its validity
+        point is pinned in ``db`` (a lease of ``resume_lease`` seconds) as soon as it
+        exists (renewed while the backup runs): interrupted (killed, failed, cancelled),
+        the backup can be finished later with
+        ``resume=True``, which re-attaches to the pinned VP, stores only the parts missing
+        and publishes exactly the image the uninterrupted backup would have (same bytes,
+        same image hash; ``full`` and ``codec`` are then the interrupted backup's). The
+        pin is released once the image is published, when its lease ends, or by
+        :meth:`abandon` (see :mod:`lamina.repository.resumable`).
+
+        Raises LockedError (repository or commit blocker), CancelledError, StorageError
+        and whatever ``online.backup`` raises; on any error nothing is published. With
+        ``resume``: NotFoundError (no interrupted backup of ``db`` here), PinExpiredError
+        (its lease ended: its VP may be gone), ChainError (its base image was pruned),
+        TableNotFoundError (a table of its VP was dropped since), UsageError (written by
+        another Lamina version).
         """
-        with self._shared("backup"):
-            index, rebuilt = self._load()
-            base, reason = self._choose_base(db, index, full)
-            staged = self.storage.staging_dir() / f"backup-{uuid.uuid4().hex}{L.IMAGE_SUFFIX}"
-            try:
-                base_path = None if base is None else self.storage.local_path(base.key)
-                result = online.backup(db, staged, codec=codec, progress=progress,
-                                       cancel=cancel, base=base_path)
-                key = L.image_key(result.image_id)
-                with self.locks.index():
-                    loaded = load_index(self.storage, save=False)
-                    rebuilt = rebuilt or loaded.rebuilt
-                    self.storage.put_file(key, staged)
-                    try:
-                        record = record_from_image(self.storage, self.storage.stat(key))
-                        save_index(self.storage, loaded.index.with_record(record))
-                    except BaseException:
-                        # Nothing is published on error: withdraw the image (no reader has
-                        # seen it, they load the index under the lock we hold). If that
-                        # fails too, it is a whole image the next index load lists.
-                        with contextlib.suppress(LaminaError):
-                            self.storage.delete(key)
-                        raise
-            finally:
-                with contextlib.suppress(StorageError):
-                    fileio.unlink(staged)
-        return RepoBackupResult(result.image_id, "layer" if base else "full",
-                                None if base is None else base.backup_id, reason, result,
-                                rebuilt)
+        lease_ns = _lease_ns(resume_lease)
+        if resume:
+            outcome = resumable.resume(self, db, progress=progress, cancel=cancel,
+                                       lease_ns=lease_ns)
+        else:
+            outcome = resumable.backup(self, db, full=full, codec=codec, progress=progress,
+                                       cancel=cancel, lease_ns=lease_ns, part_size=part_size)
+        return RepoBackupResult(outcome.result.image_id,
+                                "layer" if outcome.base_id else "full", outcome.base_id,
+                                outcome.reason, outcome.result, outcome.rebuilt,
+                                outcome.parts.to_json(), outcome.resumed)
+
+    def abandon(self, db: Database) -> pins.PinRecord | None:
+        """Give up the interrupted backup of ``db`` into this repository: release its
+        durable pin (the pinned pages become reusable) and remove its upload. Returns the
+        released pin, or None if there was none. Raises LockedError (that backup is still
+        running on this host), StorageError."""
+        return resumable.abandon(self, db)
 
     def restore(self, dest: str | os.PathLike[str], id: str | None = None,
                 at: str | float | int | dt.datetime | None = None, *,
@@ -528,6 +539,12 @@ class Repository:
         return result
 
 
+def _lease_ns(seconds: float) -> int:
+    if not seconds > 0:
+        raise UsageError(f"the resume lease must be a positive duration, not {seconds:g} s")
+    return int(seconds * 1e9)
+
+
 def _storage(root: Path) -> LocalStorage:
-    return LocalStorage(root, staging=L.STAGING_DIR, private=(L.LOCKS_DIR,))
+    return LocalStorage(root, staging=L.STAGING_DIR, private=(L.LOCKS_DIR, L.UPLOADS_DIR))
 

@@ -53,6 +53,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -333,6 +334,29 @@ class ArchiveBackupDriver(AtBeginDriver):
             return Result.ERROR
         self.vp_seq = self.lockfile.commit_seq()
         return Result.OK
+
+    def pin_facts(self) -> dict[str, Any] | None:
+        """The VP commit seq: each table's VP state is derived from it after the fact (the
+        data is append-only; a durable pin retains generations ``optimize`` replaces).
+        None before ``lock()``."""
+        return None if self.vp_seq is None else {"vp_seq": self.vp_seq}
+
+    def relock(self, facts: Mapping[str, Any]) -> Result:
+        """Freeze the VP of an interrupted backup: its commit seq. Memory only; ERROR with
+        CorruptionError for facts without a valid seq, UsageError in a wrong state."""
+        seq = facts.get("vp_seq") if isinstance(facts, Mapping) else None
+        if self.state is not DriverState.WAITING or self.vp_seq is not None:
+            self.error = UsageError(f"archive backup driver: relock() in state "
+                                    f"{self.state.name}")
+        elif not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= \
+                self.lockfile.commit_seq():
+            self.error = CorruptionError(f"pinned archive VP commit seq {seq!r} is not one "
+                                         "of this database's")
+        else:
+            self.vp_seq = seq
+            return Result.OK
+        self.state = DriverState.ERROR
+        return Result.ERROR
 
     def unlock(self) -> Result:
         """Nothing to undo: OK (no I/O)."""

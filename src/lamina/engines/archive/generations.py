@@ -31,7 +31,10 @@ from lamina.errors import LaminaError, NotFoundError
 
 
 def backup_running(lockfile: LockFile) -> bool:
-    """True if any live reader slot belongs to a backup."""
+    """True if any live reader slot belongs to a backup, or an interrupted backup holds a
+    durable pin (:mod:`lamina.core.pins`) that a resume may still need."""
+    if lockfile.live_pins():
+        return True
     return any(kind == SLOT_BACKUP for _i, _p, _t, kind in lockfile.live_slots())
 
 

@@ -30,8 +30,8 @@ while ``get_data`` runs; only ``lock()``/``unlock()`` run under the commit block
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from lamina.core.catalog import ENGINE_BTREE
 from lamina.core.driver import AtBeginDriver, Buffer, DriverKind, Result, TableSpec
@@ -139,6 +139,32 @@ class BtreeBackupDriver(AtBeginDriver):
         if meta.txnid:
             self._slot.set(meta.txnid, SLOT_BACKUP)
         # txnid 0 is a never-written file (meta pages only): there is nothing to pin.
+        self._meta = meta
+        return Result.OK
+
+    def pin_facts(self) -> dict[str, Any] | None:
+        """The frozen VP meta record (hex): all :meth:`relock` needs. None before lock()."""
+        return None if self._meta is None else {"meta": self._meta.encode().hex()}
+
+    def relock(self, facts: Mapping[str, Any]) -> Result:
+        """Freeze the VP of an interrupted backup: decode its meta record and pin its txnid
+        in this driver's slot. The caller's durable pin kept the snapshot's pages from
+        reuse. Raises CorruptionError (facts that do not decode, or a snapshot newer than
+        the database's), UsageError before ``begin()``."""
+        if self._slot is None:
+            raise UsageError("btree backup driver: relock() before begin()")
+        raw = facts.get("meta") if isinstance(facts, Mapping) else None
+        try:
+            record = bytes.fromhex(raw) if isinstance(raw, str) else b""
+        except ValueError:
+            record = b""
+        meta = btree_format.Meta.decode(record, "pinned btree meta")
+        current = self._store.current_meta()
+        if meta.txnid > current.txnid or meta.page_size != current.page_size:
+            raise CorruptionError(f"the pinned btree snapshot (txnid {meta.txnid}) is not "
+                                  f"one of this database's (txnid {current.txnid})")
+        if meta.txnid:
+            self._slot.set(meta.txnid, SLOT_BACKUP)
         self._meta = meta
         return Result.OK
 

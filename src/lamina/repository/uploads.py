@@ -1,0 +1,420 @@
+"""Resumable uploads: an object written in numbered parts that survive the writer's death.
+
+The protocol is an object store's multipart upload, reduced to what resuming a backup
+needs (docs/format.md, "Upload staging"):
+
+* an upload is named by a deterministic ``name`` (a backup's image id), so a later process
+  finds it again without any state of its own;
+* every part has the upload's fixed ``part_size`` except the last, which may be shorter;
+  parts are numbered from 1 and part *n* holds bytes ``[(n-1)*part_size, n*part_size)``;
+* :meth:`Upload.parts_present` tells which parts are stored, with each part's size and
+  checksum (:meth:`Upload.checksum` computes the same kind of checksum of local bytes), so
+  a writer regenerating the same bytes uploads only the parts that are missing;
+* :meth:`Upload.put_part` stores a part durably, or not at all (a part is never seen
+  half-written); :meth:`Upload.complete` publishes parts 1..N as one object at a key,
+  atomically, and removes the upload; :meth:`Upload.abort` removes it.
+
+:class:`LocalUploads` implements it on a local repository directory; an object store maps
+it onto its multipart calls (create / list uploads / list parts / upload part /
+complete / abort). :class:`PartWriter` is the writable stream a backup image is written to.
+
+Concurrency: one writer per upload at a time (the durable pin of the backup that owns it
+says which one); listing and aborting are safe beside writers of other uploads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import struct
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import xxhash
+
+from lamina.core import fileio
+from lamina.core.failpoints import failpoint
+from lamina.errors import CorruptionError, NotFoundError, StorageError, UsageError, storage_error
+from lamina.repository.storage import LocalStorage, check_key
+
+#: Default part size: 8 MiB (S3 allows 5 MiB..5 GiB for every part but the last).
+DEFAULT_PART_SIZE = 8 << 20
+#: Smallest and largest part size accepted (tests use small parts; 10,000 parts of the
+#: largest hold 5 TiB).
+MIN_PART_SIZE = 4096
+MAX_PART_SIZE = 512 << 20
+#: Most parts one upload may have (an object store's limit).
+MAX_PARTS = 10_000
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+
+#: Local layout: ``uploads/<name>/`` holds these three files.
+INFO_FILE = "UPLOAD"
+DATA_FILE = "data"
+PARTS_FILE = "parts"
+INFO_MAGIC = "LAMINA-UPLOAD"
+INFO_VERSION = 1
+MAX_INFO_SIZE = 64 * 1024
+#: A part record in ``parts``: part number u32, size u32, xxh3_128 of the part[16],
+#: xxh3_64 of the 24 bytes before it u64.
+PART_RECORD = struct.Struct("<II16sQ")
+_PART_BODY = struct.Struct("<II16s")
+
+
+@dataclass(frozen=True, slots=True)
+class PartInfo:
+    """A stored part: its size and checksum (the store's kind, see Upload.checksum)."""
+
+    size: int
+    checksum: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadInfo:
+    """An upload in progress: its name, part size, creation time and the caller's info."""
+
+    name: str
+    part_size: int
+    created_ns: int
+    info: dict[str, Any]
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid upload name (a key component); else UsageError."""
+    if not _NAME.match(name):
+        raise UsageError(f"invalid upload name {name!r}")
+    return name
+
+
+def check_part_size(part_size: int) -> int:
+    """``part_size`` if within bounds; else UsageError."""
+    if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+        raise UsageError(f"part size must be {MIN_PART_SIZE}..{MAX_PART_SIZE} bytes, "
+                         f"not {part_size}")
+    return part_size
+
+
+class Upload(Protocol):
+    """One resumable upload (see the module doc)."""
+
+    name: str
+    part_size: int
+
+    def checksum(self, data: bytes) -> str:
+        """The checksum this store records for a part holding ``data``. Pure."""
+        ...
+
+    def parts_present(self) -> dict[int, PartInfo]:
+        """Every stored part by number. Raises StorageError."""
+        ...
+
+    def put_part(self, number: int, data: bytes) -> PartInfo:
+        """Store part ``number`` (1-based), replacing an earlier one; once present
+        (listed by :meth:`parts_present`) its bytes are durable. Raises
+        UsageError (a bad number or size), StorageError."""
+        ...
+
+    def complete(self, key: str, count: int) -> None:
+        """Publish parts 1..``count`` as the object ``key`` (atomic: whole or not at all)
+        and remove the upload. Raises CorruptionError (a part missing or of a wrong
+        size), StorageError."""
+        ...
+
+    def abort(self) -> None:
+        """Remove the upload and its parts (idempotent). Raises StorageError."""
+        ...
+
+
+class UploadStore(Protocol):
+    """Where a storage keeps its uploads."""
+
+    def create(self, name: str, part_size: int, info: Mapping[str, Any]) -> Upload:
+        """Start upload ``name`` (an existing one of that name is replaced). Raises
+        UsageError, StorageError."""
+        ...
+
+    def open(self, name: str) -> Upload:
+        """The existing upload ``name``. Raises NotFoundError, CorruptionError,
+        StorageError."""
+        ...
+
+    def list(self) -> list[UploadInfo]:
+        """Every upload in progress (a damaged one is skipped)."""
+        ...
+
+
+class LocalUpload:
+    """An upload in the directory ``uploads/<name>/`` of a local repository.
+
+    Part *n* is written at its offset of ``data`` and fdatasynced, then its record is
+    appended to ``parts`` (not synced: the record never outlives its bytes, and a lost
+    record only makes the part be stored again): a part is present only once its record
+    is, and a torn last record (a crash mid-append) is ignored. :meth:`complete` truncates
+    ``data`` to the parts' total, fsyncs it and renames it onto the key.
+    """
+
+    def __init__(self, store: LocalUploads, name: str, part_size: int) -> None:
+        self.store = store
+        self.name = name
+        self.part_size = part_size
+        self.directory = store.root / name
+
+    def checksum(self, data: bytes) -> str:
+        """xxh3_128 of ``data``, hex."""
+        return xxhash.xxh3_128_hexdigest(data)
+
+    def parts_present(self) -> dict[int, PartInfo]:
+        """See :meth:`Upload.parts_present`; records that fail their check end the log."""
+        path = self.directory / PARTS_FILE
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise storage_error(exc, "read", path) from exc
+        found: dict[int, PartInfo] = {}
+        for at in range(0, len(raw) - PART_RECORD.size + 1, PART_RECORD.size):
+            number, size, digest, check = PART_RECORD.unpack_from(raw, at)
+            if xxhash.xxh3_64_intdigest(raw[at:at + _PART_BODY.size]) != check:
+                break  # a torn append: nothing after it was acknowledged
+            if 1 <= number <= MAX_PARTS and 0 < size <= self.part_size:
+                found[number] = PartInfo(size, digest.hex())
+        return found
+
+    def put_part(self, number: int, data: bytes) -> PartInfo:
+        """See :meth:`Upload.put_part`."""
+        if not 1 <= number <= MAX_PARTS:
+            raise UsageError(f"part number must be 1..{MAX_PARTS}, not {number}")
+        if not 0 < len(data) <= self.part_size:
+            raise UsageError(f"part of {len(data)} bytes in an upload of "
+                             f"{self.part_size}-byte parts")
+        data_path = self.directory / DATA_FILE
+        fd = fileio.open_fd(data_path, os.O_WRONLY | os.O_CREAT)
+        try:
+            offset = (number - 1) * self.part_size
+            fileio.pwrite(fd, data, offset, data_path)
+            fileio.fdatasync(fd, data_path)
+            if hasattr(os, "posix_fadvise"):  # never read back: keep the db's pages cached
+                os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
+        finally:
+            fileio.close_fd(fd, data_path)
+        digest = xxhash.xxh3_128_digest(data)
+        body = _PART_BODY.pack(number, len(data), digest)
+        record = body + struct.pack("<Q", xxhash.xxh3_64_intdigest(body))
+        log_path = self.directory / PARTS_FILE
+        fd = fileio.open_fd(log_path, os.O_WRONLY | os.O_CREAT)
+        try:
+            end = fileio.file_size(fd)
+            # A torn record left by a crash is cut off first, so ours is read after it.
+            end -= end % PART_RECORD.size
+            fileio.truncate(fd, end, log_path)
+            # No sync: the part's bytes are durable first, so a record that a power loss
+            # takes away only means the part is stored again by the resume.
+            fileio.pwrite(fd, record, end, log_path)
+        finally:
+            fileio.close_fd(fd, log_path)
+        failpoint("backup.upload_part_stored")
+        return PartInfo(len(data), digest.hex())
+
+    def complete(self, key: str, count: int) -> None:
+        """See :meth:`Upload.complete`."""
+        present = self.parts_present()
+        total = 0
+        for number in range(1, count + 1):
+            part = present.get(number)
+            if part is None or (number < count and part.size != self.part_size):
+                raise CorruptionError(f"upload {self.name}: part {number} of {count} is "
+                                      "missing or short", path=self.directory)
+            total += part.size
+        data_path = self.directory / DATA_FILE
+        target = self.store.storage.root.joinpath(*check_key(key))
+        fileio.mkdir(target.parent, parents=True, exist_ok=True)
+        fd = fileio.open_fd(data_path, os.O_WRONLY)
+        try:
+            fileio.truncate(fd, total, data_path)
+            fileio.fsync(fd, data_path)
+        finally:
+            fileio.close_fd(fd, data_path)
+        fileio.rename(data_path, target)
+        fileio.fsync_dir(target.parent)
+        self.abort()
+
+    def abort(self) -> None:
+        """See :meth:`Upload.abort`."""
+        if self.directory.exists():
+            fileio.rmtree(self.directory)
+            fileio.fsync_dir(self.directory.parent)
+
+
+class LocalUploads:
+    """The uploads of a local repository: the directory ``uploads/`` next to its objects
+    (a private directory: never listed as objects, never emptied by ``prune``)."""
+
+    def __init__(self, storage: LocalStorage, directory: str = "uploads") -> None:
+        self.storage = storage
+        self.root = storage.root / directory
+
+    def create(self, name: str, part_size: int, info: Mapping[str, Any]) -> LocalUpload:
+        """See :meth:`UploadStore.create`: writes ``UPLOAD`` (canonical JSON: magic,
+        version, name, part size, creation time, the caller's info) first."""
+        check_name(name)
+        check_part_size(part_size)
+        upload = LocalUpload(self, name, part_size)
+        upload.abort()
+        fileio.mkdir(upload.directory, parents=True, exist_ok=True)
+        doc = {"magic": INFO_MAGIC, "version": INFO_VERSION, "name": name,
+               "part_size": part_size, "created_ns": time.time_ns(), "info": dict(info)}
+        fileio.atomic_write_file(upload.directory / INFO_FILE,
+                                 json.dumps(doc, sort_keys=True).encode())
+        fileio.fsync_dir(self.root)
+        return upload
+
+    def _info(self, name: str) -> UploadInfo:
+        path = self.root / check_name(name) / INFO_FILE
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_INFO_SIZE + 1)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFoundError(f"no upload {name} in {self.storage.root}") from None
+        except OSError as exc:
+            raise storage_error(exc, "read", path) from exc
+        try:
+            doc = json.loads(raw)
+            if doc["magic"] != INFO_MAGIC:
+                raise ValueError("bad magic")
+            if doc["version"] > INFO_VERSION:
+                raise ValueError(f"version {doc['version']} from the future")
+            part_size = check_part_size(int(doc["part_size"]))
+            info = UploadInfo(str(doc["name"]), part_size, int(doc["created_ns"]),
+                              dict(doc["info"]))
+        except (ValueError, KeyError, TypeError, UsageError) as exc:
+            raise CorruptionError(f"upload info: {exc}", path=path) from None
+        if info.name != name or len(raw) > MAX_INFO_SIZE:
+            raise CorruptionError("upload info names another upload", path=path)
+        return info
+
+    def open(self, name: str) -> LocalUpload:
+        """See :meth:`UploadStore.open`."""
+        return LocalUpload(self, name, self._info(name).part_size)
+
+    def list(self) -> list[UploadInfo]:
+        """See :meth:`UploadStore.list`."""
+        try:
+            names = sorted(fileio.listdir(self.root))
+        except StorageError:
+            if not self.root.exists():
+                return []
+            raise
+        out = []
+        for name in names:
+            with contextlib.suppress(NotFoundError, CorruptionError, UsageError):
+                out.append(self._info(name))
+        return out
+
+
+def uploads_of(storage: object) -> UploadStore:
+    """The upload store of a repository's storage. Raises UsageError for a storage that
+    has none."""
+    if isinstance(storage, LocalStorage):
+        return LocalUploads(storage)
+    raise UsageError(f"the storage {type(storage).__name__} cannot resume uploads")
+
+
+@dataclass(slots=True)
+class PartStats:
+    """What a :class:`PartWriter` did: parts stored, parts already present (skipped),
+    parts that were present with other bytes (stored again), bytes stored."""
+
+    stored: int = 0
+    skipped: int = 0
+    replaced: int = 0
+    bytes_stored: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        """JSON-ready form."""
+        return {"parts_stored": self.stored, "parts_skipped": self.skipped,
+                "parts_replaced": self.replaced, "bytes_stored": self.bytes_stored}
+
+
+class PartWriter:
+    """A writable binary stream cutting what is written into the upload's parts.
+
+    ``present`` (from :meth:`Upload.parts_present`) names parts already stored: a part
+    whose regenerated bytes have the same size and checksum is skipped, one that differs
+    is stored again (counted in ``stats.replaced``). :meth:`flush` does nothing (a part is
+    stored when full); :meth:`finish` stores the last part and returns the part count.
+    ``on_part`` is called after each part is stored or skipped (e.g. to renew a lease).
+    Used from one thread.
+    """
+
+    def __init__(self, upload: Upload, present: Mapping[int, PartInfo] | None = None, *,
+                 on_part: Callable[[], None] | None = None) -> None:
+        self.upload = upload
+        self.on_part = on_part
+        self.present = dict(present or {})
+        self.stats = PartStats()
+        # The current part's pieces (references, no copies) and their total length.
+        self._pieces: list[bytes | memoryview] = []
+        self._filled = 0
+        self._number = 0
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        """Append ``data``; stores every part it completes. Raises StorageError."""
+        view: bytes | memoryview = data if isinstance(data, bytes) else memoryview(data).cast("B")
+        size = self.upload.part_size
+        at, total = 0, len(view)
+        while at < total:
+            take = min(size - self._filled, total - at)
+            piece = view if take == total and at == 0 else memoryview(view)[at:at + take]
+            if not isinstance(data, bytes):  # the caller may reuse its buffer
+                piece = bytes(piece)
+            self._pieces.append(piece)
+            self._filled += take
+            at += take
+            if self._filled == size:
+                self._emit_buffered()
+        self.size += total
+        return total
+
+    def _emit_buffered(self) -> None:
+        part = b"".join(self._pieces)
+        self._pieces, self._filled = [], 0
+        self._emit(part)
+
+    def flush(self) -> None:
+        """Nothing to do: parts are stored whole (see :meth:`finish`)."""
+
+    def _emit(self, part: bytes) -> None:
+        self._number += 1
+        if self._number > MAX_PARTS:
+            raise UsageError(f"the image needs more than {MAX_PARTS} parts of "
+                             f"{self.upload.part_size} bytes")
+        known = self.present.get(self._number)
+        if known is not None and known.size == len(part):
+            if known.checksum == self.upload.checksum(part):
+                self.stats.skipped += 1
+                if self.on_part is not None:
+                    self.on_part()
+                return
+            self.stats.replaced += 1
+        self.upload.put_part(self._number, part)
+        self.stats.stored += 1
+        self.stats.bytes_stored += len(part)
+        if self.on_part is not None:
+            self.on_part()
+
+    def finish(self) -> int:
+        """Store the last (short) part; returns how many parts the object has."""
+        if self._filled:
+            self._emit_buffered()
+        return self._number
+
+
+__all__ = ["DEFAULT_PART_SIZE", "MAX_PARTS", "LocalUpload", "LocalUploads", "PartInfo",
+           "PartStats", "PartWriter", "Upload", "UploadInfo", "UploadStore", "check_name",
+           "check_part_size", "uploads_of"]
