@@ -351,9 +351,11 @@ def _check_archive_facts(plan: _Plan, tables: Mapping[str, TableAssembler]) -> N
         meta, facts = table.meta, final.get(name)
         assert meta is not None and facts is not None  # finish() and _table_parts
         want = {"rows": meta.row_count, "position": meta.data_length,
-                "generation": meta.generation, "last_commit_seq": meta.last_commit_seq}
+                "generation": meta.generation, "last_commit_seq": meta.last_commit_seq,
+                "chain_head": meta.chain_head.hex()}
         got = {"rows": facts.rows, "position": facts.position,
-               "generation": facts.generation, "last_commit_seq": facts.last_commit_seq}
+               "generation": facts.generation, "last_commit_seq": facts.last_commit_seq,
+               "chain_head": facts.chain_head.hex()}
         if got != want:
             raise CorruptionError(f"{_label(plan.final)}, archive table {name!r}: stream meta "
                                   f"{want} differs from the image's VP facts {got}")
