@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -64,8 +65,8 @@ class Meta:
     raw_bytes: int
     chain_head: bytes
 
-    def replace(self, **changes: int | bytes) -> Meta:
-        """A copy with ``changes`` applied."""
+    def replace(self, **changes: Any) -> Meta:
+        """A copy with ``changes`` applied (ints; ``chain_head`` bytes)."""
         return dataclasses.replace(self, **changes)
 
 
