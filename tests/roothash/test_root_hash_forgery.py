@@ -12,6 +12,7 @@ import lamina
 from lamina.backup.image_reader import read_info
 from lamina.engines.archive import format as AF
 from lamina.engines.archive.meta import decode_slot, encode_slot
+from lamina.engines.archive.stream import STREAM_HEAD_SIZE
 from support import cli, expect_damaged
 
 from .surgery import (
@@ -146,3 +147,37 @@ def test_same_vp_same_root_hash_one_row_more_another(tmp_path: Path) -> None:
     assert roots[0] == roots[1] == read_info(tmp_path / "a").manifest.root_hash.hex()
     assert roots[2] != roots[0]
     assert roots[2] == read_info(tmp_path / "b").manifest.root_hash.hex()
+
+
+def _chain(tmp: Path) -> tuple[Path, Path]:
+    full, layer = tmp / "full", tmp / "layer"
+    with lamina.open(_db(tmp / "db")) as db:
+        db.backup(full)
+        db.put("kv", b"k000", b"changed")
+        db.append_many("log", [b"tail row %d" % i for i in range(5)])
+        db.backup(layer, base=full)
+    return full, layer
+
+
+def _chain_refused(images: list[Path], tmp: Path, what: str) -> None:
+    proc = cli.run("verify", "--deep", *map(str, images))
+    assert proc.returncode == 4 and what in proc.stderr, proc.stderr
+    dest = tmp / "restored"
+    proc = cli.run("restore", *map(str, images), "--to", str(dest))
+    assert proc.returncode == 4 and what in proc.stderr, proc.stderr
+    assert not dest.exists()
+
+
+def test_a_layer_whose_root_hash_disagrees_is_refused(tmp_path: Path) -> None:
+    full, layer = _chain(tmp_path)
+    forged = rewrite(layer, tmp_path / "forged", manifest=with_root_hash(b"\x02" * 32))
+    _chain_refused([full, forged], tmp_path, "root hash")
+    cli.run_ok("restore", str(full), "--to", str(tmp_path / "prefix"))  # the prefix is sound
+
+
+def test_a_forged_block_in_a_layers_archive_tail_is_refused(tmp_path: Path) -> None:
+    full, layer = _chain(tmp_path)
+    forged = rewrite(layer, tmp_path / "forged", stream=stream_of(layer, "log"),
+                     edit=lambda d: forge_block(d, STREAM_HEAD_SIZE))
+    assert cli.run("verify", str(full), str(forged)).returncode == 0
+    _chain_refused([full, forged], tmp_path, "chain head")
