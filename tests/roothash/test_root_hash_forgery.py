@@ -131,6 +131,8 @@ def test_stat_and_info_show_the_root_hash(tmp_path: Path) -> None:
     assert info["root_hash"] == read_info(image).manifest.root_hash.hex()
     assert f"root_hash: {info['root_hash']}" in cli.run_ok("info", str(image)).stdout
     assert info["root_hash"] in cli.run_ok("stat", str(db)).stdout
+    again = cli.run_ok("backup", str(db), str(tmp_path / "again")).stdout  # same VP state
+    assert f"root hash: {info['root_hash']}" in again
 
 
 def test_same_vp_same_root_hash_one_row_more_another(tmp_path: Path) -> None:
