@@ -26,6 +26,7 @@ from lamina.core.identity import FILE_NAME as IDENTITY_FILE
 from lamina.core.identity import Identity
 from lamina.core.lockfile import LockFile
 from lamina.core.names import validate_table_name
+from lamina.core.root_hash import RootArchive, RootInputs, RootTable
 from lamina.engines.archive import ArchiveTable
 from lamina.engines.btree import BtreeStore, ReadTxn, WriteTxn
 from lamina.errors import (
@@ -505,10 +506,49 @@ class Database:
             report.extend(table_report, prefix=f"archive.{info.name}.")
         return report
 
+    def root_inputs(self, timeout: float | None = 30.0) -> RootInputs:
+        """What the database root hash covers, as of one cut of the commit history: the
+        catalog, the btree Merkle root and every archive table's (generation, rows,
+        committed length, chain head). Read while the commit blocker is held exclusively
+        (as a backup's validity point does: commits wait a moment; metadata only, one
+        ``.ARM`` read per archive table, no data read). Raises LockedError (the blocker not
+        obtained in ``timeout``), CorruptionError & co. (a damaged meta), StorageError."""
+        self._check_open()
+        for _attempt in range(10):
+            # Opened outside the blocker: opening a writable table may run its recovery.
+            handles = {t.name: self.archive(t.name) for t in self.tables()
+                       if t.engine == ENGINE_ARCHIVE}
+            with self.lockfile.commits_blocked(timeout):
+                with self.store.begin_read() as txn:
+                    entries = txn.catalog()
+                    btree_root = txn.root_hash
+                names = {e.name for e in entries if e.engine == ENGINE_ARCHIVE}
+                if names != set(handles):
+                    continue  # a table was created or dropped meanwhile: look again
+                archive = []
+                for name, handle in handles.items():
+                    snap = handle.files.snapshot()
+                    try:
+                        m = snap.meta
+                    finally:
+                        snap.data.release()
+                    archive.append(RootArchive(name, m.generation, m.row_count, m.data_length,
+                                               m.chain_head))
+            return RootInputs(tuple(RootTable(e.name, e.engine, e.table_id) for e in entries),
+                              btree_root, tuple(archive))
+        raise LockedError(f"database {self.path}: tables kept being created or dropped while "
+                          "its root hash was read")
+
+    def root_hash(self, timeout: float | None = 30.0) -> bytes:
+        """The database root hash now (32 bytes; docs/format.md, "Root hash"): what a
+        backup's validity point taken now would record. See :meth:`root_inputs` (raises
+        the same)."""
+        return self.root_inputs(timeout).digest()
+
     def stat(self) -> dict[str, Any]:
-        """Database-wide statistics: identity, commit seq, btree store, each table, and the
-        durable pins of interrupted backups (``pins``: see :mod:`lamina.core.pins`; a
-        damaged pin file is reported as ``pins_error``)."""
+        """Database-wide statistics: identity, commit seq, root hash (hex), btree store,
+        each table, and the durable pins of interrupted backups (``pins``: see
+        :mod:`lamina.core.pins`; a damaged pin file is reported as ``pins_error``)."""
         self._check_open()
         ident = self.identity
         result: dict[str, Any] = {
@@ -516,6 +556,7 @@ class Database:
             "db_id": str(ident.db_id),
             "created_ns": ident.created_ns,
             "commit_seq": self.lockfile.commit_seq(),
+            "root_hash": self.root_hash().hex(),
             "btree": self.store.stat(),
             "archive": {},
         }

@@ -98,8 +98,8 @@ def test_future_versions(make_table: Make, db: Path, lockfile: LockFile) -> None
     t.close()
     arm, arz = db / "t.ARM", db / "t.ARZ"
     arm_bytes, arz_bytes = arm.read_bytes(), arz.read_bytes()
-    set_version(arm, F.ARM_SLOT_STRIDE, F.ARM_SLOT_BODY, 2)  # one slot from the future
-    with pytest.raises(VersionError, match="archive meta format version 2"):
+    set_version(arm, F.ARM_SLOT_STRIDE, F.ARM_SLOT_BODY, 3)  # one slot from the future
+    with pytest.raises(VersionError, match="archive meta format version 3"):
         ArchiveTable.open(db, "t", 1, lockfile)
     with pytest.raises(VersionError):
         ArchiveTable.read_last_commit_seq(db, "t")

@@ -46,9 +46,9 @@ def test_rows_after_the_vp_never_enter_the_image(tmp_path: Path,
     cuts: list[str] = []
     real_cut = vpcut.cut_at
 
-    def spy_cut(*args: Any) -> Any:
+    def spy_cut(*args: Any, **kwargs: Any) -> Any:
         cuts.append(args[2])
-        return real_cut(*args)
+        return real_cut(*args, **kwargs)
 
     monkeypatch.setattr(vpcut, "cut_at", spy_cut)
     db_dir, log, stop = tmp_path / "db", tmp_path / "log", tmp_path / "stop"

@@ -42,11 +42,12 @@ def run_all_streams(drv: RestoreDriver, streams: dict[int, bytes]) -> Result:
     return Result.OK
 
 
-TABLE = {"rows": 3, "position": 400, "generation": 2, "last_commit_seq": 9, "table_id": 5}
+TABLE = {"rows": 3, "position": 400, "generation": 2, "last_commit_seq": 9, "table_id": 5,
+         "chain_head": "00" * 32}
 
 
 def test_facts_round_trip_with_todays_keys() -> None:
-    whole = ArchiveVpFacts(12, {"t": ArchiveTableFacts(5, 3, 400, 2, 9)})
+    whole = ArchiveVpFacts(12, {"t": ArchiveTableFacts(5, 3, 400, 2, 9, bytes(32))})
     assert whole.to_json() == {"vp_seq": 12, "tables": {"t": TABLE}}
     assert list(whole.to_json()["tables"]["t"]) == list(TABLE)  # key order kept
     layer = {"vp_seq": 12, "tables": {"t": dict(TABLE, base_position=0)}}
@@ -66,6 +67,8 @@ def test_facts_round_trip_with_todays_keys() -> None:
     lambda f: f["tables"]["t"].update(generation="2"),
     lambda f: f["tables"]["t"].update(last_commit_seq=-1),
     lambda f: f["tables"]["t"].update(base_position=None),
+    lambda f: f["tables"]["t"].pop("chain_head"),
+    lambda f: f["tables"]["t"].update(chain_head="00" * 31),
     lambda f: f["tables"].update(u=7),
 ])
 def test_a_missing_or_mistyped_fact_is_corruption(damage: Any) -> None:

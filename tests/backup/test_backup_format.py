@@ -33,11 +33,11 @@ CATALOG = F.ImageCatalog(
 
 
 def test_documented_sizes() -> None:
-    # docs/format.md, "Backup image v1", specifies these sizes byte by byte
+    # docs/format.md, "Backup image v2", specifies these sizes byte by byte
     assert F.HEADER_SIZE == 128 and F.HEADER.size == 120
     assert F.CATALOG_HEAD_SIZE == 32 and F.CATALOG_DRIVER.size == 12
     assert F.CATALOG_TABLE.size == 16
-    assert F.CHUNK_HEAD_SIZE == 40 and F.MANIFEST_HEAD_SIZE == 96
+    assert F.CHUNK_HEAD_SIZE == 40 and F.MANIFEST_HEAD_SIZE == 128
     assert F.STREAM_RECORD.size == 40 and F.FOOTER_SIZE == 48
     assert F.MAX_CHUNK_SIZE == 16 * 2**20
 

@@ -194,7 +194,9 @@ def test_chunk_after_last_and_missing_last() -> None:
 
 def test_crafted_headers() -> None:
     image = small_image(seed=10)
-    for header, error in ((header_bytes(version=2, base=image), VersionError),
+    for header, error in ((header_bytes(version=F.FORMAT_VERSION + 1, base=image),
+                           VersionError),
+                          (header_bytes(version=1, base=image), VersionError),
                           (header_bytes(version=0, base=image), CorruptionError),
                           (header_bytes(size=64, base=image), CorruptionError),
                           (header_bytes(flags=0x10, base=image), UnsupportedError)):

@@ -115,7 +115,8 @@ def test_verify_chain_and_deep(chain3: tuple[Path, list[Path], list[State]]) -> 
     assert report["ok"] and not report["deep"] and len(report["images"]) == 4
     deep = chain.verify_chain(images, deep=True)
     assert deep["ok"] and deep["deep"]
-    assert deep["root_hash"] == read_info(images[-1]).vp.drivers[0]["root_hash"]
+    assert deep["btree_root_hash"] == read_info(images[-1]).vp.drivers[0]["root_hash"]
+    assert deep["root_hash"] == read_info(images[-1]).manifest.root_hash.hex()
     assert deep["pages"] > 0 and deep["pages_read"] >= deep["pages"]
 
 

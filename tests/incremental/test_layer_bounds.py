@@ -83,7 +83,7 @@ def _reseal_layer(src: Path, dst: Path, total: int) -> None:
         writer.finish(vp_seq=manifest.vp.commit_seq, vp_wall_ns=manifest.vp.wall_ns,
                       vp_facts=facts, base_image_id=manifest.base_image_id if layer else None,
                       base_vp_seq=manifest.base_vp_seq,
-                      blocker_held_ns=manifest.blocker_held_ns)
+                      blocker_held_ns=manifest.blocker_held_ns, root_hash=manifest.root_hash)
 
 
 def _largest_file(root: Path) -> int:

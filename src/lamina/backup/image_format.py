@@ -1,5 +1,5 @@
-"""Backup image format v1: every constant, struct and block codec (docs/format.md,
-"Backup image v1").
+"""Backup image format v2: every constant, struct and block codec (docs/format.md,
+"Backup image v2").
 
 An image is written front to back in one pass::
 
@@ -35,7 +35,10 @@ from lamina.errors import (
     VersionError,
 )
 
-FORMAT_VERSION = 1
+#: Version 2 added the database root hash to the manifest (and, inside the streams, the
+#: archive block chain and logical record checksums). Images of version 1 are refused with
+#: a VersionError saying they were made by an older format.
+FORMAT_VERSION = 2
 
 #: Largest chunk payload, raw or stored. Bounds every allocation a reader makes for a chunk.
 MAX_CHUNK_SIZE = 16 * 1024 * 1024
@@ -50,9 +53,12 @@ MAX_IDENT = 64
 #: Largest VP facts JSON in the manifest.
 MAX_VP_INFO_SIZE = 4 * 1024 * 1024
 #: Largest manifest: fixed part + stream records + VP JSON + hash.
-MAX_MANIFEST_SIZE = 96 + 40 * (MAX_DRIVERS + MAX_TABLES) + MAX_VP_INFO_SIZE + 16
+MAX_MANIFEST_SIZE = 128 + 40 * (MAX_DRIVERS + MAX_TABLES) + MAX_VP_INFO_SIZE + 16
 
 HASH_SIZE = 16  # blake2b-128 (manifest) and xxh3-128 (streams, whole image)
+#: The database root hash in the manifest (BLAKE2b-256); all zero: none recorded.
+ROOT_HASH_SIZE = 32
+NO_ROOT_HASH = bytes(ROOT_HASH_SIZE)
 ZERO_UUID = uuid.UUID(int=0)
 
 
@@ -154,6 +160,10 @@ def decode_header(raw: bytes, path: object = None) -> ImageHeader:
     if version > FORMAT_VERSION:
         raise VersionError(f"{path or 'image'} is backup image format {version}; "
                            f"this build reads up to {FORMAT_VERSION}")
+    if version == 1:
+        raise VersionError(f"{path or 'image'} was made by an older format (backup image "
+                           f"format 1, before root hashes); this build reads format "
+                           f"{FORMAT_VERSION} only: restore it with the build that made it")
     (checksum,) = HEADER_CHECKSUM.unpack_from(raw, HEADER.size)
     if checksum != xxh3(raw[:HEADER.size]):
         raise CorruptionError("header checksum mismatch", path=path, where="header, offset 0")
@@ -445,10 +455,10 @@ def decode_chunk_header(raw: bytes, offset: int, path: object = None) -> ChunkHe
 MANIFEST_MAGIC = b"LMAN"
 #: magic[4] stream_count u32 kind u8 reserved[3] vp_facts_len u32 image_id[16]
 #: base_image_id[16] base_vp_seq u64 vp_seq u64 vp_wall_ns u64 blocker_held_ns u64
-#: chunk_count u64; then xxh3_64 of those 88 bytes.
-MANIFEST_HEAD = struct.Struct("<4sIB3xI16s16sQQQQQ")
+#: chunk_count u64 root_hash[32]; then xxh3_64 of those 120 bytes.
+MANIFEST_HEAD = struct.Struct("<4sIB3xI16s16sQQQQQ32s")
 MANIFEST_HEAD_CHECKSUM = struct.Struct("<Q")
-MANIFEST_HEAD_SIZE = MANIFEST_HEAD.size + MANIFEST_HEAD_CHECKSUM.size  # 96
+MANIFEST_HEAD_SIZE = MANIFEST_HEAD.size + MANIFEST_HEAD_CHECKSUM.size  # 128
 #: raw_bytes u64 stored_bytes u64 chunk_count u64 hash[16]
 STREAM_RECORD = struct.Struct("<QQQ16s")
 
@@ -486,6 +496,9 @@ class Manifest:
     blocker_held_ns: int
     chunk_count: int
     streams: tuple[StreamStats, ...]
+    #: The database root hash at the VP over the image's tables (docs/format.md, "Root
+    #: hash"); :data:`NO_ROOT_HASH` when the backup's caller computed none.
+    root_hash: bytes = NO_ROOT_HASH
 
 
 def encode_vp_facts(drivers: Sequence[Mapping[str, Any]]) -> bytes:
@@ -502,7 +515,8 @@ def encode_manifest(manifest: Manifest) -> bytes:
                               len(vp_json), manifest.image_id.bytes,
                               manifest.base_image_id.bytes, manifest.base_vp_seq,
                               manifest.vp.commit_seq, manifest.vp.wall_ns,
-                              manifest.blocker_held_ns, manifest.chunk_count)
+                              manifest.blocker_held_ns, manifest.chunk_count,
+                              manifest.root_hash)
     body = [head, MANIFEST_HEAD_CHECKSUM.pack(xxh3(head))]
     body += [STREAM_RECORD.pack(s.raw_bytes, s.stored_bytes, s.chunks, s.hash)
              for s in manifest.streams]
@@ -542,7 +556,7 @@ def decode_manifest(raw: bytes, offset: int, path: object = None) -> Manifest:
     if hasher.digest() != raw[-HASH_SIZE:]:
         raise CorruptionError("manifest hash mismatch", path=path, where=where)
     (_m, _s, kind, _vl, image_id, base_id, base_seq, vp_seq, vp_ns, held_ns,
-     chunks) = MANIFEST_HEAD.unpack_from(raw)
+     chunks, root) = MANIFEST_HEAD.unpack_from(raw)
     if kind not in ImageKind._value2member_map_:
         raise CorruptionError(f"manifest image kind {kind} unknown", path=path, where=where)
     pos = MANIFEST_HEAD_SIZE
@@ -561,7 +575,7 @@ def decode_manifest(raw: bytes, offset: int, path: object = None) -> Manifest:
         raise CorruptionError("manifest VP facts lack a driver list", path=path, where=where)
     return Manifest(uuid.UUID(bytes=image_id), ImageKind(kind), uuid.UUID(bytes=base_id),
                     base_seq, ValidityPoint(vp_seq, vp_ns, tuple(drivers)), held_ns, chunks,
-                    tuple(stats))
+                    tuple(stats), root)
 
 
 # ---------------------------------------------------------------------------- footer

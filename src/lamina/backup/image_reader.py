@@ -289,6 +289,7 @@ def image_summary(header: image_format.ImageHeader, catalog: image_format.ImageC
         "base_image_id": (str(manifest.base_image_id)
                           if manifest.kind == image_format.ImageKind.LAYER else None),
         "base_vp_seq": manifest.base_vp_seq,
+        "root_hash": manifest.root_hash.hex(),
         "vp": {"commit_seq": manifest.vp.commit_seq, "wall_ns": manifest.vp.wall_ns},
         "blocker_held_ns": manifest.blocker_held_ns,
         "raw_bytes": sum(s.raw_bytes for s in streams),

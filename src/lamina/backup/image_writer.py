@@ -277,18 +277,22 @@ class ImageWriter:
 
     def finish(self, *, vp_seq: int, vp_wall_ns: int, vp_facts: Sequence[Mapping[str, Any]],
                base_image_id: uuid.UUID | None = None, base_vp_seq: int = 0,
-               blocker_held_ns: int = 0) -> WriteSummary:
+               blocker_held_ns: int = 0,
+               root_hash: bytes = image_format.NO_ROOT_HASH) -> WriteSummary:
         """Write manifest and footer, sync and publish the image. Every stream that has
         chunks must be closed (its last chunk written). ``vp_facts[i]`` is catalog driver i's
-        VP facts (JSON form). A layer (header flag) needs ``base_image_id``; a full image
-        must not. Raises UsageError (open streams, a VP facts count or kind mismatch, facts
-        that are not JSON), StorageError; on any error the image is not published."""
+        VP facts (JSON form); ``root_hash`` the database root hash at the VP (32 bytes). A
+        layer (header flag) needs ``base_image_id``; a full image must not. Raises UsageError
+        (open streams, a VP facts count or kind mismatch, facts that are not JSON, a root
+        hash of another size), StorageError; on any error the image is not published."""
         if self._done:
             raise UsageError("image writer is closed")
         try:
             open_streams = [i for i, s in enumerate(self._streams) if s.seq and not s.closed]
             if open_streams:
                 raise UsageError(f"streams {open_streams} have no last chunk")
+            if len(root_hash) != image_format.ROOT_HASH_SIZE:
+                raise UsageError(f"a root hash is {image_format.ROOT_HASH_SIZE} bytes")
             if len(vp_facts) != len(self.catalog.drivers):
                 raise UsageError("need one VP facts mapping per catalog driver")
             kind = self.header.kind
@@ -300,7 +304,8 @@ class ImageWriter:
                 vp=image_format.ValidityPoint(vp_seq, vp_wall_ns, tuple(vp_facts)),
                 blocker_held_ns=blocker_held_ns, chunk_count=self._chunks,
                 streams=tuple(image_format.StreamStats(s.raw, s.stored, s.seq, s.hasher.digest())
-                              for s in self._streams))
+                              for s in self._streams),
+                root_hash=bytes(root_hash))
             try:
                 manifest_bytes = image_format.encode_manifest(manifest)
             except (TypeError, ValueError) as exc:

@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +62,10 @@ ProgressCallback = Callable[[int, int | None], None]
 # Back-off while every driver is BUSY or not yet prepared: short, growing, capped.
 _BACKOFF_MIN = 0.0002
 _BACKOFF_MAX = 0.01
+
+
+#: ``root_hash(catalog, vp_facts)``: the database root hash at a VP (see :func:`run_backup`).
+RootHashFunction = Callable[[image_format.ImageCatalog, Sequence[Mapping[str, Any]]], bytes]
 
 
 class CommitBlocker(Protocol):
@@ -552,9 +556,15 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
                overwrite: bool = False, image_id: uuid.UUID | None = None,
                max_rate: float | None = None,
                on_vp: Callable[[ResumePoint], None] | None = None,
-               resume: ResumePoint | None = None) -> BackupResult:
+               resume: ResumePoint | None = None,
+               root_hash: RootHashFunction | None = None) -> BackupResult:
     """Back up every group's tables into one image at ``target`` (a path or a binary
     stream) and return what was written.
+
+    ``root_hash(catalog, vp_facts)`` (the caller knows the engines; the kernel does not)
+    computes the database root hash at the VP from the image catalog and every driver's
+    VP facts (JSON form, catalog order), O(tables), no data read; it is recorded in the
+    manifest (without it: :data:`~lamina.backup.image_format.NO_ROOT_HASH`).
 
     ``max_rate`` (bytes/s, None = unbounded) throttles the data the drivers hand over
     (:class:`Throttle`); the validity point is never delayed by it.
@@ -624,9 +634,12 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
             held_ns, wait_ns = resume.blocker_held_ns, 0
         run.final_transfer()
         vp_facts = run.collect_vp_facts()
+        root = (image_format.NO_ROOT_HASH if root_hash is None
+                else root_hash(catalog, vp_facts))
         run.end_all()
         run.check_cancel()
         summary = writer.finish(vp_seq=vp_seq, vp_wall_ns=vp_wall_ns, vp_facts=vp_facts,
+                                root_hash=root,
                                 base_image_id=None if base is None else base.image_id,
                                 base_vp_seq=0 if base is None else base.vp_seq,
                                 blocker_held_ns=held_ns)

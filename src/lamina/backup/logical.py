@@ -5,13 +5,14 @@ The backup layer must not import engines. So an engine that wants its tables bac
 logically implements :class:`LogicalProvider` (readers of a set of its tables) and, for
 restores, a :class:`LogicalSink` writes rows back through the engine; :mod:`lamina.online`
 wires them to :mod:`lamina.backup.snapshot_driver` and :mod:`lamina.backup.default_driver`.
-Both drivers record :class:`LogicalVpFacts` (per table: rows, bytes, table id, engine; per
-engine: the source's own facts), which the restore driver checks its row counts against.
+Both drivers record :class:`LogicalVpFacts` (per table: rows, bytes, table id, engine and
+content digest; per engine: the source's own facts), which the restore driver checks its
+row counts and digests against.
 
 Table stream (local stream N = the N-th table; the common stream stays empty), specified in
 docs/format.md, "Logical backup streams"::
 
-    header (32)   info JSON (L bytes)   record*   trailer (32)
+    header (32)   info JSON (L bytes)   (record* run-check)*   trailer (32)
 
 * header: magic ``LLGSTRM\\0``, version u32, info length L u32, table id u32, zero u32,
   ``xxh3_64`` of header bytes 0..23 followed by the info bytes;
@@ -19,14 +20,23 @@ docs/format.md, "Logical backup streams"::
   table's codec, level and block target), sorted keys;
 * record: key length u32 (< 2^31), value length u32, key, value. Btree: key and value in
   key order. Archive: key = row id as u64 big-endian, value = the row, in row id order;
+* run check (16 bytes), after every run of records of at least :data:`RUN_BYTES` bytes and
+  after the last run: marker u32 ``0xFFFFFFFE``, zero u32, ``xxh3_64`` of the run's record
+  bytes. A record is never accepted before the check that closes its run;
 * trailer: marker u32 ``0xFFFFFFFF``, zero u32, record count u64, key+value bytes u64,
   ``xxh3_64`` of trailer bytes 0..23.
+
+The table's *content digest* is BLAKE2b-256 over every record's bytes in stream order (not
+the run checks); the driver records it in its VP facts, so a stream whose records were
+changed and whose run checks and chunk checksums were recomputed still differs from the
+manifest (which the restore recomputes it against).
 
 Concurrency: one driver is used by one thread; sources may be read while writers go on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -65,8 +75,9 @@ from lamina.errors import (
 log = logging.getLogger("lamina.backup")
 
 STREAM_MAGIC = b"LLGSTRM\x00"
-#: Version of the logical stream (= the snapshot and default engines' ``version``).
-STREAM_VERSION = 1
+#: Version of the logical stream (= the snapshot and default engines' ``version``). Version
+#: 2 added the run checks and the content digest; version 1 is refused (an older format).
+STREAM_VERSION = 2
 HEADER = struct.Struct("<8sIIII")       # magic, version, info length, table id, zero
 HEADER_CHECK = struct.Struct("<Q")
 HEADER_SIZE = HEADER.size + HEADER_CHECK.size  # 32
@@ -75,6 +86,12 @@ TRAILER = struct.Struct("<IIQQ")        # marker, zero, records, bytes
 TRAILER_CHECK = struct.Struct("<Q")
 TRAILER_SIZE = TRAILER.size + TRAILER_CHECK.size  # 32
 TRAILER_MARKER = 0xFFFFFFFF
+RUN_MARKER = 0xFFFFFFFE
+RUN_CHECK = struct.Struct("<IIQ")       # marker, zero, xxh3_64 of the run's records
+#: A run check follows every run of records once it holds this many bytes.
+RUN_BYTES = 64 * 1024
+#: Bytes of a table's content digest (BLAKE2b-256).
+DIGEST_SIZE = 32
 MAX_INFO = 1 << 16
 MAX_KEY = (1 << 31) - 1
 MAX_VALUE = 1 << 30
@@ -164,23 +181,25 @@ class LogicalSink(Protocol):
 # ====================================================================== VP facts
 @dataclass(frozen=True, slots=True)
 class LogicalTableFacts:
-    """What a logical driver sent of one table: rows, key+value bytes, table id, engine."""
+    """What a logical driver sent of one table: rows, key+value bytes, table id, engine,
+    content digest (BLAKE2b-256 of its records, see the module doc)."""
 
     rows: int
     nbytes: int
     table_id: int
     engine: str
+    digest: bytes
 
     def to_json(self) -> dict[str, Any]:
-        """``{"rows", "bytes", "table_id", "engine"}``."""
+        """``{"rows", "bytes", "table_id", "engine", "digest"}`` (digest in hex)."""
         return {"rows": self.rows, "bytes": self.nbytes, "table_id": self.table_id,
-                "engine": self.engine}
+                "engine": self.engine, "digest": self.digest.hex()}
 
     @classmethod
     def from_json(cls, facts: FactReader) -> LogicalTableFacts:
         """Decode one table's facts; CorruptionError if one is missing or mistyped."""
         return cls(facts.integer("rows"), facts.integer("bytes"), facts.integer("table_id"),
-                   facts.text("engine"))
+                   facts.text("engine"), facts.digest("digest", DIGEST_SIZE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +209,7 @@ class LogicalVpFacts(VpFacts):
     ``tables``: every table sent, by name. ``sources``: each engine's source facts
     (:meth:`LogicalSource.facts`, opaque here; e.g. the btree page size, which a restore
     uses as the default page size). JSON: ``{"tables": {name: {"rows", "bytes",
-    "table_id", "engine"}}, "sources": {engine: {...}}}``.
+    "table_id", "engine", "digest"}}, "sources": {engine: {...}}}``.
     """
 
     tables: Mapping[str, LogicalTableFacts]
@@ -235,6 +254,16 @@ def encode_header(table_id: int, info: Mapping[str, Any]) -> bytes:
     return head + HEADER_CHECK.pack(xxhash.xxh3_64_intdigest(head + raw)) + raw
 
 
+def content_hasher() -> Any:
+    """A fresh content-digest hasher (BLAKE2b-256; feed it every record's bytes)."""
+    return hashlib.blake2b(digest_size=DIGEST_SIZE)
+
+
+def encode_run_check(run_hash: int) -> bytes:
+    """The 16 bytes closing a run whose records' ``xxh3_64`` is ``run_hash``."""
+    return RUN_CHECK.pack(RUN_MARKER, 0, run_hash)
+
+
 def encode_trailer(records: int, nbytes: int) -> bytes:
     """The 32 trailer bytes."""
     body = TRAILER.pack(TRAILER_MARKER, 0, records, nbytes)
@@ -258,6 +287,11 @@ class StreamParser:
         self.done = False
         self.offset = 0  # stream offset of the first unparsed byte
         self._buf = bytearray()
+        #: The content digest over the records accepted so far.
+        self.content = content_hasher()
+        self._run = xxhash.xxh3_64()
+        self._run_rows: list[Row] = []
+        self._run_bytes = 0
 
     def _bad(self, what: str) -> CorruptionError:
         return CorruptionError(what, where=f"logical stream of table {self.table!r}, "
@@ -281,6 +315,11 @@ class StreamParser:
                 if version > STREAM_VERSION:
                     raise VersionError(f"logical stream of table {self.table!r} is version "
                                        f"{version}; this build reads up to {STREAM_VERSION}")
+                if version == 1:
+                    raise VersionError(f"logical stream of table {self.table!r} was made by "
+                                       f"an older format (version 1, without record "
+                                       f"checksums); this build reads version "
+                                       f"{STREAM_VERSION}")
                 if info_len > MAX_INFO:
                     raise self._bad(f"logical stream info length {info_len} too large")
                 if len(buf) - pos < HEADER_SIZE + info_len:
@@ -307,6 +346,22 @@ class StreamParser:
             if len(buf) - pos < RECORD.size:
                 break
             klen, vlen = RECORD.unpack_from(buf, pos)
+            if klen == RUN_MARKER:
+                if len(buf) - pos < RUN_CHECK.size:
+                    break
+                _m, zero, run_hash = RUN_CHECK.unpack_from(buf, pos)
+                if zero or not self._run_rows:
+                    raise self._bad("logical stream run check without records")
+                if run_hash != self._run.intdigest():
+                    raise self._bad("logical stream records do not match their run checksum")
+                out.extend(self._run_rows)
+                self.records += len(self._run_rows)
+                self.nbytes += self._run_bytes
+                self._run_rows, self._run_bytes = [], 0
+                self._run.reset()
+                pos += RUN_CHECK.size
+                self.offset += RUN_CHECK.size
+                continue
             if klen == TRAILER_MARKER:
                 if len(buf) - pos < TRAILER_SIZE:
                     break
@@ -314,6 +369,8 @@ class StreamParser:
                 (check,) = TRAILER_CHECK.unpack_from(buf, pos + TRAILER.size)
                 if check != xxhash.xxh3_64_intdigest(bytes(buf[pos:pos + TRAILER.size])):
                     raise self._bad("logical stream trailer checksum mismatch")
+                if self._run_rows:
+                    raise self._bad("logical stream records without a run checksum")
                 if zero or records != self.records or nbytes != self.nbytes:
                     raise self._bad(f"trailer says {records} records / {nbytes} bytes; the "
                                     f"stream held {self.records} / {self.nbytes}")
@@ -327,15 +384,24 @@ class StreamParser:
             if len(buf) < end:
                 break
             k0 = pos + RECORD.size
-            out.append((bytes(buf[k0:k0 + klen]), bytes(buf[k0 + klen:end])))
-            self.records += 1
-            self.nbytes += klen + vlen
+            record = memoryview(buf)[pos:end]
+            self._run.update(record)
+            self.content.update(record)
+            record.release()
+            # Held back until the run check that closes the run proved it.
+            self._run_rows.append((bytes(buf[k0:k0 + klen]), bytes(buf[k0 + klen:end])))
+            self._run_bytes += klen + vlen
             self.offset += end - pos
             pos = end
         del buf[:pos]
         if self.done and buf:
             raise self._bad("data after the trailer")
         return out
+
+    @property
+    def digest(self) -> bytes:
+        """The content digest of the records parsed so far (the whole table once done)."""
+        return bytes(self.content.digest())
 
     def finish(self) -> None:
         """Raise CorruptionError unless the whole stream (through its trailer) was read."""
@@ -433,11 +499,25 @@ class LogicalBackupDriver(AtBeginDriver):
         yield encode_header(spec.table_id, src.table_info(spec))
         pack = RECORD.pack
         rows = nbytes = 0
+        content = content_hasher()
+        run = xxhash.xxh3_64()
+        run_size = 0
         for key, value in src.rows(spec):
             rows += 1
             nbytes += len(key) + len(value)
-            yield pack(len(key), len(value)) + key + value
-        self.sent[spec.name] = LogicalTableFacts(rows, nbytes, spec.table_id, spec.engine)
+            record = pack(len(key), len(value)) + key + value
+            content.update(record)
+            run.update(record)
+            run_size += len(record)
+            yield record
+            if run_size >= RUN_BYTES:
+                yield encode_run_check(run.intdigest())
+                run.reset()
+                run_size = 0
+        if run_size:
+            yield encode_run_check(run.intdigest())
+        self.sent[spec.name] = LogicalTableFacts(rows, nbytes, spec.table_id, spec.engine,
+                                                 content.digest())
         yield encode_trailer(rows, nbytes)
 
     def get_data(self, buffer: Buffer) -> Result:
@@ -593,9 +673,9 @@ class LogicalRestoreDriver(RestoreDriver):
         """Check every stream ended and matches the VP facts, then load the tables.
 
         Raises CorruptionError (a stream missing or cut short, a table the VP facts do not
-        describe, row counts that disagree with them), DriverProtocolError (no VP facts
-        were set), and whatever the sink raises (e.g. KeyTooLargeError when a key does
-        not fit the destination's page size)."""
+        describe, row counts or content digests that disagree with them),
+        DriverProtocolError (no VP facts were set), and whatever the sink raises (e.g.
+        KeyTooLargeError when a key does not fit the destination's page size)."""
         facts = self.vp_facts
         if not isinstance(facts, LogicalVpFacts):
             raise DriverProtocolError(f"{self.name} restore driver: end() without its "
@@ -609,6 +689,10 @@ class LogicalRestoreDriver(RestoreDriver):
             if table.rows != parser.records:
                 raise CorruptionError(f"table {spec.name!r}: {parser.records} rows in the "
                                       f"stream, the VP facts say {table.rows}")
+            if table.digest != parser.digest:
+                raise CorruptionError(f"table {spec.name!r}: the content digest of its "
+                                      f"stream, {parser.digest.hex()}, differs from the VP "
+                                      f"facts' {table.digest.hex()}")
         if self._spill_dir is None:
             return Result.OK
         for f in self._files:
@@ -684,7 +768,9 @@ __all__ = [
     "SinkFactory",
     "StreamParser",
     "check_restore_version",
+    "content_hasher",
     "encode_header",
+    "encode_run_check",
     "encode_trailer",
     "iter_stream_file",
     "sources_for",

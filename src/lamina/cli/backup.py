@@ -164,6 +164,7 @@ def command(db: str, image: str | None, tables: str | None, codec: str, level: i
     out(f"{kind} {summary['image_id']} -> {image}")
     out(f"validity point: commit seq {summary['vp_commit_seq']} at "
         f"{iso_time(summary['vp_time_ns'])}")
+    out(f"root hash: {summary['root_hash']}")
     out(f"{human_bytes(summary['bytes'])} written ({human_bytes(summary['raw_bytes'])} raw) "
         f"in {summary['seconds']:.2f} s; commit blocker held "
         f"{human_ms(result.blocker_held_ns)}")

@@ -77,6 +77,7 @@ from lamina.errors import (
 from lamina.online.facts import ImageFacts
 from lamina.online.plan import CHAIN_DRIVERS
 from lamina.online.restoring import RestoreSummary, restore_proven
+from lamina.online.root import image_root_inputs, prove_root_hash
 
 ImagePath = str | os.PathLike[str]
 
@@ -351,9 +352,11 @@ def _check_archive_facts(plan: _Plan, tables: Mapping[str, TableAssembler]) -> N
         meta, facts = table.meta, final.get(name)
         assert meta is not None and facts is not None  # finish() and _table_parts
         want = {"rows": meta.row_count, "position": meta.data_length,
-                "generation": meta.generation, "last_commit_seq": meta.last_commit_seq}
+                "generation": meta.generation, "last_commit_seq": meta.last_commit_seq,
+                "chain_head": meta.chain_head.hex()}
         got = {"rows": facts.rows, "position": facts.position,
-               "generation": facts.generation, "last_commit_seq": facts.last_commit_seq}
+               "generation": facts.generation, "last_commit_seq": facts.last_commit_seq,
+               "chain_head": facts.chain_head.hex()}
         if got != want:
             raise CorruptionError(f"{_label(plan.final)}, archive table {name!r}: stream meta "
                                   f"{want} differs from the image's VP facts {got}")
@@ -468,6 +471,18 @@ def _prove(assembled: _Assembled, directory: Path) -> None:
                               f"({len(report.findings)} problems): {report.findings[0]}")
 
 
+def _prove_root(plan: _Plan) -> bytes:
+    """The last image's root hash, proven: after the assembly proved the last image's VP
+    facts against what it rebuilt (the Merkle root from the pages, each archive chain from
+    its blocks, the metas against the facts), the root hash those facts give must be the
+    one its manifest records. Returns it; CorruptionError otherwise."""
+    final = plan.final
+    recorded = final.manifest.root_hash
+    prove_root_hash(recorded, image_root_inputs(final.catalog, final.manifest.vp.drivers,
+                                                _label(final)), f"chain ending at {_label(final)}")
+    return recorded
+
+
 def verify_chain(paths: Sequence[ImagePath], *, deep: bool = False,
                  progress: ProgressCallback | None = None,
                  cancel: CancelToken = None) -> dict[str, Any]:
@@ -491,7 +506,8 @@ def verify_chain(paths: Sequence[ImagePath], *, deep: bool = False,
                            "database_id": str(infos[-1].header.database_id),
                            "vp": {"commit_seq": infos[-1].vp.commit_seq,
                                   "wall_ns": infos[-1].vp.wall_ns},
-                           "root_hash": _btree(_facts(infos[-1])).root_hash.hex()}
+                           "root_hash": infos[-1].manifest.root_hash.hex(),
+                           "btree_root_hash": _btree(_facts(infos[-1])).root_hash.hex()}
     if not deep:
         total = sum(i.size for i in infos)
         done = chunks = 0
@@ -509,6 +525,7 @@ def verify_chain(paths: Sequence[ImagePath], *, deep: bool = False,
         if is_cancelled(cancel):
             raise CancelledError("cancelled")
         _prove(assembled, Path(tmp))
+        _prove_root(plan)
     out.update(chunks=assembled.chunks, pages=assembled.pages_written,
                pages_read=assembled.pages_read)
     return out
@@ -588,6 +605,7 @@ def combine_chain(paths: Sequence[ImagePath], out: ImagePath, *, codec: str = "z
         work = Path(tmp)
         assembled = _assemble(plan, work, progress, cancel)
         _prove(assembled, work)
+        root = _prove_root(plan)
         header = image_format.ImageHeader(image_id or uuid.uuid4(), final.header.database_id,
                                           time.time_ns(), lamina_version(),
                                           incarnation=final.header.incarnation)
@@ -608,7 +626,8 @@ def combine_chain(paths: Sequence[ImagePath], out: ImagePath, *, codec: str = "z
                                  image_format.DEFAULT_BUF_SIZE)
                     vp_facts.append(_combined_archive_facts(plan).to_json())
             writer.finish(vp_seq=final.vp.commit_seq, vp_wall_ns=final.vp.wall_ns,
-                          vp_facts=vp_facts, blocker_held_ns=final.manifest.blocker_held_ns)
+                          vp_facts=vp_facts, blocker_held_ns=final.manifest.blocker_held_ns,
+                          root_hash=root)
     return read_info(target)
 
 

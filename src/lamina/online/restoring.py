@@ -35,6 +35,7 @@ from lamina.engines.btree import format as btree_format
 from lamina.errors import CheckFailedError, CorruptionError, TableNotFoundError, UsageError
 from lamina.online.facts import ImageFacts
 from lamina.online.plan import DEFAULT, SNAPSHOT, restore_engines
+from lamina.online.root import prove_root_hash, restored_root_inputs
 from lamina.online.sink import RestoreSink
 
 
@@ -101,10 +102,16 @@ def prove_restored(tmp: Path, result: RestoreResult,
             actual = txn.root_hash
         # Checked before any table is dropped: the native btree file must be the VP's, bit
         # for bit. Logical drivers rebuild their tables (a new tree), so the root hash of the
-        # VP cannot match; their row counts were checked against the VP facts instead.
+        # VP cannot match; their row counts and content digests were checked instead.
         if btree is not None and not logical and btree.root_hash != actual:
-            raise CorruptionError(f"restored root hash {actual.hex()} differs from the "
+            raise CorruptionError(f"restored btree root hash {actual.hex()} differs from the "
                                   f"image's {btree.root_hash.hex()}", path=tmp)
+        if not logical:
+            # The database root hash: catalog, btree root and every archive table's chain
+            # head, as the restored files say (their blocks are proven against those heads
+            # by the restore drivers and by the checker below).
+            prove_root_hash(result.manifest.root_hash, restored_root_inputs(db, result.catalog),
+                            f"restore of image {result.header.image_id}")
         for info in db.tables():
             if info.name not in keep:  # not chosen, or not backed up (btree file carries all)
                 db.drop_table(info.name)

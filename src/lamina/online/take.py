@@ -32,6 +32,7 @@ from lamina.errors import CancelledError, TableNotFoundError, UsageError
 from lamina.online.facts import ImageFacts
 from lamina.online.layers import plan_layer
 from lamina.online.plan import DriverChoice, plan_groups, table_drivers
+from lamina.online.root import root_hash_function
 
 #: Where a backup writes: a path, or a writable binary stream.
 ImageTarget = str | os.PathLike[str] | Any
@@ -109,7 +110,8 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
                                 blocker_timeout=blocker_timeout,
                                 max_rate=None if max_rate is None else max_rate * 1e6,
                                 image_id=image_id, resume=resume,
-                                on_vp=None if on_vp is None else _with_plan(on_vp, groups))
+                                on_vp=None if on_vp is None else _with_plan(on_vp, groups),
+                                root_hash=root_hash_function())
     except CancelledError:
         history.finish(entry, "cancelled", error="cancelled on request")
         raise
@@ -141,14 +143,15 @@ def plan_of(groups: Sequence[DriverGroup]) -> list[Any]:
 
 
 def describe(result: BackupResult) -> dict[str, Any]:
-    """JSON-ready summary of a finished backup (``lamina backup --json``): image id, path,
-    VP, sizes, each table's driver, the rows its driver counted (archive and logical
+    """JSON-ready summary of a finished backup (``lamina backup --json``): image id, root
+    hash, path, VP, sizes, each table's driver, the rows its driver counted (archive and logical
     tables), time and commit-blocker cost, and the killed backups' temporary files removed
     first (``cleaned``). Pure. Raises CorruptionError if the result's VP
     facts lack a fact (a driver bug)."""
     drivers = {t.name: result.catalog.drivers[t.driver].name for t in result.catalog.tables}
     rows = ImageFacts(result, f"image {result.image_id}").table_rows()
     return {"rows": rows, "image_id": str(result.image_id),
+            "root_hash": result.manifest.root_hash.hex(),
             "path": str(result.path) if result.path else None,
             "vp_commit_seq": result.vp.commit_seq, "vp_time_ns": result.vp.wall_ns,
             "bytes": result.size, "raw_bytes": result.raw_bytes, "drivers": drivers,

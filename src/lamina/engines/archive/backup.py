@@ -154,7 +154,8 @@ class TableBackup:
             if committed.last_commit_seq <= vp_seq:
                 meta = committed  # nothing committed to this generation after the VP
             else:
-                meta = vpcut.cut_at(fd, arz, self.name, header, committed, vp_seq)
+                meta = vpcut.cut_at(fd, arz, self.name, header, committed, vp_seq,
+                                    chain_from=self._chain_from(committed))
             meta = meta.replace(counter=1)
             arm = encode_file(meta)
             start = self._tail_start(meta)
@@ -170,6 +171,17 @@ class TableBackup:
         self._head = stream_header.encode() + arm
         self._pos = 0
         self._total = len(self._head) + meta.data_length - start
+
+    def _chain_from(self, committed: Meta) -> tuple[int, bytes] | None:
+        """Where a VP cut may start hashing its block chain: the base image's position and
+        chain head when the base saw this very generation of this very table (a layer
+        then reads only its tail), else None (from the generation's first block)."""
+        base = self.base
+        if (not self.layer or base is None or base.table_id != self.spec.table_id
+                or base.generation != committed.generation
+                or not ARZ_HEADER_SIZE <= base.position <= committed.data_length):
+            return None
+        return base.position, base.chain_head
 
     def _tail_start(self, meta: Meta) -> int:
         """Where a layer's tail starts: the base position if the base VP saw this very
@@ -216,7 +228,7 @@ class TableBackup:
         m = self.state.meta
         return ArchiveTableFacts(table_id=self.spec.table_id, rows=m.row_count,
                                  position=m.data_length, generation=m.generation,
-                                 last_commit_seq=m.last_commit_seq,
+                                 last_commit_seq=m.last_commit_seq, chain_head=m.chain_head,
                                  base_position=self.start if self.layer else None)
 
     def close(self) -> None:

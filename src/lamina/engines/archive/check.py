@@ -11,7 +11,9 @@ Checks, on a snapshot (writers may keep committing meanwhile):
 * every block below the committed length: header checksum, codec, payload checksum,
   decompressed length, row length table, row id continuity, commit seq order and bound;
 * the totals against the meta: committed length, row count, next row id, block count, raw
-  bytes.
+  bytes, and the block chain's head (recomputed from every block's bytes, see
+  :mod:`~lamina.engines.archive.chain`): a block changed with its checksums recomputed, or
+  a meta whose chain head was changed, is a finding.
 
 The blocks are read by the one block walk (:class:`~lamina.engines.archive.walker.BlockWalker`,
 not strict: every problem becomes a finding). A damaged block header stops the walk (its
@@ -24,6 +26,7 @@ from lamina.core import fileio
 from lamina.core.check import CheckReport, Finding
 from lamina.engines.archive import codec, generations
 from lamina.engines.archive.block import decode_payload
+from lamina.engines.archive.chain import ChainHasher
 from lamina.engines.archive.datafile import DataFile
 from lamina.engines.archive.fallback import detect
 from lamina.engines.archive.files import TableFiles
@@ -114,6 +117,7 @@ def _check_blocks(name: str, report: CheckReport, data: DataFile, meta: Meta) ->
     seen_blocks = 0
     seen_raw = 0
     payload_ok = True
+    chain = ChainHasher()
     find = report.findings.append
     while True:
         try:
@@ -142,8 +146,10 @@ def _check_blocks(name: str, report: CheckReport, data: DataFile, meta: Meta) ->
         if header.commit_seq > meta.last_commit_seq:
             find(Finding(name, where, "commit seq after the table's last commit",
                          f"<= {meta.last_commit_seq}", str(header.commit_seq)))
-        payload = fileio.pread(data.fd, header.stored_length,
-                               header.offset + BLOCK_HEADER_SIZE, path)
+        block = fileio.pread(data.fd, BLOCK_HEADER_SIZE + header.stored_length,
+                             header.offset, path)
+        chain.add(block)
+        payload = block[BLOCK_HEADER_SIZE:]
         try:
             got = decode_payload(header, payload, name, path)
             seen_raw += sum(map(len, got))
@@ -167,6 +173,9 @@ def _check_blocks(name: str, report: CheckReport, data: DataFile, meta: Meta) ->
         find(Finding(name, "meta", "block count differs", str(meta.blocks), str(seen_blocks)))
     if payload_ok and seen_raw != meta.raw_bytes:
         find(Finding(name, "meta", "raw bytes differ", str(meta.raw_bytes), str(seen_raw)))
+    if walker.offset == upto and chain.head != meta.chain_head:
+        find(Finding(name, "meta", "block chain head differs from the blocks' chain",
+                     chain.head.hex(), meta.chain_head.hex()))
 
 
 __all__ = ["check_table"]

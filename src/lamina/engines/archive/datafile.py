@@ -61,6 +61,8 @@ class FileHeader:
     base_blocks: int
     base_raw_bytes: int
     generation_commit_seq: int
+    #: The block chain's head after the base blocks (CHAIN_START for an empty base).
+    base_chain_head: bytes
 
     def encode(self) -> bytes:
         """The 128 header bytes."""
@@ -68,7 +70,7 @@ class FileHeader:
             ARZ_MAGIC, ARZ_VERSION, ARZ_HEADER_SIZE, self.table_id, self.codec, self.level,
             0, self.generation, self.block_target, 0, self.base_row_count,
             self.base_next_row_id, self.base_data_length, self.base_blocks,
-            self.base_raw_bytes, self.generation_commit_seq)
+            self.base_raw_bytes, self.generation_commit_seq, self.base_chain_head)
         return body + ARZ_HEADER_CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
 
     @classmethod
@@ -86,6 +88,10 @@ class FileHeader:
         if fields[1] > ARZ_VERSION:
             raise VersionError(f"{path} is archive data format version {fields[1]}; this build "
                                f"knows up to {ARZ_VERSION}")
+        if fields[1] == 1:
+            raise VersionError(f"{path} was made by an older format (archive data format "
+                               f"version 1, without the block chain); this build reads "
+                               f"version {ARZ_VERSION} only")
         (checksum,) = ARZ_HEADER_CHECKSUM.unpack_from(raw, ARZ_HEADER_BODY.size)
         if checksum != xxhash.xxh3_64_intdigest(raw[:ARZ_HEADER_BODY.size]):
             raise CorruptionError("archive data file header checksum mismatch", path=path,
@@ -94,9 +100,9 @@ class FileHeader:
             raise CorruptionError("archive data file header has a bad version or size",
                                   path=path, where="offset 0")
         (_m, _v, _s, table_id, codec_id, level, _r, generation, block_target, _r2, rows,
-         next_id, length, blocks, raw_bytes, gen_seq) = fields
+         next_id, length, blocks, raw_bytes, gen_seq, head) = fields
         return cls(table_id, codec_id, level, generation, block_target, rows, next_id, length,
-                   blocks, raw_bytes, gen_seq)
+                   blocks, raw_bytes, gen_seq, head)
 
 
 def meta_from_header(header: FileHeader, prev: Meta) -> Meta:
@@ -108,6 +114,7 @@ def meta_from_header(header: FileHeader, prev: Meta) -> Meta:
         next_row_id=header.base_next_row_id, data_length=header.base_data_length,
         blocks=header.base_blocks, raw_bytes=header.base_raw_bytes,
         generation_commit_seq=header.generation_commit_seq,
+        chain_head=header.base_chain_head,
         last_commit_seq=max(prev.last_commit_seq, header.generation_commit_seq))
 
 

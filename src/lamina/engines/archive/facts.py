@@ -5,7 +5,9 @@ JSON form, stored in the image manifest::
 
     {"vp_seq": V,
      "tables": {NAME: {"rows": R, "position": P, "generation": G, "last_commit_seq": S,
-                       "table_id": I, "base_position": B}}}
+                       "table_id": I, "chain_head": H, "base_position": B}}}
+
+``chain_head`` is the hex of the table's block chain head at the VP position (64 digits).
 
 ``base_position`` is present only in a layer (0: the table was sent whole; else the data file
 offset its tail starts at). :meth:`ArchiveVpFacts.from_json` raises CorruptionError when any
@@ -19,26 +21,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from lamina.core.driver import FactReader, VpFacts
+from lamina.engines.archive.chain import CHAIN_HASH_SIZE
 from lamina.engines.archive.format import ARZ_HEADER_SIZE
 
 
 @dataclass(frozen=True, slots=True)
 class ArchiveTableFacts:
     """One table as of the VP: its id, row count, VP position (committed data length of the
-    generation current at the VP), generation and last commit seq; ``base_position`` only
-    in a layer (0: sent whole; else where its tail starts)."""
+    generation current at the VP), generation, last commit seq and block chain head at the
+    VP position; ``base_position`` only in a layer (0: sent whole; else where its tail
+    starts)."""
 
     table_id: int
     rows: int
     position: int
     generation: int
     last_commit_seq: int
+    chain_head: bytes
     base_position: int | None = None
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> dict[str, int | str]:
         """The JSON form (keys as listed in the module doc)."""
-        out = {"rows": self.rows, "position": self.position, "generation": self.generation,
-               "last_commit_seq": self.last_commit_seq, "table_id": self.table_id}
+        out: dict[str, int | str] = {
+            "rows": self.rows, "position": self.position, "generation": self.generation,
+            "last_commit_seq": self.last_commit_seq, "table_id": self.table_id,
+            "chain_head": self.chain_head.hex()}
         if self.base_position is not None:
             out["base_position"] = self.base_position
         return out
@@ -52,6 +59,7 @@ class ArchiveTableFacts:
                    position=facts.integer("position", minimum=ARZ_HEADER_SIZE),
                    generation=facts.integer("generation", minimum=1),
                    last_commit_seq=facts.integer("last_commit_seq"),
+                   chain_head=facts.digest("chain_head", CHAIN_HASH_SIZE),
                    base_position=base)
 
 

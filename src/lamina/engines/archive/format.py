@@ -2,7 +2,7 @@
 
 An archive table ``T`` is two files in the database directory:
 
-* ``T.ARM`` — the meta file: two self-validating 128-byte slots at offsets 0 and 512. The
+* ``T.ARM`` — the meta file: two self-validating 160-byte slots at offsets 0 and 512. The
   valid slot with the highest counter is current; a commit overwrites the *other* slot, so a
   torn slot write leaves the previous state readable.
 * ``T.ARZ`` — the data file: a 128-byte file header, then blocks. A block is a 56-byte header
@@ -46,7 +46,9 @@ DEFAULT_LEVELS: dict[str, int] = {"none": 0, "zlib": 6, "zstd": 6}
 
 # ---------------------------------------------------------------- .ARM meta file
 ARM_MAGIC = b"LAMARCM\x00"
-ARM_VERSION = 1
+#: Version 2 added the chain head (docs/format.md, "Archive block chain"). A version-1 slot
+#: (an older build, no chain head) is refused with a VersionError naming the older format.
+ARM_VERSION = 2
 #: Each slot sits in its own 512-byte sector so a torn write of one never touches the other.
 ARM_SLOT_STRIDE = 512
 ARM_SLOT_COUNT = 2
@@ -54,21 +56,26 @@ ARM_FILE_SIZE = ARM_SLOT_STRIDE * ARM_SLOT_COUNT
 #: Slot body (checksummed): magic 8s, version u32, slot size u32, counter u64, table id u32,
 #: codec u8, level i8, flags u16, generation u64, row count u64, next row id u64,
 #: committed data length u64, block target u32, reserved u32, last commit seq u64,
-#: generation commit seq u64, block count u64, raw bytes u64, reserved 16 bytes.
-ARM_SLOT_BODY = struct.Struct("<8sIIQIBbHQQQQIIQQQQ16x")
+#: generation commit seq u64, block count u64, raw bytes u64, chain head 32s (the block
+#: chain's head at the committed length), reserved 16 bytes.
+ARM_SLOT_BODY = struct.Struct("<8sIIQIBbHQQQQIIQQQQ32s16x")
 ARM_SLOT_CHECKSUM = struct.Struct("<Q")
-ARM_SLOT_SIZE = ARM_SLOT_BODY.size + ARM_SLOT_CHECKSUM.size  # 128
+ARM_SLOT_SIZE = ARM_SLOT_BODY.size + ARM_SLOT_CHECKSUM.size  # 160
+#: The slot size of version 1 (no chain head): recognised only to name it in the refusal.
+ARM_V1_SLOT_SIZE = 128
 #: Bytes of the slot a ``mid_meta_write`` failpoint lets through before killing the process.
 ARM_SLOT_TEAR_AT = ARM_SLOT_SIZE // 2
 
 # ---------------------------------------------------------------- .ARZ data file header
 ARZ_MAGIC = b"LAMARCZ\x00"
-ARZ_VERSION = 1
+#: Version 2 stores the generation's base chain head in the header.
+ARZ_VERSION = 2
 #: File header body (checksummed): magic 8s, version u32, header size u32, table id u32,
 #: codec u8, level i8, reserved u16, generation u64, block target u32, reserved u32,
 #: then the generation's base state as published: row count u64, next row id u64,
-#: data length u64, block count u64, raw bytes u64, generation commit seq u64; reserved 32.
-ARZ_HEADER_BODY = struct.Struct("<8sIIIBbHQIIQQQQQQ32x")
+#: data length u64, block count u64, raw bytes u64, generation commit seq u64, chain head
+#: 32s (after the base blocks).
+ARZ_HEADER_BODY = struct.Struct("<8sIIIBbHQIIQQQQQQ32s")
 ARZ_HEADER_CHECKSUM = struct.Struct("<Q")
 ARZ_HEADER_SIZE = ARZ_HEADER_BODY.size + ARZ_HEADER_CHECKSUM.size  # 128
 

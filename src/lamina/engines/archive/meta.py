@@ -6,7 +6,9 @@ previous committed state. No rename and no directory fsync per commit.
 
 Reading: each slot is validated magic, then version, then checksum. A slot with our magic
 and a future version makes the whole file a :class:`VersionError` (a newer build wrote it;
-the older slot would be stale). Of the valid slots, the highest counter wins.
+the older slot would be stale); so does a valid slot of format version 1 (an older build,
+before the block chain: it carries no chain head, and this build refuses to guess one).
+Of the valid slots, the highest counter wins.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -30,6 +33,7 @@ from lamina.engines.archive.format import (
     ARM_SLOT_SIZE,
     ARM_SLOT_STRIDE,
     ARM_SLOT_TEAR_AT,
+    ARM_V1_SLOT_SIZE,
     ARM_VERSION,
 )
 from lamina.errors import CorruptionError, NotADatabaseError, TableNotFoundError, VersionError
@@ -42,7 +46,8 @@ class Meta:
     ``data_length`` is the committed length of the ``.ARZ`` (header included): bytes past it
     are a torn tail. ``generation_commit_seq`` is the commit seq at which this generation was
     published (0 for the first generation); ``last_commit_seq`` the seq of the table's last
-    commit (or optimize publish).
+    commit (or optimize publish); ``chain_head`` the head of the generation's block chain
+    after its last committed block (:mod:`~lamina.engines.archive.chain`).
     """
 
     counter: int
@@ -58,19 +63,20 @@ class Meta:
     generation_commit_seq: int
     blocks: int
     raw_bytes: int
+    chain_head: bytes
 
-    def replace(self, **changes: int) -> Meta:
-        """A copy with ``changes`` applied."""
+    def replace(self, **changes: Any) -> Meta:
+        """A copy with ``changes`` applied (ints; ``chain_head`` bytes)."""
         return dataclasses.replace(self, **changes)
 
 
 def encode_slot(meta: Meta) -> bytes:
-    """The 128 bytes of one slot holding ``meta``."""
+    """The 160 bytes of one slot holding ``meta``."""
     body = ARM_SLOT_BODY.pack(
         ARM_MAGIC, ARM_VERSION, ARM_SLOT_SIZE, meta.counter, meta.table_id, meta.codec,
         meta.level, 0, meta.generation, meta.row_count, meta.next_row_id, meta.data_length,
         meta.block_target, 0, meta.last_commit_seq, meta.generation_commit_seq, meta.blocks,
-        meta.raw_bytes)
+        meta.raw_bytes, meta.chain_head)
     return body + ARM_SLOT_CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
 
 
@@ -88,6 +94,7 @@ SLOT_VALID = "valid"
 SLOT_MISSING = "missing"
 SLOT_BAD_MAGIC = "bad magic"
 SLOT_FUTURE = "future version"
+SLOT_OLD = "older format version"
 SLOT_BAD_VERSION = "bad version or size"
 SLOT_BAD_CHECKSUM = "bad checksum"
 
@@ -102,16 +109,21 @@ def decode_slot(raw: bytes) -> tuple[str, Meta | None, int]:
         return SLOT_BAD_MAGIC, None, 0
     if version > ARM_VERSION:
         return SLOT_FUTURE, None, version
+    if version == 1 and size == ARM_V1_SLOT_SIZE:
+        (old_sum,) = ARM_SLOT_CHECKSUM.unpack_from(raw, ARM_V1_SLOT_SIZE - 8)
+        if old_sum == xxhash.xxh3_64_intdigest(raw[:ARM_V1_SLOT_SIZE - 8]):
+            return SLOT_OLD, None, version
+        return SLOT_BAD_CHECKSUM, None, version
     if version < 1 or size != ARM_SLOT_SIZE:
         return SLOT_BAD_VERSION, None, version
     (checksum,) = ARM_SLOT_CHECKSUM.unpack_from(raw, ARM_SLOT_BODY.size)
     if checksum != xxhash.xxh3_64_intdigest(raw[:ARM_SLOT_BODY.size]):
         return SLOT_BAD_CHECKSUM, None, version
     (_m, _v, _s, counter, table_id, codec_id, level, _flags, generation, row_count, next_row_id,
-     data_length, block_target, _r, last_seq, gen_seq, blocks, raw_bytes) = fields
+     data_length, block_target, _r, last_seq, gen_seq, blocks, raw_bytes, head) = fields
     return SLOT_VALID, Meta(counter, table_id, codec_id, level, generation, row_count,
                             next_row_id, data_length, block_target, last_seq, gen_seq, blocks,
-                            raw_bytes), version
+                            raw_bytes, head), version
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +145,8 @@ class MetaRead:
 def decode_file(raw: bytes, path: Path) -> MetaRead:
     """Choose the current slot of a meta file's bytes; raises on no usable slot.
 
-    Raises VersionError (a slot from a newer format), NotADatabaseError (no slot has the
+    Raises VersionError (a slot from a newer format, or a valid slot of format version 1,
+    made by an older build), NotADatabaseError (no slot has the
     magic: not an archive meta file), CorruptionError (every slot damaged).
     """
     decoded = [decode_slot(raw[i * ARM_SLOT_STRIDE:i * ARM_SLOT_STRIDE + ARM_SLOT_SIZE])
@@ -143,6 +156,12 @@ def decode_file(raw: bytes, path: Path) -> MetaRead:
         if state == SLOT_FUTURE:
             raise VersionError(f"{path} is archive meta format version {version}; this build "
                                f"knows up to {ARM_VERSION}")
+    for state, _m, version in decoded:
+        if state == SLOT_OLD:
+            raise VersionError(f"{path} was made by an older format (archive meta format "
+                               f"version {version}, without the block chain); this build "
+                               f"reads version {ARM_VERSION} only: dump it with the build "
+                               "that wrote it and load the rows again")
     valid = [(m.counter, i, m) for i, (s, m, _v) in enumerate(decoded) if m is not None]
     if not valid:
         if len(raw) == 0:

@@ -27,6 +27,7 @@ from lamina.core import fileio
 from lamina.core.failpoints import failpoint
 from lamina.engines.archive import generations, recovery
 from lamina.engines.archive.block import pack_block
+from lamina.engines.archive.chain import ChainHasher
 from lamina.engines.archive.datafile import DataFile, FileHeader
 from lamina.engines.archive.files import TableFiles
 from lamina.engines.archive.format import ARZ_HEADER_SIZE, DEFAULT_OPTIMIZE_TARGET
@@ -55,7 +56,7 @@ def optimize(files: TableFiles, block_target: int | None, timeout: float | None,
         fd = fileio.open_fd(new_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         published = installed = False
         try:
-            end, blocks, raw_bytes = _rewrite(old, meta.data_length, fd, new_path, meta.codec,
+            end, blocks, raw_bytes, head = _rewrite(old, meta.data_length, fd, new_path, meta.codec,
                                               meta.level, target)
             # Always, even with sync=False: the rename below must never reach the disk
             # before the data it publishes (sync=False skips only the directory and meta
@@ -67,7 +68,7 @@ def optimize(files: TableFiles, block_target: int | None, timeout: float | None,
                 seq = lockfile.next_commit_seq()
                 header = FileHeader(files.table_id, meta.codec, meta.level,
                                     meta.generation + 1, target, meta.row_count,
-                                    meta.next_row_id, end, blocks, raw_bytes, seq)
+                                    meta.next_row_id, end, blocks, raw_bytes, seq, head)
                 fileio.pwrite(fd, header.encode(), 0, new_path)
                 fileio.fdatasync(fd, new_path)
                 retained = generations.retain_if_backup(files, read)
@@ -78,7 +79,8 @@ def optimize(files: TableFiles, block_target: int | None, timeout: float | None,
                 failpoint("archive.optimize_mid_publish")
                 new_meta = meta.replace(generation=header.generation, data_length=end,
                                         blocks=blocks, raw_bytes=raw_bytes,
-                                        last_commit_seq=seq, generation_commit_seq=seq)
+                                        last_commit_seq=seq, generation_commit_seq=seq,
+                                        chain_head=head)
                 files.arm().write(read, new_meta, sync=files.sync)
             installed = True
             files.install(DataFile(files.arz_path, fd, header, files.name))
@@ -103,8 +105,9 @@ def optimize(files: TableFiles, block_target: int | None, timeout: float | None,
 
 
 def _rewrite(old: DataFile, upto: int, fd: int, path: os.PathLike[str], codec_id: int,
-             level: int, target: int) -> tuple[int, int, int]:
-    """Copy every row of ``old`` below ``upto`` into new blocks; returns (end, blocks, raw)."""
+             level: int, target: int) -> tuple[int, int, int, bytes]:
+    """Copy every row of ``old`` below ``upto`` into new blocks; returns (end, blocks, raw,
+    the new generation's chain head: its chain restarts at CHAIN_START)."""
     fileio.pwrite(fd, bytes(ARZ_HEADER_SIZE), 0, path)  # placeholder until publish
     offset = ARZ_HEADER_SIZE
     count = old.ensure_index(upto)
@@ -114,12 +117,14 @@ def _rewrite(old: DataFile, upto: int, fd: int, path: os.PathLike[str], codec_id
     run_seq = 0
     blocks = 0
     raw_bytes = 0
+    chain = ChainHasher()
 
     def flush() -> None:
         nonlocal offset, blocks, raw_bytes, run, run_size, run_first
         block = pack_block(run, run_first, codec_id, level)
         data = block.encode(run_seq)
         fileio.pwrite(fd, data, offset, path)
+        chain.add(data)
         offset += len(data)
         blocks += 1
         raw_bytes += block.raw_bytes
@@ -138,7 +143,7 @@ def _rewrite(old: DataFile, upto: int, fd: int, path: os.PathLike[str], codec_id
                 flush()
     if run:
         flush()
-    return offset, blocks, raw_bytes
+    return offset, blocks, raw_bytes, chain.head
 
 
 __all__ = ["optimize"]

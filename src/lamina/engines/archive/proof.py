@@ -24,6 +24,7 @@ from lamina.core import fileio
 from lamina.core.driver import TableSpec
 from lamina.engines.archive import codec
 from lamina.engines.archive.block import BlockHeader, decode_payload
+from lamina.engines.archive.chain import ChainHasher
 from lamina.engines.archive.datafile import FileHeader, read_header_at
 from lamina.engines.archive.format import (
     ARZ_HEADER_SIZE,
@@ -61,7 +62,8 @@ class DataChecker:
     """
 
     def __init__(self, table: str, spec_id: int, meta: Meta, label: str, *, decode: bool,
-                 start: int = 0, first_row: int = 1, min_seq: int = 0) -> None:
+                 start: int = 0, first_row: int = 1, min_seq: int = 0,
+                 chain_from: bytes | None = None) -> None:
         self.table = table
         self.spec_id = spec_id
         self.meta = meta
@@ -76,6 +78,12 @@ class DataChecker:
                                 limit_name="the VP position")
         self.rows = self.blocks = self.raw_bytes = 0
         self.prev_seq = min_seq
+        #: The block chain over the blocks proven so far: from CHAIN_START for a whole
+        #: file, from ``chain_from`` (the base's head) for a tail; None: a tail whose
+        #: base head is unknown (only the assembled file's re-check proves its chain).
+        self.chain: ChainHasher | None = (ChainHasher() if not start else
+                                          None if chain_from is None
+                                          else ChainHasher(chain_from))
 
     @property
     def expected(self) -> int:
@@ -115,6 +123,8 @@ class DataChecker:
             payload = bytes(buf[pos + BLOCK_HEADER_SIZE:pos + BLOCK_HEADER_SIZE
                                 + h.stored_length])
             self._check_block(h, payload)
+            if self.chain is not None:
+                self.chain.add(buf[pos:pos + BLOCK_HEADER_SIZE + h.stored_length])
             self.walk.advance(h)
             pos += BLOCK_HEADER_SIZE + h.stored_length
         proven = bytes(buf[:pos])
@@ -163,6 +173,10 @@ class DataChecker:
         if not self.complete:
             raise CorruptionError(f"data ends at offset {self.offset + len(self.pending)}, "
                                   f"before the VP position {m.data_length}", path=self.label,
+                                  where=where)
+        if self.chain is not None and self.chain.head != m.chain_head:
+            raise CorruptionError(f"the blocks' chain head {self.chain.head.hex()} differs "
+                                  f"from the meta's {m.chain_head.hex()}", path=self.label,
                                   where=where)
         if self.start:  # a tail: its blocks must end exactly at the VP's next row id
             if self.expected != m.next_row_id:

@@ -197,9 +197,11 @@ class TableRestore:
         self._data.finish()
         m = self.meta
         want = {"rows": m.row_count, "position": m.data_length,
-                "generation": m.generation, "last_commit_seq": m.last_commit_seq}
+                "generation": m.generation, "last_commit_seq": m.last_commit_seq,
+                "chain_head": m.chain_head.hex()}
         got = {"rows": facts.rows, "position": facts.position,
-               "generation": facts.generation, "last_commit_seq": facts.last_commit_seq}
+               "generation": facts.generation, "last_commit_seq": facts.last_commit_seq,
+               "chain_head": facts.chain_head.hex()}
         if got != want or vp_seq != self.header.vp_seq:
             raise CorruptionError(f"archive table {self.name!r}: stream meta {want} at VP "
                                   f"{self.header.vp_seq} differs from the image's VP "

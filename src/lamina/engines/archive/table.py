@@ -21,6 +21,7 @@ from lamina.core.check import CheckReport
 from lamina.core.lockfile import LockFile
 from lamina.core.names import validate_table_name
 from lamina.engines.archive import check, codec, generations, optimize, recovery
+from lamina.engines.archive.chain import CHAIN_START
 from lamina.engines.archive.datafile import FileHeader, meta_from_header, read_header_at
 from lamina.engines.archive.fallback import ArmFallback
 from lamina.engines.archive.files import Snapshot, TableFiles
@@ -145,10 +146,10 @@ class ArchiveTable:
         if fileio.exists(arm_p):
             raise AlreadyExistsError(f"archive table {name!r} already exists in {directory}")
         header = FileHeader(table_id, codec_id, lvl, 1, block_target, 0, 1, ARZ_HEADER_SIZE,
-                            0, 0, 0)
+                            0, 0, 0, CHAIN_START)
         fileio.atomic_write_file(arz_p, header.encode(), sync=sync)
         meta = Meta(1, table_id, codec_id, lvl, 1, 0, 1, ARZ_HEADER_SIZE, block_target, 0, 0,
-                    0, 0)
+                    0, 0, CHAIN_START)
         fileio.atomic_write_file(arm_p, encode_file(meta), sync=sync)
 
     @classmethod

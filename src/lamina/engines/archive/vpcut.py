@@ -17,8 +17,9 @@ from pathlib import Path
 
 from lamina.core import fileio
 from lamina.engines.archive import generations
+from lamina.engines.archive.chain import CHAIN_START, ChainHasher
 from lamina.engines.archive.datafile import FileHeader, meta_from_header, read_header
-from lamina.engines.archive.format import arm_path, retained_paths
+from lamina.engines.archive.format import ARZ_HEADER_SIZE, arm_path, retained_paths
 from lamina.engines.archive.meta import Meta, read_meta_file
 from lamina.engines.archive.walker import BlockWalker
 from lamina.errors import NotFoundError, StorageError, TableNotFoundError
@@ -97,11 +98,14 @@ def open_vp_generation(directory: Path, name: str, vp_seq: int,
 
 
 def cut_at(fd: int, path: Path, name: str, header: FileHeader, committed: Meta,
-           vp_seq: int) -> Meta:
+           vp_seq: int, *, chain_from: tuple[int, bytes] | None = None) -> Meta:
     """The meta of ``committed``'s generation as of ``vp_seq``: walk the block headers up to
     the committed length (the one block walk) and stop at the first block committed after
     ``vp_seq``; rows, next row id, data length, block count, raw bytes and last commit seq
-    are recomputed from the headers below it.
+    are recomputed from the headers below it, and the block chain's head at the cut from
+    the blocks' bytes: from the generation's base state (its header's chain head), or from
+    ``chain_from`` = (a block boundary at or below the cut, the chain head there: a layer's
+    base), so a layer reads only the blocks after its base.
 
     The cut is a prefix (blocks are in seq order). O(1) memory. Raises CorruptionError for a
     damaged header (naming table, offset and rows), StorageError.
@@ -115,9 +119,28 @@ def cut_at(fd: int, path: Path, name: str, header: FileHeader, committed: Meta,
         blocks += 1
         raw_bytes += block.row_bytes
         last_seq = max(last_seq, block.commit_seq)
+    cut = walker.offset
+    if chain_from is not None and chain_from[0] <= cut:
+        start, head = chain_from
+    else:
+        start, head = header.base_data_length, header.base_chain_head
+        if start > cut:  # cannot be: the base blocks are older than any later VP
+            start, head = ARZ_HEADER_SIZE, CHAIN_START
     return committed.replace(row_count=walker.expected - 1, next_row_id=walker.expected,
-                             data_length=walker.offset, blocks=blocks, raw_bytes=raw_bytes,
-                             last_commit_seq=last_seq)
+                             data_length=cut, blocks=blocks, raw_bytes=raw_bytes,
+                             last_commit_seq=last_seq,
+                             chain_head=chain_between(fd, path, name, start, cut, head))
 
 
-__all__ = ["cut_at", "open_vp_generation"]
+def chain_between(fd: int, path: Path, name: str, start: int, end: int, head: bytes) -> bytes:
+    """The block chain head after the blocks of ``[start, end)`` (block boundaries) of the
+    open data file ``fd``, continuing ``head``. Reads those bytes once, in large preads.
+    Raises CorruptionError (a damaged block header), StorageError."""
+    chain = ChainHasher(head)
+    walker = BlockWalker(name, path, end, start=start, strict=False)
+    for block in walker.headers(fd):
+        chain.add(fileio.pread(fd, block.end - block.offset, block.offset, path))
+    return chain.head
+
+
+__all__ = ["chain_between", "cut_at", "open_vp_generation"]

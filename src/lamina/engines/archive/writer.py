@@ -23,6 +23,7 @@ from lamina.core.failpoints import failpoint, is_armed
 from lamina.core.lockfile import ExclusiveLock
 from lamina.core.table_locks import table_backup_lock
 from lamina.engines.archive.block import BlockHeader, PendingBlock, pack_rows
+from lamina.engines.archive.chain import ChainHasher
 from lamina.engines.archive.datafile import DataFile
 from lamina.engines.archive.files import TableFiles
 from lamina.engines.archive.format import MAX_ROW_BYTES
@@ -128,7 +129,8 @@ class Appender:
         with backup_lock.shared(self.backup_lock_timeout, f"archive table {files.name!r}"), \
                 lockfile.publishing_commit():
             seq = lockfile.next_commit_seq()
-            buf = memoryview(b"".join(b.encode(seq) for b in blocks))
+            encoded = [b.encode(seq) for b in blocks]
+            buf = memoryview(b"".join(encoded))
             failpoint("archive.before_block_write")
             if is_armed("archive.mid_block_write"):  # crash tests: a torn tail on disk
                 half = len(buf) // 2
@@ -142,7 +144,11 @@ class Appender:
             fileio.fdatasync(data.fd, data.path)
             failpoint("archive.after_data_sync")
             n = len(self._rows)
-            new = meta.replace(row_count=meta.row_count + n, next_row_id=meta.next_row_id + n,
+            chain = ChainHasher(meta.chain_head)
+            for block_bytes in encoded:
+                chain.add(block_bytes)
+            new = meta.replace(chain_head=chain.head, row_count=meta.row_count + n,
+                               next_row_id=meta.next_row_id + n,
                                data_length=offset + len(buf), last_commit_seq=seq,
                                blocks=meta.blocks + len(blocks),
                                raw_bytes=meta.raw_bytes + sum(b.raw_bytes for b in blocks))
