@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lamina.errors import CorruptionError, NotFoundError, UsageError
+from lamina.repository.damage import check_point, order_key
+from lamina.repository.index import Index
 from lamina.repository.repository import BackupEntry, Repository
 from lamina.repository.timespec import iso_ns
 
@@ -61,34 +63,32 @@ def list_points(repo: Repository, database: str | None = None,
 
 
 def point_at(repo: Repository, at_ns: int, database: str | None = None) -> Point:
-    """The newest point with VP time <= ``at_ns``.
+    """The newest point with VP time <= ``at_ns`` (to the nanosecond).
 
-    An older point is never chosen silently: if the newest backup at or before ``at_ns``
-    does not restore (damaged, or its chain broken), CorruptionError names it and the
-    point that would restore. Raises NotFoundError (nothing that early), UsageError
-    (several databases and no ``database``), LockedError, StorageError.
+    An older point is never chosen silently: exactly as ``Repository.resolve`` does for
+    ``at=``, a damaged backup at or before the time, or a damaged image that may be a newer
+    point, is a CorruptionError naming it and the newest intact point (to pass as
+    ``--id``). Raises NotFoundError (nothing that early), UsageError (several databases
+    and no ``database``), LockedError, StorageError.
     """
     entries, _ = repo.list()
+    index = Index([e.record for e in entries])
+    readable = [r for r in index.records.values() if r.error is None]
     if database is not None:
-        entries = [e for e in entries
-                   if str(e.record.database_id).startswith(database.lower())]
-    dbs = {e.record.database_id for e in entries if e.record.error is None}
+        readable = [r for r in readable if str(r.database_id).startswith(database.lower())]
+    dbs = {r.database_id for r in readable}
     if len(dbs) > 1:
         raise UsageError(f"the repository holds backups of {len(dbs)} databases; choose one "
                          "with --database")
-    early = [e for e in entries if e.record.vp_wall_ns <= at_ns]
-    points = _points(early, None)
-    if not early:
+    target = max((r for r in readable if r.vp_wall_ns <= at_ns), key=order_key, default=None)
+    check_point(index, target, readable, f"newest backup at or before {iso_ns(at_ns)}",
+                repo.path)
+    if target is None:
         raise NotFoundError(f"no point at or before {iso_ns(at_ns)} in the repository")
-    newest = max(early, key=lambda e: (e.record.vp_wall_ns, e.record.vp_seq,
-                                       str(e.record.backup_id)))
-    if newest.record.error is not None or newest.chain is None:
-        why = newest.record.error or newest.problem
-        instead = (f"; the newest point that restores is {points[-1].backup_id} "
-                   f"({iso_ns(points[-1].vp_wall_ns)}): pass it with --id" if points else "")
-        raise CorruptionError(f"the newest backup at or before {iso_ns(at_ns)}, "
-                              f"{newest.record.backup_id}, is damaged ({why}){instead}")
-    return points[-1]
+    found = [p for p in _points(entries, None) if p.backup_id == target.backup_id]
+    if not found:  # pragma: no cover - check_point refuses a target that does not restore
+        raise CorruptionError(f"backup {target.backup_id} does not restore")
+    return found[0]
 
 
 __all__ = ["Point", "list_points", "point_at"]
