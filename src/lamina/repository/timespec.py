@@ -6,8 +6,9 @@
   or relative to now: ``-5m``, ``now-5m``, ``5m ago``.
 
 Times are integers of nanoseconds since the epoch, computed exactly (no float rounding), so
-that a VP time printed by ``list --points`` (ISO, microseconds) names that VP: a time given
-to the microsecond covers the whole microsecond. Pure functions, thread-safe.
+that a VP time printed by ``list --points`` (ISO, microseconds) names that VP: a time
+covers what its precision names (a date the whole day, ``HH:MM`` the minute, a fraction
+down to its last digit). Pure functions, thread-safe.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def _datetime_ns(moment: dt.datetime) -> int:
 
 def parse_at(text: str, now_ns: int) -> int:
     """The point in time ``text`` names, as ns since the epoch (relative forms count back
-    from ``now_ns``); a time given to the second or microsecond covers it whole (it ends
-    at its last nanosecond). Raises UsageError."""
+    from ``now_ns``); an absolute time covers what its precision names (it ends at the
+    last nanosecond of that day, minute, second or fraction). Raises UsageError."""
     raw = text.strip()
     low = raw.lower()
     if low == "now":
@@ -79,15 +80,30 @@ def parse_at(text: str, now_ns: int) -> int:
     if rel is not None:
         return now_ns - parse_duration(rel, "time")
     if re.fullmatch(r"\d+(?:\.\d+)?", raw):
-        return _scaled(raw, _UNITS_NS["s"]) + (0 if "." in raw else 999_999_999)
+        digits = len(raw.partition(".")[2])
+        return _scaled(raw, _UNITS_NS["s"]) + 10 ** max(0, 9 - digits) - 1
     try:
         moment = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(f"time {text!r} is neither ISO 8601, epoch seconds, 'now' nor "
                          "relative (-5m, 5m ago)") from None
-    # The named instant's last nanosecond: to the microsecond given, or to the second.
-    span = 999 if moment.microsecond else 999_999_999
-    return _datetime_ns(moment) + span
+    return _datetime_ns(moment) + _precision_ns(raw) - 1
+
+
+def _precision_ns(text: str) -> int:
+    """How long the instant ``text`` names lasts: a day, a minute, a second, or the last
+    fractional digit given."""
+    m = re.search(r"[T ]\d\d(:\d\d(:\d\d(?:[.,](\d+))?)?)?", text)
+    if m is None:
+        return _UNITS_NS["d"]
+    if m.group(1) is None:
+        return _UNITS_NS["h"]
+    if m.group(2) is None:
+        return _UNITS_NS["m"]
+    digits = m.group(3)
+    if digits is None:
+        return _UNITS_NS["s"]
+    return 10 ** max(0, 9 - len(digits))
 
 
 __all__ = ["iso_ns", "parse_at", "parse_duration"]
