@@ -81,7 +81,7 @@ def parse_at(text: str, now_ns: int) -> int:
         return now_ns - parse_duration(rel, "time")
     if re.fullmatch(r"\d+(?:\.\d+)?", raw):
         digits = len(raw.partition(".")[2])
-        return _scaled(raw, _UNITS_NS["s"]) + 10 ** max(0, 9 - digits) - 1
+        return _scaled(raw, _UNITS_NS["s"]) + int(10 ** max(0, 9 - digits)) - 1
     try:
         moment = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
@@ -103,7 +103,7 @@ def _precision_ns(text: str) -> int:
     digits = m.group(3)
     if digits is None:
         return _UNITS_NS["s"]
-    return 10 ** max(0, 9 - len(digits))
+    return int(10 ** max(0, 9 - len(digits)))
 
 
 __all__ = ["iso_ns", "parse_at", "parse_duration"]
