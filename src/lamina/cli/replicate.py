@@ -16,7 +16,7 @@ from lamina.cli.common import json_option, open_database
 from lamina.cli.repo import lock_timeout_option, open_repository
 from lamina.errors import UsageError
 
-_DEFAULT_LEVELS = "1m:1d,1h"
+_DEFAULT_LEVELS = "10s:1h,1m:1d,1h"
 
 
 def _levels(text: str, retain_ns: int) -> tuple[tuple[int, ...], tuple[int | None, ...]]:
@@ -78,6 +78,8 @@ def _text_line(event: dict[str, Any]) -> str:
               help="How often retention runs.")
 @click.option("--max-backoff", default="60s", show_default=True,
               help="Longest wait between retries of a failing repository.")
+@click.option("--run-for", default=None,
+              help="Stop after this long, as on SIGTERM (default: until a signal).")
 @click.option("--status-file", type=click.Path(dir_okay=False), default=None,
               help="Write the status here (JSON, atomically) after every step.")
 @click.option("--metrics-addr", default=None,
@@ -86,7 +88,8 @@ def _text_line(event: dict[str, Any]) -> str:
 @json_option
 def command(db: str, repo_path: str, interval: str, full_every: str, full_fraction: float,
             full_from: str, retain: str, fine_window: str, levels: str, compact_every: str,
-            max_backoff: str, status_file: str | None, metrics_addr: str | None,
+            max_backoff: str, run_for: str | None, status_file: str | None,
+            metrics_addr: str | None,
             lock_timeout: float, as_json: bool) -> None:
     """Replicate DB into REPO continuously: a layer whenever DB committed since the last
     point, nothing while it is idle. Runs until SIGINT or SIGTERM, which finish (or
@@ -111,6 +114,7 @@ def command(db: str, repo_path: str, interval: str, full_every: str, full_fracti
                                compact_every=parse_duration(compact_every,
                                                             "--compact-every") / ns,
                                max_backoff=parse_duration(max_backoff, "--max-backoff") / ns)
+    stop_after = None if run_for is None else parse_duration(run_for, "--run-for") / ns
     metrics = None
     if metrics_addr is not None:
         from lamina.repository.replication_metrics import ReplicationMetrics, parse_addr
@@ -131,7 +135,16 @@ def command(db: str, repo_path: str, interval: str, full_every: str, full_fracti
             bound = metrics.serve(host, port)
             log({"event": "metrics", "time": iso_ns(time.time_ns()),
                  "address": f"http://{bound[0]}:{bound[1]}/metrics"})
-        _run_until_signalled(replicator)
+        timer = None
+        if stop_after is not None:
+            timer = threading.Timer(stop_after, replicator.stop)
+            timer.daemon = True
+            timer.start()
+        try:
+            _run_until_signalled(replicator)
+        finally:
+            if timer is not None:
+                timer.cancel()
         if metrics is not None:
             metrics.close()
 

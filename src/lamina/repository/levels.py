@@ -1,22 +1,25 @@
 """Levels of continuous replication: which base each new point is taken on, when a full is
 due, and which points retention keeps. Pure functions over an :class:`~.index.Index`.
 
-**Bases (a skip list in time).** Levels are time buckets, finest first (default one minute,
-then one hour). The points of one database history form a tree rooted at its newest full
-image F. A new point at time *t* descends from F: at each level, coarsest first, it takes
-the newest point that builds directly on the current anchor; if that point lies in the same
-bucket of this level as *t* it becomes the anchor and the descent goes on, else (or if there
-is none) the new point is taken on the current anchor and becomes the first point of its
-bucket. So with levels (1 min, 1 h):
+**Bases (a skip list in time).** Levels are time buckets, finest first (default ten
+seconds, one minute, one hour). The points of one database history form a tree rooted at
+its newest full image F. A new point at time *t* descends from F: at each level, coarsest
+first, it takes the newest point that builds directly on the current anchor; if that point
+lies in the same bucket of this level as *t* it becomes the anchor and the descent goes on,
+else (or if there is none) the new point is taken on the current anchor and becomes the
+first point of its bucket. So with levels (1 min, 1 h), for example:
 
 * the first point of each hour is a layer on F (it holds what changed since F),
 * the first point of each minute a layer on its hour's first point,
 * every other point a layer on its minute's first point.
 
 Every point's chain is therefore at most ``2 + len(levels)`` images (F, one anchor per
-level, the point): **restoring any point reads at most 4 images** with the default levels,
-however long the replication has run. A point's depth in the tree is its level: depth
-``len(levels) + 1`` are the finest points, depth 1 the coarsest anchors, depth 0 the fulls.
+level, the point): **restoring any point reads at most 5 images** with the default three
+levels (4 with two), however long the replication has run. A layer holds what changed since
+its base, so a point holds at most one finest bucket of changes (10 s by default), an
+anchor at most one bucket of the next level. A point's depth in the tree is its level:
+depth ``len(levels) + 1`` are the finest points, depth 1 the coarsest anchors, depth 0 the
+fulls.
 
 **Fulls.** A new full is due when there is none, when the newest is ``full_every`` old, or
 when the layers of the chain the next point would extend add up to more than
@@ -41,8 +44,8 @@ from lamina.errors import UsageError
 from lamina.repository.index import ImageRecord, Index
 
 NS = 1_000_000_000
-#: Default levels: one-minute buckets, then one-hour buckets.
-DEFAULT_LEVELS_NS = (60 * NS, 3600 * NS)
+#: Default levels: ten-second buckets, then one-minute, then one-hour buckets.
+DEFAULT_LEVELS_NS = (10 * NS, 60 * NS, 3600 * NS)
 
 
 def order(record: ImageRecord) -> tuple[int, int, str]:
@@ -62,7 +65,7 @@ class LevelPolicy:
     """
 
     levels_ns: tuple[int, ...] = DEFAULT_LEVELS_NS
-    level_keep_ns: tuple[int | None, ...] = (86_400 * NS, None)
+    level_keep_ns: tuple[int | None, ...] = (3600 * NS, 86_400 * NS, None)
     fine_window_ns: int = 600 * NS
     retain_ns: int = 7 * 86_400 * NS
     full_every_ns: int = 86_400 * NS
