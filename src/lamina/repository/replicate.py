@@ -230,7 +230,8 @@ class Replicator:
         and CancelledError (:meth:`stop` during a backup: nothing was published).
 
         While the database is idle a step reads its commit seq and nothing else (the newest
-        point's seq is remembered; the repository is read again after a failure)."""
+        point's seq is remembered; the repository is read again after a failure), except
+        the retention pass every ``compact_every``, which reads the index."""
         now = self.clock()
         seq = self.db.lockfile.commit_seq()
         self.status.commit_seq = seq
