@@ -475,6 +475,14 @@ class Database:
                              progress=progress, cancel=cancel, driver=driver,
                              max_rate=max_rate, lock_timeout=lock_timeout, base=base)
 
+    def replicate(self, repo: Any, **options: Any) -> Any:
+        """A replicator of this database into ``repo`` (a ``lamina.repository.Repository``)
+        for programs that embed continuous replication: ``db.replicate(repo).run()``
+        blocks until its ``stop()``; ``step()`` takes one point. ``options`` are those of
+        ``lamina.repository.replicate.replicate``. The repository builds it
+        (``repo.replicator(db, ...)``): this module never imports the repository layer."""
+        return repo.replicator(self, **options)
+
     # ------------------------------------------------------------------ check / stat
     def check(self, progress: Callable[[str], None] | None = None) -> CheckReport:
         """Run the checker over the btree file and every archive table (read-only).

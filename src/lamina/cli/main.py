@@ -54,6 +54,7 @@ COMMANDS = {
     "repo": "repo",
     "list": "list",
     "prune": "prune",
+    "replicate": "replicate",
 }
 
 #: Exit status of a command whose stdout was closed by its reader (128 + SIGPIPE).

@@ -31,8 +31,8 @@ from lamina.cli.repo import RESTORE_PHASES, lock_timeout_option
               help="Restore a backup of this repository (IMAGE omitted or 'latest').")
 @click.option("--id", "backup_id", default=None, help="With --repo: the backup to restore.")
 @click.option("--at", default=None,
-              help="With --repo: the newest backup with VP time <= AT (ISO 8601, UTC if no "
-                   "zone, or epoch seconds).")
+              help="With --repo: the newest point with VP time <= AT (ISO 8601, UTC if no "
+                   "zone; epoch seconds; now; relative: -5m, '5m ago').")
 @click.option("--database", default=None,
               help="With --repo: the database (id or prefix) when it holds several.")
 @click.option("--page-size", type=click.IntRange(min=1), default=None,
@@ -56,9 +56,12 @@ def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
     only_with_repo(repo_path, id=backup_id, at=at, database=database)
     if page_size is not None and not btree_format.valid_page_size(page_size):
         raise UsageError(f"--page-size {page_size} is not a power of two in 1024..65536")
+    at_ns = None
     if at is not None:
-        from lamina.repository.repository import parse_time
-        parse_time(at)  # UsageError for a bad time, before the repository is opened
+        import time
+
+        from lamina.repository.timespec import parse_at
+        at_ns = parse_at(at, time.time_ns())  # UsageError before the repository is opened
     table_list = split_tables(tables)
     image = images[0] if images else None
     if repo_path is not None or image is None:
@@ -67,6 +70,16 @@ def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
         if page_size is not None:
             raise UsageError("--page-size cannot be used with --repo")
         from lamina.cli.repo import restore_from_repo
+        if at_ns is not None:  # the newest point at or before it, to the nanosecond
+            from lamina.cli.repo import open_repository
+            from lamina.repository.points import point_at
+            if repo_path is None:
+                raise UsageError("--at needs --repo")
+            if backup_id is not None:
+                raise UsageError("give a backup id or a time, not both")
+            backup_id = str(point_at(open_repository(repo_path, lock_timeout), at_ns,
+                                     database).backup_id)
+            at = None
         restore_from_repo(image, repo_path, dest, backup_id=backup_id, at=at,
                           database=database, tables=table_list, force=force,
                           lock_timeout=lock_timeout, show_progress=show_progress,

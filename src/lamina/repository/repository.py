@@ -16,6 +16,7 @@ the images whenever it disagrees with them (``index_rebuilt`` in each result say
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
 import os
@@ -33,6 +34,7 @@ from lamina.database import Database
 from lamina.errors import (
     AlreadyExistsError,
     CancelledError,
+    ChainError,
     CorruptionError,
     DataError,
     LaminaError,
@@ -392,10 +394,14 @@ class Repository:
                progress: ProgressCallback | None = None,
                cancel: CancelToken = None, resume: bool = False,
                resume_lease: float = pins.DEFAULT_LEASE_NS / 1e9,
-               part_size: int = DEFAULT_PART_SIZE) -> RepoBackupResult:
+               part_size: int = DEFAULT_PART_SIZE,
+               base: str | None = None) -> RepoBackupResult:
         """Back up ``db`` into the repository: a layer on the newest backup of this database
         here, or a full when there is none, when ``full``, when that backup's chain is
-        broken, or when its chain already has ``chain_limit`` layers.
+        broken, or when its chain already has ``chain_limit`` layers. ``base`` (a backup id)
+        makes it a layer on that backup instead, whatever the chain limit (the replicator
+        chooses its bases itself); NotFoundError if it is not here, ChainError if it is not
+        of this database's history.
 
         The image streams into a resumable upload (parts of ``part_size`` bytes) and is
         published under ``images/`` with its index entry only when complete. Its validity
@@ -421,7 +427,8 @@ class Repository:
                                        lease_ns=lease_ns)
         else:
             outcome = resumable.backup(self, db, full=full, codec=codec, progress=progress,
-                                       cancel=cancel, lease_ns=lease_ns, part_size=part_size)
+                                       cancel=cancel, lease_ns=lease_ns, part_size=part_size,
+                                       base_id=base)
         return RepoBackupResult(outcome.result.image_id,
                                 "layer" if outcome.base_id else "full", outcome.base_id,
                                 outcome.reason, outcome.result, outcome.rebuilt,
@@ -487,6 +494,79 @@ class Repository:
                     report.first_error = report.first_error or exc
                 report.results.append(entry)
         return report
+
+    def forget(self, backup_ids: Sequence[uuid.UUID]) -> builtins.list[uuid.UUID]:
+        """Delete the backups ``backup_ids`` (the replicator's retention), newest first,
+        holding the repository lock exclusively; returns the ids deleted.
+
+        Never breaks a chain: a backup that some backup not being deleted builds on (or
+        that an unreadable image may build on) is refused with ChainError before anything
+        is deleted. Ids not in the repository are skipped (deletes are idempotent, so a
+        re-run after a crash finishes the job). Raises LockedError, StorageError.
+        """
+        with self.locks.repository(exclusive=True, operation="forget"):
+            index, _ = self._load()
+            doomed = {i for i in backup_ids if i in index.records}
+            damaged = [r for r in index.records.values() if r.error is not None]
+            if damaged and doomed:
+                raise ChainError(f"image {damaged[0].backup_id} is unreadable; nothing is "
+                                 "deleted while the repository has unreadable images")
+            for record in index.records.values():
+                if record.backup_id in doomed:
+                    continue
+                images = index.chain_or_none(record) or []
+                needs = [r.backup_id for r in images if r.backup_id in doomed]
+                if needs:
+                    raise ChainError(f"backup {needs[0]} is needed by the chain of backup "
+                                     f"{record.backup_id}; it is not deleted")
+            order = sorted((index.records[i] for i in doomed),
+                           key=lambda r: (r.vp_seq, r.vp_wall_ns, str(r.backup_id)),
+                           reverse=True)
+            try:
+                for record in order:
+                    self.storage.delete(record.key)
+            finally:
+                with self.locks.index():  # the index follows the images, even after a failure
+                    save_index(self.storage, load_index(self.storage, save=False).index)
+        return [r.backup_id for r in order]
+
+    def merge_to_full(self, backup_id: str, *, cancel: CancelToken = None) -> ImageRecord:
+        """Replace the layer ``backup_id`` by a synthetic full of its chain (same backup id
+        and image id, same VP: layers on it still link), streamed from the repository back
+        to it, proven whole before the atomic put; returns its new record (a full is
+        returned as it is). Holds the repository lock exclusively. Raises NotFoundError,
+        ChainError, CorruptionError & co., CancelledError, LockedError, StorageError; on
+        any error the layer stays as it was."""
+        with self.locks.repository(exclusive=True, operation="merge"):
+            index, _ = self._load()
+            record = index.find(backup_id)
+            if not record.is_layer:
+                return record
+            images = index.chain(record)
+            target = _Target(self.storage)
+            staged = target.staging_path()
+            try:
+                image_id, vp_seq, is_full = _combine(self._paths(images), staged,
+                                                     record.backup_id, cancel)
+                if image_id != record.backup_id or vp_seq != record.vp_seq or not is_full:
+                    raise CorruptionError(f"synthetic full of backup {record.backup_id} "
+                                          "does not stand for it", path=staged)
+            except BaseException:
+                target.discard(staged)
+                raise
+            with self.locks.index():
+                target.publish(record, staged)
+                loaded = load_index(self.storage, save=False)
+                save_index(self.storage, loaded.index)
+            return loaded.index.records[record.backup_id]
+
+    def replicator(self, db: Database, **options: Any) -> Any:
+        """A :class:`~lamina.repository.replicate.Replicator` of ``db`` into this
+        repository (what ``Database.replicate(repo)`` returns); ``options`` as for
+        :func:`lamina.repository.replicate.replicate`. Raises UsageError (bad options)."""
+        from lamina.repository.replicate import replicate
+
+        return replicate(db, self, **options)
 
     def prune(self, policy: KeepPolicy, dry_run: bool = False, *,
               cancel: CancelToken = None) -> PruneResult:

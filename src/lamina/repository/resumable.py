@@ -158,15 +158,20 @@ def _tidy(db: Database, uploads: UploadStore, scope: str) -> None:
 def backup(repo: Repository, db: Database, *, full: bool, codec: str,
            progress: ProgressCallback | None, cancel: CancelToken,
            lease_ns: int = pins.DEFAULT_LEASE_NS,
-           part_size: int = DEFAULT_PART_SIZE) -> Outcome:
+           part_size: int = DEFAULT_PART_SIZE, base_id: str | None = None) -> Outcome:
     """A new backup of ``db`` into ``repo`` (see the module doc and
-    :meth:`Repository.backup <lamina.repository.repository.Repository.backup>`)."""
+    :meth:`Repository.backup <lamina.repository.repository.Repository.backup>`);
+    ``base_id`` (unless ``full``) names the backup to layer on instead of the chosen one."""
     check_part_size(part_size)
     uploads = uploads_of(repo.storage)
     scope = _scope(repo)
     with repo._shared("backup"):
         index, rebuilt = repo._load()
-        base, reason = repo._choose_base(db, index, full)
+        if base_id is not None and not full:
+            base: ImageRecord | None = index.find(base_id)
+            reason = f"layer on {base_id} (requested)"
+        else:
+            base, reason = repo._choose_base(db, index, full)
         _tidy(db, uploads, scope)
         image_id = uuid.uuid4()
         name = str(image_id)
