@@ -21,6 +21,7 @@ from lamina.backup.history import BackupHistory
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, run_backup
 from lamina.database import DDL_TIMEOUT, Database
 from lamina.errors import CancelledError, UsageError
+from lamina.online.at_end import at_end_groups, parse_vp, vp_kind
 from lamina.online.facts import ImageFacts
 from lamina.online.layers import plan_layer
 from lamina.online.plan import DriverChoice, plan_groups, table_drivers
@@ -36,7 +37,7 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
            blocker_timeout: float | None = 30.0, driver: DriverChoice = None,
            max_rate: float | None = None,
            lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
-           base: str | os.PathLike[str] | None = None) -> BackupResult:
+           base: str | os.PathLike[str] | None = None, vp: str = "begin") -> BackupResult:
     """Take a consistent online backup of ``db`` into ``target`` (a path or binary stream).
 
     Writers in any process go on; with the native and snapshot drivers commits are delayed
@@ -51,7 +52,11 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
     ``cancelled``), except a request refused before it starts (a bad ``max_rate``, codec,
     ``level``, table or driver choice: nothing is recorded). ``base`` (the path of an earlier image
     of this database, full or layer) makes the image a *layer*: only what changed after the
-    base's VP (see :mod:`lamina.online.layers`); native drivers only.
+    base's VP (see :mod:`lamina.online.layers`); native drivers only. ``vp`` is where the
+    validity point lies: ``"begin"`` (default: "at begin" drivers, the VP first and all data
+    after it) or ``"end"`` ("at end" native drivers: the bulk is copied first and the VP
+    taken after it, so the image is the database as of the end of the backup; see
+    :mod:`lamina.online.at_end`).
     Returns the kernel's :class:`~lamina.backup.kernel.BackupResult`.
     Raises TableNotFoundError, DriverChoiceError, UsageError, LockedError (the DDL lock, the
     commit blocker or a default-driver table lock not obtained in time), CancelledError,
@@ -64,6 +69,7 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
         raise UsageError(f"max rate must be a positive number of MB/s, not {max_rate}")
     codec_id = parse_codec(codec)
     check_level(codec_id, level)
+    at_end = parse_vp(vp)
     table_drivers(db, tables, driver)  # planned again below, under the DDL lock
     history = BackupHistory(db.path, db.lockfile, sync=db.sync)
     entry = history.start("full" if base is None else "layer",
@@ -77,6 +83,8 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
             base_ref = None
             if base is not None:
                 groups, base_ref = plan_layer(db, groups, base)
+            if at_end:
+                groups = at_end_groups(groups)
             result = run_backup(groups, target, commit_blocker=db.lockfile, base=base_ref,
                                 commit_seq=db.lockfile.commit_seq,
                                 database_id=db.identity.db_id,
@@ -105,7 +113,8 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
 def describe(result: BackupResult) -> dict[str, Any]:
     """JSON-ready summary of a finished backup (``lamina backup --json``): image id, path,
     VP, sizes, each table's driver, the rows its driver counted (archive and logical
-    tables), time and commit-blocker cost, and the killed backups' temporary files removed
+    tables), time and commit-blocker cost, where the VP lies (``vp``: "begin" or "end") and
+    its age at completion (``vp_age_ms``), and the killed backups' temporary files removed
     first (``cleaned``). Pure. Raises CorruptionError if the result's VP
     facts lack a fact (a driver bug)."""
     drivers = {t.name: result.catalog.drivers[t.driver].name for t in result.catalog.tables}
@@ -117,6 +126,7 @@ def describe(result: BackupResult) -> dict[str, Any]:
             "seconds": result.elapsed_ns / 1e9,
             "blocker_held_ms": result.blocker_held_ns / 1e6,
             "blocker_wait_ms": result.blocker_wait_ns / 1e6,
+            "vp": vp_kind(result.catalog), "vp_age_ms": result.vp_age_ns / 1e6,
             "cleaned": [str(c) for c in result.cleaned]}
 
 
