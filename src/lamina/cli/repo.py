@@ -12,6 +12,7 @@ from lamina.cli.common import (
     cancellation_if,
     emit_json,
     human_bytes,
+    human_ms,
     json_option,
     open_database,
     progress_bar,
@@ -82,7 +83,7 @@ def _check_target(image: str | None, repo_path: str | None, what: str) -> str:
 
 def backup_to_repo(db: str, image: str | None, repo_path: str | None, *, full: bool,
                    tables: str | None, codec: str, lock_timeout: float,
-                   show_progress: bool | None, as_json: bool) -> None:
+                   show_progress: bool | None, as_json: bool, vp: str = "begin") -> None:
     """``lamina backup DB --repo REPO [--full]``: prints the new backup's id."""
     repo_path = _check_target(image, repo_path, "IMAGE")
     if tables is not None:
@@ -92,14 +93,15 @@ def backup_to_repo(db: str, image: str | None, repo_path: str | None, *, full: b
     with cancellation() as cancel, open_database(db) as database, \
             progress_bar("backup", show_progress, cancel=cancel) as progress:
         result = repo.backup(database, full=full, codec=codec, progress=progress,
-                             cancel=cancel)
+                             cancel=cancel, vp=vp)
     note_rebuilt(repo, result.index_rebuilt)
     if as_json:
         emit_json(result.to_json())
         return
     click.echo(str(result.backup_id))
     click.echo(f"{result.kind} backup ({result.reason}): commit seq "
-               f"{result.result.vp.commit_seq}, {human_bytes(result.result.size)}", err=True)
+               f"{result.result.vp.commit_seq}, {human_bytes(result.result.size)}, VP age at "
+               f"completion {human_ms(result.result.vp_age_ns)} (--vp {vp})", err=True)
 
 
 def restore_from_repo(image: str | None, repo_path: str | None, dest: str, *,

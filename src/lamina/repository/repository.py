@@ -383,10 +383,12 @@ class Repository:
 
     def backup(self, db: Database, full: bool = False, *, codec: str = "zstd",
                progress: ProgressCallback | None = None,
-               cancel: CancelToken = None) -> RepoBackupResult:
+               cancel: CancelToken = None, vp: str = "begin") -> RepoBackupResult:
         """Back up ``db`` into the repository: a layer on the newest backup of this database
         here, or a full when there is none, when ``full``, when that backup's chain is
-        broken, or when its chain already has ``chain_limit`` layers.
+        broken, or when its chain already has ``chain_limit`` layers. ``vp`` ("begin" or
+        "end") chooses "at begin" or "at end" drivers (see :func:`lamina.online.backup`);
+        images of both kinds chain with each other.
 
         The image is written to ``tmp/`` and published under ``images/`` with its index
         entry only when complete. Raises LockedError (repository or commit blocker),
@@ -400,7 +402,7 @@ class Repository:
             try:
                 base_path = None if base is None else self.storage.local_path(base.key)
                 result = online.backup(db, staged, codec=codec, progress=progress,
-                                       cancel=cancel, base=base_path)
+                                       cancel=cancel, base=base_path, vp=vp)
                 key = L.image_key(result.image_id)
                 with self.locks.index():
                     loaded = load_index(self.storage, save=False)
