@@ -13,12 +13,12 @@ Concurrency: pure functions.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from lamina.backup import image_format
 from lamina.core.driver import DriverGroup, DriverKind
 from lamina.errors import UsageError
-from lamina.online.plan import CHAIN_DRIVERS
+from lamina.online.plan import CHAIN_DRIVERS, NATIVE
 
 #: The accepted values of ``vp=`` / ``--vp``.
 VP_CHOICES = ("begin", "end")
@@ -29,6 +29,16 @@ def parse_vp(vp: str) -> bool:
     if vp not in VP_CHOICES:
         raise UsageError(f"--vp must be 'begin' or 'end', not {vp!r}")
     return vp == "end"
+
+
+def check_at_end_choice(drivers: Mapping[str, str]) -> None:
+    """UsageError unless every table's chosen driver (``{table: driver}``, as
+    :func:`~lamina.online.plan.table_drivers` returns) is the native one: only native
+    drivers come in an "at end" kind. Pure."""
+    others = sorted(name for name, used in drivers.items() if used != NATIVE)
+    if others:
+        raise UsageError(f"--vp end needs native drivers; table(s) {', '.join(others)} use "
+                         f"the {drivers[others[0]]} driver")
 
 
 def at_end_groups(groups: Sequence[DriverGroup]) -> list[DriverGroup]:
@@ -50,4 +60,4 @@ def vp_kind(catalog: image_format.ImageCatalog) -> str:
     return "end" if ends else "begin"
 
 
-__all__ = ["VP_CHOICES", "at_end_groups", "parse_vp", "vp_kind"]
+__all__ = ["VP_CHOICES", "at_end_groups", "check_at_end_choice", "parse_vp", "vp_kind"]

@@ -21,7 +21,7 @@ from lamina.backup.history import BackupHistory
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, run_backup
 from lamina.database import DDL_TIMEOUT, Database
 from lamina.errors import CancelledError, UsageError
-from lamina.online.at_end import at_end_groups, parse_vp, vp_kind
+from lamina.online.at_end import at_end_groups, check_at_end_choice, parse_vp, vp_kind
 from lamina.online.facts import ImageFacts
 from lamina.online.layers import plan_layer
 from lamina.online.plan import DriverChoice, plan_groups, table_drivers
@@ -50,13 +50,13 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
     tables. A failure or cancellation leaves no image at ``target`` and no lock or snapshot
     held; every outcome is recorded in the history (an interrupt, KeyboardInterrupt, as
     ``cancelled``), except a request refused before it starts (a bad ``max_rate``, codec,
-    ``level``, table or driver choice: nothing is recorded). ``base`` (the path of an earlier image
-    of this database, full or layer) makes the image a *layer*: only what changed after the
-    base's VP (see :mod:`lamina.online.layers`); native drivers only. ``vp`` is where the
-    validity point lies: ``"begin"`` (default: "at begin" drivers, the VP first and all data
-    after it) or ``"end"`` ("at end" native drivers: the bulk is copied first and the VP
-    taken after it, so the image is the database as of the end of the backup; see
-    :mod:`lamina.online.at_end`).
+    ``level``, table, driver or ``vp`` choice: nothing is recorded). ``base`` (the path of
+    an earlier image of this database, full or layer) makes the image a *layer*: only what
+    changed after the base's VP (see :mod:`lamina.online.layers`); native drivers only.
+    ``vp`` is where the validity point lies: ``"begin"`` (default: "at begin" drivers, the
+    VP first and all data after it) or ``"end"`` ("at end" native drivers: the bulk is
+    copied first and the VP taken after it, so the image is the database as of the end of
+    the backup; see :mod:`lamina.online.at_end`).
     Returns the kernel's :class:`~lamina.backup.kernel.BackupResult`.
     Raises TableNotFoundError, DriverChoiceError, UsageError, LockedError (the DDL lock, the
     commit blocker or a default-driver table lock not obtained in time), CancelledError,
@@ -70,7 +70,9 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
     codec_id = parse_codec(codec)
     check_level(codec_id, level)
     at_end = parse_vp(vp)
-    table_drivers(db, tables, driver)  # planned again below, under the DDL lock
+    chosen = table_drivers(db, tables, driver)  # planned again below, under the DDL lock
+    if at_end:
+        check_at_end_choice(chosen)
     history = BackupHistory(db.path, db.lockfile, sync=db.sync)
     entry = history.start("full" if base is None else "layer",
                           "-" if not isinstance(target, str | os.PathLike) else str(target))
