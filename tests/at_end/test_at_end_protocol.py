@@ -9,6 +9,7 @@ before the VP, and send only what changed after it. Then protocol misuse is refu
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from lamina.core.driver import (
 from lamina.database import Database
 from lamina.engines.archive.at_end import ArchiveAtEndDriver
 from lamina.engines.btree.at_end import BtreeAtEndDriver
-from lamina.errors import UsageError
+from lamina.errors import CancelledError, UsageError
 from lamina.online.at_end import at_end_groups
 from lamina.online.plan import plan_groups
 
@@ -175,3 +176,30 @@ def _spec(db: Database, name: str) -> TableSpec:
         if t.name == name:
             return TableSpec(t.name, t.engine, t.table_id)
     raise AssertionError(name)
+
+
+@pytest.mark.parametrize("layer", [False, True])
+def test_cancel_during_the_initial_transfer_leaves_nothing(tmp_path: Path,
+                                                           layer: bool) -> None:
+    with lamina.open(tmp_path / "db") as db:
+        _filled(db)
+        base = None
+        if layer:
+            base = tmp_path / "base"
+            online.backup(db, base, vp="end")
+            with db.write() as txn:
+                txn.table("t").put(b"new", b"x" * 500)
+        cancel = threading.Event()
+        seqs: list[int] = []
+
+        def progress(done: int, total: int | None) -> None:
+            seqs.append(db.lockfile.commit_seq())
+            cancel.set()  # at the first chunk: in the initial transfer, before the VP
+
+        with pytest.raises(CancelledError):
+            online.backup(db, tmp_path / "img", vp="end", buf_size=1024, cancel=cancel,
+                          progress=progress, base=base)
+        assert len(seqs) == 1
+        assert not (tmp_path / "img").exists()
+        assert db.lockfile.live_slots() == []  # S0's pin was released
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".img")] == []
