@@ -72,6 +72,16 @@ def test_vp_end_into_a_repository(tmp_path: Path) -> None:
     cli.run_ok("restore", "--repo", str(repo), "--to", str(tmp_path / "r"), "--no-progress")
     with lamina.open(tmp_path / "r", create=False, readonly=True) as r, r.read() as txn:
         assert txn.table("t").get(b"k9") == b"v9"
+    # Pruning merges the at-end chain into a synthetic full image of "at begin" streams.
+    cli.run_ok("prune", "--repo", str(repo), "--keep-last", "1")
+    listed = json.loads(cli.run_ok("list", "--repo", str(repo), "--json").stdout)
+    assert len(listed["backups"] if isinstance(listed, dict) else listed) == 1
+    cli.run_ok("verify", "--repo", str(repo), "--deep")
+    cli.run_ok("restore", "--repo", str(repo), "--to", str(tmp_path / "r2"), "--no-progress")
+    with lamina.open(tmp_path / "r2", create=False, readonly=True) as r, r.read() as txn:
+        assert txn.table("t").get(b"k9") == b"v9"
+    (merged,) = (repo / "images").rglob("*.lamina")
+    assert {d.kind for d in read_info(merged).catalog.drivers} == {DriverKind.AT_BEGIN}
 
 
 def test_bad_vp_choices_are_refused_before_anything_is_written(tmp_path: Path) -> None:
