@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import lamina
@@ -25,28 +25,37 @@ from lamina.repository.repository import Repository
 
 Op = tuple[str, int, int]  # (kind, key or row count, value size)
 
-ops = st.lists(st.tuples(st.sampled_from(["put", "put", "delete", "append", "optimize"]),
-                         st.integers(0, 400), st.integers(0, 600)), max_size=6)
-backups = st.lists(st.tuples(st.sampled_from(["begin", "end"]), ops, ops),
+KINDS = ["put", "put", "delete", "append", "optimize", "xappend", "yput"]
+ops = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 400), st.integers(0, 600)),
+               max_size=6)
+# Between backups also tables come and go (never during one: a backup holds the DDL lock).
+ddl_ops = st.lists(st.tuples(st.sampled_from([*KINDS, "ddl", "ddl"]), st.integers(0, 400),
+                             st.integers(0, 600)), max_size=6)
+backups = st.lists(st.tuples(st.sampled_from(["begin", "end"]), ops, ddl_ops),
                    min_size=1, max_size=4)
 
 
 @dataclass
 class Model:
-    """What the btree table ``t`` and the archive table ``a`` hold."""
+    """What the btree table ``t`` and the archive table ``a`` hold, and the extra archive
+    table ``x`` and btree table ``y`` while they exist (None: dropped)."""
 
     kv: dict[bytes, bytes] = field(default_factory=dict)
     rows: list[bytes] = field(default_factory=list)
+    x: list[bytes] | None = None
+    y: dict[bytes, bytes] | None = None
 
     def copy(self) -> Model:
-        return Model(dict(self.kv), list(self.rows))
+        return Model(dict(self.kv), list(self.rows), None if self.x is None else list(self.x),
+                     None if self.y is None else dict(self.y))
 
 
 def _apply(db: Database, model: Model, op: Op, n: int) -> None:
     kind, a, b = op
     key = b"k%04d" % a
+    value = b"%d:" % n + bytes([n % 251]) * b
+    rows = [b"%d/%d/" % (n, j) + bytes([j % 256]) * (b % 50) for j in range(a % 30 + 1)]
     if kind == "put":
-        value = b"%d:" % n + bytes([n % 251]) * b
         with db.write() as txn:
             txn.table("t").put(key, value)
         model.kv[key] = value
@@ -55,23 +64,59 @@ def _apply(db: Database, model: Model, op: Op, n: int) -> None:
             txn.table("t").delete(key)
         model.kv.pop(key, None)
     elif kind == "append":
-        rows = [b"%d/%d/" % (n, j) + bytes([j % 256]) * (b % 50) for j in range(a % 30 + 1)]
         db.append_many("a", rows)
         model.rows.extend(rows)
-    else:
+    elif kind == "optimize":
         db.archive("a").optimize()
+    elif kind == "xappend" and model.x is not None:
+        db.append_many("x", rows)
+        model.x.extend(rows)
+    elif kind == "yput" and model.y is not None:
+        with db.write() as txn:
+            txn.table("y").put(key, value)
+        model.y[key] = value
+    elif kind == "ddl":
+        which = a % 2
+        if which == 0 and model.x is None:
+            db.create_table("x", engine="archive")
+            model.x = []
+        elif which == 0:
+            db.drop_table("x")
+            model.x = None
+        elif model.y is None:
+            db.create_table("y", engine="btree")
+            model.y = {}
+        else:
+            db.drop_table("y")
+            model.y = None
 
 
 def _content(path: Path) -> Model:
     with lamina.open(path, create=False, readonly=True) as db:
         assert db.check().ok  # the directory is removed before the teardown check
+        names = {t.name for t in db.tables()}
+        assert names <= {"t", "a", "x", "y"}
         with db.read() as txn:
             kv = dict(txn.table("t").items())
-        return Model(kv, [row for _id, row in db.scan("a")])
+            y = dict(txn.table("y").items()) if "y" in names else None
+        x = [row for _id, row in db.scan("x")] if "x" in names else None
+        return Model(kv, [row for _id, row in db.scan("a")], x, y)
 
 
-@settings(max_examples=12, deadline=None)
+#: Tables created, written during an at-end copy, dropped and re-created along a chain.
+DDL_PLAN = [
+    ("end", [("put", 1, 100)], [("ddl", 0, 0), ("ddl", 1, 0), ("xappend", 5, 10)]),
+    ("end", [("xappend", 7, 20), ("yput", 9, 300), ("optimize", 0, 0)], [("ddl", 0, 0)]),
+    ("begin", [("append", 3, 3)], [("ddl", 0, 0), ("xappend", 2, 2)]),
+    ("end", [("xappend", 4, 4), ("delete", 1, 0)], [("ddl", 1, 0)]),
+    ("end", [("put", 5, 5)], []),
+]
+
+
+@settings(max_examples=15, deadline=None)
 @given(plan=backups, where=st.sampled_from(["files", "repository"]))
+@example(plan=DDL_PLAN, where="files")
+@example(plan=DDL_PLAN, where="repository")
 def test_mixed_chains_restore_to_the_model_at_each_vp(
         plan: list[tuple[str, list[Op], list[Op]]], where: str) -> None:
     with tempfile.TemporaryDirectory(prefix="lamina-at-end-") as tmp:
