@@ -453,7 +453,7 @@ class Database:
                level: int | None = None, progress: Callable[[int, int | None], None] | None = None,
                cancel: Any = None, driver: str | dict[str, str] | None = None,
                max_rate: float | None = None, lock_timeout: float | None = 30.0,
-               base: str | os.PathLike[str] | None = None) -> Any:
+               base: str | os.PathLike[str] | None = None, vp: str = "begin") -> Any:
         """Take a consistent online backup into ``target`` (a path or a binary stream).
 
         Writers in any process go on; see :func:`lamina.online.backup` for the
@@ -465,7 +465,10 @@ class Database:
         bounds the read rate in MB/s; ``lock_timeout`` bounds the default driver's table
         locking (LockedError). ``base`` (an earlier image of this database) makes it an
         incremental *layer* holding only what changed since the base's validity point
-        (ChainError if the base is from another database or newer than this one).
+        (ChainError if the base is from another database or newer than this one). ``vp``
+        is where the validity point lies: "begin" (default) or "end" (the bulk is copied
+        first, the VP taken after it: the image is the database as of the end of the
+        backup; native drivers only).
         """
         # lamina.online sits above this module (it builds on Database); importing it here,
         # when called, is the one documented upward import (tests/test_layers.py).
@@ -473,7 +476,8 @@ class Database:
 
         return online.backup(self, target, tables=tables, codec=codec, level=level,
                              progress=progress, cancel=cancel, driver=driver,
-                             max_rate=max_rate, lock_timeout=lock_timeout, base=base)
+                             max_rate=max_rate, lock_timeout=lock_timeout, base=base,
+                             vp=vp)
 
     def replicate(self, repo: Any, **options: Any) -> Any:
         """A replicator of this database into ``repo`` (a ``lamina.repository.Repository``)

@@ -151,6 +151,8 @@ class BackupResult:
     elapsed_ns: int
     #: Temporary image files of killed backups to the same path that were removed first.
     cleaned: tuple[Cleaned, ...] = ()
+    #: Wall clock (ns since the epoch) when the image was complete (published).
+    completed_ns: int = 0
 
     @property
     def image_id(self) -> uuid.UUID:
@@ -161,6 +163,13 @@ class BackupResult:
     def vp(self) -> image_format.ValidityPoint:
         """The validity point recorded in the image."""
         return self.manifest.vp
+
+    @property
+    def vp_age_ns(self) -> int:
+        """VP age at completion: how old the state the image holds already was when the
+        image was complete (completion wall clock minus the VP's). An "at begin" backup's
+        VP precedes all of its data transfer; an "at end" backup's comes after the bulk."""
+        return max(0, self.completed_ns - self.manifest.vp.wall_ns)
 
 
 def is_cancelled(token: CancelToken) -> bool:
@@ -643,6 +652,7 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
                                 base_image_id=None if base is None else base.image_id,
                                 base_vp_seq=0 if base is None else base.vp_seq,
                                 blocker_held_ns=held_ns)
+        completed_ns = time.time_ns()
     except BaseException:
         run.cancel_all()
         writer.abort()
@@ -650,4 +660,5 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
     return BackupResult(path=summary.path, size=summary.size, header=header, catalog=catalog,
                         manifest=summary.manifest, blocker_held_ns=held_ns,
                         blocker_wait_ns=wait_ns, raw_bytes=writer.raw_bytes,
-                        elapsed_ns=time.perf_counter_ns() - started, cleaned=summary.cleaned)
+                        elapsed_ns=time.perf_counter_ns() - started, cleaned=summary.cleaned,
+                        completed_ns=completed_ns)

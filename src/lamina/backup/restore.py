@@ -19,6 +19,7 @@ untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -159,8 +160,8 @@ def _restore(stream: ReadableStream, path: Path | None, size: int | None, engine
             raise VersionError(f"the image's {entry.name!r} data is version {entry.version}; "
                                f"this build reads up to {engine.version}")
         tables = [TableSpec(t.name, t.engine, t.table_id) for t in catalog.tables_of(i)]
-        drivers.append(_Restored(entry.name, engine,
-                                 engine.get_restore(entry.version, tables, flags)))
+        drivers.append(_Restored(entry.name, engine, engine.get_restore(
+            entry.version, tables, dataclasses.replace(flags, kind=entry.kind))))
     stream_map = catalog.stream_map()
     chunks = 0
     raw = 0

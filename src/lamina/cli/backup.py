@@ -1,5 +1,6 @@
-"""``lamina backup DB IMAGE|- [--base BASE]``: a consistent online backup while writers go on
-(with ``--base``, an incremental layer on top of an earlier image)."""
+"""``lamina backup DB IMAGE|- [--base BASE] [--vp begin|end]``: a consistent online backup
+while writers go on (with ``--base``, an incremental layer on top of an earlier image; with
+``--vp end``, at-end drivers: the validity point after the bulk copy)."""
 
 from __future__ import annotations
 
@@ -93,6 +94,11 @@ def _check_driver_tables(driver: str | None, tables: list[str] | None,
               help="Force backup drivers: native|snapshot|default for every table, or per "
                    "table as t1=default,t2=snapshot (default: native, else snapshot, else "
                    "default).")
+@click.option("--vp", "vp", type=click.Choice(["begin", "end"]), default="begin",
+              show_default=True,
+              help="Where the validity point lies: begin (at-begin drivers: the VP first, "
+                   "then all data) or end (at-end drivers: the bulk first, then the VP; the "
+                   "image is DB as of the end of the backup). Native drivers only.")
 @click.option("--max-rate", type=POSITIVE, default=None, metavar="MB/S",
               help="Bound the backup's read rate (MB/s, 10^6 bytes per second).")
 @click.option("--table-lock-timeout", type=TIMEOUT, default=None,
@@ -104,7 +110,7 @@ def _check_driver_tables(driver: str | None, tables: list[str] | None,
 def command(db: str, image: str | None, tables: str | None, codec: str, level: int | None,
             repo_path: str | None, full: bool, resume: bool, abandon: bool,
             resume_lease: float | None, base: str | None, driver: str | None,
-            max_rate: float | None,
+            vp: str, max_rate: float | None,
             table_lock_timeout: float | None, lock_timeout: float,
             show_progress: bool | None, as_json: bool) -> None:
     """Back up DB into IMAGE (a new file, or - for stdout), or into a repository with
@@ -124,7 +130,7 @@ def command(db: str, image: str | None, tables: str | None, codec: str, level: i
         backup_to_repo(db, image, repo_path, full=full, tables=tables, codec=codec,
                        lock_timeout=lock_timeout, show_progress=show_progress,
                        as_json=as_json, resume=resume, abandon=abandon,
-                       resume_lease=resume_lease)
+                       resume_lease=resume_lease, vp=vp)
         return
     for given, option in ((resume, "--resume"), (abandon, "--abandon"),
                           (resume_lease is not None, "--resume-lease")):
@@ -146,7 +152,7 @@ def command(db: str, image: str | None, tables: str | None, codec: str, level: i
                                max_rate=max_rate,
                                lock_timeout=DEFAULT_TABLE_LOCK_TIMEOUT
                                if table_lock_timeout is None else table_lock_timeout,
-                               base=base)
+                               base=base, vp=vp)
     summary = online.describe(result)
     for cleaned in result.cleaned:  # what killed backups to IMAGE left behind
         click.echo(f"lamina: {cleaned}", err=True)
@@ -163,7 +169,8 @@ def command(db: str, image: str | None, tables: str | None, codec: str, level: i
     kind = "layer" if base is not None else "image"
     out(f"{kind} {summary['image_id']} -> {image}")
     out(f"validity point: commit seq {summary['vp_commit_seq']} at "
-        f"{iso_time(summary['vp_time_ns'])}")
+        f"{iso_time(summary['vp_time_ns'])} (--vp {vp}; VP age at completion "
+        f"{human_ms(result.vp_age_ns)})")
     out(f"root hash: {summary['root_hash']}")
     out(f"{human_bytes(summary['bytes'])} written ({human_bytes(summary['raw_bytes'])} raw) "
         f"in {summary['seconds']:.2f} s; commit blocker held "

@@ -12,6 +12,7 @@ from lamina.cli.common import (
     cancellation_if,
     emit_json,
     human_bytes,
+    human_ms,
     iso_time,
     json_option,
     open_database,
@@ -84,9 +85,10 @@ def _check_target(image: str | None, repo_path: str | None, what: str) -> str:
 def backup_to_repo(db: str, image: str | None, repo_path: str | None, *, full: bool,
                    tables: str | None, codec: str, lock_timeout: float,
                    show_progress: bool | None, as_json: bool, resume: bool = False,
-                   abandon: bool = False, resume_lease: float | None = None) -> None:
-    """``lamina backup DB --repo REPO [--full | --resume | --abandon]``: prints the new
-    backup's id (``--abandon``: the interrupted backup given up)."""
+                   abandon: bool = False, resume_lease: float | None = None,
+                   vp: str = "begin") -> None:
+    """``lamina backup DB --repo REPO [--full | --resume | --abandon] [--vp end]``: prints
+    the new backup's id (``--abandon``: the interrupted backup given up)."""
     from lamina.core.pins import DEFAULT_LEASE_NS
 
     repo_path = _check_target(image, repo_path, "IMAGE")
@@ -116,7 +118,7 @@ def backup_to_repo(db: str, image: str | None, repo_path: str | None, *, full: b
     with cancellation() as cancel, open_database(db) as database, \
             progress_bar("backup", show_progress, cancel=cancel) as progress:
         result = repo.backup(database, full=full, codec=codec, progress=progress,
-                             cancel=cancel, resume=resume, resume_lease=lease)
+                             cancel=cancel, resume=resume, resume_lease=lease, vp=vp)
     note_rebuilt(repo, result.index_rebuilt)
     if as_json:
         emit_json(result.to_json())
@@ -127,7 +129,8 @@ def backup_to_repo(db: str, image: str | None, repo_path: str | None, *, full: b
         resumed = (f"; resumed: {result.parts.get('parts_skipped', 0)} part(s) already "
                    f"stored, {result.parts.get('parts_stored', 0)} stored now")
     click.echo(f"{result.kind} backup ({result.reason}): commit seq "
-               f"{result.result.vp.commit_seq}, {human_bytes(result.result.size)}{resumed}",
+               f"{result.result.vp.commit_seq}, {human_bytes(result.result.size)}, VP age at "
+               f"completion {human_ms(result.result.vp_age_ns)} (--vp {vp}){resumed}",
                err=True)
 
 

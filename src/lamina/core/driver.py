@@ -237,12 +237,14 @@ class BackupFlags:
     ``base_facts`` is what this driver reported from ``vp_info()`` in the base image,
     decoded by :meth:`BackupEngine.decode_vp_facts` (for example the btree txnid at the base
     VP), or None when the base image has no data of this driver; ``base_vp_seq`` is the
-    base image's commit seq.
+    base image's commit seq. ``at_end`` asks for an "at end" driver (most data sent in the
+    initial transfer, before the VP); an engine without one raises DriverChoiceError.
     """
 
     layer: bool = False
     base_facts: VpFacts | None = None
     base_vp_seq: int = 0
+    at_end: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,11 +256,13 @@ class RestoreFlags:
     decode and prove everything it is sent (page hashes and the Merkle root, block
     checksums and row counts) exactly as a restore would, but write nothing. ``layer`` is
     True when the image is an incremental layer to apply on top of what ``destination``
-    already holds.
+    already holds. ``kind`` is the kind of the backup driver that wrote the streams (from
+    the image catalog): an "at end" driver's streams are laid out differently.
     """
 
     destination: Path | None
     layer: bool = False
+    kind: DriverKind = DriverKind.AT_BEGIN
 
 
 class BackupDriver(abc.ABC):

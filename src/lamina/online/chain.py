@@ -37,11 +37,12 @@ database and beside other readers of the images; none holds a database lock.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,15 +57,23 @@ from lamina.backup.kernel import CancelToken, ProgressCallback, is_cancelled, la
 from lamina.backup.restore import RestoreResult
 from lamina.backup.verify import verify_image
 from lamina.core.catalog import ENGINE_ARCHIVE, ENGINE_BTREE
-from lamina.core.driver import TableSpec
+from lamina.core.driver import DriverKind, TableSpec
+from lamina.core.sections import Feed, SectionSplitter
+from lamina.engines.archive.at_end_restore import (
+    initial_section_length as archive_initial_length,
+)
 from lamina.engines.archive.facts import ArchiveTableFacts, ArchiveVpFacts
 from lamina.engines.archive.layers import TableAssembler, TablePart
+from lamina.engines.archive.stream import STREAM_HEADER_SIZE
 from lamina.engines.archive.stream import StreamHeader as ArchiveStreamHeader
 from lamina.engines.btree import format as btree_format
+from lamina.engines.btree.at_end_restore import (
+    initial_section_length as btree_initial_length,
+)
 from lamina.engines.btree.check import check_pages
 from lamina.engines.btree.facts import BtreeVpFacts
 from lamina.engines.btree.layers import FullStreamWriter, PageAssembler
-from lamina.engines.btree.stream import PageStreamReader, StreamHeader
+from lamina.engines.btree.stream import HEADER_SIZE, PageStreamReader, StreamHeader
 from lamina.errors import (
     AlreadyExistsError,
     CancelledError,
@@ -224,18 +233,33 @@ def _plan(infos: list[ImageInfo]) -> _Plan:
                               "btree facts")
     final = infos[-1]
     per_image = [_archive_tables(f) for f in facts]
+    begin_seqs = [_begin_seq(f) for f in facts]
     archive: dict[str, tuple[TableSpec, list[TablePart]]] = {}
     for t in final.catalog.tables:
         if final.catalog.drivers[t.driver].name != ENGINE_ARCHIVE:
             continue
         spec = TableSpec(t.name, t.engine, t.table_id)
-        archive[t.name] = (spec, _table_parts(infos, per_image, spec))
+        archive[t.name] = (spec, _table_parts(infos, per_image, begin_seqs, spec))
     return _Plan(infos, facts, btree, archive)
 
 
+def _begin_seq(facts: ImageFacts) -> int:
+    """The commit seq an "at end" image's archive initial sections were cut at (0 else)."""
+    archive = facts.archive()
+    return 0 if archive is None or archive.begin_seq is None else archive.begin_seq
+
+
+def _part_key(image: int, initial: bool = False) -> int:
+    """An archive part's key: image *i*'s only (or final) section is 2i+1; the initial
+    section of an "at end" image is 2i (read before the final one, so ordered first)."""
+    return 2 * image + (0 if initial else 1)
+
+
 def _table_parts(infos: list[ImageInfo], per_image: list[Mapping[str, ArchiveTableFacts]],
-                 spec: TableSpec) -> list[TablePart]:
-    """Walk back from the last image to the one that sent ``spec`` whole."""
+                 begin_seqs: list[int], spec: TableSpec) -> list[TablePart]:
+    """Walk back from the last image to the one that sent ``spec`` whole; an "at end"
+    image contributes its final section and, when that is a tail, its initial section
+    (docs/format.md, "At-end streams")."""
     parts: list[TablePart] = []
     i = len(infos) - 1
     while True:
@@ -243,6 +267,26 @@ def _table_parts(infos: list[ImageInfo], per_image: list[Mapping[str, ArchiveTab
         facts = per_image[i].get(spec.name)
         if facts is None or facts.table_id != spec.table_id:
             raise ChainError(f"{where}: the image's VP facts do not describe this table")
+        vp_seq = infos[i].vp.commit_seq
+        label = f"chain image {i}"
+        if facts.initial is not None:
+            initial, b = facts.initial, facts.base_position
+            final_label = f"{label}, final section"
+            if not b:
+                parts.append(TablePart(_part_key(i), 0, facts.position, vp_seq,
+                                       label=final_label))
+                return parts[::-1]
+            if (initial.table_id != spec.table_id or initial.generation != facts.generation
+                    or initial.position != b):
+                raise CorruptionError(f"{where}: the final section starts at {b}, the "
+                                      "initial section does not end this table there")
+            parts.append(TablePart(_part_key(i), b, facts.position, vp_seq,
+                                   first_row=initial.rows + 1,
+                                   min_seq=initial.last_commit_seq + 1, label=final_label))
+            facts, key, vp_seq = initial, _part_key(i, True), begin_seqs[i]
+            label = f"{label}, initial section"
+        else:
+            key = _part_key(i)
         if not i:
             start = 0  # the full image sends every table whole
         elif facts.base_position is None:
@@ -250,15 +294,15 @@ def _table_parts(infos: list[ImageInfo], per_image: list[Mapping[str, ArchiveTab
         else:
             start = facts.base_position
         if not start:
-            parts.append(TablePart(i, 0, facts.position, infos[i].vp.commit_seq))
+            parts.append(TablePart(key, 0, facts.position, vp_seq, label=label))
             return parts[::-1]
         base = per_image[i - 1].get(spec.name)
         if (base is None or base.table_id != spec.table_id
                 or base.generation != facts.generation or base.position != start):
             raise ChainError(f"{where}: the layer sends a tail from offset {start}, its base "
                              f"image does not end this table there")
-        parts.append(TablePart(i, start, facts.position, infos[i].vp.commit_seq,
-                               first_row=base.rows + 1, min_seq=infos[i - 1].vp.commit_seq + 1))
+        parts.append(TablePart(key, start, facts.position, vp_seq, first_row=base.rows + 1,
+                               min_seq=infos[i - 1].vp.commit_seq + 1, label=label))
         i -= 1
 
 
@@ -266,6 +310,39 @@ def _table_parts(infos: list[ImageInfo], per_image: list[Mapping[str, ArchiveTab
 class _Consumer(Protocol):
     def feed(self, data: bytes | bytearray | memoryview, last: bool) -> None: ...
     def finish(self) -> object: ...
+
+
+class _Split:
+    """The consumer of an "at end" stream: its sections go to their own consumers (None:
+    a section this chain does not need, skipped); ``finish`` finishes them and runs
+    ``check``."""
+
+    def __init__(self, splitter: SectionSplitter, parts: Sequence[_Consumer | None],
+                 check: Callable[[], None] | None = None) -> None:
+        self.splitter = splitter
+        self.parts = parts
+        self.check = check
+
+    def feed(self, data: bytes | bytearray | memoryview, last: bool) -> None:
+        self.splitter.feed(data, last)
+
+    def finish(self) -> None:
+        for part in self.parts:
+            if part is not None:
+                part.finish()
+        if self.check is not None:
+            self.check()
+
+
+def _section(consumer: _Consumer | None,
+             after: Callable[[], None] | None = None) -> Feed:
+    """A section's feed: to ``consumer`` (nothing when None), then ``after`` on its end."""
+    def feed(data: bytes | bytearray | memoryview, last: bool) -> None:
+        if consumer is not None:
+            consumer.feed(data, last)
+        if last and after is not None:
+            after()
+    return feed
 
 
 @dataclass(slots=True)
@@ -326,6 +403,7 @@ def _assemble(plan: _Plan, directory: Path, progress: ProgressCallback | None,
                                           f"facts say {digest.hex()}")
                 pages_read += btree.pages
                 pages[0].flush()
+                pages[0].settle()
                 done += info.size
         if is_cancelled(cancel):
             raise CancelledError("cancelled")
@@ -384,7 +462,9 @@ def _consumers(plan: _Plan, index: int, tables: dict[str, TableAssembler],
         if got != expect:
             raise CorruptionError(f"{_label(info)}: btree stream meta {expect} differs from "
                                   f"the image's VP facts {got}")
-        if last:
+        if last and pages:  # an at-end last image: made by its initial section
+            pages[0].retarget(meta)
+        elif last:
             pages.append(PageAssembler(directory / btree_format.DATA_FILE_NAME, meta))
         elif meta.page_size != pages[0].page_size:
             raise ChainError(f"{_label(info)} has page size {meta.page_size}, the chain's "
@@ -395,28 +475,107 @@ def _consumers(plan: _Plan, index: int, tables: dict[str, TableAssembler],
 
     consumers: dict[int, _Consumer] = {}
     btree: PageStreamReader | None = None
+    expect_base = None if index == 0 else plan.txnids[index - 1]
+    base_total = None if index == 0 else plan.btree[index - 1].total_pages
     for di, entry in enumerate(info.catalog.drivers):
+        at_end = entry.kind == DriverKind.AT_END
         if entry.name == ENGINE_BTREE:
-            btree = PageStreamReader(_label(info),
-                                     expect_base=None if index == 0 else plan.txnids[index - 1],
-                                     on_page=offer, on_header=on_header,
-                                     base_total_pages=None if index == 0
-                                     else plan.btree[index - 1].total_pages)
-            consumers[entry.common_stream] = btree
+            if at_end != (facts.initial is not None):
+                raise CorruptionError(f"{_label(info)}: the btree driver is "
+                                      f"{entry.kind.label}, its VP facts say otherwise")
+            if facts.initial is None:
+                btree = PageStreamReader(_label(info), expect_base=expect_base,
+                                         on_page=offer, on_header=on_header,
+                                         base_total_pages=base_total)
+                consumers[entry.common_stream] = btree
+            else:
+                btree, consumers[entry.common_stream] = _at_end_btree(
+                    plan, index, pages, directory, offer, on_header)
         elif entry.name == ENGINE_ARCHIVE:
             for t in info.catalog.tables_of(di):
                 table = tables.get(t.name)
                 if table is None:
                     continue  # not in the last image: dropped, or not chosen
-                part = table.reader(index)
-                if part is not None:
-                    if t.table_id != table.spec.table_id:
-                        raise ChainError(f"{_label(info)}: archive table {t.name!r} has "
-                                         "another table id than in the last image")
+                part = table.reader(_part_key(index))
+                first = table.reader(_part_key(index, True)) if at_end else None
+                if part is None and first is None:
+                    continue
+                if t.table_id != table.spec.table_id:
+                    raise ChainError(f"{_label(info)}: archive table {t.name!r} has "
+                                     "another table id than in the last image")
+                if not at_end:
+                    assert part is not None
                     consumers[t.stream] = part
+                    continue
+                name = t.name
+                where = f"{_label(info)}, at-end archive stream of table {name!r}"
+                consumers[t.stream] = _Split(SectionSplitter(
+                    STREAM_HEADER_SIZE, functools.partial(_archive_length, table=name),
+                    _section(first), _section(part), where), [first, part])
     if btree is None:
         raise ChainError(f"{_label(info)} has no btree data")
     return btree, consumers
+
+
+def _archive_length(head: bytes, table: str) -> int:
+    """An archive at-end stream's initial section length (from its validated header)."""
+    return archive_initial_length(head, table)
+
+
+def _at_end_btree(plan: _Plan, index: int, pages: list[PageAssembler], directory: Path,
+                  offer: Callable[[int, bytes], None],
+                  on_header: Callable[[StreamHeader], None]) -> tuple[PageStreamReader, _Split]:
+    """The readers of an "at end" image's btree stream: its initial section (a full or
+    layer stream of S0, offered provisionally: the final section's newer copy of a page
+    number replaces it) and its final section (a layer on S0, checked like any image's
+    stream by ``on_header``). Returns the final section's reader and the consumer."""
+    info = plan.infos[index]
+    facts = plan.btree[index]
+    initial = facts.initial
+    assert initial is not None
+    label = _label(info)
+
+    def on_initial(h: StreamHeader) -> None:
+        meta = h.meta
+        expect = {"txnid": meta.txnid, "commit_seq": meta.commit_seq,
+                  "root_hash": meta.root_hash.hex(), "total_pages": meta.total_pages,
+                  "pages_sent": h.page_count}
+        got = {"txnid": initial.txnid, "commit_seq": initial.commit_seq,
+               "root_hash": initial.root_hash.hex(), "total_pages": initial.total_pages,
+               "pages_sent": initial.pages_sent}
+        if got != expect or meta.page_size != facts.page_size:
+            raise CorruptionError(f"{label}: btree initial section meta {expect} differs from "
+                                  f"the image's VP facts {got}")
+        if index == len(plan.infos) - 1:
+            pages.append(PageAssembler(directory / btree_format.DATA_FILE_NAME, meta))
+        elif meta.page_size != pages[0].page_size:
+            raise ChainError(f"{label} has page size {meta.page_size}, the chain's last "
+                             f"image {pages[0].page_size}")
+
+    def provisional(pgno: int, page: bytes) -> None:
+        pages[0].offer(pgno, page, provisional=True)
+
+    first = PageStreamReader(f"{label}, initial section",
+                             expect_base=None if index == 0 else plan.txnids[index - 1],
+                             on_page=provisional, on_header=on_initial,
+                             base_total_pages=None if index == 0
+                             else plan.btree[index - 1].total_pages)
+    final = PageStreamReader(f"{label}, final section", expect_base=initial.txnid,
+                             on_page=offer, on_header=on_header,
+                             base_total_pages=initial.total_pages)
+
+    def check() -> None:
+        if (first.pages, first.pages_hash) != (initial.pages_sent, initial.pages_hash):
+            raise CorruptionError(f"{label}: btree initial section has {first.pages} pages "
+                                  f"(hash {first.pages_hash.hex()}), its VP facts say "
+                                  f"{initial.pages_sent} ({initial.pages_hash.hex()})")
+
+    where = f"{label}, btree at-end stream"
+    # The initial section's pages are on disk before the final section may overwrite them.
+    splitter = SectionSplitter(HEADER_SIZE, lambda h: btree_initial_length(h, where),
+                               _section(first, lambda: pages[0].flush()), _section(final),
+                               where)
+    return final, _Split(splitter, [first, final], check)
 
 
 # ====================================================================== restore
@@ -559,7 +718,7 @@ def _combined_btree_facts(plan: _Plan, pages: FullStreamWriter) -> BtreeVpFacts:
     """The last image's btree VP facts for a full stream of every page: no base txnid,
     the full stream's page count and hash, and the images it was combined from."""
     return dataclasses.replace(plan.btree[-1], base_txnid=None, pages_sent=pages.pages_sent,
-                               pages_hash=pages.pages_hash,
+                               pages_hash=pages.pages_hash, initial=None,
                                combined_from=tuple(str(i.header.image_id) for i in plan.infos))
 
 
@@ -568,8 +727,16 @@ def _combined_archive_facts(plan: _Plan) -> ArchiveVpFacts:
     position)."""
     archive = plan.facts[-1].archive()
     assert archive is not None  # the catalog names the archive driver
-    return dataclasses.replace(archive, tables={
-        name: dataclasses.replace(t, base_position=None) for name, t in archive.tables.items()})
+    return dataclasses.replace(archive, begin_seq=None, tables={
+        name: dataclasses.replace(t, base_position=None, initial=None)
+        for name, t in archive.tables.items()})
+
+
+def _combined_catalog(catalog: image_format.ImageCatalog) -> image_format.ImageCatalog:
+    """The last image's catalog for a combined image: its streams are "at begin" ones
+    (whole streams), whatever kind of drivers the chain's images were taken with."""
+    return dataclasses.replace(catalog, drivers=tuple(
+        dataclasses.replace(d, kind=DriverKind.AT_BEGIN) for d in catalog.drivers))
 
 
 def combine_chain(paths: Sequence[ImagePath], out: ImagePath, *, codec: str = "zstd",
@@ -610,7 +777,8 @@ def combine_chain(paths: Sequence[ImagePath], out: ImagePath, *, codec: str = "z
                                           time.time_ns(), lamina_version(),
                                           incarnation=final.header.incarnation)
         pages = FullStreamWriter(work / btree_format.DATA_FILE_NAME, assembled.meta)
-        with ImageWriter(target, header, final.catalog, codec=parse_codec(codec)) as writer:
+        with ImageWriter(target, header, _combined_catalog(final.catalog),
+                         codec=parse_codec(codec)) as writer:
             vp_facts: list[dict[str, Any]] = []
             for di, entry in enumerate(final.catalog.drivers):
                 if is_cancelled(cancel):

@@ -68,11 +68,12 @@ def pinned_backup(db: Database, target: ImageTarget, request: PinRequest, *,
                   buf_size: int = image_format.DEFAULT_BUF_SIZE,
                   base: str | os.PathLike[str] | None = None,
                   progress: ProgressCallback | None = None, cancel: CancelToken = None,
-                  image_id: uuid.UUID | None = None) -> BackupResult:
-    """Back up ``db`` into ``target`` (native drivers, all tables) and pin the VP durably
-    as soon as it exists (replacing any pin of ``request.scope``). The pin stays after
-    any failure or kill, for :func:`resume_backup`; the caller releases it after
-    publishing the image (:func:`release`). Raises what
+                  image_id: uuid.UUID | None = None, vp: str = "begin") -> BackupResult:
+    """Back up ``db`` into ``target`` (native drivers, all tables; ``vp`` as for
+    :func:`~lamina.online.take.backup`) and pin the VP durably as soon as it exists (an
+    "at end" backup's drivers give no pin facts: nothing is pinned), replacing any pin of
+    ``request.scope``. The pin stays after any failure or kill, for :func:`resume_backup`;
+    the caller releases it after publishing the image (:func:`release`). Raises what
     :func:`~lamina.online.take.backup` raises, LockedError (the pin lock), StorageError
     (writing the pin: the backup fails, nothing is pinned)."""
     def on_vp(point: ResumePoint, plan: list[Any]) -> None:
@@ -88,7 +89,7 @@ def pinned_backup(db: Database, target: ImageTarget, request: PinRequest, *,
         failpoint("backup.pinned")
 
     return backup(db, target, codec=codec, level=level, buf_size=buf_size, base=base,
-                  progress=progress, cancel=cancel, image_id=image_id, on_vp=on_vp)
+                  progress=progress, cancel=cancel, image_id=image_id, on_vp=on_vp, vp=vp)
 
 
 def find_pin(db: Database, scope: str) -> pins.PinRecord | None:

@@ -29,6 +29,7 @@ from lamina.backup.kernel import (
 from lamina.core.driver import DriverGroup
 from lamina.database import DDL_TIMEOUT, Database
 from lamina.errors import CancelledError, TableNotFoundError, UsageError
+from lamina.online.at_end import at_end_groups, check_at_end_choice, parse_vp, vp_kind
 from lamina.online.facts import ImageFacts
 from lamina.online.layers import plan_layer
 from lamina.online.plan import DriverChoice, plan_groups, table_drivers
@@ -49,7 +50,7 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
            image_id: uuid.UUID | None = None,
            on_vp: Callable[[ResumePoint, list[Any]], None] | None = None,
            resume: ResumePoint | None = None,
-           expect_plan: list[Any] | None = None) -> BackupResult:
+           expect_plan: list[Any] | None = None, vp: str = "begin") -> BackupResult:
     """Take a consistent online backup of ``db`` into ``target`` (a path or binary stream).
 
     Writers in any process go on; with the native and snapshot drivers commits are delayed
@@ -62,9 +63,13 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
     tables. A failure or cancellation leaves no image at ``target`` and no lock or snapshot
     held; every outcome is recorded in the history (an interrupt, KeyboardInterrupt, as
     ``cancelled``), except a request refused before it starts (a bad ``max_rate``, codec,
-    ``level``, table or driver choice: nothing is recorded). ``base`` (the path of an earlier image
-    of this database, full or layer) makes the image a *layer*: only what changed after the
-    base's VP (see :mod:`lamina.online.layers`); native drivers only.
+    ``level``, table, driver or ``vp`` choice: nothing is recorded). ``base`` (the path of
+    an earlier image of this database, full or layer) makes the image a *layer*: only what
+    changed after the base's VP (see :mod:`lamina.online.layers`); native drivers only.
+    ``vp`` is where the validity point lies: ``"begin"`` (default: "at begin" drivers, the
+    VP first and all data after it) or ``"end"`` ("at end" native drivers: the bulk is
+    copied first and the VP taken after it, so the image is the database as of the end of
+    the backup; see :mod:`lamina.online.at_end`).
     ``image_id`` names the new image (default: a random id). ``on_vp`` and ``resume`` are
     the kernel's (:func:`~lamina.backup.kernel.run_backup`: report the point that
     reproduces the image; write the image of such a point again), ``on_vp`` getting the
@@ -84,7 +89,10 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
         raise UsageError(f"max rate must be a positive number of MB/s, not {max_rate}")
     codec_id = parse_codec(codec)
     check_level(codec_id, level)
-    table_drivers(db, tables, driver)  # planned again below, under the DDL lock
+    at_end = parse_vp(vp)
+    chosen = table_drivers(db, tables, driver)  # planned again below, under the DDL lock
+    if at_end:
+        check_at_end_choice(chosen)
     history = BackupHistory(db.path, db.lockfile, sync=db.sync)
     entry = history.start("full" if base is None else "layer",
                           "-" if not isinstance(target, str | os.PathLike) else str(target))
@@ -101,6 +109,8 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
             base_ref = None
             if base is not None:
                 groups, base_ref = plan_layer(db, groups, base)
+            if at_end:
+                groups = at_end_groups(groups)
             result = run_backup(groups, target, commit_blocker=db.lockfile, base=base_ref,
                                 commit_seq=db.lockfile.commit_seq,
                                 database_id=db.identity.db_id,
@@ -145,7 +155,8 @@ def plan_of(groups: Sequence[DriverGroup]) -> list[Any]:
 def describe(result: BackupResult) -> dict[str, Any]:
     """JSON-ready summary of a finished backup (``lamina backup --json``): image id, root
     hash, path, VP, sizes, each table's driver, the rows its driver counted (archive and logical
-    tables), time and commit-blocker cost, and the killed backups' temporary files removed
+    tables), time and commit-blocker cost, where the VP lies (``vp``: "begin" or "end") and
+    its age at completion (``vp_age_ms``), and the killed backups' temporary files removed
     first (``cleaned``). Pure. Raises CorruptionError if the result's VP
     facts lack a fact (a driver bug)."""
     drivers = {t.name: result.catalog.drivers[t.driver].name for t in result.catalog.tables}
@@ -158,6 +169,7 @@ def describe(result: BackupResult) -> dict[str, Any]:
             "seconds": result.elapsed_ns / 1e9,
             "blocker_held_ms": result.blocker_held_ns / 1e6,
             "blocker_wait_ms": result.blocker_wait_ns / 1e6,
+            "vp": vp_kind(result.catalog), "vp_age_ms": result.vp_age_ns / 1e6,
             "cleaned": [str(c) for c in result.cleaned]}
 
 

@@ -395,13 +395,16 @@ class Repository:
                cancel: CancelToken = None, resume: bool = False,
                resume_lease: float = pins.DEFAULT_LEASE_NS / 1e9,
                part_size: int = DEFAULT_PART_SIZE,
-               base: str | None = None) -> RepoBackupResult:
+               base: str | None = None, vp: str = "begin") -> RepoBackupResult:
         """Back up ``db`` into the repository: a layer on the newest backup of this database
         here, or a full when there is none, when ``full``, when that backup's chain is
         broken, or when its chain already has ``chain_limit`` layers. ``base`` (a backup id)
         makes it a layer on that backup instead, whatever the chain limit (the replicator
         chooses its bases itself); NotFoundError if it is not here, ChainError if it is not
-        of this database's history.
+        of this database's history. ``vp`` ("begin" or "end") chooses "at begin" or "at end"
+        drivers (see :func:`lamina.online.backup`); images of both kinds chain with each
+        other. An "at end" backup takes no pin: interrupted, it cannot be resumed (its VP
+        is taken after the bulk copy, which a resume would have to repeat).
 
         The image streams into a resumable upload (parts of ``part_size`` bytes) and is
         published under ``images/`` with its index entry only when complete. Its validity
@@ -428,7 +431,7 @@ class Repository:
         else:
             outcome = resumable.backup(self, db, full=full, codec=codec, progress=progress,
                                        cancel=cancel, lease_ns=lease_ns, part_size=part_size,
-                                       base_id=base)
+                                       base_id=base, vp=vp)
         return RepoBackupResult(outcome.result.image_id,
                                 "layer" if outcome.base_id else "full", outcome.base_id,
                                 outcome.reason, outcome.result, outcome.rebuilt,

@@ -158,10 +158,12 @@ def _tidy(db: Database, uploads: UploadStore, scope: str) -> None:
 def backup(repo: Repository, db: Database, *, full: bool, codec: str,
            progress: ProgressCallback | None, cancel: CancelToken,
            lease_ns: int = pins.DEFAULT_LEASE_NS,
-           part_size: int = DEFAULT_PART_SIZE, base_id: str | None = None) -> Outcome:
+           part_size: int = DEFAULT_PART_SIZE, base_id: str | None = None,
+           vp: str = "begin") -> Outcome:
     """A new backup of ``db`` into ``repo`` (see the module doc and
     :meth:`Repository.backup <lamina.repository.repository.Repository.backup>`);
-    ``base_id`` (unless ``full``) names the backup to layer on instead of the chosen one."""
+    ``base_id`` (unless ``full``) names the backup to layer on instead of the chosen one;
+    ``vp`` is :func:`lamina.online.backup`'s."""
     check_part_size(part_size)
     uploads = uploads_of(repo.storage)
     scope = _scope(repo)
@@ -186,7 +188,7 @@ def backup(repo: Repository, db: Database, *, full: bool, codec: str,
             base_path = None if base is None else repo.storage.local_path(base.key)
             result = pinning.pinned_backup(db, writer, request, codec=codec, base=base_path,
                                            progress=progress, cancel=cancel,
-                                           image_id=image_id)
+                                           image_id=image_id, vp=vp)
             rebuilt = _publish(repo, upload, writer, image_id, rebuilt)
         except BaseException:
             pinned = pinning.find_pin(db, scope)

@@ -15,12 +15,15 @@ from lamina.core.driver import (
     BackupDriver,
     BackupEngine,
     BackupFlags,
+    DriverKind,
     RestoreDriver,
     RestoreFlags,
     TableSpec,
 )
 from lamina.core.lockfile import LockFile
 from lamina.core.names import validate_table_name
+from lamina.engines.archive.at_end import ArchiveAtEndDriver
+from lamina.engines.archive.at_end_restore import ArchiveAtEndRestoreDriver
 from lamina.engines.archive.backup import ArchiveBackupDriver
 from lamina.engines.archive.facts import ArchiveVpFacts
 from lamina.engines.archive.restore_driver import ArchiveRestoreDriver
@@ -54,7 +57,9 @@ class ArchiveBackupEngine(BackupEngine):
 
         With ``flags.layer`` the driver sends tails for tables whose generation is the one
         in the base image's VP facts (``flags.base_facts``: an :class:`ArchiveVpFacts`, or
-        None when the base has no archive data), whole streams for the others. Raises
+        None when the base has no archive data), whole streams for the others. With
+        ``flags.at_end`` it is the "at end" driver (:mod:`lamina.engines.archive.at_end`).
+        Raises
         UsageError (no database to back up, or a table listed twice), InvalidNameError,
         DriverChoiceError (a table of another engine), ChainError (base facts that are not
         an archive driver's).
@@ -65,8 +70,8 @@ class ArchiveBackupEngine(BackupEngine):
         base = flags.base_facts if flags.layer else None
         if base is not None and not isinstance(base, ArchiveVpFacts):
             raise ChainError("the base image's VP facts are not an archive driver's")
-        return ArchiveBackupDriver(self.directory, self.lockfile, tables, layer=flags.layer,
-                                   base=base)
+        kind = ArchiveAtEndDriver if flags.at_end else ArchiveBackupDriver
+        return kind(self.directory, self.lockfile, tables, layer=flags.layer, base=base)
 
     def decode_vp_facts(self, data: object, where: str) -> ArchiveVpFacts:
         """The archive driver's VP facts from their JSON form (an image manifest); raises
@@ -89,6 +94,8 @@ class ArchiveBackupEngine(BackupEngine):
             raise ChainError("a layer image holds only what changed after its base: restore "
                              "it with its chain (lamina restore FULL LAYER... --to DEST)")
         _check_specs(tables)
+        if flags.kind == DriverKind.AT_END:
+            return ArchiveAtEndRestoreDriver(tables, flags)
         return ArchiveRestoreDriver(tables, flags)
 
 

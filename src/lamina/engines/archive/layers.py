@@ -43,6 +43,8 @@ class TablePart:
     vp_seq: int
     first_row: int = 1
     min_seq: int = 0
+    #: How errors name the part ("" : by its image index).
+    label: str = ""
 
 
 class TableAssembler:
@@ -69,6 +71,16 @@ class TableAssembler:
         self._fd = -1
         self._covered = 0
         self._created: list[Path] = []
+
+    def extend(self, part: TablePart) -> None:
+        """Add ``part`` after the last one (an "at end" image's final section, whose place
+        is known only once its header was read); it becomes the final part. ChainError if
+        it is not after every part, or its image was read already."""
+        if part.image <= self.final.image or part.image in self._readers:
+            raise ChainError(f"archive table {self.name!r}: part {part.image} is not after "
+                             f"part {self.final.image}")
+        self.parts[part.image] = part
+        self.final = part
 
     def reader(self, image: int) -> TableStreamReader | None:
         """The reader for this table's stream in image ``image``, or None when that image
@@ -144,7 +156,8 @@ class TableStreamReader:
         self.assembler = assembler
         self.part = part
         self.ended = False
-        self.label = f"archive stream of table {assembler.name!r} (chain image {part.image})"
+        self.label = (f"archive stream of table {assembler.name!r} "
+                      f"({part.label or f'chain image {part.image}'})")
         self._head = bytearray()
         self._header: StreamHeader | None = None
         self._data: DataChecker | None = None

@@ -1,9 +1,12 @@
-"""The btree native backup engine (driver name ``btree``, version 1, kind "at begin").
+"""The btree native backup engine (driver name ``btree``, version 1; "at begin" drivers by
+default, "at end" ones on request).
 
 The engine hands out the drivers; the parts live in their own modules:
 
 * :mod:`lamina.engines.btree.stream` — the page stream format and its one reader;
 * :mod:`lamina.engines.btree.backup_driver` — the backup driver (full images and layers);
+* :mod:`lamina.engines.btree.at_end` / :mod:`~lamina.engines.btree.at_end_restore` — the
+  "at end" backup driver and the restore driver of its streams;
 * :mod:`lamina.engines.btree.restore_driver` — the restore driver (full streams);
 * :mod:`lamina.engines.btree.proof` — the Merkle proof the restore makes while streaming;
 * :mod:`lamina.engines.btree.facts` — the typed VP facts recorded in the image manifest;
@@ -22,10 +25,13 @@ from lamina.core.driver import (
     BackupDriver,
     BackupEngine,
     BackupFlags,
+    DriverKind,
     RestoreDriver,
     RestoreFlags,
     TableSpec,
 )
+from lamina.engines.btree.at_end import BtreeAtEndDriver
+from lamina.engines.btree.at_end_restore import BtreeAtEndRestoreDriver
 from lamina.engines.btree.backup_driver import BtreeBackupDriver
 from lamina.engines.btree.facts import BtreeVpFacts, base_txnid_of
 from lamina.engines.btree.restore_driver import BtreeRestoreDriver
@@ -53,7 +59,9 @@ class BtreeBackupEngine(BackupEngine):
         """A driver for ``tables`` (all btree tables). Holds no resources until ``begin``.
 
         With ``flags.layer`` the driver sends a layer: the pages newer than the base image's
-        btree txnid (from ``flags.base_facts``, which must be :class:`BtreeVpFacts`). Raises
+        btree txnid (from ``flags.base_facts``, which must be :class:`BtreeVpFacts`). With
+        ``flags.at_end`` it is the "at end" driver (:mod:`lamina.engines.btree.at_end`).
+        Raises
         UsageError (no store), DriverChoiceError (a table of another engine), ChainError (a
         layer whose base records no btree facts).
         """
@@ -63,10 +71,10 @@ class BtreeBackupEngine(BackupEngine):
             if t.engine != ENGINE_BTREE:
                 raise DriverChoiceError(f"table {t.name!r} is an {t.engine} table; the btree "
                                         "driver backs up btree tables only")
-        if flags.layer:
-            return BtreeBackupDriver(self.store, tables,
-                                     base_txnid=base_txnid_of(flags.base_facts))
-        return BtreeBackupDriver(self.store, tables)
+        base = base_txnid_of(flags.base_facts) if flags.layer else None
+        if flags.at_end:
+            return BtreeAtEndDriver(self.store, tables, base_txnid=base)
+        return BtreeBackupDriver(self.store, tables, base_txnid=base)
 
     def decode_vp_facts(self, data: object, where: str) -> BtreeVpFacts:
         """The btree drivers' VP facts from their manifest JSON. Raises CorruptionError
@@ -87,6 +95,8 @@ class BtreeBackupEngine(BackupEngine):
         for t in tables:
             if t.engine != ENGINE_BTREE:
                 raise DriverChoiceError(f"table {t.name!r} is an {t.engine} table, not btree")
+        if flags.kind == DriverKind.AT_END:
+            return BtreeAtEndRestoreDriver(tables, flags)
         return BtreeRestoreDriver(tables, flags)
 
 

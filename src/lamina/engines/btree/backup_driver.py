@@ -108,6 +108,24 @@ class BtreeBackupDriver(AtBeginDriver):
         """The meta record frozen by ``lock()`` (None before)."""
         return self._meta
 
+    @property
+    def pages_hash(self) -> bytes:
+        """The trailer's xxh3-128 over the pages sent (b"" until the trailer was made)."""
+        return self._pages_hash
+
+    def stream_of(self, meta: btree_format.Meta) -> Iterator[bytes]:
+        """The pieces (header, pages, trailer) of the stream of the snapshot ``meta``,
+        read lazily; the *caller* pins that snapshot until it has read them (the "at end"
+        driver composes two such streams, :mod:`lamina.engines.btree.at_end`). Afterwards
+        ``pages_sent`` and ``pages_hash`` describe what was sent; :meth:`close_snapshot`
+        ends the read. Raises as :meth:`get_data`."""
+        self._meta = meta
+        return self._generate()
+
+    def close_snapshot(self) -> None:
+        """End the read of :meth:`stream_of` (idempotent; unpins nothing)."""
+        self._close_txn()
+
     # ---------------------------------------------------------------- protocol
     def begin(self, buf_size: int) -> Result:
         """Own a reader slot (pinning happens in ``lock()``). Raises LockedError when every

@@ -60,6 +60,7 @@ class PageAssembler:
         self.pages_written = 0
         self.pages_offered = 0
         self._seen: dict[int, bytearray] = {}
+        self._provisional: set[int] = set()
         self._run_start = -1
         self._run: list[bytes] = []
         try:
@@ -67,9 +68,14 @@ class PageAssembler:
         except FileExistsError:
             raise AlreadyExistsError(f"{path} already exists") from None
 
-    def offer(self, pgno: int, page: bytes) -> bool:
+    def offer(self, pgno: int, page: bytes, *, provisional: bool = False) -> bool:
         """Write ``page`` as page ``pgno`` unless that number was written already or lies
-        past the last VP's page count; returns whether it was written."""
+        past the last VP's page count; returns whether it was written.
+
+        ``provisional``: the page comes from an "at end" image's initial section, which
+        the same image's final section (offered next, after :meth:`flush`) may replace
+        with a newer copy of that page number: a provisional page is overwritten once by a
+        non-provisional offer before :meth:`settle`."""
         self.pages_offered += 1
         if pgno >= self.meta.total_pages:
             return False
@@ -78,16 +84,35 @@ class PageAssembler:
             block = self._seen[pgno // _BITMAP_BLOCK] = bytearray(_BITMAP_BLOCK // 8)
         bit = pgno % _BITMAP_BLOCK
         if block[bit >> 3] & (1 << (bit & 7)):
-            return False
-        block[bit >> 3] |= 1 << (bit & 7)
+            if provisional or pgno not in self._provisional:
+                return False
+            self._provisional.discard(pgno)  # the newer page of the same image wins
+        else:
+            block[bit >> 3] |= 1 << (bit & 7)
+            self.pages_written += 1
+            if provisional:
+                self._provisional.add(pgno)
         if self._run and (pgno != self._run_start + len(self._run)
                           or len(self._run) >= _RUN_PAGES):
             self.flush()
         if not self._run:
             self._run_start = pgno
         self._run.append(page)
-        self.pages_written += 1
         return True
+
+    def settle(self) -> None:
+        """An image was read whole: its provisional pages are final (older images never
+        replace them)."""
+        self._provisional.clear()
+
+    def retarget(self, meta: btree_format.Meta) -> None:
+        """Assemble ``meta``'s snapshot instead (an "at end" last image: the assembler is
+        made with the initial section's meta, read first, and retargeted at the final
+        section's). CorruptionError for another page size or a smaller page count."""
+        if meta.page_size != self.page_size or meta.total_pages < self.meta.total_pages:
+            raise CorruptionError("the final section's snapshot has another page size or "
+                                  "fewer pages than the initial section's", path=self.path)
+        self.meta = meta
 
     def flush(self) -> None:
         """Write the pending run of consecutive pages (call at the end of each stream)."""
