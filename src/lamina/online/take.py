@@ -11,6 +11,7 @@ created nor dropped while a backup runs (it holds the DDL lock).
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from lamina.backup import image_format
 from lamina.backup.codec import check_level, parse_codec
 from lamina.backup.default_driver import DEFAULT_LOCK_TIMEOUT
 from lamina.backup.history import BackupHistory
+from lamina.backup.image_reader import ImageLocation
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, run_backup
 from lamina.database import DDL_TIMEOUT, Database
 from lamina.errors import CancelledError, UsageError
@@ -36,7 +38,8 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
            blocker_timeout: float | None = 30.0, driver: DriverChoice = None,
            max_rate: float | None = None,
            lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
-           base: str | os.PathLike[str] | None = None) -> BackupResult:
+           base: ImageLocation | None = None, image_id: uuid.UUID | None = None,
+           target_name: str | None = None) -> BackupResult:
     """Take a consistent online backup of ``db`` into ``target`` (a path or binary stream).
 
     Writers in any process go on; with the native and snapshot drivers commits are delayed
@@ -51,7 +54,9 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
     ``cancelled``), except a request refused before it starts (a bad ``max_rate``, codec,
     ``level``, table or driver choice: nothing is recorded). ``base`` (the path of an earlier image
     of this database, full or layer) makes the image a *layer*: only what changed after the
-    base's VP (see :mod:`lamina.online.layers`); native drivers only.
+    base's VP (see :mod:`lamina.online.layers`); native drivers only. ``image_id`` fixes
+    the new image's id (default: a new one); ``target_name`` names a stream target in the
+    history (default ``-``).
     Returns the kernel's :class:`~lamina.backup.kernel.BackupResult`.
     Raises TableNotFoundError, DriverChoiceError, UsageError, LockedError (the DDL lock, the
     commit blocker or a default-driver table lock not obtained in time), CancelledError,
@@ -67,7 +72,8 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
     table_drivers(db, tables, driver)  # planned again below, under the DDL lock
     history = BackupHistory(db.path, db.lockfile, sync=db.sync)
     entry = history.start("full" if base is None else "layer",
-                          "-" if not isinstance(target, str | os.PathLike) else str(target))
+                          str(target) if isinstance(target, str | os.PathLike)
+                          else target_name or "-")
     try:
         # MySQL 6.0's DDL blocker: no table is created or dropped from the moment the table
         # list is planned until the backup ends, so the image's catalog is exactly the
@@ -84,7 +90,8 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
                                 codec=codec_id, level=level,
                                 buf_size=buf_size, progress=progress, cancel=cancel,
                                 blocker_timeout=blocker_timeout,
-                                max_rate=None if max_rate is None else max_rate * 1e6)
+                                max_rate=None if max_rate is None else max_rate * 1e6,
+                                image_id=image_id)
     except CancelledError:
         history.finish(entry, "cancelled", error="cancelled on request")
         raise
