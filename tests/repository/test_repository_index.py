@@ -16,7 +16,8 @@ from lamina.errors import CorruptionError
 from lamina.repository import KeepPolicy, Repository
 from lamina.repository import layout as L
 from lamina.repository.index import Index
-from lamina.repository.lock import FileLock
+from lamina.repository.lock import RepositoryLock
+from lamina.repository.storage import LocalStorage
 from support import cli
 
 from .helpers import make_db
@@ -117,13 +118,12 @@ def test_half_written_images_are_never_listed(tmp_path: Path) -> None:
     assert _listed(repo) == (ids, None)
 
 
-def _staged_bytes(staging: Path, old: set[str], *, complete: bool) -> int:
-    """The size of the largest image file in the staging directory, ignoring the ``old``
-    names (what killed backups left): being written (a dot-temporary), or with
-    ``complete`` only one written whole (its final staged name)."""
+def _staged_bytes(staging: Path, old: set[str]) -> int:
+    """The size of the largest image being written (a dot-temporary in the images
+    directory), ignoring the ``old`` names (what killed backups left)."""
     sizes = [0]
-    for path in staging.glob("*") if staging.is_dir() else []:
-        if path.name in old or (complete and path.name.startswith(".")):
+    for path in staging.glob(".*.tmp-*") if staging.is_dir() else []:
+        if path.name in old:
             continue
         try:
             sizes.append(path.stat().st_size)
@@ -144,25 +144,23 @@ def test_backup_killed_mid_write_leaves_nothing_listed(tmp_path: Path) -> None:
     assert cli.run_bytes(*command, timeout=60).returncode == 0
     ids = _listed(repo)[0]
     whole = (repo.path / L.image_key(ids[-1])).stat().st_size
-    staging = repo.path / L.STAGING_DIR
-    index_lock = FileLock(repo.path / L.LOCKS_DIR / "index", "index")
+    staging = repo.path / "images"
+    locks = RepositoryLock(LocalStorage(repo.path), "test", timeout=120)
     killed = 0
-    # Kill at fractions of a whole image, measured in the bytes the backup has staged, not
-    # in seconds; 1.0: staged completely, waiting to publish. Once the backup is writing
-    # (it loaded the index already) the test takes the index lock, so the backup cannot
-    # publish before the kill, however slow the test is.
-    for fraction in (0.5, 0.7, 0.8, 0.9, 1.0):
-        old = {p.name for p in staging.glob("*")} if staging.is_dir() else set()
+    # Kill at fractions of a whole image, measured in the bytes the backup has written, not
+    # in seconds; 0.99: about all written, soon waiting to publish. Once the backup is
+    # writing (it loaded the index already) the test holds the index lock, so the backup
+    # cannot publish before the kill, however slow the test is.
+    for fraction in (0.5, 0.7, 0.8, 0.9, 0.99):
+        old = {p.name for p in staging.glob(".*")}
         proc = cli.start(*command, text=False)
         deadline = time.monotonic() + 120  # a hang guard only
-        while not _staged_bytes(staging, old, complete=False) and proc.poll() is None:
+        while not _staged_bytes(staging, old) and proc.poll() is None:
             assert time.monotonic() < deadline, "the backup staged nothing"
             time.sleep(0.0005)
-        index_lock.acquire(shared=False, timeout=120)
-        try:
+        with locks.index():
             while proc.poll() is None and not (
-                    _staged_bytes(staging, old, complete=True) if fraction == 1.0 else
-                    _staged_bytes(staging, old, complete=False) >= fraction * whole):
+                    _staged_bytes(staging, old) >= fraction * whole):
                 assert time.monotonic() < deadline, "the backup stopped writing"
                 time.sleep(0.0005)
             if proc.poll() is None:
@@ -170,8 +168,6 @@ def test_backup_killed_mid_write_leaves_nothing_listed(tmp_path: Path) -> None:
                 killed += 1
             proc.wait(timeout=60)
             assert proc.returncode in (0, -signal.SIGKILL), proc.communicate()
-        finally:
-            index_lock.release()
         listed, _ = _listed(repo)
         assert listed[: len(ids)] == ids
         ids = listed  # a backup that finished before the kill is complete and listed
@@ -181,7 +177,7 @@ def test_backup_killed_mid_write_leaves_nothing_listed(tmp_path: Path) -> None:
     assert {str(i) for i in index.records} == set(ids)
     result = repo.prune(KeepPolicy(last=100))
     assert not result.plan.delete and _listed(repo)[0] == ids
-    assert list((repo.path / L.STAGING_DIR).iterdir()) == []
+    assert list(staging.glob(".*")) == []  # the killed backups' temporaries: removed
     assert killed >= 1
 
 

@@ -146,7 +146,10 @@ def error_code(exc: BaseException) -> str | None:
 
 def translate(exc: Exception, action: str, where: str) -> LaminaError:
     """The Lamina error for a failed client call: ``action`` (a verb phrase) on ``where``
-    (an ``s3://`` URL), one line. The caller raises it ``from exc``."""
+    (an ``s3://`` URL), one line. The caller raises it ``from exc``. A Lamina error
+    (raised by our own code inside the call) is returned as it is."""
+    if isinstance(exc, LaminaError):
+        return exc
     code = error_code(exc)
     name = type(exc).__name__
     if code == "NoSuchBucket":

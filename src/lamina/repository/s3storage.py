@@ -15,9 +15,10 @@ How each part of the protocol maps onto S3 requests:
   instead of mixing two versions;
 * ``list``: ListObjectsV2 with the prefix, page after page (1,000 keys a page);
 * conditional writes: ``create_if_absent`` is ``PUT If-None-Match: *``; ``replace_if`` is
-  ``PUT If-Match: ETAG``; the ETag is the version token; ``delete_if`` re-reads the ETag and
-  deletes (the store has no conditional delete everywhere: a replacement landing between
-  the two is lost, which the lease protocol tolerates — see :mod:`lamina.repository.lease`);
+  ``PUT If-Match: ETAG``; the ETag is the version token; ``delete_if`` is
+  ``DELETE If-Match: ETAG`` (where a store refuses that: compare the ETag, then delete —
+  a replacement landing between the two is lost, which the lease protocol tolerates: the
+  lease's holder finds it gone at its next renewal);
 * the change stamp of an :class:`~lamina.repository.storage.ObjectStat` is derived from
   the ETag (a replaced object with other bytes has another ETag).
 
@@ -206,8 +207,18 @@ class S3Storage:
         return True
 
     def delete_if(self, key: str, token: str) -> bool:
-        """Compare the ETag, then delete. See :meth:`Storage.delete_if` and the module
-        doc."""
+        """``DELETE If-Match: token``; a store that refuses conditional deletes gets a
+        compare, then a delete (module doc). See :meth:`Storage.delete_if`."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key),
+                                      IfMatch=token)
+            return True
+        except Exception as exc:
+            code = error_code(exc)
+            if code in PRECONDITION_FAILED or code in ("NoSuchKey", "404"):
+                return False
+            if code not in ("NotImplemented", "501", "InvalidArgument", "400"):
+                raise translate(exc, "delete", self.object_url(key)) from exc
         try:
             current = self.stat_etag(key)
         except NotFoundError:
