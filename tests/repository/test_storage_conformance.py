@@ -199,7 +199,7 @@ def test_ranged_reader_matches_the_bytes(data: bytes, reads: list[tuple[int, int
     fetched: list[tuple[int, int]] = []
 
     def fetch(offset: int, length: int) -> bytes:
-        assert 0 <= offset and offset + length <= len(data)
+        assert offset >= 0 and offset + length <= len(data)
         fetched.append((offset, length))
         return data[offset:offset + length]
 
