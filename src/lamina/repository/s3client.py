@@ -156,7 +156,8 @@ def translate(exc: Exception, action: str, where: str) -> LaminaError:
         return NoSuchBucketError(f"cannot {action} {where}: the bucket does not exist "
                                  "(create the repository with 'lamina repo init')")
     if code in _DENIED or name in ("NoCredentialsError", "PartialCredentialsError"):
-        detail = code or "no credentials found"
+        detail = (f"HTTP {code}" if code.isdigit() else code) if code else \
+            "no credentials found"
         return AccessDeniedError(f"cannot {action} {where}: access denied ({detail}); check "
                                  "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
     if code in _MISSING_KEY:

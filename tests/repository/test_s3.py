@@ -1,0 +1,146 @@
+"""S3 repositories against a real SeaweedFS server: URLs and settings, one-line errors
+with distinct exit codes, and faults — the connection to the server dropped in the middle
+of a backup, a restore and a prune: exit 9, nothing half-published, every earlier backup
+still restores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from lamina.repository import Repository
+from lamina.repository import layout as L
+from lamina.repository.repository import open_storage
+from support import cli
+from support.s3fixtures import BUCKET
+from support.s3server import S3Server, client
+from support.tcpproxy import DOWN, UP, TcpProxy
+
+from .helpers import content, make_db
+
+
+def _one_line(proc: subprocess.CompletedProcess[str], code: int) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lamina: "), proc.stderr
+    return lines[0]
+
+
+def test_init_makes_the_bucket_never_a_local_directory(s3_server: S3Server, tmp_path: Path
+                                                        ) -> None:
+    bucket = f"fresh-{uuid.uuid4().hex[:10]}"
+    url = f"s3://{bucket}/some/prefix"
+    proc = cli.run("repo", "init", url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert '"path": "s3://' in proc.stdout
+    assert not Path("s3:").exists() and not (tmp_path / "s3:").exists()
+    keys = [o["Key"] for o in client(s3_server.endpoint).list_objects_v2(
+        Bucket=bucket)["Contents"]]
+    assert f"some/prefix/{L.CONFIG_KEY}" in keys and f"some/prefix/{L.INDEX_KEY}" in keys
+    assert "already" in _one_line(cli.run("repo", "init", url), 3)
+    # Another prefix of the same bucket is another repository.
+    assert cli.run("repo", "init", f"s3://{bucket}/other").returncode == 0
+
+
+def test_errors_are_one_line_with_distinct_codes(s3_server: S3Server, s3_url: str,
+                                                 tmp_path: Path) -> None:
+    assert cli.run("repo", "init", s3_url).returncode == 0
+    wrong = {**os.environ, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    line = _one_line(cli.run("list", "--repo", s3_url, env=wrong), 12)
+    assert "access denied" in line and "AWS_SECRET_ACCESS_KEY" in line
+    assert "access denied" in _one_line(cli.run("repo", "init", f"{s3_url}-2", env=wrong), 12)
+    missing = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/repo"
+    assert "bucket does not exist" in _one_line(cli.run("list", "--repo", missing), 13)
+    _one_line(cli.run("backup", str(tmp_path / "db"), "--repo", missing), 13)
+    # A prefix holding something else, and an empty one.
+    storage = open_storage(f"{s3_url}-foreign")
+    storage.put_bytes("notes.txt", b"not a repository")
+    foreign = f"{s3_url}-foreign"
+    assert "not a Lamina repository" in _one_line(cli.run("list", "--repo", foreign), 5)
+    assert "not empty" in _one_line(cli.run("repo", "init", foreign), 3)
+    assert "nothing there" in _one_line(cli.run("list", "--repo", f"{s3_url}-empty"), 3)
+    _one_line(cli.run("list", "--repo", "s3://Bad_Bucket/x"), 2)
+    _one_line(cli.run("list", "--repo", str(tmp_path), "--s3-endpoint", "http://x"), 2)
+    # The endpoint: --s3-endpoint overrides AWS_ENDPOINT_URL; nothing listening: exit 9.
+    dead = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "2"}
+    assert "cannot" in _one_line(cli.run("list", "--repo", s3_url, env=dead), 9)
+    proc = cli.run("list", "--repo", s3_url, "--s3-endpoint", s3_server.endpoint, env=dead)
+    assert proc.returncode == 0 and "no backups" in proc.stdout, proc.stderr
+
+
+def _big_db(path: Path, mib: int) -> None:
+    with make_db(path) as db, db.write() as txn:
+        table = txn.table("t")
+        for i in range(mib * 1024 // 4):
+            table.put(b"k%08d" % i, os.urandom(4000))
+
+
+def _images(url: str) -> list[str]:
+    return [s.key for s in open_storage(url).list(L.IMAGES_PREFIX)]
+
+
+def _uploads(s3_server: S3Server) -> int:
+    return len(client(s3_server.endpoint).list_multipart_uploads(Bucket=BUCKET)
+               .get("Uploads", []))
+
+
+@pytest.mark.slow
+def test_connection_lost_mid_backup_restore_and_prune(s3_server: S3Server, s3_url: str,
+                                                      tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    _big_db(db, 24)
+    assert cli.run("repo", "init", s3_url).returncode == 0
+    first = cli.run("backup", str(db), "--repo", s3_url, "--compress", "none")
+    assert first.returncode == 0, first.stderr
+    with make_db(db) as d:
+        d.put("t", b"k00000001", b"changed")
+    second = cli.run("backup", str(db), "--repo", s3_url, "--compress", "none")
+    assert second.returncode == 0, second.stderr
+    before = _images(s3_url)
+    assert len(before) == 2
+    env = {**os.environ, "AWS_MAX_ATTEMPTS": "2"}
+    port = int(s3_server.endpoint.rsplit(":", 1)[1])
+    with TcpProxy(port) as proxy:
+        via = ("--s3-endpoint", proxy.endpoint)
+        # Mid-backup: the link drops after 10 MiB of a ~24 MiB full went up.
+        proxy.break_after(UP, 10 << 20)
+        proc = cli.run("backup", str(db), "--repo", s3_url, "--full", "--compress", "none",
+                       *via, env=env, timeout=300)
+        assert proxy.tripped.is_set()
+        _one_line(proc, 9)
+        proxy.heal()
+        assert _images(s3_url) == before  # nothing half-published
+        # Mid-restore: 5 MiB into reading the chain.
+        proxy.break_after(DOWN, 5 << 20)
+        proc = cli.run("restore", "--repo", s3_url, "--to", str(tmp_path / "out"), *via,
+                       env=env, timeout=300)
+        assert proxy.tripped.is_set()
+        _one_line(proc, 9)
+        assert not (tmp_path / "out").exists()
+        proxy.heal()
+        # Mid-prune: keep the layer only, so its chain is merged into a synthetic full
+        # (read from the store, written back) and the old full deleted; the link drops
+        # while the merge uploads.
+        proxy.break_after(UP, 8 << 20)
+        proc = cli.run("prune", "--repo", s3_url, "--keep-last", "1", *via, env=env,
+                       timeout=300)
+        assert proxy.tripped.is_set()
+        _one_line(proc, 9)
+        proxy.heal()
+    assert _images(s3_url) == before  # the merge was not published, nothing deleted
+    repo = Repository.open(s3_url)
+    assert repo.verify().ok
+    repo.restore(tmp_path / "r1", id=first.stdout.strip())
+    assert content(tmp_path / "r1")[b"k00000001"] != b"changed"
+    repo.restore(tmp_path / "r2", id=second.stdout.strip())
+    assert content(tmp_path / "r2")[b"k00000001"] == b"changed"
+    # A prune after the fault finishes the job.
+    done = cli.run("prune", "--repo", s3_url, "--keep-last", "1")
+    assert done.returncode == 0, done.stderr
+    assert _images(s3_url) == [L.image_key(second.stdout.strip())]
+    repo.restore(tmp_path / "final", id=second.stdout.strip())
+    assert content(tmp_path / "final")[b"k00000001"] == b"changed"
