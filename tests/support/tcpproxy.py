@@ -18,8 +18,12 @@ UP, DOWN = "up", "down"
 
 
 def _reset(sock: socket.socket) -> None:
+    """Drop ``sock`` now: shut it down (which also wakes a thread blocked reading it; a
+    bare close would not) and close it with an RST."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
 
