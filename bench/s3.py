@@ -132,10 +132,9 @@ def main() -> None:
         print(json.dumps(_phase(opts.phase[0], json.loads(opts.phase[1]))))
         return
     sys.path.insert(0, str(ROOT / "tests"))
-    from support.s3server import S3Server, client
-
     from lamina import online
     from lamina.repository import Repository
+    from support.s3server import S3Server, client
 
     with tempfile.TemporaryDirectory(prefix="lamina-bench-s3-") as tmp:
         work = Path(tmp)

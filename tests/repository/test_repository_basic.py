@@ -333,7 +333,8 @@ def test_prune_merges_under_a_layer_that_stays(repo_url: str, tmp_path: Path) ->
     assert repo.verify(deep=True).ok
 
 
-def test_a_restored_copy_never_layers_on_the_originals_later_backups(repo_url: str, tmp_path: Path) -> None:
+def test_a_restored_copy_never_layers_on_the_originals_later_backups(
+        repo_url: str, tmp_path: Path) -> None:
     """The original keeps writing and backing up after a copy was restored from it; the
     copy's next repository backup must not become a layer on the original's newer backup
     (that restore would mix both histories)."""

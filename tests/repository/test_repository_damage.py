@@ -81,7 +81,8 @@ def _restore_latest(repo: Repository, dest: Path, *extra: str) -> cli.CliResult:
 # ---------------------------------------------------------------- a missing middle layer
 
 
-def test_prune_keeps_the_full_a_layer_with_a_missing_base_stands_on(repo_url: str, tmp_path: Path) -> None:
+def test_prune_keeps_the_full_a_layer_with_a_missing_base_stands_on(
+        repo_url: str, tmp_path: Path) -> None:
     """F L1 L2 with L1's image gone: keep-last 1 keeps L2 (damaged) and must not delete F,
     the only intact full (L1's chain stood on it; it is the one restorable point)."""
     repo, (full, mid, top), states = _repo(repo_url, tmp_path, [True, False, False])
@@ -202,7 +203,8 @@ def test_truncated_newest_is_not_skipped_silently(repo_url: str, tmp_path: Path)
     assert summary.backup_id == l1 and content(tmp_path / "ok") == states[l1]
 
 
-def test_newest_chain_with_a_missing_full_and_an_older_intact_chain(repo_url: str, tmp_path: Path) -> None:
+def test_newest_chain_with_a_missing_full_and_an_older_intact_chain(
+        repo_url: str, tmp_path: Path) -> None:
     """F0 L0 F1 L1 with F1 gone: latest (and --at after L1) refuse naming F1 and hint L0;
     so does --at a time between L0 and L1 (F1's time is unknown: it may be before it); --id L0
     restores; prune keeps F0 and L0."""
@@ -229,7 +231,8 @@ def test_newest_chain_with_a_missing_full_and_an_older_intact_chain(repo_url: st
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupt header", "empty"])
-def test_only_image_damaged_is_damaged_not_no_backup(repo_url: str, tmp_path: Path, damage: str) -> None:
+def test_only_image_damaged_is_damaged_not_no_backup(
+        repo_url: str, tmp_path: Path, damage: str) -> None:
     repo, (full,), _ = _repo(repo_url, tmp_path, [True])
     path = _image(repo, full)
     if damage == "truncated":

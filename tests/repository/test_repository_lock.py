@@ -164,10 +164,10 @@ def test_an_expired_lease_of_another_host_is_taken_over(repo_url: str) -> None:
     foreign = LeaseInfo("f" * 32, "elsewhere", "boot", 1, None, "prune", now,
                         now + 1_500_000_000)
     assert storage.create_if_absent(EXCLUSIVE_KEY, foreign.encode())
-    with pytest.raises(LockedError, match="locked by prune .pid 1 on elsewhere"):
-        with RepositoryLock(storage, repo_url, timeout=0.2).repository(
-                exclusive=False, operation="backup"):
-            pass
+    waiter = RepositoryLock(storage, repo_url, timeout=0.2)
+    with pytest.raises(LockedError, match=r"locked by prune \(pid 1 on elsewhere"), \
+            waiter.repository(exclusive=False, operation="backup"):
+        pass
     started = time.time_ns()
     with RepositoryLock(storage, repo_url, timeout=60).repository(
             exclusive=True, operation="prune") as lease:

@@ -7,8 +7,11 @@ A repository is a set of objects addressed by keys (``/``-separated, see
     images/<backup-id>.lamina   one backup image per backup (published only when complete)
     index.json                  derived data: one record per image (see index.py)
 
-A local repository also has ``tmp/`` (staging for images being written, never listed) and
-``locks/`` (``fcntl`` lock files); neither holds committed data.
+    locks/...                   lease objects of the repository lock (see lock.py)
+
+A local repository also has ``tmp/`` (prune's staging of synthetic fulls, never listed);
+it holds no committed data. An ``s3://BUCKET/PREFIX`` repository keeps key ``K`` in the
+object ``PREFIX/K``.
 
 The config file is canonical JSON (sorted keys, no whitespace) of an object holding
 ``magic``, ``version``, ``repository_id``, ``created_ns``, ``chain_limit`` and
@@ -45,7 +48,7 @@ INDEX_KEY = "index.json"
 INDEX_MAGIC = "LAMINA-REPOSITORY-INDEX"
 INDEX_VERSION = 1
 
-#: Local-only directories (not objects): staging of images being written, lock files.
+#: Local-only staging directory (not objects); the prefix of the lease objects.
 STAGING_DIR = "tmp"
 LOCKS_DIR = "locks"
 

@@ -407,10 +407,11 @@ class Repository:
         here, or a full when there is none, when ``full``, when that backup's chain is
         broken, or when its chain already has ``chain_limit`` layers.
 
-        The image is written to ``tmp/`` and published under ``images/`` with its index
-        entry only when complete. Raises LockedError (repository or commit blocker),
-        CancelledError, StorageError and whatever ``online.backup`` raises; on any error
-        nothing is published.
+        The image streams to its key under ``images/`` (a temporary file, or a multipart
+        upload: no local copy) and is published with its index entry only when complete.
+        Raises LockedError (repository or commit blocker, or this backup's lease lost),
+        CancelledError, StorageError (AccessDeniedError, NoSuchBucketError on S3) and
+        whatever ``online.backup`` raises; on any error nothing is published.
         """
         with self.locks.repository(exclusive=False, operation="backup") as held:
             index, rebuilt = self._load()
