@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,12 +220,16 @@ class Lease:
         self._thread.start()
         return True
 
-    def acquire(self, timeout: float | None, what: str, busy: str = "") -> None:
-        """Try until held or ``timeout`` seconds passed (None: forever, 0: once). Raises
-        LockedError naming the holder and ``what``/``busy``, StorageError."""
+    def acquire(self, timeout: float | None, what: str, busy: str = "",
+                cancel: Callable[[], None] | None = None) -> None:
+        """Try until held or ``timeout`` seconds passed (None: forever, 0: once); between
+        attempts ``cancel()`` may raise to stop waiting. Raises LockedError naming the
+        holder and ``what``/``busy``, StorageError, and what ``cancel`` raises."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while not self.try_acquire():
+            if cancel is not None:
+                cancel()
             if deadline is not None and time.monotonic() >= deadline:
                 by = "" if self.holder is None else f" by {self.holder.describe()}"
                 raise LockedError(f"{what} is locked{by}{busy}; gave up after {timeout:g}s")

@@ -30,7 +30,8 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from lamina.errors import LockedError
+from lamina.backup.kernel import CancelToken, is_cancelled
+from lamina.errors import CancelledError, LockedError
 from lamina.repository.layout import LOCKS_DIR
 from lamina.repository.lease import Lease, read_lease
 from lamina.repository.storage import Storage
@@ -59,18 +60,27 @@ class RepositoryLock:
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     @contextlib.contextmanager
-    def repository(self, *, exclusive: bool, operation: str) -> Iterator[Lease]:
+    def repository(self, *, exclusive: bool, operation: str,
+                   cancel: CancelToken = None) -> Iterator[Lease]:
         """Hold the repository lock (shared, or exclusive for prune) for the block;
         ``operation`` names the holder in others' messages and the waiter in the
         LockedError message. Yields the lease (``lost`` tells a stalled holder it was
-        taken over). Raises LockedError, StorageError."""
-        lease = self._exclusive(operation) if exclusive else self._shared(operation)
+        taken over). Raises LockedError, StorageError, CancelledError (``cancel`` set
+        while waiting: nothing of the waiter is left behind)."""
+        lease = self._exclusive(operation, cancel) if exclusive else \
+            self._shared(operation, cancel)
         try:
             yield lease
         finally:
             lease.release()
 
-    def _shared(self, operation: str) -> Lease:
+    @staticmethod
+    def _check_cancel(cancel: CancelToken, operation: str) -> None:
+        if is_cancelled(cancel):
+            raise CancelledError(f"{operation} cancelled while waiting for the repository "
+                                 "lock")
+
+    def _shared(self, operation: str, cancel: CancelToken) -> Lease:
         deadline = self._deadline()
         delay = 0.005
         while True:
@@ -83,6 +93,7 @@ class RepositoryLock:
             if current is None or holder is None or holder.stale(time.time_ns()):
                 return lease
             lease.release()
+            self._check_cancel(cancel, operation)
             left = self._left(deadline)
             if left is not None and left <= 0:
                 raise LockedError(f"repository {self.name} is locked by "
@@ -91,17 +102,19 @@ class RepositoryLock:
             time.sleep(delay if left is None else min(delay, left))
             delay = min(delay * 2, 0.2)
 
-    def _exclusive(self, operation: str) -> Lease:
+    def _exclusive(self, operation: str, cancel: CancelToken) -> Lease:
         deadline = self._deadline()
         lease = Lease(self.storage, EXCLUSIVE_KEY, operation, ttl=self.ttl)
         lease.acquire(self._left(deadline), f"repository {self.name}",
-                      f", so {operation} cannot start")
+                      f", so {operation} cannot start",
+                      cancel=lambda: self._check_cancel(cancel, operation))
         try:
             delay = 0.005
             while True:
                 live = self._live_shared()
                 if not live:
                     return lease
+                self._check_cancel(cancel, operation)
                 left = self._left(deadline)
                 if left is not None and left <= 0:
                     raise LockedError(f"repository {self.name} is in use by "

@@ -302,8 +302,8 @@ class Repository:
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
-    def _shared(self, operation: str) -> Iterator[None]:
-        with self.locks.repository(exclusive=False, operation=operation):
+    def _shared(self, operation: str, cancel: CancelToken = None) -> Iterator[None]:
+        with self.locks.repository(exclusive=False, operation=operation, cancel=cancel):
             yield
 
     def _load(self) -> tuple[Index, str | None]:
@@ -413,7 +413,8 @@ class Repository:
         CancelledError, StorageError (AccessDeniedError, NoSuchBucketError on S3) and
         whatever ``online.backup`` raises; on any error nothing is published.
         """
-        with self.locks.repository(exclusive=False, operation="backup") as held:
+        with self.locks.repository(exclusive=False, operation="backup",
+                                   cancel=cancel) as held:
             index, rebuilt = self._load()
             base, reason = self._choose_base(db, index, full)
             # The image streams to its final key (its id is chosen now), published only
@@ -462,7 +463,7 @@ class Repository:
         base missing), CorruptionError & co., AlreadyExistsError, CheckFailedError,
         LockedError, CancelledError. ``dest`` is published only once proven.
         """
-        with self._shared("restore"):
+        with self._shared("restore", cancel):
             index, rebuilt = self._load()
             record = self.resolve(index, id, at, database)
             images = index.chain(record)
@@ -479,7 +480,7 @@ class Repository:
         (``first_error``); a bad id raises NotFoundError/UsageError, a busy repository
         LockedError, ``cancel`` (checked before every chunk) CancelledError."""
         report = RepoVerifyReport()
-        with self._shared("verify"):
+        with self._shared("verify", cancel):
             index, report.index_rebuilt = self._load()
             if id is not None:
                 targets = [index.find(id)]
@@ -527,7 +528,7 @@ class Repository:
         (``cancel``, checked before the work starts and before every chunk a merge reads:
         the repository is then as after any failed merge).
         """
-        with self.locks.repository(exclusive=True, operation="prune"):
+        with self.locks.repository(exclusive=True, operation="prune", cancel=cancel):
             index, rebuilt = self._load()
             damaged = sorted((r for r in index.records.values() if r.error is not None),
                              key=lambda r: str(r.backup_id))
