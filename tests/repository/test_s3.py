@@ -195,3 +195,26 @@ def test_a_chain_restore_reads_each_image_once(s3_url: str, tmp_path: Path) -> N
             # Header, footer and manifest probes, then one sequential pass.
             assert size <= storage.fetched[key] <= size + 4 * PROBE_SIZE, (run, key)
     assert content(tmp_path / "out")[b"k00000001"] == b"changed"
+
+
+def test_a_dropped_connection_is_retried(s3_server: S3Server, s3_url: str,
+                                         tmp_path: Path) -> None:
+    """Connections reset once in the middle of a backup's upload and of a restore's
+    ranged reads: both retry and succeed, and the result is whole."""
+    db = tmp_path / "db"
+    _big_db(db, 16)
+    assert cli.run("repo", "init", s3_url).returncode == 0
+    port = int(s3_server.endpoint.rsplit(":", 1)[1])
+    with TcpProxy(port) as proxy:
+        via = ("--s3-endpoint", proxy.endpoint)
+        proxy.cut_after(UP, 6 << 20)
+        proc = cli.run("backup", str(db), "--repo", s3_url, "--compress", "none", *via,
+                       timeout=300)
+        assert proxy.tripped.is_set() and proc.returncode == 0, proc.stderr
+        proxy.tripped.clear()
+        proxy.cut_after(DOWN, 6 << 20)
+        proc = cli.run("restore", "--repo", s3_url, "--to", str(tmp_path / "out"), *via,
+                       timeout=300)
+        assert proxy.tripped.is_set() and proc.returncode == 0, proc.stderr
+    assert content(tmp_path / "out") == content(db)
+    assert Repository.open(s3_url).verify().ok

@@ -42,6 +42,7 @@ class TcpProxy:
         self._socks: set[socket.socket] = set()
         self.bytes = {UP: 0, DOWN: 0}
         self._trip: tuple[str, int] | None = None
+        self._once = False
         self.broken = False
         self.tripped = threading.Event()
         self._closed = False
@@ -58,10 +59,17 @@ class TcpProxy:
         with self._lock:
             self._trip = (direction, self.bytes[direction] + n)
 
-    def break_now(self) -> None:
-        """Drop every connection and refuse new ones."""
+    def cut_after(self, direction: str, n: int) -> None:
+        """Drop the connections open once ``n`` more bytes went ``direction``, once, and
+        go on forwarding new ones (a transient fault that retries must absorb)."""
         with self._lock:
-            self.broken = True
+            self._trip = (direction, self.bytes[direction] + n)
+            self._once = True
+
+    def break_now(self, *, refuse: bool = True) -> None:
+        """Drop every connection and (``refuse``) refuse new ones."""
+        with self._lock:
+            self.broken = refuse
             socks, self._socks = set(self._socks), set()
         for s in socks:
             _reset(s)
@@ -71,7 +79,7 @@ class TcpProxy:
         """Accept and forward connections again."""
         with self._lock:
             self.broken = False
-            self._trip = None
+            self._trip, self._once = None, False
         self.tripped.clear()
 
     def _accept(self) -> None:
@@ -109,8 +117,11 @@ class TcpProxy:
                     trip = self._trip
                     fire = trip is not None and trip[0] == direction and \
                         self.bytes[direction] >= trip[1]
+                    once = self._once
+                    if fire:
+                        self._trip, self._once = None, False
                 if fire:
-                    self.break_now()
+                    self.break_now(refuse=not once)
                     return
                 dst.sendall(data)
         except OSError:
