@@ -5,7 +5,9 @@ Peers side by side on the same bytes:
 * plain boto3 multipart upload and download of a file as large as the full image (8 MiB
   parts, 4 threads: Lamina's defaults) — the link's limit;
 * ``Repository.backup`` of the database into ``s3://`` (a full image, streamed into a
-  multipart upload while it is written; no local copy), then a layer with 0.1 % of the
+  multipart upload while it is written; no local copy), and the same backup into a local
+  file (its peak RSS is the kernel's own: the database's mapped pages count as resident,
+  so the upload's buffers are the difference), then a layer with 0.1 % of the
   rows changed;
 * restore of the newest backup (its chain: the full and the layer) from S3 with ranged
   GETs, and of the full image from a local file (what restoring costs without the store);
@@ -92,6 +94,12 @@ def _phase(name: str, args: dict[str, Any]) -> dict[str, Any]:
 
             s3.download_fileobj(BUCKET, "plain/object", Sink(), Config=config)
             moved = Sink.n
+    elif name == "backup local":
+        import lamina
+        from lamina import online
+
+        with lamina.open(args["db"], create=False) as db:
+            moved = online.backup(db, args["file"], codec="none").size
     elif name == "restore local":
         from lamina.online import chain
 
@@ -174,7 +182,9 @@ def main() -> None:
             rows: list[tuple[str, dict[str, Any]]] = []
             for name, args in (("plain upload", {"file": str(image)}),
                                ("plain download", {}),
-                               ("full backup", {"url": url, "db": str(db)})):
+                               ("full backup", {"url": url, "db": str(db)}),
+                               ("backup local", {"db": str(db),
+                                                 "file": str(work / "local.img")})):
                 rows.append((name, _run_phase(name, args, env)))
             changed = _change(db, opts.mib * 1024 * 1024 // 4096, 0.001)
             for name, args in (("layer 0.1%", {"url": url, "db": str(db)}),
@@ -190,7 +200,8 @@ def main() -> None:
     down = rows[1][1]["bytes"] / rows[1][1]["seconds"]
     direction = {"plain upload": up, "full backup": up, "layer 0.1%": up,
                  "prune (merge)": up, "plain download": down, "restore": down,
-                 "verify": down, "restore local": down}
+                 "verify": down, "restore local": down,
+                 "backup local": up}
     print(f"\nS3 (SeaweedFS weed mini on loopback), {opts.mib} MiB database, image "
           f"{image_size(rows)} MiB, parts {PART >> 20} MiB x {THREADS}; {changed} rows "
           "changed for the layer\n")
@@ -205,8 +216,11 @@ def main() -> None:
         print(f"{name:16} {r['seconds']:8.2f} {r['bytes'] / 2**20:8.1f} {rate / 1e6:8.1f} "
               f"{shown:>8} {r['peak_rss_mib']:13.0f}")
         results.append({"phase": name, **r, "mb_per_s": rate / 1e6, "ratio_to_plain": ratio})
-    print(f"\nmemory bound of an upload: {PART >> 20} MiB x ({THREADS} + 1) parts + a "
-          "constant; restore reads 8 MiB blocks, 4 ahead")
+    rss = {name: r["peak_rss_mib"] for name, r in rows}
+    print(f"\nupload buffers: {PART >> 20} MiB x ({THREADS} + 1) parts + a constant = about "
+          f"{(PART >> 20) * (THREADS + 1)} MiB; measured: full backup to S3 minus backup to a "
+          f"local file = {rss['full backup'] - rss['backup local']:.0f} MiB. Ratios: to the "
+          "plain transfer in the same direction (backup local: to plain upload)")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(),
                                    "mib": opts.mib, "rows_changed": changed,

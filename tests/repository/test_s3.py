@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -218,3 +219,14 @@ def test_a_dropped_connection_is_retried(s3_server: S3Server, s3_url: str,
         assert proxy.tripped.is_set() and proc.returncode == 0, proc.stderr
     assert content(tmp_path / "out") == content(db)
     assert Repository.open(s3_url).verify().ok
+
+
+def test_boto3_is_imported_only_for_s3(tmp_path: Path) -> None:
+    code = ("import sys\nfrom lamina.repository import Repository\n"
+            f"r = Repository.init({str(tmp_path / 'repo')!r})\nr.list()\n"
+            "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules\n"
+            "from lamina.repository import open_storage\n"
+            "open_storage('s3://some-bucket/p')\nassert 'boto3' in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -6,7 +6,6 @@ A repository is a set of objects addressed by keys (``/``-separated, see
     LAMINAREPO                  config: magic, format version, repository id, settings
     images/<backup-id>.lamina   one backup image per backup (published only when complete)
     index.json                  derived data: one record per image (see index.py)
-
     locks/...                   lease objects of the repository lock (see lock.py)
 
 A local repository also has ``tmp/`` (prune's staging of synthetic fulls, never listed);
