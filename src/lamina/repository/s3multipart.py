@@ -191,7 +191,8 @@ class MultipartWriter:
         self._buf += data
         self.bytes_written += len(data)
         while len(self._buf) >= self.part_size:
-            part = bytes(self._buf[:self.part_size])
+            with memoryview(self._buf) as view:  # one copy of the part, not two
+                part = bytes(view[:self.part_size])
             del self._buf[:self.part_size]
             self._send(part)
         return len(data)
