@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -23,8 +22,9 @@ from support import cli
 from .helpers import make_db
 
 
-def _repo_with_backups(tmp_path: Path, n: int) -> tuple[Repository, list[str]]:
-    repo = Repository.init(tmp_path / "repo")
+def _repo_with_backups(tmp_path: Path, n: int, url: str | None = None
+                       ) -> tuple[Repository, list[str]]:
+    repo = Repository.init(url or tmp_path / "repo")
     ids = []
     with make_db(tmp_path / "db") as db:
         for i in range(n):
@@ -33,31 +33,52 @@ def _repo_with_backups(tmp_path: Path, n: int) -> tuple[Repository, list[str]]:
     return repo, ids
 
 
+class _Object:
+    """An object of a repository, read, replaced and removed through its storage (local
+    directory or S3), as a file would be."""
+
+    def __init__(self, repo: Repository, key: str) -> None:
+        self.storage, self.key = repo.storage, key
+
+    def read_bytes(self) -> bytes:
+        return self.storage.get_bytes(self.key)
+
+    def write_bytes(self, data: bytes) -> None:
+        self.storage.put_bytes(self.key, data)
+
+    def unlink(self) -> None:
+        self.storage.delete(self.key)
+
+    def exists(self) -> bool:
+        return self.storage.exists(self.key)
+
+
 def _listed(repo: Repository) -> tuple[list[str], str | None]:
     entries, rebuilt = repo.list()
     return [str(e.record.backup_id) for e in entries], rebuilt
 
 
-def test_deleted_index_is_rebuilt_and_reported(tmp_path: Path) -> None:
-    repo, ids = _repo_with_backups(tmp_path, 3)
-    before = (repo.path / L.INDEX_KEY).read_bytes()
-    (repo.path / L.INDEX_KEY).unlink()
+def test_deleted_index_is_rebuilt_and_reported(repo_url: str, tmp_path: Path) -> None:
+    repo, ids = _repo_with_backups(tmp_path, 3, repo_url)
+    index = _Object(repo, L.INDEX_KEY)
+    before = index.read_bytes()
+    index.unlink()
     listed, rebuilt = _listed(repo)
     assert listed == ids
     assert rebuilt is not None and "index missing" in rebuilt and "3 image(s)" in rebuilt
-    assert (repo.path / L.INDEX_KEY).read_bytes() == before  # same derived data
+    assert index.read_bytes() == before  # same derived data
     assert _listed(repo) == (ids, None)  # saved: no second rebuild
     # The CLI says it in one line on stderr and still lists everything.
-    (repo.path / L.INDEX_KEY).unlink()
-    proc = cli.run("list", "--repo", str(repo.path), "--json")
+    index.unlink()
+    proc = cli.run("list", "--repo", repo.url, "--json")
     assert proc.returncode == 0, proc.stderr
     assert [b["id"] for b in json.loads(proc.stdout)["backups"]] == ids
     assert proc.stderr.count("\n") == 1 and "rebuilt" in proc.stderr
 
 
-def test_corrupted_index_is_rebuilt(tmp_path: Path) -> None:
-    repo, ids = _repo_with_backups(tmp_path, 2)
-    path = repo.path / L.INDEX_KEY
+def test_corrupted_index_is_rebuilt(repo_url: str, tmp_path: Path) -> None:
+    repo, ids = _repo_with_backups(tmp_path, 2, repo_url)
+    path = _Object(repo, L.INDEX_KEY)
     for damage in (b"garbage", path.read_bytes().replace(b'"kind":"full"', b'"kind":"layer"'),
                    path.read_bytes()[:-20], b""):
         path.write_bytes(damage)
@@ -74,26 +95,28 @@ def test_corrupted_index_is_rebuilt(tmp_path: Path) -> None:
     assert listed == ids and rebuilt is not None and "changed" in rebuilt
 
 
-def test_image_added_behind_the_index_appears(tmp_path: Path) -> None:
-    repo, ids = _repo_with_backups(tmp_path, 1)
-    other = Repository.init(tmp_path / "other")
+def test_image_added_behind_the_index_appears(repo_url: str, tmp_path: Path) -> None:
+    repo, ids = _repo_with_backups(tmp_path, 1, repo_url)
+    other = Repository.init(f"{repo_url}-other")
     with make_db(tmp_path / "db") as db:
         db.put("t", b"new", b"x")
         extra = str(other.backup(db, full=True).backup_id)
-    shutil.copy(other.path / L.image_key(extra), repo.path / L.image_key(extra))
+    _Object(repo, L.image_key(extra)).write_bytes(
+        _Object(other, L.image_key(extra)).read_bytes())
     listed, rebuilt = _listed(repo)
     assert listed == [*ids, extra]
     assert rebuilt is not None and "1 image(s) are not indexed" in rebuilt
     assert repo.restore(tmp_path / "out", id=extra).backup_id.hex == extra.replace("-", "")
     # And one removed behind its back disappears.
-    (repo.path / L.image_key(ids[0])).unlink()
+    _Object(repo, L.image_key(ids[0])).unlink()
     listed, rebuilt = _listed(repo)
     assert listed == [extra] and rebuilt is not None and "gone" in rebuilt
 
 
-def test_damaged_image_is_listed_as_damaged_never_dropped(tmp_path: Path) -> None:
-    repo, ids = _repo_with_backups(tmp_path, 2)
-    path = repo.path / L.image_key(ids[0])
+def test_damaged_image_is_listed_as_damaged_never_dropped(repo_url: str,
+                                                         tmp_path: Path) -> None:
+    repo, ids = _repo_with_backups(tmp_path, 2, repo_url)
+    path = _Object(repo, L.image_key(ids[0]))
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF  # the footer's checksum
     path.write_bytes(bytes(data))
@@ -181,15 +204,15 @@ def test_backup_killed_mid_write_leaves_nothing_listed(tmp_path: Path) -> None:
     assert killed >= 1
 
 
-def test_prune_refuses_while_an_image_is_unreadable(tmp_path: Path) -> None:
+def test_prune_refuses_while_an_image_is_unreadable(repo_url: str, tmp_path: Path) -> None:
 
     """F L1 L2 with L1's footer damaged: keep-last 1 must not delete F (it could be the
     base of the damaged L1 that L2 needs); prune refuses and deletes nothing."""
-    repo, ids = _repo_with_backups(tmp_path, 3)
-    path = repo.path / L.image_key(ids[1])
+    repo, ids = _repo_with_backups(tmp_path, 3, repo_url)
+    path = _Object(repo, L.image_key(ids[1]))
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptionError, match="unreadable"):
         repo.prune(KeepPolicy(last=1))
-    assert all((repo.path / L.image_key(i)).exists() for i in ids)
+    assert all(_Object(repo, L.image_key(i)).exists() for i in ids)
