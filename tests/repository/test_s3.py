@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -230,3 +231,52 @@ def test_boto3_is_imported_only_for_s3(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+def test_server_killed_mid_backup_then_restarted(tmp_path: Path) -> None:
+    """A server of its own, killed (SIGKILL) while a backup's multipart upload has parts
+    stored, then started again on the same ports and data: the backup ended with exit 9
+    in one line, nothing was published, and the earlier backup restores."""
+    server = S3Server(tmp_path / "weed")
+    server.start()
+    try:
+        env = {**os.environ, **server.env(), "AWS_MAX_ATTEMPTS": "2"}
+        s3 = client(server.endpoint)
+        s3.create_bucket(Bucket="killed")
+        url = "s3://killed/repo"
+        db = tmp_path / "db"
+        _big_db(db, 24)
+        assert cli.run("repo", "init", url, env=env).returncode == 0
+        first = cli.run("backup", str(db), "--repo", url, "--compress", "none", env=env)
+        assert first.returncode == 0, first.stderr
+        proc = cli.start("backup", str(db), "--repo", url, "--full", "--compress", "none",
+                         env=env)
+        deadline = time.monotonic() + 120  # a hang guard only
+        while True:  # until the upload has a part stored on the server
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the backup never stored a part"
+            uploads = s3.list_multipart_uploads(Bucket="killed").get("Uploads", [])
+            if uploads and s3.list_parts(Bucket="killed", Key=uploads[0]["Key"],
+                                         UploadId=uploads[0]["UploadId"]).get("Parts"):
+                break
+        server.kill()
+        _out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 9, err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("lamina: "), err
+        server.start()
+        assert _images_env(url, env) == [L.image_key(first.stdout.strip())]
+        restored = cli.run("restore", "--repo", url, "--to", str(tmp_path / "out"), env=env)
+        assert restored.returncode == 0, restored.stderr
+        assert content(tmp_path / "out") == content(db)
+    finally:
+        server.stop()
+
+
+def _images_env(url: str, env: dict[str, str]) -> list[str]:
+    """The image keys ``lamina list`` shows for ``url`` under ``env``."""
+    import json
+
+    proc = cli.run("list", "--repo", url, "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    return [L.image_key(b["id"]) for b in json.loads(proc.stdout)["backups"]]
