@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from support import plugin
+from support import plugin, s3fixtures
 
 settings.register_profile(
     "ci",
@@ -35,6 +35,10 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # hooks and fixtures among a conftest's names).
 check_databases_at_teardown = plugin.check_databases_at_teardown
 pytest_runtest_makereport = plugin.pytest_runtest_makereport
+# The S3 server and repository locations (support.s3fixtures).
+s3_server = s3fixtures.s3_server
+s3_url = s3fixtures.s3_url
+repo_url = s3fixtures.repo_url
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -27,7 +27,10 @@ exception escaping Lamina is a bug. The CLI prints ``str(error)`` as one line an
     │   ├── CheckFailedError         7  the checker found problems (carries the findings)
     │   └── ChainError              11  a backup chain with a gap, wrong order or a wrong base
     ├── LockedError                  8  a lock could not be taken within its timeout
-    ├── StorageError                 9  the OS refused I/O (disk full, permission, EIO)
+    ├── StorageError                 9  the OS or an object store refused I/O (disk full, EIO,
+    │   │                               a server failing after retries)
+    │   ├── AccessDeniedError       12  an object store rejected the credentials or the request
+    │   └── NoSuchBucketError       13  an object store has no such bucket
     └── CancelledError              10  an operation was cancelled on request
 
 Exit code 0 is success. Codes are part of the CLI contract and never change meaning.
@@ -170,6 +173,20 @@ class StorageError(LaminaError):
     exit_code = 9
 
 
+class AccessDeniedError(StorageError):
+    """An object store refused the request: wrong or missing credentials, a signature it
+    does not accept, or no permission on the bucket or key."""
+
+    exit_code = 12
+
+
+class NoSuchBucketError(StorageError):
+    """An object store answered that the bucket of an ``s3://`` repository does not exist
+    (``lamina repo init`` creates it)."""
+
+    exit_code = 13
+
+
 class CancelledError(LaminaError):
     """The operation was cancelled on request; nothing half-done is left looking valid."""
 
@@ -198,4 +215,6 @@ EXIT_CODES: dict[int, str] = {
     9: "storage error (disk full, I/O, permissions)",
     10: "cancelled",
     11: "backup chain error",
+    12: "object store access denied (credentials or permission)",
+    13: "object store bucket does not exist",
 }

@@ -175,11 +175,13 @@ def test_prune_waiting_for_the_repository_is_cancelled(tmp_path: Path,
         handle.put("users", b"k", b"v")
         repo.backup(handle, full=True)
     before = tree(repo.path)
-    lock_file = repo.locks.lock_dir / "repository"
+    from lamina.repository.lock import EXCLUSIVE_KEY
+
     with repo.locks.repository(exclusive=False, operation="the test"):  # a backup, say
         proc = cli.start("prune", "--repo", str(repo.path), "--keep-last", "1",
                          "--lock-timeout", "120", text=False)
-        wait_until(lambda: _has_open(proc.pid, lock_file), proc,
+        # The prune holds the exclusive lease, waiting for our shared one to go.
+        wait_until(lambda: repo.storage.exists(EXCLUSIVE_KEY), proc,
                    "prune to wait for the repository lock")
         proc.send_signal(sig)
         _out, err = proc.communicate(timeout=120)

@@ -12,6 +12,10 @@ with the venv's ``lamina`` first on PATH, transformed in three documented ways o
 
 A line ending in ``&`` runs in the background, as the README says; the test waits for it
 (its exit code must be 0 too) after the last block.
+
+The tour runs a second time with its repository on the S3 server of the tests: every
+repository command's ``backups`` (``repo init backups``, ``--repo backups``) becomes an
+``s3://`` URL, nothing else changes.
 """
 
 from __future__ import annotations
@@ -64,13 +68,29 @@ def test_the_tour_is_extracted_as_documented() -> None:
     assert any("--repo" in c for c in commands) and any("prune" in c for c in commands)
 
 
+REPO_WORD = re.compile(r"(?<=repo init )backups\b|(?<=--repo )backups\b")
+
+
 def test_readme_tour_runs_verbatim(tmp_path: Path) -> None:
+    _run_tour(tour_commands(README.read_text()), tmp_path)
+
+
+def test_readme_repository_tour_runs_on_s3(tmp_path: Path, s3_url: str) -> None:
+    commands = tour_commands(README.read_text())
+    on_s3 = [REPO_WORD.sub(s3_url, c) for c in commands]
+    changed = [c for c, new in zip(commands, on_s3, strict=True) if c != new]
+    assert len(changed) >= 6 and all("backups" not in c for c in on_s3 if s3_url in c)
+    _run_tour(on_s3, tmp_path)
+    assert not (tmp_path / "backups").exists()  # the repository was on S3
+
+
+def _run_tour(commands: list[str], tmp_path: Path) -> None:
     bin_dir = Path(sys.executable).parent
     assert (bin_dir / "lamina").exists(), "the venv's lamina command"
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     background: list[tuple[str, subprocess.Popen[str]]] = []
     try:
-        for line in tour_commands(README.read_text()):
+        for line in commands:
             if line.endswith("&"):
                 proc = subprocess.Popen(["bash", "-c", line[:-1].strip()], cwd=tmp_path,
                                         env=env, stdout=subprocess.PIPE,

@@ -27,8 +27,8 @@ from support import cli
 from .helpers import DAY_NS, content, make_db, vp_clock
 
 
-def test_api_round_trip_with_fulls(tmp_path: Path) -> None:
-    repo = Repository.init(tmp_path / "repo")
+def test_api_round_trip_with_fulls(repo_url: str, tmp_path: Path) -> None:
+    repo = Repository.init(repo_url)
     states = []
     with make_db(tmp_path / "db") as db:
         for i in range(3):
@@ -57,8 +57,8 @@ def content_of(db: object) -> dict[bytes, bytes]:
         return dict(txn.table("t").items())
 
 
-def test_backup_picks_full_for_a_new_database_and_on_request(tmp_path: Path) -> None:
-    repo = Repository.init(tmp_path / "repo")
+def test_backup_picks_full_for_a_new_database_and_on_request(repo_url: str, tmp_path: Path) -> None:
+    repo = Repository.init(repo_url)
     with make_db(tmp_path / "a") as a, make_db(tmp_path / "b") as b:
         first = repo.backup(a)
         assert first.kind == "full" and "no backup of database" in first.reason
@@ -68,8 +68,8 @@ def test_backup_picks_full_for_a_new_database_and_on_request(tmp_path: Path) -> 
         assert forced.kind == "full" and forced.reason == "full requested"
 
 
-def test_restore_at_time_and_database_choice(tmp_path: Path) -> None:
-    repo = Repository.init(tmp_path / "repo")
+def test_restore_at_time_and_database_choice(repo_url: str, tmp_path: Path) -> None:
+    repo = Repository.init(repo_url)
     t0 = 1_700_000_000 * 10**9
     ids = []
     with make_db(tmp_path / "a") as a, vp_clock(t0) as clock:
@@ -96,8 +96,8 @@ def test_restore_at_time_and_database_choice(tmp_path: Path) -> None:
     assert repo.restore(tmp_path / "r6", database=db_b).backup_id not in ids
 
 
-def test_cli_round_trip(tmp_path: Path) -> None:
-    repo, db = str(tmp_path / "repo"), str(tmp_path / "db")
+def test_cli_round_trip(repo_url: str, tmp_path: Path) -> None:
+    repo, db = repo_url, str(tmp_path / "db")
     assert cli.run("repo", "init", repo).returncode == 0
     assert cli.run("create-table", db, "t").returncode == 0
     assert cli.run("put", db, "t", "a", "1").returncode == 0
@@ -132,13 +132,13 @@ def test_cli_round_trip(tmp_path: Path) -> None:
     assert proc.returncode == 0 and json.loads(proc.stdout)["ok"]
 
 
-def test_bad_input_one_line_and_distinct_exit_codes(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
+def test_bad_input_one_line_and_distinct_exit_codes(repo_url: str, tmp_path: Path) -> None:
+    repo = repo_url
     db = tmp_path / "db"
     with make_db(db) as d:
         d.put("t", b"k", b"v")
-    assert cli.run("repo", "init", str(repo)).returncode == 0
-    assert cli.run("backup", str(db), "--repo", str(repo)).returncode == 0
+    assert cli.run("repo", "init", repo).returncode == 0
+    assert cli.run("backup", str(db), "--repo", repo).returncode == 0
 
     def fails(code: int, *args: str) -> str:
         proc = cli.run(*args)
@@ -148,28 +148,29 @@ def test_bad_input_one_line_and_distinct_exit_codes(tmp_path: Path) -> None:
         return lines[0]
 
     # init twice, unknown id, missing repository, foreign directory (here: a database).
-    assert "already" in fails(3, "repo", "init", str(repo))
-    assert "no backup" in fails(3, "restore", "--repo", str(repo), "--id", str(uuid.uuid4()),
+    assert "already" in fails(3, "repo", "init", repo)
+    assert "no backup" in fails(3, "restore", "--repo", repo, "--id", str(uuid.uuid4()),
                                 "--to", str(tmp_path / "x"))
     fails(3, "list", "--repo", str(tmp_path / "nowhere"))
     assert "not a Lamina repository" in fails(5, "list", "--repo", str(db))
     # Usage: both an image and --repo, --tables with --repo.
-    fails(2, "backup", str(db), str(tmp_path / "img"), "--repo", str(repo))
-    fails(2, "backup", str(db), "--repo", str(repo), "--tables", "t")
-    fails(2, "prune", "--repo", str(repo))  # a policy that keeps nothing
+    fails(2, "backup", str(db), str(tmp_path / "img"), "--repo", repo)
+    fails(2, "backup", str(db), "--repo", repo, "--tables", "t")
+    fails(2, "prune", "--repo", repo)  # a policy that keeps nothing
     # A repository of a newer format, and a damaged config.
-    config = json.loads((repo / L.CONFIG_KEY).read_text())
+    storage = Repository.open(repo).storage
+    config = json.loads(storage.get_bytes(L.CONFIG_KEY))
     newer = {**config, "version": L.FORMAT_VERSION + 1}
-    (repo / L.CONFIG_KEY).write_text(json.dumps(newer))
-    assert "format 2" in fails(6, "list", "--repo", str(repo))
+    storage.put_bytes(L.CONFIG_KEY, json.dumps(newer).encode())
+    assert "format 2" in fails(6, "list", "--repo", repo)
     damaged = {**config, "chain_limit": 99}
-    (repo / L.CONFIG_KEY).write_text(json.dumps(damaged))
-    assert "checksum" in fails(4, "list", "--repo", str(repo))
-    (repo / L.CONFIG_KEY).write_text(json.dumps(config))
-    assert cli.run("list", "--repo", str(repo)).returncode == 0  # nothing was lost
+    storage.put_bytes(L.CONFIG_KEY, json.dumps(damaged).encode())
+    assert "checksum" in fails(4, "list", "--repo", repo)
+    storage.put_bytes(L.CONFIG_KEY, json.dumps(config).encode())
+    assert cli.run("list", "--repo", repo).returncode == 0  # nothing was lost
 
 
-def test_api_errors(tmp_path: Path) -> None:
+def test_api_errors(repo_url: str, tmp_path: Path) -> None:
     with pytest.raises(NotFoundError):
         Repository.open(tmp_path / "missing")
     (tmp_path / "foreign").mkdir()
@@ -181,27 +182,26 @@ def test_api_errors(tmp_path: Path) -> None:
     (tmp_path / "foreign" / L.CONFIG_KEY).write_text("not json")
     with pytest.raises(NotADatabaseError):
         Repository.open(tmp_path / "foreign")
-    repo = Repository.init(tmp_path / "repo", chain_limit=3)
-    assert Repository.open(tmp_path / "repo").config.chain_limit == 3
-    cfg = (tmp_path / "repo" / L.CONFIG_KEY).read_bytes()
-    (tmp_path / "repo" / L.CONFIG_KEY).write_bytes(cfg.replace(b'"version":1', b'"version":7'))
+    repo = Repository.init(repo_url, chain_limit=3)
+    assert Repository.open(repo_url).config.chain_limit == 3
+    cfg = repo.storage.get_bytes(L.CONFIG_KEY)
+    repo.storage.put_bytes(L.CONFIG_KEY, cfg.replace(b'"version":1', b'"version":7'))
     with pytest.raises(VersionError):
-        Repository.open(tmp_path / "repo")
-    (tmp_path / "repo" / L.CONFIG_KEY).write_bytes(cfg.replace(b'"chain_limit":3',
-                                                               b'"chain_limit":4'))
+        Repository.open(repo_url)
+    repo.storage.put_bytes(L.CONFIG_KEY, cfg.replace(b'"chain_limit":3', b'"chain_limit":4'))
     with pytest.raises(CorruptionError):
-        Repository.open(tmp_path / "repo")
-    (tmp_path / "repo" / L.CONFIG_KEY).write_bytes(cfg)
+        Repository.open(repo_url)
+    repo.storage.put_bytes(L.CONFIG_KEY, cfg)
     with pytest.raises(NotFoundError):
         repo.restore(tmp_path / "x")  # an empty repository
     with pytest.raises(UsageError):
         repo.restore(tmp_path / "x", id="ab")  # prefix too short
 
 
-def test_layer_whose_base_is_missing_is_a_chain_error(tmp_path: Path) -> None:
+def test_layer_whose_base_is_missing_is_a_chain_error(repo_url: str, tmp_path: Path) -> None:
     """A layer whose base left the repository: listed as broken, restore and verify say
     so with exit 11, and the next backup is a full."""
-    repo = Repository.init(tmp_path / "repo")
+    repo = Repository.init(repo_url)
     with make_db(tmp_path / "db") as db:
         full = repo.backup(db, full=True)
         db.put("t", b"more", b"x")
@@ -209,7 +209,7 @@ def test_layer_whose_base_is_missing_is_a_chain_error(tmp_path: Path) -> None:
         assert taken.kind == "layer" and taken.base_id == full.backup_id
         layer = taken.backup_id
         # Remove the base behind the repository's back.
-        (tmp_path / "repo" / L.image_key(full.backup_id)).unlink()
+        repo.storage.delete(L.image_key(full.backup_id))
         entries, rebuilt = repo.list()
         assert rebuilt is not None and "gone" in rebuilt
         (entry,) = entries
@@ -221,18 +221,18 @@ def test_layer_whose_base_is_missing_is_a_chain_error(tmp_path: Path) -> None:
         assert not report.ok and isinstance(report.first_error, ChainError)
         nxt = repo.backup(db)
         assert nxt.kind == "full"
-    proc = cli.run("verify", "--repo", str(tmp_path / "repo"))
+    proc = cli.run("verify", "--repo", repo_url)
     assert proc.returncode == 11, proc.stdout + proc.stderr
     assert "FAILED" in proc.stdout and "missing" in proc.stdout
-    proc = cli.run("restore", "--repo", str(tmp_path / "repo"), "--id", str(layer), "--to",
+    proc = cli.run("restore", "--repo", repo_url, "--id", str(layer), "--to",
                    str(tmp_path / "o2"))
     assert proc.returncode == 11 and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o2").exists()
 
 
-def test_backup_picks_layer_or_full(tmp_path: Path) -> None:
+def test_backup_picks_layer_or_full(repo_url: str, tmp_path: Path) -> None:
     """None -> full; then layers on the newest; --full; the chain limit; per database."""
-    repo = Repository.init(tmp_path / "repo", chain_limit=2)
+    repo = Repository.init(repo_url, chain_limit=2)
     states: dict[uuid.UUID, dict[bytes, bytes]] = {}
     kinds = []
     prev: uuid.UUID | None = None
@@ -266,8 +266,8 @@ def test_backup_picks_layer_or_full(tmp_path: Path) -> None:
     assert repo.verify(deep=True).ok
 
 
-def test_prune_merges_a_kept_layer_into_a_synthetic_full(tmp_path: Path) -> None:
-    repo = Repository.init(tmp_path / "repo")
+def test_prune_merges_a_kept_layer_into_a_synthetic_full(repo_url: str, tmp_path: Path) -> None:
+    repo = Repository.init(repo_url)
     ids = []
     with make_db(tmp_path / "db") as db:
         for i in range(4):  # F L1 L2 L3
@@ -291,7 +291,7 @@ def test_prune_merges_a_kept_layer_into_a_synthetic_full(tmp_path: Path) -> None
     assert restored.chain == (ids[3], nxt.backup_id)
     assert content(tmp_path / "after") == after
     assert repo.verify(deep=True).ok
-    proc = cli.run("list", "--repo", str(repo.path))
+    proc = cli.run("list", "--repo", str(repo.url))
     assert proc.returncode == 0 and "full*" in proc.stdout
 
 
@@ -310,10 +310,10 @@ def test_repository_layer_never_imports_the_cli() -> None:
                 assert not name.startswith(("lamina.cli", "click")), (module, name)
 
 
-def test_prune_merges_under_a_layer_that_stays(tmp_path: Path) -> None:
+def test_prune_merges_under_a_layer_that_stays(repo_url: str, tmp_path: Path) -> None:
     """F L1 L2 L3, keep the last 2: L2 becomes a synthetic full under its own id, L3 stays
     a layer on it, F and L1 are freed — and both kept backups restore exactly."""
-    repo = Repository.init(tmp_path / "repo")
+    repo = Repository.init(repo_url)
     ids, states = [], []
     with make_db(tmp_path / "db") as db:
         for i in range(4):
@@ -333,11 +333,12 @@ def test_prune_merges_under_a_layer_that_stays(tmp_path: Path) -> None:
     assert repo.verify(deep=True).ok
 
 
-def test_a_restored_copy_never_layers_on_the_originals_later_backups(tmp_path: Path) -> None:
+def test_a_restored_copy_never_layers_on_the_originals_later_backups(
+        repo_url: str, tmp_path: Path) -> None:
     """The original keeps writing and backing up after a copy was restored from it; the
     copy's next repository backup must not become a layer on the original's newer backup
     (that restore would mix both histories)."""
-    repo = Repository.init(tmp_path / "repo")
+    repo = Repository.init(repo_url)
     with make_db(tmp_path / "orig") as orig:
         orig.put("t", b"common", b"1")
         first = repo.backup(orig)

@@ -3,7 +3,6 @@ processes): every kept backup still restores, and re-running prune completes the
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
 import shutil
@@ -15,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from lamina.repository import KeepPolicy, Repository
-from lamina.repository import layout as L
 from lamina.repository.index import load_index
+from lamina.repository.lock import EXCLUSIVE_KEY
 from lamina.repository.prune import plan_prune
+from lamina.repository.repository import open_storage
 from support import cli
 
 from .helpers import DAY_NS, content, make_db, vp_clock
@@ -52,21 +52,24 @@ def _expected(repo_path: Path) -> tuple[set[uuid.UUID], set[uuid.UUID], int]:
     return set(plan.keep), plan.needed, len(plan.merges) + len(plan.delete)
 
 
-def _check_kept(repo_path: Path, keep: set[uuid.UUID],
-                states: dict[uuid.UUID, dict[bytes, bytes]], rng: random.Random) -> None:
-    """Every kept backup's chain resolves and verifies; one restores exactly."""
+def _check_kept(repo_path: Path | str, keep: set[uuid.UUID],
+                states: dict[uuid.UUID, dict[bytes, bytes]], rng: random.Random,
+                scratch: Path | None = None) -> None:
+    """Every kept backup's chain resolves and verifies; one restores exactly (into
+    ``scratch``, default: next to a local repository)."""
     repo = Repository.open(repo_path)
     for k in sorted(keep, key=str):
         report = repo.verify(str(k))
         assert report.ok, report.results
     sample = rng.choice(sorted(keep, key=str))
-    out = repo_path.parent / f"restore-{uuid.uuid4().hex[:8]}"
+    out = (scratch or Path(repo_path).parent) / f"restore-{uuid.uuid4().hex[:8]}"
     repo.restore(out, id=str(sample))
     assert content(out) == states[sample]
     shutil.rmtree(out)
 
 
-def _finish_and_check(repo_path: Path, keep: set[uuid.UUID], needed: set[uuid.UUID]) -> None:
+def _finish_and_check(repo_path: Path | str, keep: set[uuid.UUID],
+                      needed: set[uuid.UUID]) -> None:
     proc = cli.run("prune", "--repo", str(repo_path), *PRUNE_ARGS)
     assert proc.returncode == 0, proc.stderr
     repo = Repository.open(repo_path)
@@ -74,41 +77,46 @@ def _finish_and_check(repo_path: Path, keep: set[uuid.UUID], needed: set[uuid.UU
     assert rebuilt is None  # the completing run left an index that agrees
     present = {e.record.backup_id for e in entries}
     assert present == needed and keep <= present
-    assert not list((repo_path / "tmp").iterdir())
+    if not str(repo_path).startswith("s3://"):
+        assert not list((Path(repo_path) / "tmp").iterdir())
     again = repo.prune(POLICY)
     assert not again.plan.delete and not again.plan.merges
 
 
+def _copy(source: Path, url: str) -> str:
+    """The repository at ``source`` copied, object by object, to ``url``."""
+    src, dst = open_storage(source), open_storage(url)
+    dst.create_container()
+    for stat in src.list(""):
+        dst.put_bytes(stat.key, src.get_bytes(stat.key))
+    return url
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
 def test_prune_killed_at_every_step(template: tuple[Path, dict[uuid.UUID, dict[bytes, bytes]]],
-                                    tmp_path: Path) -> None:
+                                    tmp_path: Path, kind: str,
+                                    request: pytest.FixtureRequest) -> None:
     source, states = template
     keep, needed, steps = _expected(source)
     assert steps >= 3, "the template must give prune several steps"
     rng = random.Random(1)
+    base = "" if kind == "local" else request.getfixturevalue("s3_url")
     for n in range(1, steps + 1):
-        repo_path = tmp_path / f"repo-{n}"
-        shutil.copytree(source, repo_path)
-        proc = cli.run("prune", "--repo", str(repo_path), *PRUNE_ARGS,
+        if kind == "local":
+            shutil.copytree(source, tmp_path / f"repo-{n}")
+            url = str(tmp_path / f"repo-{n}")
+        else:
+            url = _copy(source, f"{base}-{n}")
+        proc = cli.run("prune", "--repo", url, *PRUNE_ARGS,
                        env={**os.environ, "LAMINA_FAILPOINT": f"repository.prune_step:{n}"})
         assert proc.returncode == -signal.SIGKILL, (n, proc.returncode, proc.stderr)
-        _check_kept(repo_path, keep, states, rng)
-        _finish_and_check(repo_path, keep, needed)
+        _check_kept(url, keep, states, rng, tmp_path)
+        _finish_and_check(url, keep, needed)
 
 
-def _locked(path: Path) -> bool:
-    """True while another process holds the flock on ``path`` exclusively (a probe that
-    takes it shared for an instant when free)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:  # not made yet: nobody holds it
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # drops the probe's lock too
-    return False
+def _locked(repo_path: Path) -> bool:
+    """True while a process holds the repository lock exclusively (its lease object)."""
+    return (repo_path / EXCLUSIVE_KEY).is_file()
 
 
 def _listing(repo_path: Path) -> set[tuple[str, int]]:
@@ -141,7 +149,7 @@ def test_prune_killed_at_a_random_moment(
     proc = cli.start("prune", "--repo", str(repo_path), *PRUNE_ARGS, capture=False)
     deadline = time.monotonic() + 120  # a hang guard only
     try:
-        while proc.poll() is None and not _locked(repo_path / L.LOCKS_DIR / "repository"):
+        while proc.poll() is None and not _locked(repo_path):
             assert time.monotonic() < deadline, "prune never took the repository lock"
             time.sleep(0.0005)
         if proc.poll() is None:  # (not reaped yet: its pid is still ours to signal)

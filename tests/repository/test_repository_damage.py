@@ -25,11 +25,12 @@ T0 = 1_700_000_000 * 10**9
 HOUR = 3600 * 10**9
 
 
-def _repo(tmp_path: Path, fulls: list[bool]) -> tuple[Repository, list[uuid.UUID],
-                                                      dict[uuid.UUID, dict[bytes, bytes]]]:
-    """A repository with one backup per entry of ``fulls`` (True: a full, False: a layer
-    on the newest), each after a change; their ids and the table's state at each."""
-    repo = Repository.init(tmp_path / "repo")
+def _repo(repo_url: str, tmp_path: Path, fulls: list[bool]
+          ) -> tuple[Repository, list[uuid.UUID], dict[uuid.UUID, dict[bytes, bytes]]]:
+    """A repository at ``repo_url`` with one backup per entry of ``fulls`` (True: a full,
+    False: a layer on the newest), each after a change; their ids and the table's state
+    at each."""
+    repo = Repository.init(repo_url)
     ids: list[uuid.UUID] = []
     states: dict[uuid.UUID, dict[bytes, bytes]] = {}
     with make_db(tmp_path / "db") as db:
@@ -43,33 +44,50 @@ def _repo(tmp_path: Path, fulls: list[bool]) -> tuple[Repository, list[uuid.UUID
     return repo, ids, states
 
 
-def _image(repo: Repository, backup_id: uuid.UUID) -> Path:
-    return repo.path / L.image_key(backup_id)
+class _Image:
+    """An image object of a repository, damaged through the storage (local or S3)."""
+
+    def __init__(self, repo: Repository, backup_id: uuid.UUID) -> None:
+        self.storage, self.key = repo.storage, L.image_key(backup_id)
+
+    def unlink(self) -> None:
+        self.storage.delete(self.key)
+
+    def read_bytes(self) -> bytes:
+        return self.storage.get_bytes(self.key)
+
+    def write_bytes(self, data: bytes) -> None:
+        self.storage.put_bytes(self.key, data)
+
+
+def _image(repo: Repository, backup_id: uuid.UUID) -> _Image:
+    return _Image(repo, backup_id)
 
 
 def _present(repo: Repository) -> set[uuid.UUID]:
-    return {uuid.UUID(p.name.removesuffix(L.IMAGE_SUFFIX))
-            for p in (repo.path / "images").iterdir() if not p.name.startswith(".")}
+    return {uuid.UUID(s.key.removeprefix(L.IMAGES_PREFIX).removesuffix(L.IMAGE_SUFFIX))
+            for s in repo.storage.list(L.IMAGES_PREFIX)}
 
 
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+def _truncate(image: _Image) -> None:
+    data = image.read_bytes()
+    image.write_bytes(data[:len(data) // 2])
 
 
 def _restore_latest(repo: Repository, dest: Path, *extra: str) -> cli.CliResult:
-    return cli.invoke("restore", "--repo", str(repo.path), *extra, "--to", str(dest))
+    return cli.invoke("restore", "--repo", repo.url, *extra, "--to", str(dest))
 
 
 # ---------------------------------------------------------------- a missing middle layer
 
 
-def test_prune_keeps_the_full_a_layer_with_a_missing_base_stands_on(tmp_path: Path) -> None:
+def test_prune_keeps_the_full_a_layer_with_a_missing_base_stands_on(
+        repo_url: str, tmp_path: Path) -> None:
     """F L1 L2 with L1's image gone: keep-last 1 keeps L2 (damaged) and must not delete F,
     the only intact full (L1's chain stood on it; it is the one restorable point)."""
-    repo, (full, mid, top), states = _repo(tmp_path, [True, False, False])
+    repo, (full, mid, top), states = _repo(repo_url, tmp_path, [True, False, False])
     _image(repo, mid).unlink()
-    code, out, err = cli.invoke("prune", "--repo", str(repo.path), "--keep-last", "1")
+    code, out, err = cli.invoke("prune", "--repo", repo.url, "--keep-last", "1")
     assert code == 0, (out, err)
     assert _present(repo) == {full, top}
     assert f"refused: delete {full}" in out and str(mid) in out
@@ -83,10 +101,10 @@ def test_prune_keeps_the_full_a_layer_with_a_missing_base_stands_on(tmp_path: Pa
     assert content(tmp_path / "out") == states[full]
 
 
-def test_prune_dry_run_shows_what_is_refused(tmp_path: Path) -> None:
-    repo, (full, mid, top), _ = _repo(tmp_path, [True, False, False])
+def test_prune_dry_run_shows_what_is_refused(repo_url: str, tmp_path: Path) -> None:
+    repo, (full, mid, top), _ = _repo(repo_url, tmp_path, [True, False, False])
     _image(repo, mid).unlink()
-    code, out, err = cli.invoke("prune", "--repo", str(repo.path), "--keep-last", "1",
+    code, out, err = cli.invoke("prune", "--repo", repo.url, "--keep-last", "1",
                                 "--dry-run", "--json")
     assert code == 0, (out, err)
     report = json.loads(out)
@@ -97,7 +115,7 @@ def test_prune_dry_run_shows_what_is_refused(tmp_path: Path) -> None:
     assert [d["image"] for d in report["damaged"]] == [str(mid)]
     assert report["damaged"][0]["backup_id"] == str(top)
     assert report["damaged"][0]["problem"] == "missing"
-    code, out, _ = cli.invoke("prune", "--repo", str(repo.path), "--keep-last", "1",
+    code, out, _ = cli.invoke("prune", "--repo", repo.url, "--keep-last", "1",
                               "--dry-run")
     assert code == 0 and f"refused: delete {full}" in out
     assert _present(repo) == {full, top}
@@ -106,14 +124,14 @@ def test_prune_dry_run_shows_what_is_refused(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- a missing full
 
 
-def test_missing_full_keeps_the_older_intact_chain(tmp_path: Path) -> None:
+def test_missing_full_keeps_the_older_intact_chain(repo_url: str, tmp_path: Path) -> None:
     """F0 L0 F1 L1 L2 with F1 gone: L1 and L2 are damaged; prune keeps them and F0 L0 (the
     newest intact point, and maybe what F1's chain stood on), and restore latest says
     damaged (naming F1) and hints L0."""
-    repo, ids, states = _repo(tmp_path, [True, False, True, False, False])
+    repo, ids, states = _repo(repo_url, tmp_path, [True, False, True, False, False])
     f0, l0, f1, l1, l2 = ids
     _image(repo, f1).unlink()
-    code, out, err = cli.invoke("prune", "--repo", str(repo.path), "--keep-last", "1")
+    code, out, err = cli.invoke("prune", "--repo", repo.url, "--keep-last", "1")
     assert code == 0, (out, err)
     assert _present(repo) == {f0, l0, l1, l2}
     code, out, err = _restore_latest(repo, tmp_path / "out")
@@ -127,12 +145,12 @@ def test_missing_full_keeps_the_older_intact_chain(tmp_path: Path) -> None:
         repo.restore(tmp_path / "x", id=str(l2))
 
 
-def test_missing_only_full_is_damaged_not_empty(tmp_path: Path) -> None:
+def test_missing_only_full_is_damaged_not_empty(repo_url: str, tmp_path: Path) -> None:
     """F L1 L2 with F gone: nothing is restorable; prune deletes nothing and restore
     latest is 'damaged' (exit 4, naming F), not a chain error or 'no backup'."""
-    repo, (full, l1, l2), _ = _repo(tmp_path, [True, False, False])
+    repo, (full, l1, l2), _ = _repo(repo_url, tmp_path, [True, False, False])
     _image(repo, full).unlink()
-    code, out, err = cli.invoke("prune", "--repo", str(repo.path), "--keep-last", "1")
+    code, out, err = cli.invoke("prune", "--repo", repo.url, "--keep-last", "1")
     assert code == 0, (out, err)
     assert _present(repo) == {l1, l2}
     code, out, err = _restore_latest(repo, tmp_path / "out")
@@ -143,13 +161,13 @@ def test_missing_only_full_is_damaged_not_empty(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- a truncated layer
 
 
-def test_truncated_middle_layer_is_damaged(tmp_path: Path) -> None:
+def test_truncated_middle_layer_is_damaged(repo_url: str, tmp_path: Path) -> None:
     """F L1 L2 with L1 cut short: prune refuses (as for any unreadable image; a dry run
     too), list and restore name L1 as damaged (exit 4), not as missing (exit 11)."""
-    repo, (full, mid, top), states = _repo(tmp_path, [True, False, False])
+    repo, (full, mid, top), states = _repo(repo_url, tmp_path, [True, False, False])
     _truncate(_image(repo, mid))
     for extra in ((), ("--dry-run",)):
-        code, out, err = cli.invoke("prune", "--repo", str(repo.path), "--keep-last", "1",
+        code, out, err = cli.invoke("prune", "--repo", repo.url, "--keep-last", "1",
                                     *extra)
         assert code == 4 and "unreadable" in err and str(mid) in err, (out, err)
     assert _present(repo) == {full, mid, top}
@@ -170,10 +188,10 @@ def test_truncated_middle_layer_is_damaged(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- damaged newest chain
 
 
-def test_truncated_newest_is_not_skipped_silently(tmp_path: Path) -> None:
+def test_truncated_newest_is_not_skipped_silently(repo_url: str, tmp_path: Path) -> None:
     """F L1 L2 with L2 cut short: its time is unknown, so latest cannot be L1 silently;
     exit 4 naming L2, hinting L1 (which --id restores)."""
-    repo, (_, l1, l2), states = _repo(tmp_path, [True, False, False])
+    repo, (_, l1, l2), states = _repo(repo_url, tmp_path, [True, False, False])
     _truncate(_image(repo, l2))
     code, out, err = _restore_latest(repo, tmp_path / "out")
     assert code == 4, (out, err)
@@ -185,11 +203,12 @@ def test_truncated_newest_is_not_skipped_silently(tmp_path: Path) -> None:
     assert summary.backup_id == l1 and content(tmp_path / "ok") == states[l1]
 
 
-def test_newest_chain_with_a_missing_full_and_an_older_intact_chain(tmp_path: Path) -> None:
+def test_newest_chain_with_a_missing_full_and_an_older_intact_chain(
+        repo_url: str, tmp_path: Path) -> None:
     """F0 L0 F1 L1 with F1 gone: latest (and --at after L1) refuse naming F1 and hint L0;
     so does --at a time between L0 and L1 (F1's time is unknown: it may be before it); --id L0
     restores; prune keeps F0 and L0."""
-    repo, (f0, l0, f1, l1), states = _repo(tmp_path, [True, False, True, False])
+    repo, (f0, l0, f1, l1), states = _repo(repo_url, tmp_path, [True, False, True, False])
     _image(repo, f1).unlink()
     code, out, err = _restore_latest(repo, tmp_path / "out")
     assert code == 4, (out, err)
@@ -203,7 +222,7 @@ def test_newest_chain_with_a_missing_full_and_an_older_intact_chain(tmp_path: Pa
         repo.restore(tmp_path / "at", at=(when[l0] + when[l1]) / 2e9)
     result = repo.restore(tmp_path / "at", id=str(l0))
     assert result.backup_id == l0 and content(tmp_path / "at") == states[l0]
-    code, out, err = cli.invoke("prune", "--repo", str(repo.path), "--keep-last", "1")
+    code, out, err = cli.invoke("prune", "--repo", repo.url, "--keep-last", "1")
     assert code == 0, (out, err)
     assert _present(repo) == {f0, l0, l1}
 
@@ -212,8 +231,9 @@ def test_newest_chain_with_a_missing_full_and_an_older_intact_chain(tmp_path: Pa
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupt header", "empty"])
-def test_only_image_damaged_is_damaged_not_no_backup(tmp_path: Path, damage: str) -> None:
-    repo, (full,), _ = _repo(tmp_path, [True])
+def test_only_image_damaged_is_damaged_not_no_backup(
+        repo_url: str, tmp_path: Path, damage: str) -> None:
+    repo, (full,), _ = _repo(repo_url, tmp_path, [True])
     path = _image(repo, full)
     if damage == "truncated":
         _truncate(path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -16,14 +15,16 @@ from lamina.errors import CorruptionError
 from lamina.repository import KeepPolicy, Repository
 from lamina.repository import layout as L
 from lamina.repository.index import Index
-from lamina.repository.lock import FileLock
+from lamina.repository.lock import RepositoryLock
+from lamina.repository.storage import LocalStorage
 from support import cli
 
 from .helpers import make_db
 
 
-def _repo_with_backups(tmp_path: Path, n: int) -> tuple[Repository, list[str]]:
-    repo = Repository.init(tmp_path / "repo")
+def _repo_with_backups(tmp_path: Path, n: int, url: str | None = None
+                       ) -> tuple[Repository, list[str]]:
+    repo = Repository.init(url or tmp_path / "repo")
     ids = []
     with make_db(tmp_path / "db") as db:
         for i in range(n):
@@ -32,31 +33,52 @@ def _repo_with_backups(tmp_path: Path, n: int) -> tuple[Repository, list[str]]:
     return repo, ids
 
 
+class _Object:
+    """An object of a repository, read, replaced and removed through its storage (local
+    directory or S3), as a file would be."""
+
+    def __init__(self, repo: Repository, key: str) -> None:
+        self.storage, self.key = repo.storage, key
+
+    def read_bytes(self) -> bytes:
+        return self.storage.get_bytes(self.key)
+
+    def write_bytes(self, data: bytes) -> None:
+        self.storage.put_bytes(self.key, data)
+
+    def unlink(self) -> None:
+        self.storage.delete(self.key)
+
+    def exists(self) -> bool:
+        return self.storage.exists(self.key)
+
+
 def _listed(repo: Repository) -> tuple[list[str], str | None]:
     entries, rebuilt = repo.list()
     return [str(e.record.backup_id) for e in entries], rebuilt
 
 
-def test_deleted_index_is_rebuilt_and_reported(tmp_path: Path) -> None:
-    repo, ids = _repo_with_backups(tmp_path, 3)
-    before = (repo.path / L.INDEX_KEY).read_bytes()
-    (repo.path / L.INDEX_KEY).unlink()
+def test_deleted_index_is_rebuilt_and_reported(repo_url: str, tmp_path: Path) -> None:
+    repo, ids = _repo_with_backups(tmp_path, 3, repo_url)
+    index = _Object(repo, L.INDEX_KEY)
+    before = index.read_bytes()
+    index.unlink()
     listed, rebuilt = _listed(repo)
     assert listed == ids
     assert rebuilt is not None and "index missing" in rebuilt and "3 image(s)" in rebuilt
-    assert (repo.path / L.INDEX_KEY).read_bytes() == before  # same derived data
+    assert index.read_bytes() == before  # same derived data
     assert _listed(repo) == (ids, None)  # saved: no second rebuild
     # The CLI says it in one line on stderr and still lists everything.
-    (repo.path / L.INDEX_KEY).unlink()
-    proc = cli.run("list", "--repo", str(repo.path), "--json")
+    index.unlink()
+    proc = cli.run("list", "--repo", repo.url, "--json")
     assert proc.returncode == 0, proc.stderr
     assert [b["id"] for b in json.loads(proc.stdout)["backups"]] == ids
     assert proc.stderr.count("\n") == 1 and "rebuilt" in proc.stderr
 
 
-def test_corrupted_index_is_rebuilt(tmp_path: Path) -> None:
-    repo, ids = _repo_with_backups(tmp_path, 2)
-    path = repo.path / L.INDEX_KEY
+def test_corrupted_index_is_rebuilt(repo_url: str, tmp_path: Path) -> None:
+    repo, ids = _repo_with_backups(tmp_path, 2, repo_url)
+    path = _Object(repo, L.INDEX_KEY)
     for damage in (b"garbage", path.read_bytes().replace(b'"kind":"full"', b'"kind":"layer"'),
                    path.read_bytes()[:-20], b""):
         path.write_bytes(damage)
@@ -73,26 +95,28 @@ def test_corrupted_index_is_rebuilt(tmp_path: Path) -> None:
     assert listed == ids and rebuilt is not None and "changed" in rebuilt
 
 
-def test_image_added_behind_the_index_appears(tmp_path: Path) -> None:
-    repo, ids = _repo_with_backups(tmp_path, 1)
-    other = Repository.init(tmp_path / "other")
+def test_image_added_behind_the_index_appears(repo_url: str, tmp_path: Path) -> None:
+    repo, ids = _repo_with_backups(tmp_path, 1, repo_url)
+    other = Repository.init(f"{repo_url}-other")
     with make_db(tmp_path / "db") as db:
         db.put("t", b"new", b"x")
         extra = str(other.backup(db, full=True).backup_id)
-    shutil.copy(other.path / L.image_key(extra), repo.path / L.image_key(extra))
+    _Object(repo, L.image_key(extra)).write_bytes(
+        _Object(other, L.image_key(extra)).read_bytes())
     listed, rebuilt = _listed(repo)
     assert listed == [*ids, extra]
     assert rebuilt is not None and "1 image(s) are not indexed" in rebuilt
     assert repo.restore(tmp_path / "out", id=extra).backup_id.hex == extra.replace("-", "")
     # And one removed behind its back disappears.
-    (repo.path / L.image_key(ids[0])).unlink()
+    _Object(repo, L.image_key(ids[0])).unlink()
     listed, rebuilt = _listed(repo)
     assert listed == [extra] and rebuilt is not None and "gone" in rebuilt
 
 
-def test_damaged_image_is_listed_as_damaged_never_dropped(tmp_path: Path) -> None:
-    repo, ids = _repo_with_backups(tmp_path, 2)
-    path = repo.path / L.image_key(ids[0])
+def test_damaged_image_is_listed_as_damaged_never_dropped(repo_url: str,
+                                                         tmp_path: Path) -> None:
+    repo, ids = _repo_with_backups(tmp_path, 2, repo_url)
+    path = _Object(repo, L.image_key(ids[0]))
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF  # the footer's checksum
     path.write_bytes(bytes(data))
@@ -147,21 +171,20 @@ def test_backup_killed_mid_write_leaves_nothing_listed(tmp_path: Path) -> None:
     ids = _listed(repo)[0]
     whole = (repo.path / L.image_key(ids[-1])).stat().st_size
     staging = repo.path / L.UPLOADS_DIR
-    index_lock = FileLock(repo.path / L.LOCKS_DIR / "index", "index")
+    locks = RepositoryLock(LocalStorage(repo.path), "test", timeout=120)
     killed = 0
-    # Kill at fractions of a whole image, measured in the bytes the backup has staged, not
-    # in seconds; 1.0: staged completely, waiting to publish. Once the backup is writing
-    # (it loaded the index already) the test takes the index lock, so the backup cannot
-    # publish before the kill, however slow the test is.
-    for fraction in (0.5, 0.7, 0.8, 0.9, 1.0):
+    # Kill at fractions of a whole image, measured in the bytes the backup has written, not
+    # in seconds; 0.99: about all written, soon waiting to publish. Once the backup is
+    # writing (it loaded the index already) the test holds the index lock, so the backup
+    # cannot publish before the kill, however slow the test is.
+    for fraction in (0.5, 0.7, 0.8, 0.9, 0.99):
         old = {p.name for p in staging.glob("*")} if staging.is_dir() else set()
         proc = cli.start(*command, text=False)
         deadline = time.monotonic() + 120  # a hang guard only
         while not _staged_bytes(staging, old, complete=False) and proc.poll() is None:
             assert time.monotonic() < deadline, "the backup staged nothing"
             time.sleep(0.0005)
-        index_lock.acquire(shared=False, timeout=120)
-        try:
+        with locks.index():
             while proc.poll() is None and not (
                     _staged_bytes(staging, old, complete=True, whole=whole)
                     if fraction == 1.0 else
@@ -173,8 +196,6 @@ def test_backup_killed_mid_write_leaves_nothing_listed(tmp_path: Path) -> None:
                 killed += 1
             proc.wait(timeout=60)
             assert proc.returncode in (0, -signal.SIGKILL), proc.communicate()
-        finally:
-            index_lock.release()
         listed, _ = _listed(repo)
         assert listed[: len(ids)] == ids
         ids = listed  # a backup that finished before the kill is complete and listed
@@ -188,15 +209,15 @@ def test_backup_killed_mid_write_leaves_nothing_listed(tmp_path: Path) -> None:
     assert killed >= 1
 
 
-def test_prune_refuses_while_an_image_is_unreadable(tmp_path: Path) -> None:
+def test_prune_refuses_while_an_image_is_unreadable(repo_url: str, tmp_path: Path) -> None:
 
     """F L1 L2 with L1's footer damaged: keep-last 1 must not delete F (it could be the
     base of the damaged L1 that L2 needs); prune refuses and deletes nothing."""
-    repo, ids = _repo_with_backups(tmp_path, 3)
-    path = repo.path / L.image_key(ids[1])
+    repo, ids = _repo_with_backups(tmp_path, 3, repo_url)
+    path = _Object(repo, L.image_key(ids[1]))
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptionError, match="unreadable"):
         repo.prune(KeepPolicy(last=1))
-    assert all((repo.path / L.image_key(i)).exists() for i in ids)
+    assert all(_Object(repo, L.image_key(i)).exists() for i in ids)

@@ -184,8 +184,8 @@ def test_prune_real_repository(plan: list[tuple[bool, int]], policy: KeepPolicy,
         assert not again.plan.delete and not again.plan.merges
 
 
-def test_keep_daily_and_weekly_on_vp_time(tmp_path: Path) -> None:
-    repo = Repository.init(tmp_path / "repo")
+def test_keep_daily_and_weekly_on_vp_time(repo_url: str, tmp_path: Path) -> None:
+    repo = Repository.init(repo_url)
     ids = []
     midnight = 1_699_920_000 * 10**9  # 2023-11-14T00:00:00Z
     with make_db(tmp_path / "db") as db, vp_clock(midnight) as clock:
@@ -204,18 +204,18 @@ def test_keep_daily_and_weekly_on_vp_time(tmp_path: Path) -> None:
     assert present == kept and len(present) in (4, 5)
 
 
-def test_prune_json_cli(tmp_path: Path) -> None:
+def test_prune_json_cli(repo_url: str, tmp_path: Path) -> None:
     from support import cli
-    repo = Repository.init(tmp_path / "repo")
+    repo = Repository.init(repo_url)
     with make_db(tmp_path / "db") as db:
         ids = [str(repo.backup(db, full=True).backup_id) for _ in range(3)]
     import json
-    proc = cli.run("prune", "--repo", str(repo.path), "--keep-last", "1", "--dry-run", "--json")
+    proc = cli.run("prune", "--repo", repo.url, "--keep-last", "1", "--dry-run", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["dry_run"] and [d["backup_id"] for d in report["delete"]] == ids[1::-1]
-    assert len(list((repo.path / "images").iterdir())) == 3
-    proc = cli.run("prune", "--repo", str(repo.path), "--keep-last", "1")
+    assert len(repo.storage.list(L.IMAGES_PREFIX)) == 3
+    proc = cli.run("prune", "--repo", repo.url, "--keep-last", "1")
     assert proc.returncode == 0 and "2 deletion(s)" in proc.stdout, proc.stdout
-    assert [p.name for p in (repo.path / "images").iterdir()] == [f"{ids[2]}{L.IMAGE_SUFFIX}"]
+    assert [s.key for s in repo.storage.list(L.IMAGES_PREFIX)] == [L.image_key(ids[2])]
     _ = random  # (random is used by the crash tests' seeds)

@@ -1,6 +1,9 @@
 """Read a backup image: front to back (any stream, even stdin), or header + footer +
 manifest only (:func:`read_info`, seekable files).
 
+An image is found by an :data:`ImageLocation`: a local path, or an :class:`ImageSource`
+(an image in a repository's object store, opened as a seekable stream of ranged reads).
+
 Trust nothing: every length is used only after the checksum covering it passed, and is
 capped (:data:`~lamina.backup.image_format.MAX_CHUNK_SIZE` and friends), so hostile input
 cannot make the reader allocate much or loop long. Everything that goes wrong is raised as
@@ -17,19 +20,52 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from lamina.backup import image_format
 from lamina.backup.codec import decompress
 from lamina.errors import CorruptionError, NotFoundError, storage_error
 
 
+@runtime_checkable
+class ImageSource(Protocol):
+    """An image that need not be a local file (an object in a remote store).
+
+    ``name`` is its short name for messages (like a path's), ``str()`` its full name;
+    :meth:`open_image` returns a new readable, seekable binary stream of it (the caller
+    closes it). Safe to use from several threads (each opens its own stream).
+    """
+
+    @property
+    def name(self) -> str:
+        """The image's short name (the last component of its key)."""
+        ...
+
+    def open_image(self) -> BinaryIO:
+        """A new seekable stream of the image. Raises NotFoundError, StorageError."""
+        ...
+
+
+#: Where an image is: a local path, or an :class:`ImageSource`.
+ImageLocation = str | os.PathLike[str] | ImageSource
+
+
+def location(path: ImageLocation) -> Path | ImageSource:
+    """``path`` as a :class:`~pathlib.Path`, or the :class:`ImageSource` itself."""
+    return path if isinstance(path, ImageSource) else Path(path)
+
+
 @contextlib.contextmanager
-def open_image_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """Open the image file at ``path`` for reading (closed on exit).
+def open_image_file(path: ImageLocation) -> Iterator[BinaryIO]:
+    """Open the image at ``path`` (a file, or an :class:`ImageSource`) for reading (closed
+    on exit).
 
     Raises NotFoundError (no such file) or StorageError (the OS refused), one line each.
     """
+    if isinstance(path, ImageSource):
+        with path.open_image() as stream:
+            yield stream
+        return
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed by the with below
     except FileNotFoundError:
@@ -253,7 +289,7 @@ class ImageReader:
 class ImageInfo:
     """Header, catalog and manifest of an image, read without reading its chunks."""
 
-    path: Path
+    path: Path | ImageSource
     size: int
     header: image_format.ImageHeader
     catalog: image_format.ImageCatalog
@@ -298,23 +334,19 @@ def image_summary(header: image_format.ImageHeader, catalog: image_format.ImageC
     }
 
 
-def read_info(path: str | os.PathLike[str]) -> ImageInfo:
-    """Read header, catalog, footer and manifest of the image file at ``path`` (seeks; does
-    not read chunks, so it does not prove the data: use ``verify_image`` for that).
+def read_info(path: ImageLocation) -> ImageInfo:
+    """Read header, catalog, footer and manifest of the image at ``path`` (a file or an
+    :class:`ImageSource`; seeks; does not read chunks, so it does not prove the data: use
+    ``verify_image`` for that).
 
-    Raises NotFoundError if there is no such file, StorageError for other OS errors, and
+    Raises NotFoundError if there is no such image, StorageError for other I/O errors, and
     CorruptionError / NotADatabaseError / VersionError / UnsupportedError for bad images.
     """
-    p = Path(path)
-    try:
-        f = open(p, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        raise NotFoundError(f"no backup image {p}") from None
-    except OSError as exc:
-        raise storage_error(exc, "open", p) from exc
-    with f:
+    p = location(path)
+    with open_image_file(p) as f:
         try:
-            size = os.fstat(f.fileno()).st_size
+            size = f.seek(0, os.SEEK_END)
+            f.seek(0)
         except OSError as exc:
             raise storage_error(exc, "stat", p) from exc
         reader = ImageReader(f, path=p)
@@ -334,7 +366,7 @@ def read_info(path: str | os.PathLike[str]) -> ImageInfo:
         return ImageInfo(p, size, reader.header, reader.catalog, manifest)
 
 
-def _pread(f: BinaryIO, offset: int, n: int, path: Path) -> bytes:
+def _pread(f: BinaryIO, offset: int, n: int, path: object) -> bytes:
     try:
         f.seek(offset)
         data = f.read(n)

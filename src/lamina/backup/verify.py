@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from lamina.backup import image_format
-from lamina.backup.image_reader import ImageReader, ReadableStream, image_summary, open_image_file
+from lamina.backup.image_reader import (
+    ImageReader,
+    ImageSource,
+    ReadableStream,
+    image_summary,
+    location,
+    open_image_file,
+)
 from lamina.backup.kernel import CancelToken, is_cancelled
 from lamina.errors import CancelledError
 
@@ -39,10 +46,11 @@ class VerifyReport:
         return out
 
 
-def verify_image(source: str | os.PathLike[str] | ReadableStream, *,
+def verify_image(source: str | os.PathLike[str] | ImageSource | ReadableStream, *,
                  cancel: CancelToken = None) -> VerifyReport:
-    """Verify every byte of the image at ``source`` (a path, or a readable binary stream
-    positioned at the image's first byte; it is read to its end, not closed).
+    """Verify every byte of the image at ``source`` (a path, an :class:`ImageSource`, or a
+    readable binary stream positioned at the image's first byte; it is read to its end,
+    not closed).
 
     ``cancel`` is checked before every chunk. Returns a :class:`VerifyReport`. Raises
     CorruptionError naming the stream, chunk and offset of the first damage found,
@@ -50,13 +58,15 @@ def verify_image(source: str | os.PathLike[str] | ReadableStream, *,
     (unknown codec/flag), NotFoundError (no such file), StorageError (read error),
     CancelledError. Never raises anything else.
     """
-    if isinstance(source, (str, os.PathLike)):
-        with open_image_file(source) as f:
-            return _verify(f, Path(source), cancel)
+    if isinstance(source, (str, os.PathLike, ImageSource)):
+        where = location(source)
+        with open_image_file(where) as f:
+            return _verify(f, where, cancel)
     return _verify(source, None, cancel)
 
 
-def _verify(stream: ReadableStream, path: Path | None, cancel: CancelToken) -> VerifyReport:
+def _verify(stream: ReadableStream, path: Path | ImageSource | None,
+            cancel: CancelToken) -> VerifyReport:
     reader = ImageReader(stream, path=path)
     chunks = 0
     raw = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lamina.cli.common import emit_json, human_bytes, json_option
+from lamina.cli.common import cancellation, emit_json, human_bytes, json_option
 from lamina.cli.repo import lock_timeout_option, note_rebuilt, open_repository
 
 
@@ -27,7 +27,8 @@ def command(repo_path: str, keep_last: int, keep_daily: int, keep_weekly: int, d
 
     policy = KeepPolicy(last=keep_last, daily=keep_daily, weekly=keep_weekly)
     repo = open_repository(repo_path, lock_timeout)
-    result = repo.prune(policy, dry_run=dry_run)
+    with cancellation() as cancel:  # a signal cancels cleanly, also while waiting
+        result = repo.prune(policy, dry_run=dry_run, cancel=cancel)
     note_rebuilt(repo, result.index_rebuilt)
     report = result.to_json()
     if as_json:

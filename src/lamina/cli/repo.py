@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -29,22 +30,51 @@ RESTORE_PHASES = ("copying", "proving the root hash, checking")
 #: The same for a verification.
 VERIFY_PHASES = ("reading", "checking")
 
-lock_timeout_option = click.option(
+_S3_ENDPOINT = "lamina.s3_endpoint"
+
+
+def _remember_endpoint(ctx: click.Context, _param: click.Parameter,
+                       value: str | None) -> str | None:
+    if value is not None:
+        ctx.meta[_S3_ENDPOINT] = value
+    return value
+
+
+#: ``--s3-endpoint URL``: the object store of an ``s3://`` repository, overriding
+#: ``AWS_ENDPOINT_URL`` (read by :func:`open_repository`, not passed to the command).
+s3_endpoint_option = click.option(
+    "--s3-endpoint", default=None, metavar="URL", expose_value=False,
+    callback=_remember_endpoint,
+    help="Object store endpoint for an s3:// repository (overrides AWS_ENDPOINT_URL).")
+
+_lock_timeout = click.option(
     "--lock-timeout", type=TIMEOUT, default=DEFAULT_LOCK_TIMEOUT, show_default=True,
     help="Seconds to wait for the repository lock (then exit 8).")
 
 
+def lock_timeout_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--lock-timeout`` and ``--s3-endpoint``: what every ``--repo`` command takes."""
+    return _lock_timeout(s3_endpoint_option(f))
+
+
+def s3_endpoint() -> str | None:
+    """The ``--s3-endpoint`` given to the running command, if any."""
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.find_root().meta.get(_S3_ENDPOINT)
+
+
 def open_repository(path: str, lock_timeout: float) -> Repository:
-    """Open the repository at ``path`` (errors become one line and an exit code)."""
+    """Open the repository at ``path``, a directory or ``s3://BUCKET/PREFIX`` (errors
+    become one line and an exit code)."""
     from lamina.repository import Repository
 
-    return Repository.open(path, lock_timeout=lock_timeout)
+    return Repository.open(path, lock_timeout=lock_timeout, s3_endpoint=s3_endpoint())
 
 
 def note_rebuilt(repo: Repository, reason: str | None) -> None:
     """Say on stderr, in one line, that the index was rebuilt from the images (and why)."""
     if reason:
-        click.echo(f"lamina: note: index of repository {repo.path} rebuilt: {reason}", err=True)
+        click.echo(f"lamina: note: index of repository {repo.url} rebuilt: {reason}", err=True)
 
 
 @click.group("repo")
@@ -54,23 +84,25 @@ def command() -> None:
 
 @command.command("init")
 @click.argument("repo", type=click.Path())
+@s3_endpoint_option
 @click.option("--chain-limit", type=click.IntRange(min=0), default=None,
               help="Most layers on one full image before a backup is a full again "
                    "[default: 7].")
 @json_option
 def init(repo: str, chain_limit: int | None, as_json: bool) -> None:
-    """Create a repository in REPO (a new or empty directory)."""
+    """Create a repository in REPO: a new or empty directory, or s3://BUCKET/PREFIX (the
+    bucket is created if missing; endpoint and credentials from the AWS settings)."""
     from lamina.repository import Repository
     from lamina.repository.layout import DEFAULT_CHAIN_LIMIT
 
     created = Repository.init(repo, chain_limit=DEFAULT_CHAIN_LIMIT if chain_limit is None
-                              else chain_limit)
+                              else chain_limit, s3_endpoint=s3_endpoint())
     if as_json:
-        emit_json({"path": str(created.path),
+        emit_json({"path": created.url,
                    "repository_id": str(created.config.repository_id),
                    "chain_limit": created.config.chain_limit})
         return
-    click.echo(f"repository {created.config.repository_id} created in {created.path} "
+    click.echo(f"repository {created.config.repository_id} created in {created.url} "
                f"(chain limit {created.config.chain_limit} layers)")
 
 

@@ -51,7 +51,14 @@ import xxhash
 
 from lamina.backup import image_format
 from lamina.backup.codec import parse_codec
-from lamina.backup.image_reader import ImageInfo, ImageReader, open_image_file, read_info
+from lamina.backup.image_reader import (
+    ImageInfo,
+    ImageLocation,
+    ImageReader,
+    location,
+    open_image_file,
+    read_info,
+)
 from lamina.backup.image_writer import ImageWriter
 from lamina.backup.kernel import CancelToken, ProgressCallback, is_cancelled, lamina_version
 from lamina.backup.restore import RestoreResult
@@ -88,7 +95,7 @@ from lamina.online.plan import CHAIN_DRIVERS
 from lamina.online.restoring import RestoreSummary, restore_proven
 from lamina.online.root import image_root_inputs, prove_root_hash
 
-ImagePath = str | os.PathLike[str]
+ImagePath = ImageLocation
 
 
 # ====================================================================== ordering
@@ -184,7 +191,7 @@ def _check_link(base: ImageInfo, layer: ImageInfo) -> None:
 def _chain_in_order(paths: Sequence[ImagePath]) -> list[ImageInfo]:
     """:func:`order_chain`, and the paths must already be in chain order (ChainError)."""
     chain = order_chain(paths)
-    given = [Path(p) for p in paths]
+    given = [location(p) for p in paths]
     if [i.path for i in chain] != given:
         if chain[0].path != given[0]:
             raise ChainError(f"the chain must start with its full image "
@@ -579,7 +586,7 @@ def _at_end_btree(plan: _Plan, index: int, pages: list[PageAssembler], directory
 
 
 # ====================================================================== restore
-def restore_chain(paths: Sequence[ImagePath], dest: ImagePath, *,
+def restore_chain(paths: Sequence[ImagePath], dest: str | os.PathLike[str], *,
                   tables: Sequence[str] | None = None, force: bool = False,
                   progress: ProgressCallback | None = None, cancel: CancelToken = None,
                   ) -> RestoreSummary:
@@ -739,7 +746,7 @@ def _combined_catalog(catalog: image_format.ImageCatalog) -> image_format.ImageC
         dataclasses.replace(d, kind=DriverKind.AT_BEGIN) for d in catalog.drivers))
 
 
-def combine_chain(paths: Sequence[ImagePath], out: ImagePath, *, codec: str = "zstd",
+def combine_chain(paths: Sequence[ImagePath], out: str | os.PathLike[str], *, codec: str = "zstd",
                   progress: ProgressCallback | None = None, cancel: CancelToken = None,
                   image_id: uuid.UUID | None = None) -> ImageInfo:
     """Write ONE full image at ``out`` equivalent to the chain's last VP: same image format,

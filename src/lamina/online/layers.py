@@ -14,10 +14,9 @@ writers.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 
-from lamina.backup.image_reader import read_info
+from lamina.backup.image_reader import ImageLocation, read_info
 from lamina.backup.kernel import BaseImageRef
 from lamina.core.driver import BackupFlags, DriverGroup, VpFacts
 from lamina.database import Database
@@ -27,7 +26,7 @@ from lamina.online.facts import ImageFacts
 from lamina.online.plan import CHAIN_DRIVERS
 
 
-def layer_base(db: Database, base: str | os.PathLike[str],
+def layer_base(db: Database, base: ImageLocation,
                ) -> tuple[BaseImageRef, dict[str, VpFacts]]:
     """Check that the image at ``base`` can be the base of a layer of ``db`` and return its
     reference and its VP facts by driver name (what each driver gets as
@@ -87,7 +86,7 @@ def layer_groups(groups: Sequence[DriverGroup], ref: BaseImageRef,
     return out
 
 
-def plan_layer(db: Database, groups: Sequence[DriverGroup], base: str | os.PathLike[str],
+def plan_layer(db: Database, groups: Sequence[DriverGroup], base: ImageLocation,
                ) -> tuple[list[DriverGroup], BaseImageRef]:
     """The driver groups of a layer of ``db`` on the image at ``base`` (``groups`` as
     :func:`~lamina.online.plan.plan_groups` planned them for a full image) and the base's

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lamina.backup import image_format
+from lamina.backup.image_reader import ImageLocation
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, ResumePoint
 from lamina.core import pins
 from lamina.core.catalog import ENGINE_BTREE
@@ -66,7 +67,7 @@ def _btree_txnid(db: Database, point: ResumePoint) -> int:
 def pinned_backup(db: Database, target: ImageTarget, request: PinRequest, *,
                   codec: str = "zstd", level: int | None = None,
                   buf_size: int = image_format.DEFAULT_BUF_SIZE,
-                  base: str | os.PathLike[str] | None = None,
+                  base: ImageLocation | None = None,
                   progress: ProgressCallback | None = None, cancel: CancelToken = None,
                   image_id: uuid.UUID | None = None, vp: str = "begin") -> BackupResult:
     """Back up ``db`` into ``target`` (native drivers, all tables; ``vp`` as for
@@ -144,7 +145,7 @@ def renew(db: Database, pin: pins.PinRecord, lease_ns: int, hint: str) -> pins.P
 
 
 def resume_backup(db: Database, target: ImageTarget, pin: pins.PinRecord, *,
-                  base: str | os.PathLike[str] | None = None,
+                  base: ImageLocation | None = None,
                   progress: ProgressCallback | None = None,
                   cancel: CancelToken = None) -> BackupResult:
     """Write the image of the interrupted backup ``pin`` again, byte for byte, into

@@ -19,6 +19,7 @@ from lamina.backup import image_format
 from lamina.backup.codec import check_level, parse_codec
 from lamina.backup.default_driver import DEFAULT_LOCK_TIMEOUT
 from lamina.backup.history import BackupHistory
+from lamina.backup.image_reader import ImageLocation
 from lamina.backup.kernel import (
     BackupResult,
     CancelToken,
@@ -46,11 +47,12 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
            blocker_timeout: float | None = 30.0, driver: DriverChoice = None,
            max_rate: float | None = None,
            lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
-           base: str | os.PathLike[str] | None = None,
+           base: ImageLocation | None = None,
            image_id: uuid.UUID | None = None,
            on_vp: Callable[[ResumePoint, list[Any]], None] | None = None,
            resume: ResumePoint | None = None,
-           expect_plan: list[Any] | None = None, vp: str = "begin") -> BackupResult:
+           expect_plan: list[Any] | None = None, vp: str = "begin",
+           target_name: str | None = None) -> BackupResult:
     """Take a consistent online backup of ``db`` into ``target`` (a path or binary stream).
 
     Writers in any process go on; with the native and snapshot drivers commits are delayed
@@ -63,14 +65,15 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
     tables. A failure or cancellation leaves no image at ``target`` and no lock or snapshot
     held; every outcome is recorded in the history (an interrupt, KeyboardInterrupt, as
     ``cancelled``), except a request refused before it starts (a bad ``max_rate``, codec,
-    ``level``, table, driver or ``vp`` choice: nothing is recorded). ``base`` (the path of
+    ``level``, table, driver or ``vp`` choice: nothing is recorded). ``base`` (the location of
     an earlier image of this database, full or layer) makes the image a *layer*: only what
     changed after the base's VP (see :mod:`lamina.online.layers`); native drivers only.
     ``vp`` is where the validity point lies: ``"begin"`` (default: "at begin" drivers, the
     VP first and all data after it) or ``"end"`` ("at end" native drivers: the bulk is
     copied first and the VP taken after it, so the image is the database as of the end of
     the backup; see :mod:`lamina.online.at_end`).
-    ``image_id`` names the new image (default: a random id). ``on_vp`` and ``resume`` are
+    ``image_id`` names the new image (default: a random id); ``target_name`` names a
+    stream target in the history (default ``-``). ``on_vp`` and ``resume`` are
     the kernel's (:func:`~lamina.backup.kernel.run_backup`: report the point that
     reproduces the image; write the image of such a point again), ``on_vp`` getting the
     backup's :func:`plan_of` too; ``expect_plan`` (with
@@ -95,7 +98,8 @@ def backup(db: Database, target: ImageTarget, *, tables: Sequence[str] | None = 
         check_at_end_choice(chosen)
     history = BackupHistory(db.path, db.lockfile, sync=db.sync)
     entry = history.start("full" if base is None else "layer",
-                          "-" if not isinstance(target, str | os.PathLike) else str(target))
+                          str(target) if isinstance(target, str | os.PathLike)
+                          else target_name or "-")
     try:
         # MySQL 6.0's DDL blocker: no table is created or dropped from the moment the table
         # list is planned until the backup ends, so the image's catalog is exactly the

@@ -1,5 +1,6 @@
-"""Backup repositories: a directory (an object store later) of images that knows their
-chains, with ``list``, ``restore``/``verify`` by id or time, and ``prune``.
+"""Backup repositories: images in a local directory or an S3 bucket prefix
+(``s3://BUCKET/PREFIX``), that know their chains, with ``list``, ``restore``/``verify`` by
+id or time, and ``prune``.
 
 Layer: imports ``lamina.backup``, ``lamina.database``, ``lamina.core`` and
 ``lamina.errors``, never ``lamina.cli``. Start with :class:`Repository`.
@@ -17,6 +18,7 @@ from lamina.repository.repository import (
     RepoRestoreResult,
     Repository,
     RepoVerifyReport,
+    open_storage,
     parse_time,
 )
 from lamina.repository.storage import LocalStorage, ObjectStat, Storage
@@ -35,5 +37,6 @@ __all__ = [
     "RepoVerifyReport",
     "Repository",
     "Storage",
+    "open_storage",
     "parse_time",
 ]

@@ -29,7 +29,6 @@ import datetime as dt
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from lamina.errors import CorruptionError
 from lamina.repository import layout as L
@@ -149,14 +148,14 @@ def _hint(index: Index, candidates: list[ImageRecord]) -> str:
 
 
 def check_point(index: Index, target: ImageRecord | None, pool: list[ImageRecord],
-                what: str, root: Path) -> None:
+                what: str, root: str) -> None:
     """Refuse to restore ``target``, the newest backup at or before the requested time
     among ``pool`` (the readable backups of one database; None: there is none), when it is
     damaged, or when a damaged image may be a newer point than it (``what``: "latest
     backup", ...). Returns when ``target`` may be restored (or, None, is truly absent).
 
     Raises CorruptionError naming the damaged image (``path``: where it is or should be,
-    under the repository directory ``root``) and, when there is one, the newest intact
+    under the repository ``root``, a directory or URL) and, when there is one, the newest intact
     backup at or before the time, to restore with ``--id``.
     """
     older = [] if target is None else [r for r in pool if order_key(r) <= order_key(target)]
@@ -165,7 +164,7 @@ def check_point(index: Index, target: ImageRecord | None, pool: list[ImageRecord
         if damage is not None:
             raise CorruptionError(f"the {what}, {target.backup_id}, is damaged: "
                                   f"{damage.describe()}; {_hint(index, older)}",
-                                  path=root / damage.key)
+                                  path=f"{root}/{damage.key}")
     # A placed damaged image newer than the target: a backup past the requested time
     # stands on it, and it may lie between the two (its own time is unknown).
     for r in sorted(pool, key=order_key):
@@ -180,7 +179,7 @@ def check_point(index: Index, target: ImageRecord | None, pool: list[ImageRecord
             continue  # older than the target
         than = "the requested time" if target is None else f"the {what}, {target.backup_id}"
         raise CorruptionError(f"{damage.describe()}, and it may hold a newer point than "
-                              f"{than}; {_hint(index, older)}", path=root / damage.key)
+                              f"{than}; {_hint(index, older)}", path=f"{root}/{damage.key}")
     lost = unplaced(index)
     if lost:
         first = lost[0]
@@ -188,8 +187,8 @@ def check_point(index: Index, target: ImageRecord | None, pool: list[ImageRecord
         if target is None:
             raise CorruptionError(f"the repository holds no intact backup to restore: image "
                                   f"{first.backup_id} is damaged{more} (unreadable: "
-                                  f"{first.error})", path=root / first.key)
+                                  f"{first.error})", path=f"{root}/{first.key}")
         raise CorruptionError(f"image {first.backup_id} is damaged{more} (unreadable: "
                               f"{first.error}), and it may hold a newer point than the "
                               f"{what}, {target.backup_id}; {_hint(index, older)}",
-                              path=root / first.key)
+                              path=f"{root}/{first.key}")

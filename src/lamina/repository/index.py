@@ -130,7 +130,7 @@ def record_from_image(storage: Storage, stat: ObjectStat) -> ImageRecord:
     backup_id = L.backup_id_of_key(stat.key)
     assert backup_id is not None, stat.key
     try:
-        info = read_info(storage.local_path(stat.key))
+        info = read_info(storage.image(stat.key))
     except (DataError, NotFoundError) as exc:
         return ImageRecord(backup_id, backup_id, F.ZERO_UUID, "full", None, 0, 0, 0, 0,
                            stat.size, stat.mtime_ns, error=str(exc))

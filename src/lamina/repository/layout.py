@@ -6,10 +6,13 @@ A repository is a set of objects addressed by keys (``/``-separated, see
     LAMINAREPO                  config: magic, format version, repository id, settings
     images/<backup-id>.lamina   one backup image per backup (published only when complete)
     index.json                  derived data: one record per image (see index.py)
+    locks/...                   lease objects of the repository lock (see lock.py)
 
-A local repository also has ``tmp/`` (staging for merges, never listed), ``uploads/``
-(resumable uploads of images being written) and ``locks/`` (``fcntl`` lock files); none
-holds committed data.
+A local repository also has ``tmp/`` (prune's staging of synthetic fulls, never listed)
+and ``uploads/`` (resumable uploads of images being written, never listed); neither holds
+committed data. An ``s3://BUCKET/PREFIX`` repository keeps key ``K`` in the object
+``PREFIX/K`` (its resumable uploads are the store's multipart uploads, each with an
+``uploads/NAME`` object describing it).
 
 The config file is canonical JSON (sorted keys, no whitespace) of an object holding
 ``magic``, ``version``, ``repository_id``, ``created_ns``, ``chain_limit`` and
@@ -46,7 +49,7 @@ INDEX_KEY = "index.json"
 INDEX_MAGIC = "LAMINA-REPOSITORY-INDEX"
 INDEX_VERSION = 1
 
-#: Local-only directories (not objects): staging of images being written, lock files.
+#: Local-only staging directory (not objects); the prefix of the lease objects.
 STAGING_DIR = "tmp"
 LOCKS_DIR = "locks"
 #: Local-only: resumable uploads of images being written (:mod:`~.uploads`), kept until

@@ -82,7 +82,7 @@ def point_at(repo: Repository, at_ns: int, database: str | None = None) -> Point
                          "with --database")
     target = max((r for r in readable if r.vp_wall_ns <= at_ns), key=order_key, default=None)
     check_point(index, target, readable, f"newest backup at or before {iso_ns(at_ns)}",
-                repo.path)
+                repo.url)
     if target is None:
         raise NotFoundError(f"no point at or before {iso_ns(at_ns)} in the repository")
     found = [p for p in _points(entries, None) if p.backup_id == target.backup_id]

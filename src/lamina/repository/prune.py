@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from lamina.backup.image_reader import ImageLocation
 from lamina.core.failpoints import failpoint
 from lamina.errors import CorruptionError
 from lamina.repository import damage as D
@@ -185,14 +186,14 @@ def plan_prune(index: Index, policy: KeepPolicy) -> PrunePlan:
 
 #: ``combine(chain_paths, out_path, backup_id) -> (image id, vp commit seq, is_full)`` of the
 #: image it wrote, which must keep ``backup_id``: the repository wraps ``chain.combine_chain``.
-Combine = Callable[[list[Path], Path, uuid.UUID], tuple[uuid.UUID, int, bool]]
+Combine = Callable[[list[ImageLocation], Path, uuid.UUID], tuple[uuid.UUID, int, bool]]
 
 
 class PruneTarget(Protocol):
     """What :func:`execute` needs from the repository."""
 
-    def image_path(self, record: ImageRecord) -> Path:
-        """A local readable path of the image."""
+    def image_path(self, record: ImageRecord) -> ImageLocation:
+        """Where the image reader finds the image (a path, or a ranged-read source)."""
         ...
 
     def staging_path(self) -> Path:

@@ -1,4 +1,5 @@
-"""A backup repository: a directory of images that knows their chains.
+"""A backup repository: images in a storage (a local directory or an S3 bucket prefix)
+that knows their chains.
 
 :class:`Repository` is the Python API behind ``lamina repo init``, ``backup --repo``,
 ``list``, ``restore --repo``, ``verify --repo`` and ``prune``. Layout and formats:
@@ -9,9 +10,14 @@ Concurrency: any number of processes and threads may use one repository. ``backu
 and each waits at most ``lock_timeout`` seconds (then LockedError). A backup publishes its
 image and the index entry together under the index lock, so readers see both or neither.
 
-Crash safety: an image is written under ``tmp/`` and published (atomic put) only when
+Crash safety: an image is streamed into the storage's writer (a temporary file, or a
+multipart upload) and published (atomic rename, or the upload's completion) only when
 complete, so a half-written backup is never listed; the index is derived data, rebuilt from
 the images whenever it disagrees with them (``index_rebuilt`` in each result says so).
+
+Storage: only the :class:`~lamina.repository.storage.Storage` protocol (locks are lease
+objects in it, :mod:`lamina.repository.lock`); :func:`open_storage` makes one from a path
+or an ``s3://BUCKET/PREFIX`` URL.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 
 from lamina import online
 from lamina.backup import image_format as F
+from lamina.backup.image_reader import ImageLocation
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, is_cancelled
 from lamina.core import fileio, pins
 from lamina.database import Database
@@ -58,7 +65,7 @@ from lamina.repository.layout import RepoConfig
 from lamina.repository.lock import RepositoryLock
 from lamina.repository.policy import KeepPolicy
 from lamina.repository.prune import PrunePlan, execute, plan_prune
-from lamina.repository.storage import LocalStorage
+from lamina.repository.storage import LocalStorage, Storage
 from lamina.repository.uploads import DEFAULT_PART_SIZE
 
 #: Default wait for the repository lock, in seconds.
@@ -189,11 +196,11 @@ def parse_time(value: str | float | int | dt.datetime) -> int:
 class _Target:
     """The repository side of a prune's execution (:class:`~.prune.PruneTarget`)."""
 
-    def __init__(self, storage: LocalStorage) -> None:
+    def __init__(self, storage: Storage) -> None:
         self.storage = storage
 
-    def image_path(self, record: ImageRecord) -> Path:
-        return self.storage.local_path(record.key)
+    def image_path(self, record: ImageRecord) -> ImageLocation:
+        return self.storage.image(record.key)
 
     def staging_path(self) -> Path:
         return self.storage.staging_dir() / f"merge-{uuid.uuid4().hex}{L.IMAGE_SUFFIX}"
@@ -210,7 +217,7 @@ class _Target:
             fileio.unlink(staged)
 
 
-def _combine(paths: list[Path], out: Path, backup_id: uuid.UUID,
+def _combine(paths: list[ImageLocation], out: Path, backup_id: uuid.UUID,
              cancel: CancelToken = None) -> tuple[uuid.UUID, int, bool]:
     """One synthetic full image of the chain ``paths`` at ``out`` that keeps the replaced
     backup's id (so layers on it still link), checked whole before the caller publishes it
@@ -221,79 +228,90 @@ def _combine(paths: list[Path], out: Path, backup_id: uuid.UUID,
 
 
 class Repository:
-    """A backup repository on a local directory (see the module doc).
+    """A backup repository (see the module doc).
 
-    Create one with :meth:`init`, open one with :meth:`open`. The object holds no open
-    files or locks between calls; it may be shared by threads.
+    Create one with :meth:`init`, open one with :meth:`open` (a directory path, or an
+    ``s3://BUCKET/PREFIX`` URL). The object holds no open files or locks between calls;
+    it may be shared by threads.
     """
 
-    def __init__(self, storage: LocalStorage, config: RepoConfig, *,
-                 lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> None:
+    def __init__(self, storage: Storage, config: RepoConfig, *,
+                 lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+                 lease_ttl: float | None = None) -> None:
         self.storage = storage
         self.config = config
-        self.locks = RepositoryLock(storage.root / L.LOCKS_DIR, str(storage.root),
-                                    lock_timeout)
+        self.locks = RepositoryLock(storage, storage.url, lock_timeout, lease_ttl)
+
+    @property
+    def url(self) -> str:
+        """Where the repository is: its directory, or ``s3://bucket/prefix``."""
+        return self.storage.url
 
     @property
     def path(self) -> Path:
-        """The repository directory."""
+        """The directory of a local repository (UsageError for one on an object store)."""
+        if not isinstance(self.storage, LocalStorage):
+            raise UsageError(f"repository {self.url} is not a local directory")
         return self.storage.root
 
     # ------------------------------------------------------------------ open / init
     @classmethod
     def init(cls, path: str | os.PathLike[str], *, chain_limit: int = L.DEFAULT_CHAIN_LIMIT,
-             lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Repository:
-        """Create a repository in ``path`` (a new or empty directory) and return it.
+             lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+             s3_endpoint: str | None = None) -> Repository:
+        """Create a repository at ``path`` (a new or empty directory; or an ``s3://``
+        URL: the bucket is created if missing, the prefix must hold nothing) and return it.
 
-        The config file is written last, so an interrupted init leaves no repository.
-        Raises AlreadyExistsError (a repository or other files are there), UsageError
-        (bad chain limit), StorageError.
+        The config object is written last, so an interrupted init leaves no repository.
+        Raises AlreadyExistsError (a repository or other objects are there), UsageError
+        (bad chain limit or URL), StorageError, AccessDeniedError.
         """
-        root = Path(path)
         config = RepoConfig.new(chain_limit)
-        if (root / L.CONFIG_KEY).exists():
-            raise AlreadyExistsError(f"{root} is a Lamina repository already")
-        if root.exists():
-            if not root.is_dir():
-                raise AlreadyExistsError(f"{root} exists and is not a directory")
-            leftovers = {p.name for p in root.iterdir()} - {
-                L.STAGING_DIR, L.LOCKS_DIR, L.UPLOADS_DIR, L.IMAGES_PREFIX.rstrip("/"),
-                L.INDEX_KEY}
-            if leftovers:
-                raise AlreadyExistsError(f"{root} exists and is not empty")
-        fileio.mkdir(root, parents=True, exist_ok=True)
-        for sub in (L.IMAGES_PREFIX.rstrip("/"), L.STAGING_DIR, L.LOCKS_DIR):
-            fileio.mkdir(root / sub, exist_ok=True)
-        storage = _storage(root)
+        storage = open_storage(path, s3_endpoint=s3_endpoint)
+        storage.create_container()
+        if storage.exists(L.CONFIG_KEY):
+            raise AlreadyExistsError(f"{storage.url} is a Lamina repository already")
+        allowed = (L.INDEX_KEY, L.IMAGES_PREFIX, f"{L.LOCKS_DIR}/", f"{L.STAGING_DIR}/",
+                   f"{L.UPLOADS_DIR}/")
+        if any(not s.key.startswith(allowed) for s in storage.list("")) or (
+                isinstance(storage, LocalStorage) and _foreign_entries(storage.root)):
+            raise AlreadyExistsError(f"{storage.url} exists and is not empty")
+        if isinstance(storage, LocalStorage):
+            for sub in (L.IMAGES_PREFIX.rstrip("/"), L.STAGING_DIR, L.LOCKS_DIR):
+                fileio.mkdir(storage.root / sub, exist_ok=True)
         save_index(storage, Index([]))
         storage.put_bytes(L.CONFIG_KEY, config.encode())
         return cls(storage, config, lock_timeout=lock_timeout)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *,
-             lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Repository:
-        """Open the repository in ``path``.
+             lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+             s3_endpoint: str | None = None, lease_ttl: float | None = None) -> Repository:
+        """Open the repository at ``path`` (a directory, or an ``s3://`` URL).
 
-        Raises NotFoundError (no such directory), NotADatabaseError (a directory that is
-        not a repository: no config, or not a config), VersionError (a repository of a
+        Raises NotFoundError (no such directory, or nothing under the S3 prefix),
+        NoSuchBucketError, AccessDeniedError, NotADatabaseError (a directory or prefix
+        that holds something else than a repository), VersionError (a repository of a
         newer format), CorruptionError (damaged config), StorageError.
         """
-        root = Path(path)
-        if not root.is_dir():
-            raise NotFoundError(f"no repository {root} (no such directory)")
-        storage = _storage(root)
+        storage = open_storage(path, s3_endpoint=s3_endpoint)
+        storage.check_container()
         try:
             data = storage.get_bytes(L.CONFIG_KEY, limit=L.MAX_CONFIG_SIZE)
         except NotFoundError:
-            raise NotADatabaseError(f"{root} is not a Lamina repository (no {L.CONFIG_KEY}; "
-                                    f"create one with 'lamina repo init')") from None
-        config = RepoConfig.decode(data, root / L.CONFIG_KEY)
-        return cls(storage, config, lock_timeout=lock_timeout)
+            if not isinstance(storage, LocalStorage) and not storage.list(""):
+                raise NotFoundError(f"no repository at {storage.url} (nothing there; "
+                                    "create one with 'lamina repo init')") from None
+            raise NotADatabaseError(f"{storage.url} is not a Lamina repository (no "
+                                    f"{L.CONFIG_KEY}; create one with 'lamina repo init')"
+                                    ) from None
+        config = RepoConfig.decode(data, f"{storage.url}/{L.CONFIG_KEY}")
+        return cls(storage, config, lock_timeout=lock_timeout, lease_ttl=lease_ttl)
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
-    def _shared(self, operation: str) -> Iterator[None]:
-        with self.locks.repository(exclusive=False, operation=operation):
+    def _shared(self, operation: str, cancel: CancelToken = None) -> Iterator[None]:
+        with self.locks.repository(exclusive=False, operation=operation, cancel=cancel):
             yield
 
     def _load(self) -> tuple[Index, str | None]:
@@ -301,8 +319,8 @@ class Repository:
             loaded = load_index(self.storage)
         return loaded.index, loaded.rebuilt
 
-    def _paths(self, chain: Sequence[ImageRecord]) -> list[Path]:
-        return [self.storage.local_path(r.key) for r in chain]
+    def _paths(self, chain: Sequence[ImageRecord]) -> list[ImageLocation]:
+        return [self.storage.image(r.key) for r in chain]
 
     def _candidates(self, index: Index, database: str | None) -> list[ImageRecord]:
         records = [r for r in index.records.values() if r.error is None]
@@ -310,7 +328,7 @@ class Repository:
             wanted = database.strip().lower()
             records = [r for r in records if str(r.database_id).startswith(wanted)]
             if not records:
-                check_point(index, None, [], f"backup of database {database}", self.path)
+                check_point(index, None, [], f"backup of database {database}", self.url)
                 raise NotFoundError(f"no backup of database {database} in the repository")
         databases = {r.database_id for r in records}
         if len(databases) > 1:
@@ -341,11 +359,11 @@ class Repository:
             records = [r for r in pool if r.vp_wall_ns <= limit]
             what = f"newest backup at or before {at}"
         target = max(records, key=order_key, default=None)
-        check_point(index, target, pool, what, self.path)
+        check_point(index, target, pool, what, self.url)
         if target is None and at is not None:
             raise NotFoundError(f"no backup with a validity point at or before {at}")
         if target is None:
-            raise NotFoundError(f"the repository {self.path} holds no backup")
+            raise NotFoundError(f"the repository {self.url} holds no backup")
         return target
 
     # ------------------------------------------------------------------ operations
@@ -456,7 +474,7 @@ class Repository:
         base missing), CorruptionError & co., AlreadyExistsError, CheckFailedError,
         LockedError, CancelledError. ``dest`` is published only once proven.
         """
-        with self._shared("restore"):
+        with self._shared("restore", cancel):
             index, rebuilt = self._load()
             record = self.resolve(index, id, at, database)
             images = index.chain(record)
@@ -473,7 +491,7 @@ class Repository:
         (``first_error``); a bad id raises NotFoundError/UsageError, a busy repository
         LockedError, ``cancel`` (checked before every chunk) CancelledError."""
         report = RepoVerifyReport()
-        with self._shared("verify"):
+        with self._shared("verify", cancel):
             index, report.index_rebuilt = self._load()
             if id is not None:
                 targets = [index.find(id)]
@@ -594,7 +612,7 @@ class Repository:
         (``cancel``, checked before the work starts and before every chunk a merge reads:
         the repository is then as after any failed merge).
         """
-        with self.locks.repository(exclusive=True, operation="prune"):
+        with self.locks.repository(exclusive=True, operation="prune", cancel=cancel):
             index, rebuilt = self._load()
             damaged = sorted((r for r in index.records.values() if r.error is not None),
                              key=lambda r: str(r.backup_id))
@@ -603,7 +621,7 @@ class Repository:
                     f"image {damaged[0].backup_id} is unreadable ({damaged[0].error}); prune "
                     "deletes nothing while the repository has unreadable images: run "
                     "'lamina verify --repo', then remove or restore that image",
-                    path=self.storage.local_path(damaged[0].key))
+                    path=f"{self.url}/{damaged[0].key}")
             plan = plan_prune(index, policy)
             result = PruneResult(plan, index, dry_run, rebuilt)
             if dry_run:
@@ -628,6 +646,27 @@ def _lease_ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
-def _storage(root: Path) -> LocalStorage:
-    return LocalStorage(root, staging=L.STAGING_DIR, private=(L.LOCKS_DIR, L.UPLOADS_DIR))
+def open_storage(path: str | os.PathLike[str], *, s3_endpoint: str | None = None) -> Storage:
+    """The storage of a repository at ``path``: an ``s3://BUCKET/PREFIX`` URL (boto3 is
+    imported only then; ``s3_endpoint`` overrides the AWS settings' endpoint), else a
+    local directory. Sends no request. Raises UsageError (bad URL, boto3 missing)."""
+    from lamina.repository.s3client import S3Location, is_s3_url
+
+    if is_s3_url(path):
+        from lamina.repository.s3storage import S3Storage
+
+        return S3Storage(S3Location.parse(str(path)), endpoint=s3_endpoint)
+    if s3_endpoint is not None:
+        raise UsageError("--s3-endpoint applies only to an s3:// repository")
+    return LocalStorage(Path(path), staging=L.STAGING_DIR, private=(L.UPLOADS_DIR,))
+
+
+def _foreign_entries(root: Path) -> set[str]:
+    """Top-level entries of a local directory that a repository would not have made."""
+    if not root.is_dir():
+        return set()
+    return {p.name for p in root.iterdir()} - {
+        L.STAGING_DIR, L.LOCKS_DIR, L.UPLOADS_DIR, L.IMAGES_PREFIX.rstrip("/"), L.INDEX_KEY,
+        L.CONFIG_KEY,
+        ".cas.lock"}
 

@@ -46,7 +46,7 @@ from lamina.repository.index import (
 )
 from lamina.repository.layout import RepoConfig
 from lamina.repository.lock import RepositoryLock
-from lamina.repository.storage import LocalStorage
+from lamina.repository.storage import Storage
 from lamina.repository.uploads import (
     DEFAULT_PART_SIZE,
     PartStats,
@@ -62,7 +62,7 @@ class Repository(Protocol):
     """What this module needs of :class:`~lamina.repository.repository.Repository` (a
     protocol, so the two modules do not import each other)."""
 
-    storage: LocalStorage
+    storage: Storage
     config: RepoConfig
     locks: RepositoryLock
 
@@ -185,7 +185,7 @@ def backup(repo: Repository, db: Database, *, full: bool, codec: str,
                  "base": None if base is None else str(base.backup_id)}
         request = pinning.PinRequest(scope, repo.storage.url, lease_ns, extra)
         try:
-            base_path = None if base is None else repo.storage.local_path(base.key)
+            base_path = None if base is None else repo.storage.image(base.key)
             result = pinning.pinned_backup(db, writer, request, codec=codec, base=base_path,
                                            progress=progress, cancel=cancel,
                                            image_id=image_id, vp=vp)
@@ -214,7 +214,7 @@ def _refuse_running(db: Database, pin: pins.PinRecord) -> None:
 
 def _published_result(repo: Repository, record: ImageRecord) -> BackupResult:
     """The result of a backup whose image was published before its pin was released."""
-    info = read_info(repo.storage.local_path(record.key))
+    info = read_info(repo.storage.image(record.key))
     m = info.manifest
     return BackupResult(path=None, size=info.size, header=info.header, catalog=info.catalog,
                         manifest=m, blocker_held_ns=m.blocker_held_ns, blocker_wait_ns=0,
@@ -263,7 +263,7 @@ def resume(repo: Repository, db: Database, *, progress: ProgressCallback | None,
             upload, present = found, found.parts_present()
         writer = PartWriter(upload, present,
                             on_part=pinning.keep_alive(db, pin.pin_id, lease_ns))
-        base_path = None if base is None else repo.storage.local_path(base.key)
+        base_path = None if base is None else repo.storage.image(base.key)
         result = pinning.resume_backup(db, writer, pin, base=base_path, progress=progress,
                                        cancel=cancel)
         rebuilt = _publish(repo, upload, writer, image_id, rebuilt)

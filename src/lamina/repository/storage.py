@@ -1,19 +1,27 @@
-"""Where a repository keeps its objects: a small storage protocol, and a local directory.
+"""Where a repository keeps its objects: the storage protocol, and a local directory.
 
-The protocol is shaped after object stores (S3 and friends) so that one can be added
-without touching the repository logic:
+The protocol is shaped after object stores; :class:`LocalStorage` (here) and
+:class:`~lamina.repository.s3storage.S3Storage` implement it, and one conformance suite
+(tests/repository/test_storage_conformance.py) holds both to it. The repository uses
+nothing else (no local paths of objects, no file locks):
 
 * keys are ``/``-separated names of printable ASCII components (no ``.``/``..``, no
   leading dot — a leading dot is reserved for an implementation's temporary objects);
-* ``put_*`` is atomic: readers see the old object or the new one, whole, never a part;
-  an existing key is replaced (one atomic swap);
+* every put is atomic: readers see the old object or the new one, whole, never a part;
+  an existing key is replaced (one atomic swap); a :meth:`Storage.writer` streams an
+  object of unknown length and publishes it only on ``commit``;
 * ``list`` returns only complete objects (a put in progress is never listed);
+* conditional writes: :meth:`Storage.create_if_absent` (exactly one of racing creators
+  wins), :meth:`Storage.replace_if` and :meth:`Storage.delete_if` (compare-and-swap on the
+  version token :meth:`Storage.read_versioned` returns) — what the lease locks of
+  :mod:`lamina.repository.lease` are built on;
+* reads: whole (``get_bytes``), ranged (``get_range``), or as an image location
+  (``image``: a local path, or an :class:`~lamina.backup.image_reader.ImageSource` read by
+  ranged reads) that the image reader seeks in;
 * there is no rename: moving data between keys is a put plus a delete.
 
-Reading an image needs a seekable local file (the image reader seeks to the footer), so
-``local_path`` returns one: the object itself here, a cached download for a remote store.
-``staging_dir`` is a local directory for files being written before they are ``put`` (on
-the same file system as the objects here, so a put is a rename, not a copy).
+``staging_dir`` is a local scratch directory (prune writes a synthetic full there before
+it is put).
 
 Concurrency: every method is safe to call from several threads and processes; ordering
 between processes is the repository lock's job (:mod:`lamina.repository.lock`).
@@ -24,6 +32,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import fcntl
 import io
 import os
 import re
@@ -33,9 +42,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from lamina.backup.image_reader import ReadableStream
+import xxhash
+
+from lamina.backup.image_reader import ImageLocation, ReadableStream
 from lamina.core import fileio
-from lamina.errors import NotFoundError, StorageError, UsageError, storage_error
+from lamina.errors import (
+    AlreadyExistsError,
+    NotFoundError,
+    StorageError,
+    UsageError,
+    storage_error,
+)
 
 _COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,254}\Z")
 _COPY_BLOCK = 1024 * 1024
@@ -79,18 +96,50 @@ class Storage(Protocol):
         """See :meth:`Storage.put_bytes`."""
         self.put_stream(key, io.BytesIO(data))
 
+    def writer(self, key: str) -> ObjectWriter:
+        """A stream that becomes ``key`` on ``commit`` (nothing is visible before, nor
+        after ``abort``). Raises StorageError."""
+        ...
+
     def get_bytes(self, key: str, limit: int | None = None) -> bytes:
         """The whole object (at most ``limit`` + 1 bytes are read, so a caller can refuse
         an oversized one). Raises NotFoundError, StorageError."""
         ...
 
-    def open(self, key: str) -> BinaryIO:
-        """A readable binary stream of the object. Raises NotFoundError, StorageError."""
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` of the object (fewer at its end). Raises
+        NotFoundError, StorageError."""
         ...
 
-    def local_path(self, key: str) -> Path:
-        """A seekable local file holding the object, valid while the object exists.
-        Raises NotFoundError, StorageError."""
+    def open(self, key: str) -> BinaryIO:
+        """A readable, seekable binary stream of the object. Raises NotFoundError,
+        StorageError."""
+        ...
+
+    def image(self, key: str) -> ImageLocation:
+        """Where the image reader finds the object: a local path, or an image source of
+        ranged reads. Raises NotFoundError, StorageError."""
+        ...
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """Publish ``data`` as ``key`` only if no object is there: True if this call
+        created it, False if one exists (of racing callers exactly one gets True).
+        Raises StorageError."""
+        ...
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object and a version token that changes whenever it is replaced. Raises
+        NotFoundError, StorageError."""
+        ...
+
+    def replace_if(self, key: str, token: str, data: bytes) -> bool:
+        """Replace ``key`` by ``data`` only if its version is still ``token``: True if
+        replaced, False if it changed or is gone. Raises StorageError."""
+        ...
+
+    def delete_if(self, key: str, token: str) -> bool:
+        """Delete ``key`` only if its version is still ``token`` (True), else leave it
+        (False; also when it is gone). Raises StorageError."""
         ...
 
     def list(self, prefix: str = "") -> list[ObjectStat]:
@@ -113,6 +162,44 @@ class Storage(Protocol):
         """A local directory for files to be ``put`` later (created on demand)."""
         ...
 
+    def remove_stale_temps(self) -> builtins.list[str]:
+        """Remove what dead writers left (temporary files, staging files); only while no
+        put is in progress (the caller holds the repository lock exclusively). Returns
+        what was removed."""
+        ...
+
+    def check_container(self) -> None:
+        """Raise NotFoundError (local: no such directory) or NoSuchBucketError (S3) when
+        the repository's container does not exist; AccessDeniedError, StorageError."""
+        ...
+
+    def create_container(self) -> None:
+        """Create the container (directory, bucket) if missing. Raises StorageError,
+        AccessDeniedError."""
+        ...
+
+
+class ObjectWriter(Protocol):
+    """A stream that becomes one object (see :meth:`Storage.writer`): ``write`` and
+    ``flush`` (the image writer's target protocol), then ``commit`` (publish) or
+    ``abort`` (discard; idempotent). Used by one thread."""
+
+    def write(self, data: bytes, /) -> object:
+        """Append ``data``."""
+        ...
+
+    def flush(self) -> object:
+        """Push buffered bytes on (may do nothing)."""
+        ...
+
+    def commit(self) -> None:
+        """Publish what was written as the key, atomically. Raises StorageError."""
+        ...
+
+    def abort(self) -> None:
+        """Discard what was written; nothing is published. Never raises."""
+        ...
+
 
 def check_key(key: str) -> list[str]:
     """The components of a valid key. Raises UsageError for anything else (a key can never
@@ -123,13 +210,66 @@ def check_key(key: str) -> list[str]:
     return parts
 
 
+#: The local file serializing compare-and-swap operations of one LocalStorage.
+CAS_LOCK = ".cas.lock"
+
+
+class _LocalWriter:
+    """An :class:`ObjectWriter` on a temporary file next to the key (renamed on commit)."""
+
+    def __init__(self, storage: LocalStorage, key: str) -> None:
+        self._storage = storage
+        self._path = storage._path(key)
+        storage._ensure_parent(self._path)
+        self._tmp = storage._temp_for(self._path)
+        try:
+            self._fd: int | None = fileio.create_new(self._tmp)
+        except FileExistsError as exc:
+            raise storage_error(exc, "create", self._tmp) from exc
+        self._offset = 0
+
+    def write(self, data: bytes, /) -> int:
+        if self._fd is None:
+            raise ValueError("write to a closed writer")
+        fileio.pwrite(self._fd, data, self._offset, self._tmp)
+        self._offset += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing: bytes go to the file as written."""
+
+    def commit(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            raise ValueError("commit of a closed writer")
+        try:
+            fileio.fsync(fd, self._tmp)
+        except BaseException:
+            with contextlib.suppress(StorageError):
+                fileio.close_fd(fd, self._tmp)
+            self._storage._discard(self._tmp)
+            raise
+        fileio.close_fd(fd, self._tmp)
+        self._storage._publish(self._tmp, self._path)
+
+    def abort(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(StorageError):
+                fileio.close_fd(fd, self._tmp)
+            self._storage._discard(self._tmp)
+
+
 class LocalStorage:
     """A :class:`Storage` on a local directory: ``key`` is the file ``root/key``.
 
     Puts write ``.NAME.tmp-XXXX`` in the key's directory, fsync it, rename it over the key
     and fsync the directory, so a crash leaves the old object or the new one. Temporary
     files start with a dot and are never listed; :meth:`remove_stale_temps` removes those a
-    dead process left behind.
+    dead process left behind. ``create_if_absent`` hard-links a complete temporary file to
+    the key (the link fails if the key exists); ``replace_if``/``delete_if`` compare the
+    object's content hash (the version token) and swap under an ``flock`` of
+    ``root/.cas.lock``, which every conditional change of an existing key takes.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, staging: str = "tmp",
@@ -241,6 +381,96 @@ class LocalStorage:
         self._write_temp(tmp, iter((data,)))
         self._publish(tmp, path)
 
+    def writer(self, key: str) -> ObjectWriter:
+        """A temporary file renamed over the key on commit. See :meth:`Storage.writer`."""
+        return _LocalWriter(self, key)
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """See :meth:`Storage.get_range`."""
+        with self.open(key) as f:
+            try:
+                f.seek(offset)
+                return f.read(length)
+            except OSError as exc:
+                raise storage_error(exc, "read", self._path(key)) from exc
+
+    def image(self, key: str) -> ImageLocation:
+        """The object's own file. See :meth:`Storage.image`."""
+        return self.local_path(key)
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """See :meth:`Storage.create_if_absent`."""
+        path = self._path(key)
+        self._ensure_parent(path)
+        tmp = self._temp_for(path)
+        self._write_temp(tmp, iter((data,)))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise storage_error(exc, "create", path) from exc
+        finally:
+            self._discard(tmp)
+        fileio.fsync_dir(path.parent)
+        return True
+
+    @staticmethod
+    def _token(data: bytes) -> str:
+        return f"{xxhash.xxh3_128_hexdigest(data)}-{len(data)}"
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """The token is a hash of the content. See :meth:`Storage.read_versioned`."""
+        data = self.get_bytes(key)
+        return data, self._token(data)
+
+    @contextlib.contextmanager
+    def _cas(self) -> Iterator[None]:
+        path = self.root / CAS_LOCK
+        fd = fileio.open_fd(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise storage_error(exc, "lock", path) from exc
+            yield
+        finally:
+            with contextlib.suppress(StorageError):
+                fileio.close_fd(fd, path)
+
+    def _version(self, key: str) -> str | None:
+        try:
+            return self._token(self.get_bytes(key))
+        except NotFoundError:
+            return None
+
+    def replace_if(self, key: str, token: str, data: bytes) -> bool:
+        """See :meth:`Storage.replace_if`."""
+        with self._cas():
+            if self._version(key) != token:
+                return False
+            self.put_bytes(key, data)
+            return True
+
+    def delete_if(self, key: str, token: str) -> bool:
+        """See :meth:`Storage.delete_if`."""
+        with self._cas():
+            if self._version(key) != token:
+                return False
+            self.delete(key)
+            return True
+
+    def check_container(self) -> None:
+        """See :meth:`Storage.check_container`."""
+        if not self.root.is_dir():
+            raise NotFoundError(f"no repository {self.root} (no such directory)")
+
+    def create_container(self) -> None:
+        """See :meth:`Storage.create_container`."""
+        if self.root.exists() and not self.root.is_dir():
+            raise AlreadyExistsError(f"{self.root} exists and is not a directory")
+        fileio.mkdir(self.root, parents=True, exist_ok=True)
+
     def get_bytes(self, key: str, limit: int | None = None) -> bytes:
         """See :meth:`Storage.get_bytes`."""
         with self.open(key) as f:
@@ -327,13 +557,13 @@ class LocalStorage:
         fileio.mkdir(path, exist_ok=True)
         return path
 
-    def remove_stale_temps(self) -> builtins.list[Path]:
+    def remove_stale_temps(self) -> builtins.list[str]:
         """Remove the staging directory's files and every dot-temporary a put left behind.
 
         Only safe when no put or staged write is in progress (the caller holds the
         repository lock exclusively). Returns the paths removed.
         """
-        removed: builtins.list[Path] = []
+        removed: builtins.list[str] = []
         staging = self.root / self._staging
         if staging.is_dir():
             for child in (staging / name for name in fileio.listdir(staging)):
@@ -342,7 +572,7 @@ class LocalStorage:
                 else:
                     with contextlib.suppress(StorageError):
                         fileio.unlink(child)
-                removed.append(child)
+                removed.append(str(child))
         for dirpath, dirnames, filenames in os.walk(self.root):
             if dirpath == str(self.root):
                 dirnames[:] = [d for d in dirnames if d not in self._private]
@@ -351,5 +581,5 @@ class LocalStorage:
                     path = Path(dirpath, name)
                     with contextlib.suppress(StorageError):
                         fileio.unlink(path)
-                    removed.append(path)
+                    removed.append(str(path))
         return removed

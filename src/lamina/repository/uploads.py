@@ -90,6 +90,34 @@ def check_name(name: str) -> str:
     return name
 
 
+def info_document(name: str, part_size: int, info: Mapping[str, Any]) -> bytes:
+    """The ``UPLOAD`` document of a new upload (canonical JSON: magic, version, name, part
+    size, creation time, the caller's info). Pure but for the clock."""
+    doc = {"magic": INFO_MAGIC, "version": INFO_VERSION, "name": name,
+           "part_size": part_size, "created_ns": time.time_ns(), "info": dict(info)}
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+def parse_info(raw: bytes, name: str, where: object) -> UploadInfo:
+    """The upload ``name`` that the ``UPLOAD`` document ``raw`` (read from ``where``, at
+    most MAX_INFO_SIZE + 1 bytes) describes: magic, then version, then fields checked.
+    Raises CorruptionError."""
+    try:
+        doc = json.loads(raw)
+        if doc["magic"] != INFO_MAGIC:
+            raise ValueError("bad magic")
+        if doc["version"] > INFO_VERSION:
+            raise ValueError(f"version {doc['version']} from the future")
+        part_size = check_part_size(int(doc["part_size"]))
+        info = UploadInfo(str(doc["name"]), part_size, int(doc["created_ns"]),
+                          dict(doc["info"]))
+    except (ValueError, KeyError, TypeError, UsageError) as exc:
+        raise CorruptionError(f"upload info: {exc}", path=where) from None
+    if info.name != name or len(raw) > MAX_INFO_SIZE:
+        raise CorruptionError("upload info names another upload", path=where)
+    return info
+
+
 def check_part_size(part_size: int) -> int:
     """``part_size`` if within bounds; else UsageError."""
     if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
@@ -266,10 +294,8 @@ class LocalUploads:
         upload = LocalUpload(self, name, part_size)
         upload.abort()
         fileio.mkdir(upload.directory, parents=True, exist_ok=True)
-        doc = {"magic": INFO_MAGIC, "version": INFO_VERSION, "name": name,
-               "part_size": part_size, "created_ns": time.time_ns(), "info": dict(info)}
         fileio.atomic_write_file(upload.directory / INFO_FILE,
-                                 json.dumps(doc, sort_keys=True).encode())
+                                 info_document(name, part_size, info))
         fileio.fsync_dir(self.root)
         return upload
 
@@ -282,20 +308,7 @@ class LocalUploads:
             raise NotFoundError(f"no upload {name} in {self.storage.root}") from None
         except OSError as exc:
             raise storage_error(exc, "read", path) from exc
-        try:
-            doc = json.loads(raw)
-            if doc["magic"] != INFO_MAGIC:
-                raise ValueError("bad magic")
-            if doc["version"] > INFO_VERSION:
-                raise ValueError(f"version {doc['version']} from the future")
-            part_size = check_part_size(int(doc["part_size"]))
-            info = UploadInfo(str(doc["name"]), part_size, int(doc["created_ns"]),
-                              dict(doc["info"]))
-        except (ValueError, KeyError, TypeError, UsageError) as exc:
-            raise CorruptionError(f"upload info: {exc}", path=path) from None
-        if info.name != name or len(raw) > MAX_INFO_SIZE:
-            raise CorruptionError("upload info names another upload", path=path)
-        return info
+        return parse_info(raw, name, path)
 
     def open(self, name: str) -> LocalUpload:
         """See :meth:`UploadStore.open`."""
@@ -321,6 +334,10 @@ def uploads_of(storage: object) -> UploadStore:
     has none."""
     if isinstance(storage, LocalStorage):
         return LocalUploads(storage)
+    store = getattr(storage, "upload_store", None)  # an object store's (S3Storage)
+    if callable(store):
+        result: UploadStore = store()
+        return result
     raise UsageError(f"the storage {type(storage).__name__} cannot resume uploads")
 
 
@@ -417,4 +434,4 @@ class PartWriter:
 
 __all__ = ["DEFAULT_PART_SIZE", "MAX_PARTS", "LocalUpload", "LocalUploads", "PartInfo",
            "PartStats", "PartWriter", "Upload", "UploadInfo", "UploadStore", "check_name",
-           "check_part_size", "uploads_of"]
+           "check_part_size", "info_document", "parse_info", "uploads_of"]
