@@ -34,7 +34,7 @@ def test_families_have_distinct_codes() -> None:
         errors.UsageError: 2, errors.NotFoundError: 3, errors.CorruptionError: 4,
         errors.NotADatabaseError: 5, errors.VersionError: 6, errors.CheckFailedError: 7,
         errors.LockedError: 8, errors.StorageError: 9, errors.CancelledError: 10,
-        errors.ChainError: 11,
+        errors.ChainError: 11, errors.AuthenticationError: 14,
     }
     for cls, code in families.items():
         assert cls.exit_code == code
