@@ -5,12 +5,14 @@ from __future__ import annotations
 import click
 
 from lamina.cli.common import emit_json, human_bytes, iso_time, json_option
+from lamina.cli.passphrase import password_options
 from lamina.cli.repo import lock_timeout_option, note_rebuilt, open_repository
 
 
 @click.command("list")
 @click.option("--repo", "repo_path", required=True, type=click.Path(), help="Repository.")
 @lock_timeout_option
+@password_options
 @json_option
 def command(repo_path: str, lock_timeout: float, as_json: bool) -> None:
     """List backups: id, kind, base, database, VP time and seq, size, chain size."""

@@ -16,6 +16,7 @@ from lamina.cli.common import (
     open_database,
     progress_bar,
 )
+from lamina.cli.passphrase import HINT, current_source, new_passphrase, password_options
 from lamina.errors import UsageError
 
 if TYPE_CHECKING:
@@ -33,10 +34,12 @@ lock_timeout_option = click.option(
 
 
 def open_repository(path: str, lock_timeout: float) -> Repository:
-    """Open the repository at ``path`` (errors become one line and an exit code)."""
+    """Open the repository at ``path`` (errors become one line and an exit code); an
+    encrypted one with the command's passphrase (:mod:`lamina.cli.passphrase`)."""
     from lamina.repository import Repository
 
-    return Repository.open(path, lock_timeout=lock_timeout)
+    return Repository.open(path, lock_timeout=lock_timeout, passphrase=current_source(),
+                           hint=HINT)
 
 
 def note_rebuilt(repo: Repository, reason: str | None) -> None:
@@ -55,21 +58,29 @@ def command() -> None:
 @click.option("--chain-limit", type=click.IntRange(min=0), default=None,
               help="Most layers on one full image before a backup is a full again "
                    "[default: 7].")
+@click.option("--encrypt", is_flag=True,
+              help="Encrypt and authenticate every backup (AES-256-GCM) under a random "
+                   "master key, kept in a key file under a passphrase.")
+@password_options
 @json_option
-def init(repo: str, chain_limit: int | None, as_json: bool) -> None:
+def init(repo: str, chain_limit: int | None, encrypt: bool, as_json: bool) -> None:
     """Create a repository in REPO (a new or empty directory)."""
     from lamina.repository import Repository
     from lamina.repository.layout import DEFAULT_CHAIN_LIMIT
 
+    passphrase = new_passphrase("repo init --encrypt") if encrypt else None
     created = Repository.init(repo, chain_limit=DEFAULT_CHAIN_LIMIT if chain_limit is None
-                              else chain_limit)
+                              else chain_limit, passphrase=passphrase)
+    key = created.keyfile
     if as_json:
         emit_json({"path": str(created.path),
                    "repository_id": str(created.config.repository_id),
-                   "chain_limit": created.config.chain_limit})
+                   "chain_limit": created.config.chain_limit, "encrypted": encrypt,
+                   "key": None if key is None else key.id})
         return
     click.echo(f"repository {created.config.repository_id} created in {created.path} "
-               f"(chain limit {created.config.chain_limit} layers)")
+               f"(chain limit {created.config.chain_limit} layers"
+               f"{'' if key is None else f', encrypted, key {key.id[:8]}'})")
 
 
 def _check_target(image: str | None, repo_path: str | None, what: str) -> str:

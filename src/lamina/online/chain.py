@@ -498,16 +498,20 @@ def verify_chain(paths: Sequence[ImagePath], *, deep: bool = False,
                            "vp": {"commit_seq": infos[-1].vp.commit_seq,
                                   "wall_ns": infos[-1].vp.wall_ns},
                            "root_hash": _btree(_facts(infos[-1])).root_hash.hex()}
+    encrypted = infos[0].header.sealed  # all or none (order_chain)
+    out.update(encrypted=encrypted, authenticated=encrypted)  # deep: every chunk opened
     if not deep:
         total = sum(i.size for i in infos)
         done = chunks = 0
+        authenticated = True
         for info in infos:
             report = verify_image(info.path, cancel=cancel)
             chunks += report.chunks
             done += report.size
+            authenticated = authenticated and report.authenticated
             if progress is not None:
                 progress(done, total)
-        out["chunks"] = chunks
+        out.update(chunks=chunks, authenticated=encrypted and authenticated)
         return out
     plan = _plan(infos)
     with tempfile.TemporaryDirectory(prefix="lamina-verify-") as tmp:

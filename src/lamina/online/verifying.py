@@ -38,7 +38,9 @@ def verify(source: str | os.PathLike[str] | ReadableStream, *, deep: bool = Fals
     result = run_restore(source, restore_engines(), None, progress=progress, cancel=cancel)
     # Each driver proved its own facts; these are the ones against the image's VP.
     ImageFacts(result, f"image {result.header.image_id}").check()
-    out = image_summary(result.header, result.catalog, result.manifest, result.size)
+    # Every chunk of a sealed image was opened (its tag checked) and both MACs checked.
+    out = image_summary(result.header, result.catalog, result.manifest, result.size,
+                        result.header.sealed)
     out.update(ok=True, chunks=result.chunks, streams=result.catalog.stream_count, deep=True)
     return out
 

@@ -9,6 +9,11 @@ Concurrency: any number of processes and threads may use one repository. ``backu
 and each waits at most ``lock_timeout`` seconds (then LockedError). A backup publishes its
 image and the index entry together under the index lock, so readers see both or neither.
 
+Encryption (``init(passphrase=...)``): every image is sealed under the repository's master
+key (:mod:`lamina.backup.sealing`), whose key files live under ``keys/``
+(:mod:`lamina.repository.keys`); :meth:`Repository.open` unlocks it with a passphrase, and
+every operation then refuses an image that is not sealed under it (AuthenticationError).
+
 Crash safety: an image is written under ``tmp/`` and published (atomic put) only when
 complete, so a half-written backup is never listed; the index is derived data, rebuilt from
 the images whenever it disagrees with them (``index_rebuilt`` in each result says so).
@@ -29,9 +34,14 @@ from lamina import online
 from lamina.backup import image_format as F
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, is_cancelled
 from lamina.core import fileio
+from lamina.core.crypto import keyring as keyrings
+from lamina.core.crypto.keyfile import KeyFile
+from lamina.core.crypto.keyring import Keyring, PassphraseSource, SealSpec
+from lamina.core.crypto.masterkey import MasterKey
 from lamina.database import Database
 from lamina.errors import (
     AlreadyExistsError,
+    AuthenticationError,
     CancelledError,
     CorruptionError,
     DataError,
@@ -52,6 +62,7 @@ from lamina.repository.index import (
     record_from_image,
     save_index,
 )
+from lamina.repository.keys import RepoKeys
 from lamina.repository.layout import RepoConfig
 from lamina.repository.lock import RepositoryLock
 from lamina.repository.policy import KeepPolicy
@@ -216,15 +227,33 @@ class Repository:
     """A backup repository on a local directory (see the module doc).
 
     Create one with :meth:`init`, open one with :meth:`open`. The object holds no open
-    files or locks between calls; it may be shared by threads.
+    files or locks between calls; it may be shared by threads. An encrypted repository's
+    object holds its master key (:attr:`master`) and the key file that opened it.
     """
 
     def __init__(self, storage: LocalStorage, config: RepoConfig, *,
-                 lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> None:
+                 lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+                 master: MasterKey | None = None, keyfile: KeyFile | None = None) -> None:
         self.storage = storage
         self.config = config
         self.locks = RepositoryLock(storage.root / L.LOCKS_DIR, str(storage.root),
                                     lock_timeout)
+        self.master = master
+        self.keyfile = keyfile
+        if config.encrypted and (master is None or master.key_id != config.key_id):
+            raise AuthenticationError(f"authentication failed: repository {storage.root} "
+                                      "is encrypted and the key given is not its key")
+        #: What every operation reads and writes images with: the master key, sealing new
+        #: images, refusing unsealed ones; for a plaintext repository, no key at all.
+        self.keyring = Keyring() if master is None else Keyring(
+            seal=SealSpec(master), required=f"repository {storage.root} is encrypted")
+
+    @property
+    def keys(self) -> RepoKeys:
+        """The key files (UsageError for a repository that is not encrypted)."""
+        if self.config.key_id is None:
+            raise UsageError(f"repository {self.path} is not encrypted: it has no keys")
+        return RepoKeys(self.storage, self.config.key_id)
 
     @property
     def path(self) -> Path:
@@ -234,22 +263,29 @@ class Repository:
     # ------------------------------------------------------------------ open / init
     @classmethod
     def init(cls, path: str | os.PathLike[str], *, chain_limit: int = L.DEFAULT_CHAIN_LIMIT,
-             lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Repository:
-        """Create a repository in ``path`` (a new or empty directory) and return it.
+             lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+             passphrase: bytes | None = None) -> Repository:
+        """Create a repository in ``path`` (a new or empty directory) and return it;
+        with ``passphrase``, an encrypted one: a random master key and one key file
+        wrapping it under ``passphrase``.
 
         The config file is written last, so an interrupted init leaves no repository.
         Raises AlreadyExistsError (a repository or other files are there), UsageError
-        (bad chain limit), StorageError.
+        (bad chain limit, an empty passphrase), StorageError.
         """
         root = Path(path)
-        config = RepoConfig.new(chain_limit)
+        if passphrase is not None and not passphrase:
+            raise UsageError("the passphrase is empty")
+        master = None if passphrase is None else MasterKey.generate()
+        config = RepoConfig.new(chain_limit, None if master is None else master.key_id)
         if (root / L.CONFIG_KEY).exists():
             raise AlreadyExistsError(f"{root} is a Lamina repository already")
         if root.exists():
             if not root.is_dir():
                 raise AlreadyExistsError(f"{root} exists and is not a directory")
             leftovers = {p.name for p in root.iterdir()} - {
-                L.STAGING_DIR, L.LOCKS_DIR, L.IMAGES_PREFIX.rstrip("/"), L.INDEX_KEY}
+                L.STAGING_DIR, L.LOCKS_DIR, L.IMAGES_PREFIX.rstrip("/"), L.INDEX_KEY,
+                L.KEYS_PREFIX.rstrip("/")}
             if leftovers:
                 raise AlreadyExistsError(f"{root} exists and is not empty")
         fileio.mkdir(root, parents=True, exist_ok=True)
@@ -257,17 +293,24 @@ class Repository:
             fileio.mkdir(root / sub, exist_ok=True)
         storage = _storage(root)
         save_index(storage, Index([]))
+        keyfile = None
+        if master is not None and passphrase is not None and config.key_id is not None:
+            keyfile = RepoKeys(storage, config.key_id).add(master, passphrase)
         storage.put_bytes(L.CONFIG_KEY, config.encode())
-        return cls(storage, config, lock_timeout=lock_timeout)
+        return cls(storage, config, lock_timeout=lock_timeout, master=master, keyfile=keyfile)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *,
-             lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Repository:
-        """Open the repository in ``path``.
+             lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+             passphrase: PassphraseSource | None = None,
+             hint: str = "give its passphrase") -> Repository:
+        """Open the repository in ``path``; an encrypted one is unlocked with
+        ``passphrase()`` (called only then; ``hint`` says how to give one, in errors).
 
         Raises NotFoundError (no such directory), NotADatabaseError (a directory that is
         not a repository: no config, or not a config), VersionError (a repository of a
-        newer format), CorruptionError (damaged config), StorageError.
+        newer format), CorruptionError (damaged config or key file), AuthenticationError
+        (encrypted, and no passphrase or a wrong one), StorageError.
         """
         root = Path(path)
         if not root.is_dir():
@@ -279,12 +322,27 @@ class Repository:
             raise NotADatabaseError(f"{root} is not a Lamina repository (no {L.CONFIG_KEY}; "
                                     f"create one with 'lamina repo init')") from None
         config = RepoConfig.decode(data, root / L.CONFIG_KEY)
-        return cls(storage, config, lock_timeout=lock_timeout)
+        if config.key_id is None:
+            return cls(storage, config, lock_timeout=lock_timeout)
+        secret = None if passphrase is None else passphrase()
+        if secret is None:
+            raise AuthenticationError(f"repository {root} is encrypted: no passphrase given "
+                                      f"({hint})")
+        master, keyfile = RepoKeys(storage, config.key_id).unlock(secret)
+        return cls(storage, config, lock_timeout=lock_timeout, master=master, keyfile=keyfile)
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
     def _shared(self, operation: str) -> Iterator[None]:
-        with self.locks.repository(exclusive=False, operation=operation):
+        with self.locks.repository(exclusive=False, operation=operation), \
+                keyrings.using(self.keyring):
+            yield
+
+    @contextlib.contextmanager
+    def exclusive(self, operation: str) -> Iterator[None]:
+        """Hold the repository lock alone (prune, key changes), with its keys current."""
+        with self.locks.repository(exclusive=True, operation=operation), \
+                keyrings.using(self.keyring):
             yield
 
     def _load(self) -> tuple[Index, str | None]:
@@ -500,7 +558,7 @@ class Repository:
         (``cancel``, checked before the work starts and before every chunk a merge reads:
         the repository is then as after any failed merge).
         """
-        with self.locks.repository(exclusive=True, operation="prune"):
+        with self.exclusive("prune"):
             index, rebuilt = self._load()
             damaged = sorted((r for r in index.records.values() if r.error is not None),
                              key=lambda r: str(r.backup_id))

@@ -24,9 +24,12 @@ from typing import Any
 from lamina.errors import CorruptionError
 
 try:  # Argon2id arrived in cryptography 44
-    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+    from cryptography.hazmat.primitives.kdf import argon2 as _argon2
 except ImportError:  # pragma: no cover - depends on the installed cryptography
-    Argon2id = None
+    _argon2 = None  # type: ignore[assignment]
+
+#: Argon2id's class, or None where the installed cryptography lacks it.
+Argon2id: Any = None if _argon2 is None else _argon2.Argon2id
 
 #: The environment variable of the test-only knob (see the module doc).
 CHEAP_KDF_ENV = "LAMINA_TEST_CHEAP_KDF"
