@@ -159,8 +159,9 @@ class ImageReader:
     (AuthenticationError at construction without it) and opens every chunk. With
     ``decrypt=False`` nothing is decrypted: with the key, the manifest MAC and the
     whole-image MAC prove every stored byte (:attr:`authenticated` True); without it only
-    the checksums are checked (:attr:`authenticated` False). A plaintext image is refused
-    (AuthenticationError) when the keyring requires sealed images.
+    the checksums are checked (:attr:`authenticated` False). When the keyring requires
+    sealed images (a repository's), a plaintext image, or one sealed under a key it does not
+    hold, is refused (AuthenticationError).
     """
 
     def __init__(self, source: ReadableStream, *, path: object = None,
@@ -184,6 +185,10 @@ class ImageReader:
             metadata.append(head + wrapped)
             self._opener = ImageOpener(self.header, image_format.SealBlock(
                 block.key_id, block.salt, wrapped), ring, path)
+            if ring is not None and ring.required is not None \
+                    and not self._opener.authenticated:
+                raise AuthenticationError(f"authentication failed: {path or 'image'} is "
+                                          f"encrypted under another key ({ring.required})")
             if decrypt:
                 self._opener.require("reading its data")
             self._src.hasher = self._opener.image_mac()
