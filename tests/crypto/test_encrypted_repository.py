@@ -135,3 +135,13 @@ def test_plaintext_repository_has_no_keys(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not encrypted"):
         repo.keys.list()
     assert isinstance(repo.keyring, Keyring)
+
+
+def test_a_config_stripped_of_its_encryption_is_refused(tmp_path: Path) -> None:
+    Repository.init(tmp_path / "repo", passphrase=PASSPHRASE)
+    config = tmp_path / "repo" / L.CONFIG_KEY
+    stripped = L.RepoConfig.decode(config.read_bytes(), config)
+    config.write_bytes(L.RepoConfig(stripped.repository_id, stripped.created_ns,
+                                    stripped.chain_limit).encode())
+    with pytest.raises(AuthenticationError, match="config was changed"):
+        Repository.open(tmp_path / "repo")

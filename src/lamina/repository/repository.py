@@ -323,6 +323,10 @@ class Repository:
                                     f"create one with 'lamina repo init')") from None
         config = RepoConfig.decode(data, root / L.CONFIG_KEY)
         if config.key_id is None:
+            if storage.list(L.KEYS_PREFIX):  # a config stripped of its encryption field
+                raise AuthenticationError(f"authentication failed: repository {root} holds "
+                                          "key files but its config says it is not "
+                                          "encrypted (the config was changed)")
             return cls(storage, config, lock_timeout=lock_timeout)
         secret = None if passphrase is None else passphrase()
         if secret is None:
