@@ -51,7 +51,7 @@ class ChunkCipher:
 
     def seal(self, index: int, ad: bytes, payload: bytes | bytearray | memoryview) -> bytes:
         """Ciphertext and tag of chunk number ``index`` (``len(payload) + 16`` bytes)."""
-        return self._aead.encrypt(NONCE.pack(index), bytes(payload), ad)
+        return self._aead.encrypt(NONCE.pack(index), payload, ad)
 
     def open(self, index: int, ad: bytes, sealed: bytes) -> bytes | None:
         """The payload, or None when the tag does not verify (tampered or moved)."""
