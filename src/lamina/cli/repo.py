@@ -155,8 +155,10 @@ def verify_repo(image: str | None, repo_path: str | None, *, backup_id: str | No
     else:
         for entry in report.results:
             if entry["ok"]:
+                sealed = ", encrypted, authenticated" if entry["details"].get(
+                    "authenticated") else ""
                 click.echo(f"ok: backup {entry['backup_id']} ({entry['images']} image(s)"
-                           f"{', deep' if deep else ''})")
+                           f"{', deep' if deep else ''}{sealed})")
             else:
                 click.echo(f"FAILED: backup {entry['backup_id']}: {entry['error']}")
         if not report.results:
