@@ -145,3 +145,21 @@ def test_a_config_stripped_of_its_encryption_is_refused(tmp_path: Path) -> None:
                                     stripped.chain_limit).encode())
     with pytest.raises(AuthenticationError, match="config was changed"):
         Repository.open(tmp_path / "repo")
+
+
+def test_prune_merges_into_a_sealed_synthetic_full(tmp_path: Path) -> None:
+    make_db(tmp_path / "db", rows=50)
+    Repository.init(tmp_path / "repo", passphrase=PASSPHRASE)
+    repo = _open(tmp_path / "repo")
+    _backup(repo, tmp_path / "db")
+    for n in range(2):
+        change(tmp_path / "db", n + 2)
+        last = _backup(repo, tmp_path / "db")
+    result = repo.prune(KeepPolicy(last=1))
+    assert [str(i) for i in result.plan.done_merges] == [last]
+    entries, _ = repo.list()
+    assert [(str(e.record.backup_id), e.record.synthetic) for e in entries] == [(last, True)]
+    data = (tmp_path / "repo" / L.image_key(last)).read_bytes()
+    assert F.decode_header(data[:F.HEADER_SIZE]).sealed and MARKER not in data
+    repo.restore(tmp_path / "r")
+    assert repo.verify(deep=True).ok
