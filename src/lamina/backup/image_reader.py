@@ -156,7 +156,8 @@ class ImageReader:
 
     A sealed image (:mod:`lamina.backup.sealing`) is opened with a key from ``keyring``
     (default: the current one). ``decrypt`` (the default) needs the key
-    (AuthenticationError at construction without it) and opens every chunk. With
+    (AuthenticationError at construction without it), opens every chunk (its AES-GCM tag)
+    and checks the manifest MAC; the whole-image MAC is then redundant and skipped. With
     ``decrypt=False`` nothing is decrypted: with the key, the manifest MAC and the
     whole-image MAC prove every stored byte (:attr:`authenticated` True); without it only
     the checksums are checked (:attr:`authenticated` False). When the keyring requires
@@ -191,7 +192,10 @@ class ImageReader:
                                           f"encrypted under another key ({ring.required})")
             if decrypt:
                 self._opener.require("reading its data")
-            self._src.hasher = self._opener.image_mac()
+            # Decrypting, every chunk's tag (its bytes, header fields and position) and the
+            # manifest MAC (the metadata, each stream's chunks and sizes) cover every byte
+            # but the footer's own MAC: the whole-image Poly1305 would add nothing but time.
+            self._src.hasher = self._opener.image_mac(skip=decrypt)
             self._src.hasher.update(b"".join(metadata))
         elif ring is not None and ring.required is not None:
             raise AuthenticationError(f"authentication failed: {path or 'image'} is not "

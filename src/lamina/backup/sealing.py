@@ -100,9 +100,10 @@ class ImageOpener:
             raise AuthenticationError(f"{self.path or 'image'} is encrypted: {what} needs "
                                       f"its key ({self.hint})")
 
-    def image_mac(self) -> ImageMac | NoMac:
-        """The whole-image Poly1305 to check, or a stand-in without the key."""
-        return NoMac() if self._keys is None else ImageMac(self._keys)
+    def image_mac(self, skip: bool = False) -> ImageMac | NoMac:
+        """The whole-image Poly1305 to check, or a stand-in (without the key, or
+        ``skip``: a reader that opens every chunk)."""
+        return NoMac() if self._keys is None or skip else ImageMac(self._keys)
 
     def manifest_mac(self, metadata: bytes) -> image_format.ManifestMac | None:
         """The manifest MAC function over ``metadata`` + body, or None without the key."""
