@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from lamina.backup import image_format
-from lamina.backup.image_reader import ImageReader, ReadableStream, image_summary, open_image_file
+from lamina.backup.image_reader import (
+    ImageReader,
+    ReadableStream,
+    image_summary,
+    open_image_file,
+    public_summary,
+)
 from lamina.backup.kernel import CancelToken, is_cancelled
 from lamina.errors import CancelledError
 
@@ -40,8 +46,11 @@ class VerifyReport:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready report (for ``lamina verify --json``)."""
-        out = image_summary(self.header, self.catalog, self.manifest, self.size,
-                            self.authenticated)
+        if self.header.sealed and not self.authenticated:  # only what is not secret
+            out = public_summary(self.header, self.manifest, self.size)
+        else:
+            out = image_summary(self.header, self.catalog, self.manifest, self.size,
+                                self.authenticated)
         out["ok"] = True
         return out
 

@@ -512,6 +512,8 @@ def verify_chain(paths: Sequence[ImagePath], *, deep: bool = False,
             if progress is not None:
                 progress(done, total)
         out.update(chunks=chunks, authenticated=encrypted and authenticated)
+        if encrypted and not authenticated:
+            del out["root_hash"]  # a VP fact: not shown without the key
         return out
     plan = _plan(infos)
     with tempfile.TemporaryDirectory(prefix="lamina-verify-") as tmp:
