@@ -58,6 +58,8 @@ def test_full_layer_and_chain_round_trip_without_plaintext(tmp_path: Path) -> No
         online.restore_chain(images, tmp_path / "r-chain")
         assert online.verify_chain(images, deep=True)["authenticated"] is True
         assert online.verify(images[2], deep=False)["authenticated"] is True
+    unkeyed = online.verify_chain(images)  # checksums only, and no VP facts shown
+    assert unkeyed["authenticated"] is False and "root_hash" not in unkeyed
     want = _rows(tmp_path / "db")
     assert _rows(tmp_path / "r-chain") == want
     values, rows = _rows(tmp_path / "r-full")
