@@ -35,6 +35,7 @@ def test_families_have_distinct_codes() -> None:
         errors.NotADatabaseError: 5, errors.VersionError: 6, errors.CheckFailedError: 7,
         errors.LockedError: 8, errors.StorageError: 9, errors.CancelledError: 10,
         errors.ChainError: 11, errors.AccessDeniedError: 12, errors.NoSuchBucketError: 13,
+        errors.AuthenticationError: 14,
     }
     for cls, code in families.items():
         assert cls.exit_code == code

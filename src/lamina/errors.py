@@ -25,7 +25,10 @@ exception escaping Lamina is a bug. The CLI prints ``str(error)`` as one line an
     │   ├── VersionError             6  a format version (or driver version) from the future
     │   ├── UnsupportedError         6  a codec, engine or driver this build does not have
     │   ├── CheckFailedError         7  the checker found problems (carries the findings)
-    │   └── ChainError              11  a backup chain with a gap, wrong order or a wrong base
+    │   ├── ChainError              11  a backup chain with a gap, wrong order or a wrong base
+    │   └── AuthenticationError     14  authentication failed: a wrong passphrase, no key for an
+    │                                   encrypted image, or a key file, chunk or manifest whose
+    │                                   MAC or AEAD tag does not verify (tampered, or moved)
     ├── LockedError                  8  a lock could not be taken within its timeout
     ├── StorageError                 9  the OS or an object store refused I/O (disk full, EIO,
     │   │                               a server failing after retries)
@@ -161,6 +164,14 @@ class ChainError(DataError):
     exit_code = 11
 
 
+class AuthenticationError(DataError):
+    """Authentication failed: a wrong passphrase, no key (or passphrase) for an encrypted
+    image or repository, or bytes whose MAC or AEAD tag does not verify under the key (a
+    tampered key file, chunk or manifest; a chunk moved from another image or position)."""
+
+    exit_code = 14
+
+
 class LockedError(LaminaError):
     """A lock (database writer, table writer, commit blocker, repository) timed out."""
 
@@ -217,4 +228,5 @@ EXIT_CODES: dict[int, str] = {
     11: "backup chain error",
     12: "object store access denied (credentials or permission)",
     13: "object store bucket does not exist",
+    14: "authentication failed (wrong passphrase, missing key, tampered data)",
 }

@@ -3,7 +3,9 @@
 
 An image is written front to back in one pass::
 
-    header (128)  catalog block  chunk*  manifest  footer (48)
+    header (128)  [crypto block]  catalog block  chunk*  manifest  footer (48)
+
+(the crypto block only in a sealed image: header flag ``HEADER_FLAG_SEALED``.)
 
 This module is pure: it turns blocks into bytes and back, validating each block on the way
 in (magic, then version, then checksum, then every field). The decoders raise only
@@ -16,10 +18,11 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import hmac
 import json
 import struct
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +31,7 @@ import xxhash
 from lamina.core.driver import DriverKind
 from lamina.core.names import validate_table_name
 from lamina.errors import (
+    AuthenticationError,
     CorruptionError,
     InvalidNameError,
     NotADatabaseError,
@@ -117,7 +121,9 @@ HEADER_SIZE = 128
 HEADER = struct.Struct("<8sHHI16s16sQ32s16s16x")
 HEADER_CHECKSUM = struct.Struct("<Q")
 HEADER_FLAG_LAYER = 0x1
-HEADER_FLAGS_KNOWN = HEADER_FLAG_LAYER
+#: Sealed (encrypted and authenticated): a crypto block follows the header (see below).
+HEADER_FLAG_SEALED = 0x2
+HEADER_FLAGS_KNOWN = HEADER_FLAG_LAYER | HEADER_FLAG_SEALED
 VERSION_FIELD = 32
 assert HEADER.size + HEADER_CHECKSUM.size == HEADER_SIZE
 
@@ -138,6 +144,11 @@ class ImageHeader:
     def kind(self) -> ImageKind:
         """FULL or LAYER, from the header flags."""
         return ImageKind.LAYER if self.flags & HEADER_FLAG_LAYER else ImageKind.FULL
+
+    @property
+    def sealed(self) -> bool:
+        """True for an encrypted, authenticated image (a crypto block follows)."""
+        return bool(self.flags & HEADER_FLAG_SEALED)
 
 
 def encode_header(header: ImageHeader) -> bytes:
@@ -180,6 +191,62 @@ def decode_header(raw: bytes, path: object = None) -> ImageHeader:
                               where="header, offset 56") from exc
     return ImageHeader(uuid.UUID(bytes=image_id), uuid.UUID(bytes=db_id), created,
                        lamina_version, flags, uuid.UUID(bytes=incarnation))
+
+
+# ---------------------------------------------------------------------------- crypto block
+SEAL_MAGIC = b"LSEA"
+SEAL_VERSION = 1
+SEAL_CIPHER_AES256GCM = 1
+#: AES-GCM tag appended to every sealed chunk payload.
+SEAL_TAG_SIZE = 16
+#: Largest wrapped key (a key file) a crypto block may carry.
+MAX_WRAPPED_KEY = 16 * 1024
+#: magic[4] version u16 cipher u8 reserved u8 key_id[16] salt[32] wrapped_len u32
+#: wrapped_xxh3 u64; then xxh3_64 of those 68 bytes; then wrapped_len bytes (a key file).
+SEAL_HEAD = struct.Struct("<4sHBB16s32sIQ")
+SEAL_HEAD_CHECKSUM = struct.Struct("<Q")
+SEAL_HEAD_SIZE = SEAL_HEAD.size + SEAL_HEAD_CHECKSUM.size  # 76
+
+
+@dataclass(frozen=True, slots=True)
+class SealBlock:
+    """A sealed image's crypto block: which master key (its id), the image's salt (its
+    keys derive from the master key, this salt and the image id), and a wrapped key (the
+    key file of a standalone image; empty for a repository's image)."""
+
+    key_id: bytes
+    salt: bytes
+    wrapped: bytes = b""
+
+
+def encode_seal_block(block: SealBlock) -> bytes:
+    """The crypto block's bytes."""
+    head = SEAL_HEAD.pack(SEAL_MAGIC, SEAL_VERSION, SEAL_CIPHER_AES256GCM, 0, block.key_id,
+                          block.salt, len(block.wrapped), xxh3(block.wrapped))
+    return head + SEAL_HEAD_CHECKSUM.pack(xxh3(head)) + block.wrapped
+
+
+def decode_seal_head(raw: bytes, offset: int, path: object = None) -> tuple[SealBlock, int, int]:
+    """Validate the 76-byte crypto block head (magic, version, checksum, fields); returns
+    the block without its wrapped key, the wrapped key's length and checksum."""
+    where = f"crypto block, offset {offset}"
+    if len(raw) < SEAL_HEAD_SIZE or raw[:4] != SEAL_MAGIC:
+        raise CorruptionError("crypto block magic missing", path=path, where=where)
+    _m, version, cipher, reserved, key_id, salt, length, checksum = SEAL_HEAD.unpack_from(raw)
+    if version > SEAL_VERSION:
+        raise VersionError(f"{path or 'image'} has crypto block version {version}; this "
+                           f"build reads up to {SEAL_VERSION}")
+    (head_sum,) = SEAL_HEAD_CHECKSUM.unpack_from(raw, SEAL_HEAD.size)
+    if head_sum != xxh3(raw[:SEAL_HEAD.size]):
+        raise CorruptionError("crypto block checksum mismatch", path=path, where=where)
+    if version != SEAL_VERSION or reserved:
+        raise CorruptionError(f"crypto block has version {version}, reserved {reserved}",
+                              path=path, where=where)
+    if cipher != SEAL_CIPHER_AES256GCM:
+        raise UnsupportedError(f"{path or 'image'} uses cipher {cipher}, unknown to this build")
+    if length > MAX_WRAPPED_KEY:
+        raise CorruptionError("crypto block wrapped key too long", path=path, where=where)
+    return SealBlock(key_id, salt), length, checksum
 
 
 # ---------------------------------------------------------------------------- catalog
@@ -395,7 +462,9 @@ CHUNK_HEAD_CHECKSUM = struct.Struct("<Q")
 CHUNK_HEAD_SIZE = CHUNK_HEAD.size + CHUNK_HEAD_CHECKSUM.size  # 40
 CHUNK_FLAG_LAST = 0x1
 CHUNK_FLAG_COMPRESSED = 0x2
-CHUNK_FLAGS_KNOWN = CHUNK_FLAG_LAST | CHUNK_FLAG_COMPRESSED
+#: The payload is AES-256-GCM ciphertext and tag (every chunk of a sealed image, no other).
+CHUNK_FLAG_SEALED = 0x4
+CHUNK_FLAGS_KNOWN = CHUNK_FLAG_LAST | CHUNK_FLAG_COMPRESSED | CHUNK_FLAG_SEALED
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,12 +484,22 @@ class ChunkHeader:
         """True on the final chunk of its stream."""
         return bool(self.flags & CHUNK_FLAG_LAST)
 
+    @property
+    def sealed(self) -> bool:
+        """True when the payload is ciphertext (a sealed image's chunk)."""
+        return bool(self.flags & CHUNK_FLAG_SEALED)
+
+
+def chunk_flags(last: bool, codec: Codec, sealed: bool = False) -> int:
+    """A chunk's flags byte."""
+    return ((CHUNK_FLAG_LAST if last else 0) | (CHUNK_FLAG_COMPRESSED if codec != Codec.NONE
+                                                else 0) | (CHUNK_FLAG_SEALED if sealed else 0))
+
 
 def encode_chunk_header(stream: int, seq: int, last: bool, codec: Codec, raw_length: int,
-                        payload: bytes | bytearray | memoryview) -> bytes:
+                        payload: bytes | bytearray | memoryview, sealed: bool = False) -> bytes:
     """The 40 header bytes of a chunk carrying ``payload`` (stored bytes)."""
-    flags = (CHUNK_FLAG_LAST if last else 0) | (
-        CHUNK_FLAG_COMPRESSED if codec != Codec.NONE else 0)
+    flags = chunk_flags(last, codec, sealed)
     head = CHUNK_HEAD.pack(CHUNK_MAGIC, stream, seq, flags, int(codec), 0, raw_length,
                            len(payload), xxh3(payload))
     return head + CHUNK_HEAD_CHECKSUM.pack(xxh3(head))
@@ -442,11 +521,13 @@ def decode_chunk_header(raw: bytes, offset: int, path: object = None) -> ChunkHe
         raise UnsupportedError(f"chunk flags {flags:#x} unknown to this build ({where})")
     if codec not in Codec._value2member_map_:
         raise UnsupportedError(f"chunk codec {codec} unknown to this build ({where})")
-    if raw_len > MAX_CHUNK_SIZE or stored_len > MAX_CHUNK_SIZE:
+    tag = SEAL_TAG_SIZE if flags & CHUNK_FLAG_SEALED else 0
+    if raw_len > MAX_CHUNK_SIZE or stored_len > MAX_CHUNK_SIZE + tag:
         raise CorruptionError("chunk length over the maximum", path=path, where=where)
     compressed = bool(flags & CHUNK_FLAG_COMPRESSED)
-    if compressed != (codec != Codec.NONE) or (
-            stored_len != raw_len if codec == Codec.NONE else stored_len > raw_len):
+    inner = stored_len - tag
+    if compressed != (codec != Codec.NONE) or inner < 0 or (
+            inner != raw_len if codec == Codec.NONE else inner > raw_len):
         raise CorruptionError("chunk flags, codec and lengths disagree", path=path, where=where)
     return ChunkHeader(stream, seq, flags, Codec(codec), raw_len, stored_len, psum)
 
@@ -508,8 +589,13 @@ def encode_vp_facts(drivers: Sequence[Mapping[str, Any]]) -> bytes:
                       separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
 
-def encode_manifest(manifest: Manifest) -> bytes:
-    """The manifest's bytes, ending with its blake2b-128 hash."""
+#: Computes a sealed image's manifest MAC from the manifest body (see ``encode_manifest``).
+ManifestMac = Callable[[bytes], bytes]
+
+
+def encode_manifest(manifest: Manifest, mac: ManifestMac | None = None) -> bytes:
+    """The manifest's bytes, ending with its blake2b-128 hash, or for a sealed image
+    with ``mac(body)`` (the keyed MAC of the image's metadata, 16 bytes)."""
     vp_json = encode_vp_facts(manifest.vp.drivers)
     head = MANIFEST_HEAD.pack(MANIFEST_MAGIC, len(manifest.streams), int(manifest.kind),
                               len(vp_json), manifest.image_id.bytes,
@@ -522,6 +608,8 @@ def encode_manifest(manifest: Manifest) -> bytes:
              for s in manifest.streams]
     body.append(vp_json)
     data = b"".join(body)
+    if mac is not None:
+        return data + mac(data)
     hasher = blake2b_128()
     hasher.update(data)
     return data + hasher.digest()
@@ -542,8 +630,12 @@ def decode_manifest_head(raw: bytes, offset: int, path: object = None) -> tuple[
     return streams, MANIFEST_HEAD_SIZE + STREAM_RECORD.size * streams + vp_len + HASH_SIZE
 
 
-def decode_manifest(raw: bytes, offset: int, path: object = None) -> Manifest:
-    """Parse a whole manifest (head validated again, then the hash, then every field)."""
+def decode_manifest(raw: bytes, offset: int, path: object = None, *,
+                    mac: ManifestMac | None = None, sealed: bool = False) -> Manifest:
+    """Parse a whole manifest (head validated again, then the hash, then every field).
+
+    A sealed image's trailing hash is a MAC: checked with ``mac`` (AuthenticationError on
+    mismatch), and not checked at all without it (no key: the caller says so)."""
     where = f"manifest at offset {offset}"
     if len(raw) < MANIFEST_HEAD_SIZE:
         raise CorruptionError("manifest truncated", path=path, where=where)
@@ -551,10 +643,16 @@ def decode_manifest(raw: bytes, offset: int, path: object = None) -> Manifest:
     if len(raw) != length:
         raise CorruptionError(f"manifest is {len(raw)} bytes, its head says {length}",
                               path=path, where=where)
-    hasher = blake2b_128()
-    hasher.update(raw[:-HASH_SIZE])
-    if hasher.digest() != raw[-HASH_SIZE:]:
-        raise CorruptionError("manifest hash mismatch", path=path, where=where)
+    if sealed:
+        if mac is not None and not hmac.compare_digest(mac(raw[:-HASH_SIZE]), raw[-HASH_SIZE:]):
+            raise AuthenticationError(f"authentication failed: manifest MAC mismatch "
+                                      f"({path or 'image'}, {where}): the image's metadata "
+                                      "was tampered with, or this is not its key")
+    else:
+        hasher = blake2b_128()
+        hasher.update(raw[:-HASH_SIZE])
+        if hasher.digest() != raw[-HASH_SIZE:]:
+            raise CorruptionError("manifest hash mismatch", path=path, where=where)
     (_m, _s, kind, _vl, image_id, base_id, base_seq, vp_seq, vp_ns, held_ns,
      chunks, root) = MANIFEST_HEAD.unpack_from(raw)
     if kind not in ImageKind._value2member_map_:

@@ -24,7 +24,10 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from lamina.backup import image_format
 from lamina.backup.codec import decompress
-from lamina.errors import CorruptionError, NotFoundError, storage_error
+from lamina.backup.sealing import ImageOpener, sealing_keyring
+from lamina.core.crypto.keyring import Keyring
+from lamina.core.crypto.sealing import same
+from lamina.errors import AuthenticationError, CorruptionError, NotFoundError, storage_error
 
 
 @runtime_checkable
@@ -93,7 +96,7 @@ class _Source:
         self.stream = stream
         self.path = path
         self.offset = 0
-        self.hasher = image_format.data_hasher()
+        self.hasher: Any = image_format.data_hasher()  # a sealed image's: its Poly1305
 
     def _read(self, n: int) -> bytes:
         try:
@@ -125,7 +128,8 @@ class _Source:
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """One verified chunk: its header, its raw (decompressed) bytes, its image offset."""
+    """One verified chunk: its header, its raw (decompressed) bytes, its image offset.
+    (A sealed image read with ``decrypt=False``: ``data`` is the stored ciphertext.)"""
 
     header: image_format.ChunkHeader
     data: bytes
@@ -170,8 +174,10 @@ def check_manifest(header: image_format.ImageHeader, catalog: image_format.Image
         raise bad("base image fields do not match the image kind")
     if sum(s.chunks for s in manifest.streams) != manifest.chunk_count:
         raise bad("chunk count differs from the streams' sum")
+    tag = image_format.SEAL_TAG_SIZE if header.sealed else 0
     for i, s in enumerate(manifest.streams):
-        if s.stored_bytes > s.raw_bytes or s.raw_bytes > s.chunks * image_format.MAX_CHUNK_SIZE:
+        if (s.stored_bytes > s.raw_bytes + tag * s.chunks
+                or s.raw_bytes > s.chunks * image_format.MAX_CHUNK_SIZE):
             raise bad(f"stream {i} sizes are impossible")
 
 
@@ -183,19 +189,61 @@ class ImageReader:
     it ends only after the manifest, every stream hash, the footer and the whole-image hash
     were verified and nothing follows the footer; then :attr:`manifest` is set. Any failure
     raises a lamina error (see the module doc) at the point where it is found.
+
+    A sealed image (:mod:`lamina.backup.sealing`) is opened with a key from ``keyring``
+    (default: the current one). ``decrypt`` (the default) needs the key
+    (AuthenticationError at construction without it), opens every chunk (its AES-GCM tag)
+    and checks the manifest MAC; the whole-image MAC is then redundant and skipped. With
+    ``decrypt=False`` nothing is decrypted: with the key, the manifest MAC and the
+    whole-image MAC prove every stored byte (:attr:`authenticated` True); without it only
+    the checksums are checked (:attr:`authenticated` False). When the keyring requires
+    sealed images (a repository's), a plaintext image, or one sealed under a key it does not
+    hold, is refused (AuthenticationError).
     """
 
-    def __init__(self, source: ReadableStream, *, path: object = None) -> None:
+    def __init__(self, source: ReadableStream, *, path: object = None,
+                 keyring: Keyring | None = None, decrypt: bool = True) -> None:
         self.path = path
         self._src = _Source(source, path)
-        self.header = image_format.decode_header(
-            self._src.read_exact(image_format.HEADER_SIZE, "header"), path)
+        raw_header = self._src.read_exact(image_format.HEADER_SIZE, "header")
+        self.header = image_format.decode_header(raw_header, path)
+        metadata = [raw_header]
+        self._opener: ImageOpener | None = None
+        self._decrypt = decrypt
+        ring = sealing_keyring(keyring)
+        if self.header.sealed:
+            offset = self._src.offset
+            head = self._src.read_exact(image_format.SEAL_HEAD_SIZE, "crypto block")
+            block, length, checksum = image_format.decode_seal_head(head, offset, path)
+            wrapped = self._src.read_exact(length, "crypto block key")
+            if image_format.xxh3(wrapped) != checksum:
+                raise CorruptionError("crypto block key checksum mismatch", path=path,
+                                      where=f"crypto block, offset {offset}")
+            metadata.append(head + wrapped)
+            self._opener = ImageOpener(self.header, image_format.SealBlock(
+                block.key_id, block.salt, wrapped), ring, path)
+            if ring is not None and ring.required is not None \
+                    and not self._opener.authenticated:
+                raise AuthenticationError(f"authentication failed: {path or 'image'} is "
+                                          f"encrypted under another key ({ring.required})")
+            if decrypt:
+                self._opener.require("reading its data")
+            # Decrypting, every chunk's tag (its bytes, header fields and position) and the
+            # manifest MAC (the metadata, each stream's chunks and sizes) cover every byte
+            # but the footer's own MAC: the whole-image Poly1305 would add nothing but time.
+            self._src.hasher = self._opener.image_mac(skip=decrypt)
+            self._src.hasher.update(b"".join(metadata))
+        elif ring is not None and ring.required is not None:
+            raise AuthenticationError(f"authentication failed: {path or 'image'} is not "
+                                      f"encrypted, but {ring.required}")
         offset = self._src.offset
         head = self._src.read_exact(image_format.CATALOG_HEAD_SIZE, "catalog head")
         drivers, tables, length, checksum = image_format.decode_catalog_head(head, offset, path)
         payload = self._src.read_exact(length, "catalog")
         self.catalog = image_format.decode_catalog_payload(payload, drivers, tables, checksum,
                                                            offset, path)
+        metadata.append(head + payload)
+        self._metadata = b"".join(metadata)
         self.manifest: image_format.Manifest | None = None
         self.footer: image_format.Footer | None = None
         self.size: int | None = None
@@ -205,6 +253,21 @@ class ImageReader:
     def offset(self) -> int:
         """Bytes consumed so far."""
         return self._src.offset
+
+    @property
+    def authenticated(self) -> bool:
+        """True for a sealed image whose key is at hand (its MACs are checked)."""
+        return self._opener is not None and self._opener.authenticated
+
+    def decode_manifest(self, raw: bytes, offset: int) -> image_format.Manifest:
+        """Decode and cross-check the manifest ``raw`` found at ``offset``; a sealed
+        image's MAC is checked when the key is at hand."""
+        opener = self._opener
+        manifest = image_format.decode_manifest(
+            raw, offset, self.path, sealed=opener is not None,
+            mac=None if opener is None else opener.manifest_mac(self._metadata))
+        check_manifest(self.header, self.catalog, manifest, offset, self.path)
+        return manifest
 
     def chunks(self) -> Iterator[Chunk]:
         """Yield every chunk in image order; verify the trailer at the end. Single use."""
@@ -237,15 +300,26 @@ class ImageReader:
             if head.seq != tally.seq:
                 raise CorruptionError(f"sequence gap: expected chunk {tally.seq}", path=path,
                                       where=where)
+            if head.sealed != self.header.sealed:
+                raise CorruptionError("chunk sealed flag differs from the image's", path=path,
+                                      where=where)
             payload = src.read_exact(head.stored_length, "chunk payload")
             if image_format.xxh3(payload) != head.payload_checksum:
                 raise CorruptionError("chunk payload checksum mismatch", path=path, where=where)
-            data = decompress(head.codec, payload, head.raw_length, path=path, where=where)
+            opener = self._opener
+            if opener is None:
+                data = decompress(head.codec, payload, head.raw_length, path=path, where=where)
+            elif self._decrypt:
+                data = decompress(head.codec, opener.open_chunk(head, payload, where),
+                                  head.raw_length, path=path, where=where)
+            else:
+                opener.skip_chunk()
+                data = payload
             tally.seq += 1
-            tally.raw += len(data)
+            tally.raw += head.raw_length
             tally.stored += len(payload)
             tally.closed = head.last
-            tally.hasher.update(data)
+            tally.hasher.update(data if opener is None else payload)
             yield Chunk(head, data, offset)
 
     def _finish(self, tag: bytes, offset: int, tallies: list[image_format.StreamTally],
@@ -254,16 +328,20 @@ class ImageReader:
         head = tag + src.read_exact(image_format.MANIFEST_HEAD_SIZE - 4, "manifest head")
         _streams, length = image_format.decode_manifest_head(head, offset, path)
         raw = head + src.read_exact(length - image_format.MANIFEST_HEAD_SIZE, "manifest")
-        manifest = image_format.decode_manifest(raw, offset, path)
-        check_manifest(self.header, self.catalog, manifest, offset, path)
-        image_hash = src.hasher.digest()  # every byte before the footer
+        manifest = self.decode_manifest(raw, offset)
+        image_hash = src.hasher.digest()  # every byte before the footer (sealed: a MAC)
         footer_offset = src.offset
         footer = image_format.decode_footer(src.read_exact(image_format.FOOTER_SIZE, "footer"),
                                             footer_offset, path)
         if footer.manifest_offset != offset or footer.manifest_length != length:
             raise CorruptionError("footer does not point at the manifest", path=path,
                                   where=f"footer at offset {footer_offset}")
-        if footer.image_hash != image_hash:
+        if self._opener is not None:
+            if image_hash is not None and not same(footer.image_hash, image_hash):
+                raise AuthenticationError(f"authentication failed: whole-image MAC mismatch "
+                                          f"({path or 'image'}, footer at offset "
+                                          f"{footer_offset}): the image was tampered with")
+        elif footer.image_hash != image_hash:
             raise CorruptionError("whole-image hash mismatch", path=path,
                                   where=f"footer at offset {footer_offset}")
         if not src.at_eof():
@@ -294,6 +372,8 @@ class ImageInfo:
     header: image_format.ImageHeader
     catalog: image_format.ImageCatalog
     manifest: image_format.Manifest
+    #: A sealed image whose manifest MAC was checked with its key.
+    authenticated: bool = False
 
     @property
     def vp(self) -> image_format.ValidityPoint:
@@ -301,13 +381,33 @@ class ImageInfo:
         return self.manifest.vp
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready summary (for ``lamina info --json``)."""
-        return image_summary(self.header, self.catalog, self.manifest, self.size)
+        """JSON-ready summary (for ``lamina info --json``): of a sealed image read
+        without its key, only what is not secret (:func:`public_summary`)."""
+        if self.header.sealed and not self.authenticated:
+            return public_summary(self.header, self.manifest, self.size)
+        return image_summary(self.header, self.catalog, self.manifest, self.size,
+                             self.authenticated)
+
+
+#: What ``info`` shows of a sealed image without its key: nothing about the tables.
+PUBLIC_FIELDS = ("image_id", "database_id", "created_ns", "lamina_version", "kind", "size",
+                 "base_image_id", "base_vp_seq", "vp", "stored_bytes", "chunks", "encrypted",
+                 "authenticated")
+
+
+def public_summary(header: image_format.ImageHeader, manifest: image_format.Manifest,
+                   size: int) -> dict[str, Any]:
+    """The non-secret part of :func:`image_summary` (ids, kind, times, stored sizes),
+    for a sealed image read without its key (unauthenticated)."""
+    full = image_summary(header, image_format.ImageCatalog((), ()), manifest, size, False)
+    return {k: full[k] for k in PUBLIC_FIELDS}
 
 
 def image_summary(header: image_format.ImageHeader, catalog: image_format.ImageCatalog,
-                  manifest: image_format.Manifest, size: int) -> dict[str, Any]:
-    """A JSON-ready description of an image (shared by ``info`` and ``verify`` reports)."""
+                  manifest: image_format.Manifest, size: int,
+                  authenticated: bool = False) -> dict[str, Any]:
+    """A JSON-ready description of an image (shared by ``info`` and ``verify`` reports);
+    ``authenticated``: a sealed image's MACs were checked."""
     streams = manifest.streams
     drivers = [{"name": d.name, "version": d.version, "kind": d.kind.label,
                 "common_stream": d.common_stream, "vp_info": dict(manifest.vp.drivers[i])}
@@ -331,13 +431,19 @@ def image_summary(header: image_format.ImageHeader, catalog: image_format.ImageC
         "raw_bytes": sum(s.raw_bytes for s in streams),
         "stored_bytes": sum(s.stored_bytes for s in streams),
         "chunks": manifest.chunk_count, "drivers": drivers, "tables": tables,
+        "encrypted": header.sealed, "authenticated": header.sealed and authenticated,
     }
 
 
-def read_info(path: ImageLocation) -> ImageInfo:
+def read_info(path: ImageLocation, *, keyring: Keyring | None = None) -> ImageInfo:
     """Read header, catalog, footer and manifest of the image at ``path`` (a file or an
     :class:`ImageSource`; seeks; does not read chunks, so it does not prove the data: use
     ``verify_image`` for that).
+
+    A sealed image's manifest MAC (over header, crypto block, catalog and manifest) is
+    checked when its key is in ``keyring`` (default: the current one): ``authenticated``;
+    without the key, the metadata is read unauthenticated (AuthenticationError only for a
+    wrong passphrase or a MAC mismatch).
 
     Raises NotFoundError if there is no such image, StorageError for other I/O errors, and
     CorruptionError / NotADatabaseError / VersionError / UnsupportedError for bad images.
@@ -349,7 +455,7 @@ def read_info(path: ImageLocation) -> ImageInfo:
             f.seek(0)
         except OSError as exc:
             raise storage_error(exc, "stat", p) from exc
-        reader = ImageReader(f, path=p)
+        reader = ImageReader(f, path=p, keyring=keyring, decrypt=False)
         data_start = reader.offset
         footer_offset = size - image_format.FOOTER_SIZE
         if footer_offset < data_start + image_format.MANIFEST_HEAD_SIZE + image_format.HASH_SIZE:
@@ -361,9 +467,9 @@ def read_info(path: ImageLocation) -> ImageInfo:
             raise CorruptionError("footer points into the catalog", path=p,
                                   where=f"footer at offset {footer_offset}")
         raw = _pread(f, footer.manifest_offset, footer.manifest_length, p)
-        manifest = image_format.decode_manifest(raw, footer.manifest_offset, p)
-        check_manifest(reader.header, reader.catalog, manifest, footer.manifest_offset, p)
-        return ImageInfo(p, size, reader.header, reader.catalog, manifest)
+        manifest = reader.decode_manifest(raw, footer.manifest_offset)
+        return ImageInfo(p, size, reader.header, reader.catalog, manifest,
+                         reader.authenticated)
 
 
 def _pread(f: BinaryIO, offset: int, n: int, path: object) -> bytes:

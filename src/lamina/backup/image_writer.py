@@ -16,6 +16,7 @@ Not thread-safe: one writer is driven by one kernel thread.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import uuid
@@ -27,7 +28,9 @@ from typing import Any, BinaryIO, Protocol
 
 from lamina.backup import image_format
 from lamina.backup.codec import Compressor
+from lamina.backup.sealing import ImageSealer, sealing_keyring
 from lamina.core import publish
+from lamina.core.crypto.keyring import Keyring
 from lamina.core.failpoints import failpoint
 from lamina.core.fileio import fsync_dir
 from lamina.errors import (
@@ -196,23 +199,37 @@ class ImageWriter:
     stream's last chunk, oversize chunk), AlreadyExistsError if a file target exists and
     ``overwrite`` is False, StorageError for OS errors. Use as a context manager: leaving
     the block without :meth:`finish` aborts.
+
+    Sealing: when ``keyring`` (default: the current one,
+    :func:`lamina.core.crypto.keyring.current`) has a seal spec, the image is sealed
+    (encrypted and authenticated; :mod:`lamina.backup.sealing`) and :attr:`header` carries
+    the sealed flag.
     """
 
     def __init__(self, target: ImageTarget, header: image_format.ImageHeader,
                  catalog: image_format.ImageCatalog, *,
                  codec: image_format.Codec = image_format.Codec.ZSTD, level: int | None = None,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, keyring: Keyring | None = None) -> None:
         try:
             image_format.check_catalog(catalog)
         except CorruptionError as exc:
             raise UsageError(f"cannot write image: {exc.what}") from exc
         if header.flags & ~image_format.HEADER_FLAGS_KNOWN:
             raise UsageError(f"unknown header flags {header.flags:#x}")
+        ring = sealing_keyring(keyring)
+        self._sealer: ImageSealer | None = None
+        if ring is not None and ring.seal is not None:
+            header = dataclasses.replace(
+                header, flags=header.flags | image_format.HEADER_FLAG_SEALED)
+            self._sealer = ImageSealer(ring.seal, header.image_id)
+        elif header.sealed:
+            raise UsageError("a sealed image needs a key to seal it with")
         self.header = header
         self.catalog = catalog
         self._compressor = Compressor(codec, level)
         self._streams = [image_format.StreamTally() for _ in range(catalog.stream_count)]
-        self._hasher = image_format.data_hasher()
+        self._hasher: Any = (image_format.data_hasher() if self._sealer is None
+                             else self._sealer.image_mac())
         self._chunks = 0
         self.offset = 0
         self.raw_bytes = 0
@@ -228,8 +245,14 @@ class ImageWriter:
         else:
             self._sink = _StreamSink(target)
         try:
-            self._write(image_format.encode_header(header))
-            self._write(image_format.encode_catalog(catalog))
+            blocks = [image_format.encode_header(header)]
+            if self._sealer is not None:
+                blocks.append(self._sealer.block_bytes())
+            blocks.append(image_format.encode_catalog(catalog))
+            for block in blocks:
+                if self._sealer is not None:
+                    self._sealer.metadata(block)
+                self._write(block)
         except BaseException:
             self.abort()
             raise
@@ -262,10 +285,13 @@ class ImageWriter:
         if len(data) > image_format.MAX_CHUNK_SIZE:
             raise UsageError(f"chunk of {len(data)} bytes exceeds {image_format.MAX_CHUNK_SIZE}")
         codec, stored = self._compressor.compress(data)
+        if self._sealer is not None:
+            stored = self._sealer.seal_chunk(stream, state.seq, last, codec, len(data), stored)
         self._write(image_format.encode_chunk_header(stream, state.seq, last, codec, len(data),
-                                                     stored))
+                                                     stored, self._sealer is not None))
         self._write(stored)
-        state.hasher.update(data)
+        # A sealed image's stream hashes are over the ciphertext (nothing of the plaintext).
+        state.hasher.update(data if self._sealer is None else stored)
         state.seq += 1
         state.raw += len(data)
         state.stored += len(stored)
@@ -307,7 +333,8 @@ class ImageWriter:
                               for s in self._streams),
                 root_hash=bytes(root_hash))
             try:
-                manifest_bytes = image_format.encode_manifest(manifest)
+                manifest_bytes = image_format.encode_manifest(
+                    manifest, None if self._sealer is None else self._sealer.manifest_mac)
             except (TypeError, ValueError) as exc:
                 raise UsageError(f"VP facts are not JSON-serializable: {exc}") from exc
             offset = self.offset

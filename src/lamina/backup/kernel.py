@@ -657,7 +657,8 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
         run.cancel_all()
         writer.abort()
         raise
-    return BackupResult(path=summary.path, size=summary.size, header=header, catalog=catalog,
+    return BackupResult(path=summary.path, size=summary.size, header=writer.header,
+                        catalog=catalog,
                         manifest=summary.manifest, blocker_held_ns=held_ns,
                         blocker_wait_ns=wait_ns, raw_bytes=writer.raw_bytes,
                         elapsed_ns=time.perf_counter_ns() - started, cleaned=summary.cleaned,

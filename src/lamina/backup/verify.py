@@ -6,6 +6,10 @@ chunk (header checksum, payload checksum, stream number, sequence continuity, la
 decompression to the recorded length), then the manifest (hash, cross-checks), every
 stream's size and blake2b-128 against the manifest, the footer and the whole-image hash,
 and that nothing follows the footer.
+
+A sealed image is never decrypted here: with its key (the current keyring) the manifest MAC
+and the whole-image Poly1305 prove every stored byte authentic (``authenticated``); without
+it only the checksums are checked, and the report says so.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from lamina.backup.image_reader import (
     image_summary,
     location,
     open_image_file,
+    public_summary,
 )
 from lamina.backup.kernel import CancelToken, is_cancelled
 from lamina.errors import CancelledError
@@ -38,10 +43,16 @@ class VerifyReport:
     size: int
     chunks: int
     raw_bytes: int
+    #: A sealed image whose MACs were checked with its key.
+    authenticated: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready report (for ``lamina verify --json``)."""
-        out = image_summary(self.header, self.catalog, self.manifest, self.size)
+        if self.header.sealed and not self.authenticated:  # only what is not secret
+            out = public_summary(self.header, self.manifest, self.size)
+        else:
+            out = image_summary(self.header, self.catalog, self.manifest, self.size,
+                                self.authenticated)
         out["ok"] = True
         return out
 
@@ -67,7 +78,7 @@ def verify_image(source: str | os.PathLike[str] | ImageSource | ReadableStream, 
 
 def _verify(stream: ReadableStream, path: Path | ImageSource | None,
             cancel: CancelToken) -> VerifyReport:
-    reader = ImageReader(stream, path=path)
+    reader = ImageReader(stream, path=path, decrypt=False)
     chunks = 0
     raw = 0
     if is_cancelled(cancel):
@@ -76,7 +87,7 @@ def _verify(stream: ReadableStream, path: Path | ImageSource | None,
         if is_cancelled(cancel):
             raise CancelledError("verify cancelled")
         chunks += 1
-        raw += len(chunk.data)
+        raw += chunk.header.raw_length
     assert reader.manifest is not None and reader.size is not None  # set when chunks() ends
     return VerifyReport(reader.header, reader.catalog, reader.manifest, reader.size, chunks,
-                        raw)
+                        raw, reader.authenticated)

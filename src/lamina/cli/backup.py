@@ -5,6 +5,7 @@ while writers go on (with ``--base``, an incremental layer on top of an earlier 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -25,8 +26,12 @@ from lamina.cli.common import (
     split_tables,
     stdout_is_terminal,
 )
+from lamina.cli.passphrase import password_options
 from lamina.cli.repo import lock_timeout_option
 from lamina.errors import UsageError
+
+if TYPE_CHECKING:
+    from lamina.core.crypto.keyring import Keyring
 
 #: The default driver's table-lock timeout (seconds) when --table-lock-timeout is not given.
 DEFAULT_TABLE_LOCK_TIMEOUT = 30.0
@@ -67,6 +72,22 @@ def _check_driver_tables(driver: str | None, tables: list[str] | None,
                                     "this backup")
 
 
+def _keyring(encrypt: bool) -> Keyring:
+    """The keys of a backup to IMAGE: with ``encrypt``, a new master key that the image
+    carries wrapped under the passphrase (which also opens an encrypted ``--base``)."""
+    from lamina.cli.passphrase import HINT, new_passphrase, standalone_keyring
+    from lamina.core.crypto.keyfile import KeyFile
+    from lamina.core.crypto.keyring import Keyring, SealSpec
+    from lamina.core.crypto.masterkey import MasterKey
+
+    if not encrypt:
+        return standalone_keyring()
+    secret = new_passphrase("backup --encrypt")
+    master = MasterKey.generate()
+    return Keyring(passphrase=lambda: secret, hint=HINT,
+                   seal=SealSpec(master, KeyFile.create(master, secret).encode()))
+
+
 @click.command("backup")
 @click.argument("db", type=click.Path())
 @click.argument("image", required=False)
@@ -104,14 +125,18 @@ def _check_driver_tables(driver: str | None, tables: list[str] | None,
 @click.option("--table-lock-timeout", type=TIMEOUT, default=None,
               help="Seconds the default driver tries to lock its tables (then exit 8) "
                    f"[default: {DEFAULT_TABLE_LOCK_TIMEOUT:g}].")
+@click.option("--encrypt", is_flag=True,
+              help="Encrypt and authenticate the image (AES-256-GCM) under a new key that "
+                   "the image carries, wrapped under a passphrase.")
 @lock_timeout_option
+@password_options
 @progress_option
 @json_option
 def command(db: str, image: str | None, tables: str | None, codec: str, level: int | None,
             repo_path: str | None, full: bool, resume: bool, abandon: bool,
             resume_lease: float | None, base: str | None, driver: str | None,
             vp: str, max_rate: float | None,
-            table_lock_timeout: float | None, lock_timeout: float,
+            table_lock_timeout: float | None, encrypt: bool, lock_timeout: float,
             show_progress: bool | None, as_json: bool) -> None:
     """Back up DB into IMAGE (a new file, or - for stdout), or into a repository with
     --repo (prints the backup id). Ctrl-C or SIGTERM cancels cleanly (exit 10)."""
@@ -126,6 +151,9 @@ def command(db: str, image: str | None, tables: str | None, codec: str, level: i
             if given is not None:
                 raise UsageError(f"{option} cannot be used with --repo (the repository "
                                  "picks the base and takes native backups)")
+        if encrypt:
+            raise UsageError("--encrypt applies to an IMAGE; a repository is encrypted when "
+                             "it is created (lamina repo init --encrypt)")
         from lamina.cli.repo import backup_to_repo
         backup_to_repo(db, image, repo_path, full=full, tables=tables, codec=codec,
                        lock_timeout=lock_timeout, show_progress=show_progress,
@@ -143,8 +171,11 @@ def command(db: str, image: str | None, tables: str | None, codec: str, level: i
         raise UsageError("refusing to write a binary backup image to a terminal; redirect "
                          "stdout (> FILE, | COMMAND) or name an IMAGE file")
 
+    from lamina.core.crypto import keyring as keyrings
+
     target = sys.stdout.buffer if image == "-" else image
-    with cancellation() as cancel, open_database(db) as database, \
+    with keyrings.using(_keyring(encrypt)), cancellation() as cancel, \
+            open_database(db) as database, \
             progress_bar("backup", show_progress, cancel=cancel) as progress:
         _check_driver_tables(driver, table_list, {t.name for t in database.tables()})
         result = online.backup(database, target, tables=table_list, codec=codec,
@@ -167,7 +198,7 @@ def command(db: str, image: str | None, tables: str | None, codec: str, level: i
             emit_json(summary)
         return
     kind = "layer" if base is not None else "image"
-    out(f"{kind} {summary['image_id']} -> {image}")
+    out(f"{'encrypted ' if encrypt else ''}{kind} {summary['image_id']} -> {image}")
     out(f"validity point: commit seq {summary['vp_commit_seq']} at "
         f"{iso_time(summary['vp_time_ns'])} (--vp {vp}; VP age at completion "
         f"{human_ms(result.vp_age_ns)})")

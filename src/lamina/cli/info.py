@@ -16,6 +16,7 @@ from lamina.cli.common import (
     human_value,
     json_option,
 )
+from lamina.cli.passphrase import HINT, password_options, standalone_keyring
 from lamina.core.identity import FILE_NAME as IDENTITY_FILE
 from lamina.errors import NotADatabaseError
 
@@ -37,13 +38,15 @@ def _refuse_directory(image: str) -> None:
 
 @click.command("info")
 @click.argument("image", type=click.Path())
+@password_options
 @json_option
 def command(image: str, as_json: bool) -> None:
-    """Describe a backup image from its header and trailer only."""
+    """Describe a backup image from its header and trailer only. Of an encrypted image
+    without its passphrase: only what is not secret (no tables, drivers or VP facts)."""
     from lamina.backup.image_reader import read_info
 
     _refuse_directory(image)
-    summary = read_info(image).to_json()
+    summary = read_info(image, keyring=standalone_keyring()).to_json()
     if as_json:
         emit_json(summary)
         return
@@ -54,6 +57,9 @@ def command(image: str, as_json: bool) -> None:
     if isinstance(vp, Mapping):
         click.echo(f"vp: commit seq {vp.get('commit_seq')} at "
                    f"{human_value('wall_ns', vp.get('wall_ns'))}")
+    if summary.get("encrypted") and not summary.get("authenticated"):
+        click.echo(f"tables: (encrypted image, not authenticated: {HINT} to see them)")
+        return
     drivers = summary.get("drivers") or []
     click.echo("drivers:" if drivers else "drivers: -")
     for d in drivers:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from lamina.cli.common import emit_json, human_bytes, iso_time, json_option
+from lamina.cli.passphrase import password_options
 from lamina.cli.repo import lock_timeout_option, note_rebuilt, open_repository
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 @click.option("--database", default=None, help="With --points: only this database (id or "
               "prefix).")
 @lock_timeout_option
+@password_options
 @json_option
 def command(repo_path: str, points: bool, database: str | None, lock_timeout: float,
             as_json: bool) -> None:

@@ -52,6 +52,7 @@ COMMANDS = {
     "info": "info",
     "history": "history",
     "repo": "repo",
+    "key": "key",
     "list": "list",
     "prune": "prune",
     "replicate": "replicate",

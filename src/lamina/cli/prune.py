@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from lamina.cli.common import cancellation, emit_json, human_bytes, json_option
+from lamina.cli.passphrase import password_options
 from lamina.cli.repo import lock_timeout_option, note_rebuilt, open_repository
 
 
@@ -18,6 +19,7 @@ from lamina.cli.repo import lock_timeout_option, note_rebuilt, open_repository
               help="Keep the newest backup of each of the N last ISO weeks with backups.")
 @click.option("--dry-run", is_flag=True, help="Only say what would be merged and deleted.")
 @lock_timeout_option
+@password_options
 @json_option
 def command(repo_path: str, keep_last: int, keep_daily: int, keep_weekly: int, dry_run: bool,
             lock_timeout: float, as_json: bool) -> None:

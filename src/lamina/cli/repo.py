@@ -19,6 +19,7 @@ from lamina.cli.common import (
     open_database,
     progress_bar,
 )
+from lamina.cli.passphrase import HINT, current_source, new_passphrase, password_options
 from lamina.errors import UsageError
 
 if TYPE_CHECKING:
@@ -65,10 +66,12 @@ def s3_endpoint() -> str | None:
 
 def open_repository(path: str, lock_timeout: float) -> Repository:
     """Open the repository at ``path``, a directory or ``s3://BUCKET/PREFIX`` (errors
-    become one line and an exit code)."""
+    become one line and an exit code); an encrypted one with the command's passphrase
+    (:mod:`lamina.cli.passphrase`)."""
     from lamina.repository import Repository
 
-    return Repository.open(path, lock_timeout=lock_timeout, s3_endpoint=s3_endpoint())
+    return Repository.open(path, lock_timeout=lock_timeout, s3_endpoint=s3_endpoint(),
+                           passphrase=current_source(), hint=HINT)
 
 
 def note_rebuilt(repo: Repository, reason: str | None) -> None:
@@ -88,22 +91,31 @@ def command() -> None:
 @click.option("--chain-limit", type=click.IntRange(min=0), default=None,
               help="Most layers on one full image before a backup is a full again "
                    "[default: 7].")
+@click.option("--encrypt", is_flag=True,
+              help="Encrypt and authenticate every backup (AES-256-GCM) under a random "
+                   "master key, kept in a key file under a passphrase.")
+@password_options
 @json_option
-def init(repo: str, chain_limit: int | None, as_json: bool) -> None:
+def init(repo: str, chain_limit: int | None, encrypt: bool, as_json: bool) -> None:
     """Create a repository in REPO: a new or empty directory, or s3://BUCKET/PREFIX (the
     bucket is created if missing; endpoint and credentials from the AWS settings)."""
     from lamina.repository import Repository
     from lamina.repository.layout import DEFAULT_CHAIN_LIMIT
 
+    passphrase = new_passphrase("repo init --encrypt") if encrypt else None
     created = Repository.init(repo, chain_limit=DEFAULT_CHAIN_LIMIT if chain_limit is None
-                              else chain_limit, s3_endpoint=s3_endpoint())
+                              else chain_limit, s3_endpoint=s3_endpoint(),
+                              passphrase=passphrase)
+    key = created.keyfile
     if as_json:
         emit_json({"path": created.url,
                    "repository_id": str(created.config.repository_id),
-                   "chain_limit": created.config.chain_limit})
+                   "chain_limit": created.config.chain_limit, "encrypted": encrypt,
+                   "key": None if key is None else key.id})
         return
     click.echo(f"repository {created.config.repository_id} created in {created.url} "
-               f"(chain limit {created.config.chain_limit} layers)")
+               f"(chain limit {created.config.chain_limit} layers"
+               f"{'' if key is None else f', encrypted, key {key.id[:8]}'})")
 
 
 def _check_target(image: str | None, repo_path: str | None, what: str) -> str:
@@ -208,8 +220,10 @@ def verify_repo(image: str | None, repo_path: str | None, *, backup_id: str | No
     else:
         for entry in report.results:
             if entry["ok"]:
+                sealed = ", encrypted, authenticated" if entry["details"].get(
+                    "authenticated") else ""
                 click.echo(f"ok: backup {entry['backup_id']} ({entry['images']} image(s)"
-                           f"{', deep' if deep else ''})")
+                           f"{', deep' if deep else ''}{sealed})")
             else:
                 click.echo(f"FAILED: backup {entry['backup_id']}: {entry['error']}")
         if not report.results:

@@ -17,6 +17,7 @@ from lamina.cli.common import (
     progress_option,
     split_tables,
 )
+from lamina.cli.passphrase import password_options, standalone_keyring
 from lamina.cli.repo import RESTORE_PHASES, lock_timeout_option
 
 
@@ -39,6 +40,7 @@ from lamina.cli.repo import RESTORE_PHASES, lock_timeout_option
               help="Restore a logical (snapshot/default driver) image into this btree page "
                    "size; tables are rebuilt compact.")
 @lock_timeout_option
+@password_options
 @progress_option
 @json_option
 def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
@@ -49,7 +51,6 @@ def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
     Several images -- a full image, then its layers in chain order -- are restored as one
     chain in one pass, to the last one's validity point. With --repo, restore a backup's
     whole chain (the latest, --id or --at). Ctrl-C or SIGTERM cancels cleanly (exit 10)."""
-    from lamina import online
     from lamina.engines.btree import format as btree_format
     from lamina.errors import UsageError
 
@@ -85,6 +86,20 @@ def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
                           lock_timeout=lock_timeout, show_progress=show_progress,
                           as_json=as_json)
         return
+    from lamina.core.crypto import keyring as keyrings
+
+    with keyrings.using(standalone_keyring()):
+        _restore_images(images, dest, table_list, force, page_size, show_progress, as_json)
+
+
+def _restore_images(images: tuple[str, ...], dest: str, table_list: list[str] | None,
+                    force: bool, page_size: int | None, show_progress: bool | None,
+                    as_json: bool) -> None:
+    """Restore image files (or stdin): one image, or a chain."""
+    from lamina import online
+    from lamina.errors import UsageError
+
+    image = images[0]
     if "-" in images and len(images) > 1:
         raise UsageError("'-' (an image from stdin) must be the only IMAGE")
     if image == "-" and sys.stdin.isatty():

@@ -15,6 +15,7 @@ from lamina.cli.common import (
     progress_bar,
     progress_option,
 )
+from lamina.cli.passphrase import password_options, standalone_keyring
 from lamina.cli.repo import VERIFY_PHASES, lock_timeout_option
 
 
@@ -28,6 +29,7 @@ from lamina.cli.repo import VERIFY_PHASES, lock_timeout_option
               help="Verify this repository's chains (every backup, or --id) instead of IMAGE.")
 @click.option("--id", "backup_id", default=None, help="With --repo: the backup to verify.")
 @lock_timeout_option
+@password_options
 @progress_option
 @json_option
 def command(images: tuple[str, ...], deep: bool, repo_path: str | None, backup_id: str | None,
@@ -37,7 +39,6 @@ def command(images: tuple[str, ...], deep: bool, repo_path: str | None, backup_i
     links (exit 11 if broken), every image, and with --deep the Merkle root at the last
     layer's validity point. With --repo, verify each backup's whole chain (exit with the
     first failure's code). Ctrl-C or SIGTERM cancels (exit 10)."""
-    from lamina import online
     from lamina.errors import UsageError
 
     only_with_repo(repo_path, id=backup_id)
@@ -49,6 +50,29 @@ def command(images: tuple[str, ...], deep: bool, repo_path: str | None, backup_i
         verify_repo(image, repo_path, backup_id=backup_id, deep=deep,
                     lock_timeout=lock_timeout, show_progress=show_progress, as_json=as_json)
         return
+    from lamina.core.crypto import keyring as keyrings
+
+    with keyrings.using(standalone_keyring()):
+        _verify_images(images, deep, show_progress, as_json)
+
+
+def _auth_note(report: dict[str, object]) -> str:
+    """What the verification proved of an encrypted image."""
+    if not report.get("encrypted"):
+        return ""
+    if report.get("authenticated"):
+        return "; encrypted, authenticated with its key"
+    return ("; encrypted: checksums only, NOT authenticated (no key given: set "
+            "LAMINA_PASSWORD, or use --password-file or --password-command)")
+
+
+def _verify_images(images: tuple[str, ...], deep: bool, show_progress: bool | None,
+                   as_json: bool) -> None:
+    """Verify image files (or stdin): one image, or a chain."""
+    from lamina import online
+    from lamina.errors import UsageError
+
+    image = images[0]
     if "-" in images and len(images) > 1:
         raise UsageError("'-' (an image from stdin) must be the only IMAGE")
     if image == "-" and sys.stdin.isatty():
@@ -69,7 +93,7 @@ def command(images: tuple[str, ...], deep: bool, repo_path: str | None, backup_i
         deep_note = f", deep: Merkle root {report['root_hash']}" if deep else ""
         click.echo(f"ok: chain of {len(report['images'])} images verified up to image "
                    f"{report['image_id']} (commit seq {report['vp']['commit_seq']}, "
-                   f"{report['chunks']} chunks{deep_note})")
+                   f"{report['chunks']} chunks{deep_note}){_auth_note(report)}")
         return
     source = sys.stdin.buffer if image == "-" else image
     if deep:
@@ -84,7 +108,7 @@ def command(images: tuple[str, ...], deep: bool, repo_path: str | None, backup_i
         emit_json(report)
         return
     click.echo(f"ok: image {report['image_id']} verified ({report['chunks']} chunks, "
-               f"{report['streams']} streams{', deep' if deep else ''})")
+               f"{report['streams']} streams{', deep' if deep else ''}){_auth_note(report)}")
 
 
 def _is_layer(image: str) -> bool:

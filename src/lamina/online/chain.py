@@ -125,7 +125,8 @@ def order_chain(paths: Sequence[ImagePath]) -> list[ImageInfo]:
     Validates every link: exactly one full image; every layer's base image id is the
     previous image's id, its base VP seq that image's VP seq, its btree base txnid that
     image's btree txnid; every image from the same database; no image twice; no two layers
-    on one base (a fork); no layer whose base is missing (a gap). The paths may be given in
+    on one base (a fork); no layer whose base is missing (a gap); all images encrypted or
+    none. The paths may be given in
     any order. Raises ChainError (one line saying which link is broken), NotFoundError (a
     missing file), CorruptionError & co. (a damaged image), UsageError (no paths).
     Reads files only; thread-safe.
@@ -139,6 +140,11 @@ def order_chain(paths: Sequence[ImagePath]) -> list[ImageInfo]:
             raise ChainError(f"image {info.header.image_id} is given twice "
                              f"({ids[info.header.image_id].path}, {info.path})")
         ids[info.header.image_id] = info
+    sealed = {i.header.sealed for i in infos}
+    if len(sealed) > 1:
+        plain = next(i for i in infos if not i.header.sealed)
+        raise ChainError(f"encrypted and unencrypted images never mix in one chain: "
+                         f"{plain.path.name} is not encrypted, others are")
     fulls = [i for i in infos if i.manifest.kind == image_format.ImageKind.FULL]
     if not fulls:
         first = infos[0]
@@ -674,16 +680,22 @@ def verify_chain(paths: Sequence[ImagePath], *, deep: bool = False,
                                   "wall_ns": infos[-1].vp.wall_ns},
                            "root_hash": infos[-1].manifest.root_hash.hex(),
                            "btree_root_hash": _btree(_facts(infos[-1])).root_hash.hex()}
+    encrypted = infos[0].header.sealed  # all or none (order_chain)
+    out.update(encrypted=encrypted, authenticated=encrypted)  # deep: every chunk opened
     if not deep:
         total = sum(i.size for i in infos)
         done = chunks = 0
+        authenticated = True
         for info in infos:
             report = verify_image(info.path, cancel=cancel)
             chunks += report.chunks
             done += report.size
+            authenticated = authenticated and report.authenticated
             if progress is not None:
                 progress(done, total)
-        out["chunks"] = chunks
+        out.update(chunks=chunks, authenticated=encrypted and authenticated)
+        if encrypted and not authenticated:
+            del out["root_hash"]  # a VP fact: not shown without the key
         return out
     plan = _plan(infos)
     with tempfile.TemporaryDirectory(prefix="lamina-verify-") as tmp:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from lamina.backup.image_reader import ImageLocation, read_info
 from lamina.backup.kernel import BaseImageRef
+from lamina.core.crypto import keyring
 from lamina.core.driver import BackupFlags, DriverGroup, VpFacts
 from lamina.database import Database
 from lamina.engines.btree.facts import base_txnid_of
@@ -37,11 +38,19 @@ def layer_base(db: Database, base: ImageLocation,
     at or before the restore's VP (a later image of the source is another history: a layer
     on it would mix both). It must not be newer than the database's current state (VP
     commit seq and btree txnid at most the current ones) and must be chainable (native
-    drivers only). Raises NotFoundError (no base file), ChainError (another database,
+    drivers only), and encrypted exactly when the layer will be (the current keyring seals).
+    Raises NotFoundError (no base file), ChainError (another database,
     another history, a newer base, a logical base, no btree data), CorruptionError & co.
     (a damaged base, or VP facts missing from it).
     """
     info = read_info(base)
+    ring = keyring.current()
+    sealing = ring is not None and ring.seal is not None
+    if info.header.sealed != sealing:
+        state = "is" if info.header.sealed else "is not"
+        raise ChainError(f"base image {info.path.name} {state} encrypted, the layer would "
+                         f"{'not ' if not sealing else ''}be: encrypted and unencrypted images "
+                         "never mix in one chain")
     logical = sorted({d.name for d in info.catalog.drivers} - set(CHAIN_DRIVERS))
     if logical:
         raise ChainError(f"base image {info.path.name} was taken with the "

@@ -170,6 +170,7 @@ def describe(result: BackupResult) -> dict[str, Any]:
             "path": str(result.path) if result.path else None,
             "vp_commit_seq": result.vp.commit_seq, "vp_time_ns": result.vp.wall_ns,
             "bytes": result.size, "raw_bytes": result.raw_bytes, "drivers": drivers,
+            "encrypted": result.header.sealed,
             "seconds": result.elapsed_ns / 1e9,
             "blocker_held_ms": result.blocker_held_ns / 1e6,
             "blocker_wait_ms": result.blocker_wait_ns / 1e6,

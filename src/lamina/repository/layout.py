@@ -7,6 +7,7 @@ A repository is a set of objects addressed by keys (``/``-separated, see
     images/<backup-id>.lamina   one backup image per backup (published only when complete)
     index.json                  derived data: one record per image (see index.py)
     locks/...                   lease objects of the repository lock (see lock.py)
+    keys/<key-id>.json          an encrypted repository's key files (one per passphrase)
 
 A local repository also has ``tmp/`` (prune's staging of synthetic fulls, never listed)
 and ``uploads/`` (resumable uploads of images being written, never listed); neither holds
@@ -15,8 +16,10 @@ committed data. An ``s3://BUCKET/PREFIX`` repository keeps key ``K`` in the obje
 ``uploads/NAME`` object describing it).
 
 The config file is canonical JSON (sorted keys, no whitespace) of an object holding
-``magic``, ``version``, ``repository_id``, ``created_ns``, ``chain_limit`` and
-``checksum`` = ``xxh3_64`` (hex, 16 digits) of the canonical JSON of every other field.
+``magic``, ``version``, ``repository_id``, ``created_ns``, ``chain_limit``, for an encrypted
+repository ``encryption`` = ``{"cipher": "aes-256-gcm", "key_id": HEX}`` (the master key's
+id: every image must be sealed under it), and ``checksum`` = ``xxh3_64`` (hex, 16 digits)
+of the canonical JSON of every other field.
 It is read in the order magic (else NotADatabaseError), version (newer: VersionError),
 checksum (CorruptionError), then the fields.
 """
@@ -26,7 +29,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import xxhash
@@ -48,6 +51,11 @@ IMAGE_SUFFIX = ".lamina"
 INDEX_KEY = "index.json"
 INDEX_MAGIC = "LAMINA-REPOSITORY-INDEX"
 INDEX_VERSION = 1
+
+#: Key files of an encrypted repository: ``keys/<key-file-id>.json``.
+KEYS_PREFIX = "keys/"
+KEY_SUFFIX = ".json"
+CIPHER = "aes-256-gcm"
 
 #: Local-only staging directory (not objects); the prefix of the lease objects.
 STAGING_DIR = "tmp"
@@ -96,13 +104,21 @@ class RepoConfig:
     repository_id: uuid.UUID
     created_ns: int
     chain_limit: int = DEFAULT_CHAIN_LIMIT
+    #: The master key's id of an encrypted repository (None: not encrypted).
+    key_id: bytes | None = None
+
+    @property
+    def encrypted(self) -> bool:
+        """True for an encrypted repository."""
+        return self.key_id is not None
 
     @classmethod
-    def new(cls, chain_limit: int = DEFAULT_CHAIN_LIMIT) -> RepoConfig:
+    def new(cls, chain_limit: int = DEFAULT_CHAIN_LIMIT,
+            key_id: bytes | None = None) -> RepoConfig:
         """A fresh config (new repository id, now). Raises UsageError for a bad limit."""
         if chain_limit < 0:
             raise UsageError("the chain limit must be 0 or more layers")
-        return cls(uuid.uuid4(), time.time_ns(), chain_limit)
+        return cls(uuid.uuid4(), time.time_ns(), chain_limit, key_id)
 
     def encode(self) -> bytes:
         """The config file's bytes."""
@@ -110,6 +126,8 @@ class RepoConfig:
                                 "repository_id": str(self.repository_id),
                                 "created_ns": self.created_ns,
                                 "chain_limit": self.chain_limit}
+        if self.key_id is not None:
+            body["encryption"] = {"cipher": CIPHER, "key_id": self.key_id.hex()}
         return canonical_json({**body, "checksum": checksum(body)}) + b"\n"
 
     @classmethod
@@ -141,4 +159,14 @@ class RepoConfig:
             raise CorruptionError(f"repository config field: {exc}", path=where) from exc
         if config.chain_limit < 0:
             raise CorruptionError("repository config chain_limit is negative", path=where)
+        if "encryption" in obj:
+            enc = obj["encryption"]
+            try:
+                key_id = bytes.fromhex(enc["key_id"]) if enc.get("cipher") == CIPHER else b""
+            except (AttributeError, TypeError, ValueError):
+                key_id = b""
+            if len(key_id) != 16:
+                raise CorruptionError("repository config encryption field is invalid",
+                                      path=where)
+            config = replace(config, key_id=key_id)
         return config

@@ -10,6 +10,11 @@ Concurrency: any number of processes and threads may use one repository. ``backu
 and each waits at most ``lock_timeout`` seconds (then LockedError). A backup publishes its
 image and the index entry together under the index lock, so readers see both or neither.
 
+Encryption (``init(passphrase=...)``): every image is sealed under the repository's master
+key (:mod:`lamina.backup.sealing`), whose key files live under ``keys/``
+(:mod:`lamina.repository.keys`); :meth:`Repository.open` unlocks it with a passphrase, and
+every operation then refuses an image that is not sealed under it (AuthenticationError).
+
 Crash safety: an image is streamed into the storage's writer (a temporary file, or a
 multipart upload) and published (atomic rename, or the upload's completion) only when
 complete, so a half-written backup is never listed; the index is derived data, rebuilt from
@@ -37,9 +42,14 @@ from lamina.backup import image_format as F
 from lamina.backup.image_reader import ImageLocation
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, is_cancelled
 from lamina.core import fileio, pins
+from lamina.core.crypto import keyring as keyrings
+from lamina.core.crypto.keyfile import KeyFile
+from lamina.core.crypto.keyring import Keyring, PassphraseSource, SealSpec
+from lamina.core.crypto.masterkey import MasterKey
 from lamina.database import Database
 from lamina.errors import (
     AlreadyExistsError,
+    AuthenticationError,
     CancelledError,
     ChainError,
     CorruptionError,
@@ -61,6 +71,7 @@ from lamina.repository.index import (
     load_index,
     save_index,
 )
+from lamina.repository.keys import RepoKeys
 from lamina.repository.layout import RepoConfig
 from lamina.repository.lock import RepositoryLock
 from lamina.repository.policy import KeepPolicy
@@ -232,20 +243,38 @@ class Repository:
 
     Create one with :meth:`init`, open one with :meth:`open` (a directory path, or an
     ``s3://BUCKET/PREFIX`` URL). The object holds no open files or locks between calls;
-    it may be shared by threads.
+    it may be shared by threads. An encrypted repository's object holds its master key
+    (:attr:`master`) and the key file that opened it.
     """
 
     def __init__(self, storage: Storage, config: RepoConfig, *,
                  lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
-                 lease_ttl: float | None = None) -> None:
+                 lease_ttl: float | None = None,
+                 master: MasterKey | None = None, keyfile: KeyFile | None = None) -> None:
         self.storage = storage
         self.config = config
         self.locks = RepositoryLock(storage, storage.url, lock_timeout, lease_ttl)
+        self.master = master
+        self.keyfile = keyfile
+        if config.encrypted and (master is None or master.key_id != config.key_id):
+            raise AuthenticationError(f"authentication failed: repository {storage.url} "
+                                      "is encrypted and the key given is not its key")
+        #: What every operation reads and writes images with: the master key, sealing new
+        #: images, refusing unsealed ones; for a plaintext repository, no key at all.
+        self.keyring = Keyring() if master is None else Keyring(
+            seal=SealSpec(master), required=f"repository {storage.url} is encrypted")
 
     @property
     def url(self) -> str:
         """Where the repository is: its directory, or ``s3://bucket/prefix``."""
         return self.storage.url
+
+    @property
+    def keys(self) -> RepoKeys:
+        """The key files (UsageError for a repository that is not encrypted)."""
+        if self.config.key_id is None:
+            raise UsageError(f"repository {self.url} is not encrypted: it has no keys")
+        return RepoKeys(self.storage, self.config.key_id)
 
     @property
     def path(self) -> Path:
@@ -258,21 +287,27 @@ class Repository:
     @classmethod
     def init(cls, path: str | os.PathLike[str], *, chain_limit: int = L.DEFAULT_CHAIN_LIMIT,
              lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
-             s3_endpoint: str | None = None) -> Repository:
+             s3_endpoint: str | None = None,
+             passphrase: bytes | None = None) -> Repository:
         """Create a repository at ``path`` (a new or empty directory; or an ``s3://``
-        URL: the bucket is created if missing, the prefix must hold nothing) and return it.
+        URL: the bucket is created if missing, the prefix must hold nothing) and return it;
+        with ``passphrase``, an encrypted one: a random master key and one key file
+        wrapping it under ``passphrase``.
 
         The config object is written last, so an interrupted init leaves no repository.
         Raises AlreadyExistsError (a repository or other objects are there), UsageError
-        (bad chain limit or URL), StorageError, AccessDeniedError.
+        (bad chain limit or URL, an empty passphrase), StorageError, AccessDeniedError.
         """
-        config = RepoConfig.new(chain_limit)
+        if passphrase is not None and not passphrase:
+            raise UsageError("the passphrase is empty")
+        master = None if passphrase is None else MasterKey.generate()
+        config = RepoConfig.new(chain_limit, None if master is None else master.key_id)
         storage = open_storage(path, s3_endpoint=s3_endpoint)
         storage.create_container()
         if storage.exists(L.CONFIG_KEY):
             raise AlreadyExistsError(f"{storage.url} is a Lamina repository already")
         allowed = (L.INDEX_KEY, L.IMAGES_PREFIX, f"{L.LOCKS_DIR}/", f"{L.STAGING_DIR}/",
-                   f"{L.UPLOADS_DIR}/")
+                   f"{L.UPLOADS_DIR}/", L.KEYS_PREFIX)
         if any(not s.key.startswith(allowed) for s in storage.list("")) or (
                 isinstance(storage, LocalStorage) and _foreign_entries(storage.root)):
             raise AlreadyExistsError(f"{storage.url} exists and is not empty")
@@ -280,19 +315,27 @@ class Repository:
             for sub in (L.IMAGES_PREFIX.rstrip("/"), L.STAGING_DIR, L.LOCKS_DIR):
                 fileio.mkdir(storage.root / sub, exist_ok=True)
         save_index(storage, Index([]))
+        keyfile = None
+        if master is not None and passphrase is not None and config.key_id is not None:
+            keyfile = RepoKeys(storage, config.key_id).add(master, passphrase)
         storage.put_bytes(L.CONFIG_KEY, config.encode())
-        return cls(storage, config, lock_timeout=lock_timeout)
+        return cls(storage, config, lock_timeout=lock_timeout, master=master, keyfile=keyfile)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *,
              lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
-             s3_endpoint: str | None = None, lease_ttl: float | None = None) -> Repository:
-        """Open the repository at ``path`` (a directory, or an ``s3://`` URL).
+             s3_endpoint: str | None = None, lease_ttl: float | None = None,
+             passphrase: PassphraseSource | None = None,
+             hint: str = "give its passphrase") -> Repository:
+        """Open the repository at ``path`` (a directory, or an ``s3://`` URL); an
+        encrypted one is unlocked with ``passphrase()`` (called only then; ``hint`` says
+        how to give one, in errors).
 
         Raises NotFoundError (no such directory, or nothing under the S3 prefix),
         NoSuchBucketError, AccessDeniedError, NotADatabaseError (a directory or prefix
         that holds something else than a repository), VersionError (a repository of a
-        newer format), CorruptionError (damaged config), StorageError.
+        newer format), CorruptionError (damaged config or key file), AuthenticationError
+        (encrypted, and no passphrase or a wrong one), StorageError.
         """
         storage = open_storage(path, s3_endpoint=s3_endpoint)
         storage.check_container()
@@ -306,12 +349,32 @@ class Repository:
                                     f"{L.CONFIG_KEY}; create one with 'lamina repo init')"
                                     ) from None
         config = RepoConfig.decode(data, f"{storage.url}/{L.CONFIG_KEY}")
-        return cls(storage, config, lock_timeout=lock_timeout, lease_ttl=lease_ttl)
+        if config.key_id is None:
+            if storage.list(L.KEYS_PREFIX):  # a config stripped of its encryption field
+                raise AuthenticationError(f"authentication failed: repository {storage.url} "
+                                          "holds key files but its config says it is not "
+                                          "encrypted (the config was changed)")
+            return cls(storage, config, lock_timeout=lock_timeout, lease_ttl=lease_ttl)
+        secret = None if passphrase is None else passphrase()
+        if secret is None:
+            raise AuthenticationError(f"repository {storage.url} is encrypted: no passphrase "
+                                      f"given ({hint})")
+        master, keyfile = RepoKeys(storage, config.key_id).unlock(secret)
+        return cls(storage, config, lock_timeout=lock_timeout, lease_ttl=lease_ttl,
+                   master=master, keyfile=keyfile)
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
     def _shared(self, operation: str, cancel: CancelToken = None) -> Iterator[None]:
-        with self.locks.repository(exclusive=False, operation=operation, cancel=cancel):
+        with self.locks.repository(exclusive=False, operation=operation, cancel=cancel), \
+                keyrings.using(self.keyring):
+            yield
+
+    @contextlib.contextmanager
+    def exclusive(self, operation: str, cancel: CancelToken = None) -> Iterator[None]:
+        """Hold the repository lock alone (prune, key changes), with its keys current."""
+        with self.locks.repository(exclusive=True, operation=operation, cancel=cancel), \
+                keyrings.using(self.keyring):
             yield
 
     def _load(self) -> tuple[Index, str | None]:
@@ -525,7 +588,7 @@ class Repository:
         is deleted. Ids not in the repository are skipped (deletes are idempotent, so a
         re-run after a crash finishes the job). Raises LockedError, StorageError.
         """
-        with self.locks.repository(exclusive=True, operation="forget"):
+        with self.exclusive("forget"):
             index, _ = self._load()
             doomed = {i for i in backup_ids if i in index.records}
             damaged = [r for r in index.records.values() if r.error is not None]
@@ -558,7 +621,7 @@ class Repository:
         returned as it is). Holds the repository lock exclusively. Raises NotFoundError,
         ChainError, CorruptionError & co., CancelledError, LockedError, StorageError; on
         any error the layer stays as it was."""
-        with self.locks.repository(exclusive=True, operation="merge"):
+        with self.exclusive("merge"):
             index, _ = self._load()
             record = index.find(backup_id)
             if not record.is_layer:
@@ -612,7 +675,7 @@ class Repository:
         (``cancel``, checked before the work starts and before every chunk a merge reads:
         the repository is then as after any failed merge).
         """
-        with self.locks.repository(exclusive=True, operation="prune", cancel=cancel):
+        with self.exclusive("prune", cancel=cancel):
             index, rebuilt = self._load()
             damaged = sorted((r for r in index.records.values() if r.error is not None),
                              key=lambda r: str(r.backup_id))
