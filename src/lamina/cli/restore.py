@@ -17,7 +17,7 @@ from lamina.cli.common import (
     progress_option,
     split_tables,
 )
-from lamina.cli.repo import RESTORE_PHASES, lock_timeout_option
+from lamina.cli.repo import RESTORE_PHASES, lock_timeout_option, proven_note
 
 
 @click.command("restore")
@@ -38,13 +38,16 @@ from lamina.cli.repo import RESTORE_PHASES, lock_timeout_option
 @click.option("--page-size", type=click.IntRange(min=1), default=None,
               help="Restore a logical (snapshot/default driver) image into this btree page "
                    "size; tables are rebuilt compact.")
+@click.option("--check", "run_check", is_flag=True,
+              help="Also run the whole checker (key order, counts, free list) before "
+                   "publishing; the root hash is always proven.")
 @lock_timeout_option
 @progress_option
 @json_option
 def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
             repo_path: str | None, backup_id: str | None, at: str | None,
-            database: str | None, page_size: int | None, lock_timeout: float,
-            show_progress: bool | None, as_json: bool) -> None:
+            database: str | None, page_size: int | None, run_check: bool,
+            lock_timeout: float, show_progress: bool | None, as_json: bool) -> None:
     """Restore IMAGE (a file, or - for stdin) into DEST; published only once proven.
     Several images -- a full image, then its layers in chain order -- are restored as one
     chain in one pass, to the last one's validity point. With --repo, restore a backup's
@@ -70,7 +73,7 @@ def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
         restore_from_repo(image, repo_path, dest, backup_id=backup_id, at=at,
                           database=database, tables=table_list, force=force,
                           lock_timeout=lock_timeout, show_progress=show_progress,
-                          as_json=as_json)
+                          as_json=as_json, check=run_check)
         return
     if "-" in images and len(images) > 1:
         raise UsageError("'-' (an image from stdin) must be the only IMAGE")
@@ -85,14 +88,16 @@ def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
                 progress_bar("restore", show_progress, cancel=cancel,
                              phases=RESTORE_PHASES) as progress:
             summary = online.restore_chain(list(images), dest, tables=table_list,
-                                           force=force, progress=progress, cancel=cancel)
+                                           force=force, progress=progress, cancel=cancel,
+                                           check=run_check)
     else:
         source = sys.stdin.buffer if image == "-" else image
         with cancellation() as cancel, \
                 progress_bar("restore", show_progress, cancel=cancel,
                              phases=RESTORE_PHASES) as progress:
             summary = online.restore(source, dest, tables=table_list, force=force,
-                                     progress=progress, cancel=cancel, page_size=page_size)
+                                     progress=progress, cancel=cancel, page_size=page_size,
+                                     check=run_check)
     for cleaned in summary.cleaned:  # what killed restores to DEST left behind
         click.echo(f"lamina: {cleaned}", err=True)
     if as_json:
@@ -102,8 +107,8 @@ def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
     what = f"chain of {len(images)} images" if len(images) > 1 else "image"
     click.echo(f"restored {what} {info['image_id']} into {dest}: state at commit seq "
                f"{info['vp_commit_seq']} ({iso_time(info['vp_time_ns'])}), "
-               f"{len(info['tables'])} table(s), {info['seconds']:.2f} s; root hash and "
-               "checker verified")
+               f"{len(info['tables'])} table(s), {info['seconds']:.2f} s; "
+               f"{proven_note(run_check or len(images) > 1)}")
 
 
 def _is_chain(images: tuple[str, ...]) -> bool:

@@ -100,7 +100,15 @@ class BtreeRestoreDriver(RestoreDriver):
 
     def _header(self, header: StreamHeader) -> None:
         self.meta = header.meta
-        self._proof = MerkleProof(header.meta, "btree stream")
+        # Overflow payloads are read back from the written file (the pending run is always
+        # flushed before the proof finishes); without a file the proof spools them.
+        read = self._read_written if self._fd is not None else None
+        self._proof = MerkleProof(header.meta, "btree stream", read)
+
+    def _read_written(self, pgno: int) -> bytes:
+        assert self._fd is not None and self.meta is not None
+        ps = self.meta.page_size
+        return fileio.pread(self._fd, ps, pgno * ps, self.path)
 
     def _page(self, pgno: int, page: bytes) -> None:
         proof, meta = self._proof, self.meta
@@ -130,6 +138,7 @@ class BtreeRestoreDriver(RestoreDriver):
         self._reader.finish()
         meta, proof = self.meta, self._proof
         assert meta is not None and proof is not None
+        self._flush()
         proof.finish()
         self._check_facts(meta)
         for t in self._tables:
@@ -189,6 +198,8 @@ class BtreeRestoreDriver(RestoreDriver):
         """Close and remove the data file this driver created; never raises (ERROR with
         ``error`` set if the file could not be removed)."""
         result = Result.OK
+        if self._proof is not None:
+            self._proof.close()
         fd, self._fd = self._fd, None
         if fd is not None:
             with contextlib.suppress(StorageError):
