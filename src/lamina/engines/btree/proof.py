@@ -35,6 +35,15 @@ from lamina.engines.btree.page import Branch, Leaf, OverflowRef, decode_node
 from lamina.errors import CorruptionError, LaminaError
 
 
+_U16 = struct.Struct("<H")
+#: The value lengths of catalog entries (an archive table's, a btree table's with its root).
+_CATALOG_VLENS = (20, 20 + btree_format.ROOT_SIZE)
+
+
+def _at(where: str | Callable[[], str]) -> str:
+    return where if isinstance(where, str) else where()
+
+
 #: Overflow payload bytes a proof without ``read_page`` keeps in memory before it spills
 #: them to a temporary file.
 SPOOL_MEMORY = 64 << 20
@@ -132,12 +141,14 @@ class MerkleProof:
         if digest is not None and self.index.digest(i) != digest:
             raise self.bad(f"page hash differs from {by}'s record (Merkle mismatch)", pgno)
 
-    def page(self, pgno: int, page: bytes, digest: bytes, where: str) -> None:
+    def page(self, pgno: int, page: bytes, digest: bytes,
+             where: str | Callable[[], str]) -> None:
         """Account for one received page: ``digest`` is its blake2b-128 (page hash) and
         the stream reader verified its checksum, page number (increasing, inside the
         snapshot), txnid (1 .. the VP's) and type (a tree page). ``where`` locates it in
-        the stream for error messages. Raises CorruptionError (a reference that does not
-        match, a page that does not decode, a child newer than its parent)."""
+        the stream for error messages (a callable: asked only for an error). Raises
+        CorruptionError (a reference that does not match, a page that does not decode, a
+        child newer than its parent)."""
         _c, ptxn, _p, ptype, flags, nkeys, aux, nxt = btree_format.HEADER.unpack_from(page)
         self.index.add(pgno, ptxn, ptype, digest)
         ref = self.pending.pop(pgno, None)
@@ -146,7 +157,7 @@ class MerkleProof:
             self._match(len(self.index.pgnos) - 1, pgno, ref[0], ref[1], ref[2])
         if ptype == btree_format.PAGE_OVERFLOW:
             if aux > len(page) - btree_format.HEADER_SIZE:
-                raise self.bad("overflow page payload runs past the page", pgno, where)
+                raise self.bad("overflow page payload runs past the page", pgno, _at(where))
             self.overflow_next[pgno] = (nxt, aux)
             if self._read_page is None:
                 self._spool_payload(pgno, page, aux)
@@ -157,7 +168,7 @@ class MerkleProof:
         try:
             node = decode_node(page, pgno, ptxn, None)
         except CorruptionError as exc:
-            raise self.bad(exc.what, pgno, where) from exc
+            raise self.bad(exc.what, pgno, _at(where)) from exc
         if isinstance(node, Branch):
             kids: list[int] = []
             for kid, h in zip(node.kids, node.hashes):
@@ -187,11 +198,14 @@ class MerkleProof:
 
     @staticmethod
     def _maybe_catalog(page: bytes, n: int) -> bool:
-        """Cheap filter: every value is as long as a catalog entry (20 or 20 + 40 bytes)."""
+        """Cheap filter: every value is as long as a catalog entry (20 or 20 + 40 bytes);
+        the first value's length decides for nearly every user leaf."""
         if n == 0 or btree_format.HEADER_SIZE + 4 * n > len(page):
             return False
+        if _U16.unpack_from(page, btree_format.HEADER_SIZE + 2 * n)[0] not in _CATALOG_VLENS:
+            return False
         vlens = struct.unpack_from(f"<{n}H", page, btree_format.HEADER_SIZE + 2 * n)
-        return all(v in (20, 20 + btree_format.ROOT_SIZE) for v in vlens)
+        return all(v in _CATALOG_VLENS for v in vlens)
 
     def _spool_payload(self, pgno: int, page: bytes, aux: int) -> None:
         if self._spool is None:
