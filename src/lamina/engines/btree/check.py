@@ -197,7 +197,7 @@ class _Checker:
                                                                          page[first:kend])))
         else:
             offs = list(accumulate(klens, initial=first))
-            keys = [page[a:b] for a, b in zip(offs, offs[1:])]
+            keys = [page[a:b] for a, b in pairwise(offs)]
         self.keys_in_order(label, where, keys, lo, hi)
         for ref in refs:
             self.overflow(label, ref, txnid)

@@ -176,6 +176,19 @@ class Pager:
         off = pgno * self.page_size
         return m[off: off + self.page_size]
 
+    def read_run(self, pgno: int, count: int) -> bytes:
+        """The raw bytes of ``count`` pages from ``pgno`` on, in one slice (shorter if the
+        file ends first)."""
+        end = pgno + count
+        if end > self._map_pages:
+            self._remap(end)
+            if end > self._map_pages:
+                return fileio.pread(self.fd, count * self.page_size, pgno * self.page_size,
+                                    self.path)
+        m = self._map
+        assert m is not None
+        return m[pgno * self.page_size:end * self.page_size]
+
     def node(self, ref: Ref) -> Node:
         """The decoded clean node for ``ref = (pgno, txnid)``; CorruptionError if damaged."""
         node = self._cache.get(ref)

@@ -34,7 +34,6 @@ from lamina.engines.btree import format as btree_format
 from lamina.engines.btree.page import Branch, Leaf, OverflowRef, decode_node
 from lamina.errors import CorruptionError, LaminaError
 
-
 _U16 = struct.Struct("<H")
 #: The value lengths of catalog entries (an archive table's, a btree table's with its root).
 _CATALOG_VLENS = (20, 20 + btree_format.ROOT_SIZE)
