@@ -248,7 +248,7 @@ class ArchiveTable:
             raise ReadOnlyError(f"archive table {self.name!r} is open read-only")
 
     # ================================================================ writes
-    def writer(self, timeout: float | None | EllipsisType = ...) -> Appender:
+    def writer(self, timeout: float | EllipsisType | None = ...) -> Appender:
         """Take the table writer lock (waiting up to ``timeout`` seconds; None = forever;
         omitted: :attr:`lock_timeout`) and return an :class:`Appender` holding it, whose
         commits wait up to :attr:`lock_timeout` while a default backup driver holds the

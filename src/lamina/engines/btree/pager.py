@@ -177,17 +177,10 @@ class Pager:
         return m[off: off + self.page_size]
 
     def read_run(self, pgno: int, count: int) -> bytes:
-        """The raw bytes of ``count`` pages from ``pgno`` on, in one slice (shorter if the
-        file ends first)."""
-        end = pgno + count
-        if end > self._map_pages:
-            self._remap(end)
-            if end > self._map_pages:
-                return fileio.pread(self.fd, count * self.page_size, pgno * self.page_size,
-                                    self.path)
-        m = self._map
-        assert m is not None
-        return m[pgno * self.page_size:end * self.page_size]
+        """The raw bytes of ``count`` pages from ``pgno`` on, in one ``pread`` (shorter if
+        the file ends first). Not through the map: a whole-file pass (a full backup) would
+        otherwise keep every page it touched resident in this process."""
+        return fileio.pread(self.fd, count * self.page_size, pgno * self.page_size, self.path)
 
     def node(self, ref: Ref) -> Node:
         """The decoded clean node for ``ref = (pgno, txnid)``; CorruptionError if damaged."""
