@@ -293,15 +293,13 @@ class PageStreamReader:
         count = min(header.page_count - self.pages, len(self._buf) // ps)
         if not count:
             return
-        # One copy of the whole run (the callbacks keep pages); per page only the checks.
-        run = bytes(memoryview(self._buf)[:count * ps])
         unpack, on_page, last = btree_format.HEADER.unpack_from, self.on_page, self._last_pgno
         xxh3_64, zero8 = xxhash.xxh3_64, _ZERO8
-        view = memoryview(run)
+        view = memoryview(self._buf)
         used = 0
         try:
             for used in range(0, count * ps, ps):
-                page = run[used:used + ps]
+                page = bytes(view[used:used + ps])  # the one copy: the callbacks keep it
                 # Checksum first: no header field is trusted before it passed.
                 h = xxh3_64(zero8)
                 h.update(view[used + 8:used + ps])
