@@ -15,6 +15,14 @@ a SQLite database and an LMDB environment — then times, with the page cache wa
 and reports each as MB/s of *database* bytes, the ratio to ``cp``, and the longest time the
 commit blocker was held. Medians over ``--repeat`` runs. Prints a table, writes JSON.
 
+Then, one run each, the incremental story beside file-level backup tools on the same
+database directory: restic (Debian's ``restic``) and borg (``borgbackup``, the bench
+extra; or Debian's), each skipped with a message when absent — an initial backup, the next
+backup after 0.1 % and after 1 % of the keys changed (time, bytes the repository grew),
+and a restore of the latest; beside Lamina's full image, its layers and the restore of the
+chain. restic and borg copy the live files without a consistent cut: run while a writer
+commits, they may store a torn database; Lamina's images are the state at one VP.
+
     .venv/bin/python bench/backup.py               # ~1 GiB
     .venv/bin/python bench/backup.py --size-mb 100 # quick
 """
@@ -28,6 +36,7 @@ import random
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -219,6 +228,7 @@ def run(root: Path, keys: int, rows: int, args: argparse.Namespace) -> None:
                             lambda: None)
             record(f"lamina verify --deep ({codec})", secs, src_bytes)
     clean()
+    incremental = peers_incremental(root, paths["lamina"], keys)
     cp_rate = results[0]["mb_per_s"]
     by_name = {r["name"]: r for r in results}
     print(f"\n{'operation':42} {'seconds':>8} {'MB/s':>8} {'x cp':>6}  notes")
@@ -237,10 +247,117 @@ def run(root: Path, keys: int, rows: int, args: argparse.Namespace) -> None:
               f"{r['ratio_to_cp']:6.2f}  {', '.join(notes)}")
     print(f"\ncommit blocker held (max over backups): {max(blocker_ms):.3f} ms")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    print_incremental(incremental)
     args.out.write_text(json.dumps({"keys": keys, "rows": rows, "repeat": args.repeat,
                                     "lamina_bytes": src_bytes, "results": results,
-                                    "blocker_held_ms_max": max(blocker_ms)}, indent=2))
+                                    "blocker_held_ms_max": max(blocker_ms),
+                                    "incremental": incremental,
+                                    "load": os.getloadavg()[0]}, indent=2))
     print(f"wrote {args.out}")
+
+
+def change_keys(db_path: Path, keys: int, fraction: float, seed: int) -> int:
+    """Overwrite ``fraction`` of the keys (random ones) in one commit; returns how many."""
+    rng = random.Random(seed)
+    n = max(1, int(keys * fraction))
+    with lamina.open(db_path, create=False) as db, db.write() as txn:
+        table = txn.table("kv")
+        for i in rng.sample(range(keys), n):
+            table.put(_key(i), b"changed %d" % seed + bytes(VALUE_BYTES - 12))
+    return n
+
+
+def _run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def _peer_commands(tool: str, repo: Path) -> tuple[dict[str, str], Callable[..., list[str]]]:
+    env = {**os.environ, "RESTIC_PASSWORD": "bench", "BORG_PASSPHRASE": "",
+           "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+           "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
+
+    def restic(op: str, *a: str) -> list[str]:
+        return ["restic", "--repo", str(repo), "--quiet", op, *a]
+
+    def borg(op: str, *a: str) -> list[str]:
+        return ["borg", op, *a]
+
+    return env, restic if tool == "restic" else borg
+
+
+def peers_incremental(root: Path, db_path: Path, keys: int) -> dict[str, Any]:
+    """Initial backup, next backups after 0.1 % and 1 % changed keys, and restore: Lamina
+    (full image, layers, chain restore) beside restic and borg on the same directory."""
+    steps = [("initial", 0.0), ("after 0.1 % changed", 0.001), ("after 1 % changed", 0.01)]
+    out: dict[str, Any] = {"tools": {}, "skipped": {}}
+    work = root / "incremental"
+    work.mkdir()
+    tools = ["lamina"]
+    for tool, binary in (("restic", "restic"), ("borg", "borg")):
+        if shutil.which(binary) is None:
+            out["skipped"][tool] = f"{binary} not installed"
+            print(f"skipping {tool}: `{binary}` not found (restic: apt install restic; borg: "
+                  "the bench extra or apt install borgbackup)")
+        else:
+            tools.append(tool)
+    rows: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
+    images: list[Path] = []
+    for n, (label, fraction) in enumerate(steps):
+        changed = change_keys(db_path, keys, fraction, n) if fraction else 0
+        for tool in tools:
+            repo = work / f"{tool}-repo"
+            if tool == "lamina":
+                image = work / f"lamina-{n}.lamina"
+                start = time.perf_counter()
+                with lamina.open(db_path, create=False) as db:
+                    online.backup(db, image, **({"base": images[-1]} if images else {}))
+                secs = time.perf_counter() - start
+                images.append(image)
+                added = image.stat().st_size
+            else:
+                env, cmd = _peer_commands(tool, repo)
+                if n == 0:
+                    _run(cmd("init") if tool == "restic"
+                         else cmd("init", "--encryption=none", str(repo)), env)
+                before = dir_bytes(repo)
+                secs = _run(cmd("backup", str(db_path)) if tool == "restic"
+                            else cmd("create", f"{repo}::b{n}", str(db_path)), env)
+                added = dir_bytes(repo) - before
+            rows[tool].append({"step": label, "keys_changed": changed, "seconds": secs,
+                               "bytes_added": added})
+    for tool in tools:
+        dest = work / f"{tool}-restored"
+        if tool == "lamina":
+            start = time.perf_counter()
+            online.restore_chain(images, dest)
+            secs = time.perf_counter() - start
+        else:
+            env, cmd = _peer_commands(tool, work / f"{tool}-repo")
+            dest.mkdir()
+            secs = (_run(cmd("restore", "latest", "--target", str(dest)), env)
+                    if tool == "restic"
+                    else _run(cmd("extract", f"{work / 'borg-repo'}::b{len(steps) - 1}"), env,
+                              cwd=dest))
+        rows[tool].append({"step": "restore latest", "seconds": secs, "bytes_added": None})
+    out["tools"] = rows
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def print_incremental(incremental: dict[str, Any]) -> None:
+    """The peers table: one line per tool and step."""
+    print(f"\n{'tool':8} {'step':22} {'seconds':>8} {'MB added':>9}")
+    for tool, steps in incremental["tools"].items():
+        for r in steps:
+            added = "" if r["bytes_added"] is None else f"{r['bytes_added'] / 1e6:9.1f}"
+            print(f"{tool:8} {r['step']:22} {r['seconds']:8.2f} {added:>9}")
+    for tool, why in incremental["skipped"].items():
+        print(f"{tool:8} skipped: {why}")
+    print("restic and borg copy the live files without a consistent cut (a writer's commit "
+          "can tear their copy); Lamina's images are the state at one validity point.")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # Make (or refresh) ./.venv and install Lamina into it.
 #   bash scripts/venv.sh          -> runtime install (for `lamina demo`)
 #   bash scripts/venv.sh test     -> runtime + test/lint tools
-#   bash scripts/venv.sh bench    -> runtime + benchmark peers (lmdb)
+#   bash scripts/venv.sh bench    -> runtime + benchmark peers (lmdb; restic, borg from apt)
 # Works as root on PEP 668 distributions: it never touches the system site-packages,
 # and installs Debian's python3-venv when the interpreter lacks the venv module.
 set -euo pipefail
@@ -27,6 +27,13 @@ if [ -n "$extra" ] && ! .venv/bin/python -c 'import test.test_dbm, test.test_she
     ver=$(.venv/bin/python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
     apt-get update -qq
     apt-get install -y -qq "libpython${ver}-testsuite" >/dev/null
+fi
+# bench/backup.py runs restic and borg beside Lamina when they are installed: Debian's
+# packages (PyPI's borgbackup ships no wheel here and needs C headers to build).
+if [ "$extra" = bench ] && command -v apt-get >/dev/null 2>&1 \
+        && ! { command -v restic && command -v borg; } >/dev/null 2>&1; then
+    apt-get update -qq
+    apt-get install -y -qq restic borgbackup >/dev/null || echo "restic/borg not installed: bench/backup.py skips them" >&2
 fi
 case "$extra" in
     "") .venv/bin/python -m pip install -q . ;;

@@ -406,6 +406,7 @@ class Database:
             if handle is None:
                 handle = ArchiveTable.open(self.path, name, info.table_id, self.lockfile,
                                            readonly=self.readonly, sync=self.sync)
+                handle.lock_timeout = self.lock_timeout  # its writers wait as the database's
                 self._archive_handles[name] = handle
             return handle
 

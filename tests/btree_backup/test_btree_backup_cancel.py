@@ -138,21 +138,21 @@ def test_failure_while_dumping_releases_the_slot(tmp_path: Path) -> None:
     db = small_db(tmp_path / "db")
     spy = SpyEngine(db, "get_data", 3)
     pager = db.store._pager
-    real_read = pager.read
+    real_read = pager.read_run  # a full backup reads its pages in runs
     calls = [0]
 
-    def failing_read(pgno: int) -> bytes:
+    def failing_read(pgno: int, count: int) -> bytes:
         calls[0] += 1
         if spy.trigger.is_set():
             raise StorageError("injected read failure")
-        return real_read(pgno)
+        return real_read(pgno, count)
 
-    pager.read = failing_read  # type: ignore[method-assign]
+    pager.read_run = failing_read  # type: ignore[method-assign]
     try:
         with pytest.raises(StorageError):
             backup(db, tmp_path / "img", engine=spy, buf_size=4096)  # type: ignore[arg-type]
     finally:
-        pager.read = real_read  # type: ignore[method-assign]
+        pager.read_run = real_read  # type: ignore[method-assign]
     assert spy.driver is not None and spy.driver.calls[-1] == "cancel"
     assert spy.driver.pinned_seen and not backup_slots(db) and calls[0] > 0
     assert not (tmp_path / "img").exists()

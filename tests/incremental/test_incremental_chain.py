@@ -311,7 +311,7 @@ def test_api_shapes() -> None:
 
     assert list(inspect.signature(chain.order_chain).parameters) == ["paths"]
     assert list(inspect.signature(chain.restore_chain).parameters) == [
-        "paths", "dest", "tables", "force", "progress", "cancel"]
+        "paths", "dest", "tables", "force", "progress", "cancel", "check"]
     assert list(inspect.signature(chain.verify_chain).parameters) == [
         "paths", "deep", "progress", "cancel"]
     assert list(inspect.signature(chain.combine_chain).parameters) == [

@@ -25,7 +25,8 @@ N_KEYS = 200_000
 
 
 class _Counter:
-    """Counts Pager.read calls, only while a btree backup driver's get_data runs."""
+    """Counts pages read (Pager.read, Pager.read_run), only while a btree backup driver's
+    get_data runs."""
 
     def __init__(self) -> None:
         self.active = 0
@@ -37,12 +38,18 @@ class _Counter:
 def counter(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Counter]:
     c = _Counter()
     real_read = Pager.read
+    real_read_run = Pager.read_run
     real_get_data = BtreeBackupDriver.get_data
 
     def read(self: Pager, pgno: int) -> bytes:
         if c.active:
             c.reads += 1
         return real_read(self, pgno)
+
+    def read_run(self: Pager, pgno: int, count: int) -> bytes:
+        if c.active:
+            c.reads += count
+        return real_read_run(self, pgno, count)
 
     def get_data(self: BtreeBackupDriver, buffer: Any) -> Any:
         c.active += 1
@@ -53,6 +60,7 @@ def counter(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Counter]:
             c.active -= 1
 
     monkeypatch.setattr(Pager, "read", read)
+    monkeypatch.setattr(Pager, "read_run", read_run)
     monkeypatch.setattr(BtreeBackupDriver, "get_data", get_data)
     yield c
 

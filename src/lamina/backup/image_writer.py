@@ -27,7 +27,9 @@ from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
 from lamina.backup import image_format
+from lamina.backup.chunk_pool import ChunkPool
 from lamina.backup.codec import Compressor
+from lamina.backup.flush_behind import FLUSH_STEP, FlushBehind
 from lamina.backup.sealing import ImageSealer, sealing_keyring
 from lamina.core import publish
 from lamina.core.crypto.keyring import Keyring
@@ -64,8 +66,6 @@ class _Sink(Protocol):
     def abort(self) -> None: ...
 
 
-#: Bytes an image writer lets accumulate before it syncs them (see ``_flush_behind``).
-FLUSH_EVERY = 8 << 20
 
 
 class _FileSink:
@@ -78,49 +78,39 @@ class _FileSink:
         if path.exists() and not overwrite:
             raise AlreadyExistsError(f"{path} exists")
         self.tmp = publish.temp_path(path, publish.TMP, publish.new_token())
-        self._unsynced = 0
-        self._synced_to = 0
+        self._written = 0
+        self._flushed = 0
+        self._flusher: FlushBehind | None = None
         try:
             self._file: BinaryIO | None = open(self.tmp, "xb")  # noqa: SIM115 - closed in commit/abort
         except OSError as exc:
             raise storage_error(exc, "create", self.tmp) from exc
         try:
             publish.lock_file(self._file.fileno())  # ours until published or removed
+            # Synced and un-cached in steps behind the writes (lamina.backup.flush_behind).
+            self._flusher = FlushBehind(self._file.fileno(), self.tmp)
         except BaseException:
             self.abort()
             raise
 
     def write(self, data: bytes) -> None:
-        assert self._file is not None
+        assert self._file is not None and self._flusher is not None
         try:
             self._file.write(data)
-            self._unsynced += len(data)
-            if self._unsynced >= FLUSH_EVERY:
-                self._flush_behind()
+            self._written += len(data)
+            if self._written - self._flushed >= FLUSH_STEP:
+                self._file.flush()  # the flusher syncs what the OS has
+                self._flushed = self._written
+                self._flusher.written(self._written)
         except OSError as exc:
             raise storage_error(exc, "write", self.tmp) from exc
-
-    def _flush_behind(self) -> None:
-        """Sync what was written so far and drop it from the page cache.
-
-        Why: left alone, a backup piles up hundreds of MB of dirty pages that the kernel
-        then writes back in one burst, stalling every fsync of the database's writers
-        meanwhile; and an image is never read back, so caching it only evicts the
-        database's hot pages.
-        """
-        assert self._file is not None
-        self._file.flush()
-        fd = self._file.fileno()
-        os.fdatasync(fd)
-        end = self._file.tell()
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, self._synced_to, end - self._synced_to, os.POSIX_FADV_DONTNEED)
-        self._synced_to = end
-        self._unsynced = 0
 
     def commit(self) -> None:
         assert self._file is not None
         try:
+            if self._flusher is not None:
+                flusher, self._flusher = self._flusher, None
+                flusher.close()
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
@@ -149,6 +139,9 @@ class _FileSink:
         os.unlink(self.tmp)
 
     def abort(self) -> None:
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.abandon()
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
@@ -227,6 +220,9 @@ class ImageWriter:
         self.header = header
         self.catalog = catalog
         self._compressor = Compressor(codec, level)
+        # Chunks are compressed on a pool and written back in order (same bytes as inline).
+        self._pool: ChunkPool[tuple[int, int, bool, int]] = ChunkPool(self._compressor,
+                                                                     self._emit_chunk)
         self._streams = [image_format.StreamTally() for _ in range(catalog.stream_count)]
         self._hasher: Any = (image_format.data_hasher() if self._sealer is None
                              else self._sealer.image_mac())
@@ -270,10 +266,13 @@ class ImageWriter:
         """True once ``stream`` has at least one chunk."""
         return self._streams[stream].seq > 0
 
-    def write_chunk(self, stream: int, data: bytes | bytearray | memoryview, last: bool) -> int:
-        """Compress ``data`` and append it as the next chunk of global ``stream``.
+    def write_chunk(self, stream: int, data: bytes | bytearray | memoryview, last: bool) -> None:
+        """Append ``data`` as the next chunk of global ``stream`` (``last`` closes it).
 
-        Returns the stored (compressed) size. ``last`` closes the stream.
+        The chunk is compressed on the writer's pool (:mod:`lamina.backup.chunk_pool`) and
+        written, in order, once it and every chunk before it are compressed; :meth:`finish`
+        writes what is still in flight. A StorageError of an earlier chunk's write may
+        surface here.
         """
         if self._done:
             raise UsageError("image writer is closed")
@@ -284,22 +283,30 @@ class ImageWriter:
             raise UsageError(f"stream {stream} got data after its last chunk")
         if len(data) > image_format.MAX_CHUNK_SIZE:
             raise UsageError(f"chunk of {len(data)} bytes exceeds {image_format.MAX_CHUNK_SIZE}")
-        codec, stored = self._compressor.compress(data)
-        if self._sealer is not None:
-            stored = self._sealer.seal_chunk(stream, state.seq, last, codec, len(data), stored)
-        self._write(image_format.encode_chunk_header(stream, state.seq, last, codec, len(data),
-                                                     stored, self._sealer is not None))
-        self._write(stored)
-        # A sealed image's stream hashes are over the ciphertext (nothing of the plaintext).
-        state.hasher.update(data if self._sealer is None else stored)
+        if self._sealer is None:  # a sealed image's stream hashes: over the ciphertext
+            state.hasher.update(data)
+        tag = (stream, state.seq, last, len(data))
         state.seq += 1
         state.raw += len(data)
-        state.stored += len(stored)
         state.closed = last
         self._chunks += 1
         self.raw_bytes += len(data)
+        self._pool.submit(tag, data)
+
+    def _emit_chunk(self, tag: tuple[int, int, bool, int], codec: image_format.Codec,
+                    stored: bytes) -> None:
+        """Write one compressed chunk (called in chunk order by the pool)."""
+        stream, seq, last, raw_length = tag
+        if self._sealer is not None:
+            # Sealed here, in chunk order: the nonce is the chunk's index in the image.
+            stored = self._sealer.seal_chunk(stream, seq, last, codec, raw_length, stored)
+            # Nothing of the plaintext: a sealed image's stream hashes are over the ciphertext.
+            self._streams[stream].hasher.update(stored)
+        self._write(image_format.encode_chunk_header(stream, seq, last, codec, raw_length,
+                                                     stored, self._sealer is not None))
+        self._write(stored)
+        self._streams[stream].stored += len(stored)
         failpoint("backup.image_chunk_written")
-        return len(stored)
 
     def finish(self, *, vp_seq: int, vp_wall_ns: int, vp_facts: Sequence[Mapping[str, Any]],
                base_image_id: uuid.UUID | None = None, base_vp_seq: int = 0,
@@ -314,6 +321,8 @@ class ImageWriter:
         if self._done:
             raise UsageError("image writer is closed")
         try:
+            self._pool.drain()
+            self._pool.close()
             open_streams = [i for i, s in enumerate(self._streams) if s.seq and not s.closed]
             if open_streams:
                 raise UsageError(f"streams {open_streams} have no last chunk")
@@ -353,6 +362,7 @@ class ImageWriter:
         if self._done:
             return
         self._done = True
+        self._pool.close()
         with contextlib.suppress(OSError, LaminaError):
             self._sink.abort()
 

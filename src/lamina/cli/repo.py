@@ -181,15 +181,15 @@ def backup_to_repo(db: str, image: str | None, repo_path: str | None, *, full: b
 def restore_from_repo(image: str | None, repo_path: str | None, dest: str, *,
                       backup_id: str | None, at: str | None, database: str | None,
                       tables: list[str] | None, force: bool, lock_timeout: float,
-                      show_progress: bool | None, as_json: bool) -> None:
-    """``lamina restore --repo REPO [--id ID | --at TIME | latest] --to DEST``."""
+                      show_progress: bool | None, as_json: bool, check: bool = False) -> None:
+    """``lamina restore --repo REPO [--id ID | --at TIME | latest] --to DEST [--check]``."""
     repo_path = _check_target(image, repo_path, "IMAGE")
     repo = open_repository(repo_path, lock_timeout)
     with cancellation() as cancel, \
             progress_bar("restore", show_progress, cancel=cancel,
                          phases=RESTORE_PHASES) as progress:
         result = repo.restore(dest, backup_id, at, database=database, tables=tables,
-                              force=force, progress=progress, cancel=cancel)
+                              force=force, progress=progress, cancel=cancel, check=check)
     note_rebuilt(repo, result.index_rebuilt)
     info = result.to_json()
     if as_json:
@@ -198,7 +198,12 @@ def restore_from_repo(image: str | None, repo_path: str | None, dest: str, *,
     click.echo(f"restored backup {info['backup_id']} ({len(info['chain'])} image(s)) into "
                f"{dest}: state at commit seq {info['vp_commit_seq']}, "
                f"{len(info['tables'])} table(s), {info['seconds']:.2f}s; "
-               "root hash and checker verified")
+               f"{proven_note(check or len(info['chain']) > 1)}")
+
+
+def proven_note(checked: bool) -> str:
+    """What a restore's closing line says it proved (``checked``: the checker ran too)."""
+    return "root hash and checker verified" if checked else "root hash verified"
 
 
 def verify_repo(image: str | None, repo_path: str | None, *, backup_id: str | None,

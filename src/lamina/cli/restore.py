@@ -18,7 +18,7 @@ from lamina.cli.common import (
     split_tables,
 )
 from lamina.cli.passphrase import password_options, standalone_keyring
-from lamina.cli.repo import RESTORE_PHASES, lock_timeout_option
+from lamina.cli.repo import RESTORE_PHASES, lock_timeout_option, proven_note
 
 
 @click.command("restore")
@@ -39,14 +39,17 @@ from lamina.cli.repo import RESTORE_PHASES, lock_timeout_option
 @click.option("--page-size", type=click.IntRange(min=1), default=None,
               help="Restore a logical (snapshot/default driver) image into this btree page "
                    "size; tables are rebuilt compact.")
+@click.option("--check", "run_check", is_flag=True,
+              help="Also run the whole checker (key order, counts, free list) before "
+                   "publishing; the root hash is always proven.")
 @lock_timeout_option
 @password_options
 @progress_option
 @json_option
 def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
             repo_path: str | None, backup_id: str | None, at: str | None,
-            database: str | None, page_size: int | None, lock_timeout: float,
-            show_progress: bool | None, as_json: bool) -> None:
+            database: str | None, page_size: int | None, run_check: bool,
+            lock_timeout: float, show_progress: bool | None, as_json: bool) -> None:
     """Restore IMAGE (a file, or - for stdin) into DEST; published only once proven.
     Several images -- a full image, then its layers in chain order -- are restored as one
     chain in one pass, to the last one's validity point. With --repo, restore a backup's
@@ -84,17 +87,18 @@ def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
         restore_from_repo(image, repo_path, dest, backup_id=backup_id, at=at,
                           database=database, tables=table_list, force=force,
                           lock_timeout=lock_timeout, show_progress=show_progress,
-                          as_json=as_json)
+                          as_json=as_json, check=run_check)
         return
     from lamina.core.crypto import keyring as keyrings
 
     with keyrings.using(standalone_keyring()):
-        _restore_images(images, dest, table_list, force, page_size, show_progress, as_json)
+        _restore_images(images, dest, table_list, force, page_size, show_progress, as_json,
+                        run_check)
 
 
 def _restore_images(images: tuple[str, ...], dest: str, table_list: list[str] | None,
                     force: bool, page_size: int | None, show_progress: bool | None,
-                    as_json: bool) -> None:
+                    as_json: bool, run_check: bool) -> None:
     """Restore image files (or stdin): one image, or a chain."""
     from lamina import online
     from lamina.errors import UsageError
@@ -113,14 +117,16 @@ def _restore_images(images: tuple[str, ...], dest: str, table_list: list[str] | 
                 progress_bar("restore", show_progress, cancel=cancel,
                              phases=RESTORE_PHASES) as progress:
             summary = online.restore_chain(list(images), dest, tables=table_list,
-                                           force=force, progress=progress, cancel=cancel)
+                                           force=force, progress=progress, cancel=cancel,
+                                           check=run_check)
     else:
         source = sys.stdin.buffer if image == "-" else image
         with cancellation() as cancel, \
                 progress_bar("restore", show_progress, cancel=cancel,
                              phases=RESTORE_PHASES) as progress:
             summary = online.restore(source, dest, tables=table_list, force=force,
-                                     progress=progress, cancel=cancel, page_size=page_size)
+                                     progress=progress, cancel=cancel, page_size=page_size,
+                                     check=run_check)
     for cleaned in summary.cleaned:  # what killed restores to DEST left behind
         click.echo(f"lamina: {cleaned}", err=True)
     if as_json:
@@ -130,8 +136,8 @@ def _restore_images(images: tuple[str, ...], dest: str, table_list: list[str] | 
     what = f"chain of {len(images)} images" if len(images) > 1 else "image"
     click.echo(f"restored {what} {info['image_id']} into {dest}: state at commit seq "
                f"{info['vp_commit_seq']} ({iso_time(info['vp_time_ns'])}), "
-               f"{len(info['tables'])} table(s), {info['seconds']:.2f} s; root hash and "
-               "checker verified")
+               f"{len(info['tables'])} table(s), {info['seconds']:.2f} s; "
+               f"{proven_note(run_check or len(images) > 1)}")
 
 
 def _is_chain(images: tuple[str, ...]) -> bool:

@@ -92,7 +92,7 @@ from lamina.errors import (
 )
 from lamina.online.facts import ImageFacts
 from lamina.online.plan import CHAIN_DRIVERS
-from lamina.online.restoring import RestoreSummary, restore_proven
+from lamina.online.restoring import RestoreSummary, restore, restore_proven
 from lamina.online.root import image_root_inputs, prove_root_hash
 
 ImagePath = ImageLocation
@@ -595,7 +595,7 @@ def _at_end_btree(plan: _Plan, index: int, pages: list[PageAssembler], directory
 def restore_chain(paths: Sequence[ImagePath], dest: str | os.PathLike[str], *,
                   tables: Sequence[str] | None = None, force: bool = False,
                   progress: ProgressCallback | None = None, cancel: CancelToken = None,
-                  ) -> RestoreSummary:
+                  check: bool = False) -> RestoreSummary:
     """Restore the chain ``paths`` (the full image, then its layers in order; any prefix of
     a chain is a chain) into a new database ``dest``, as of the last image's VP.
 
@@ -605,7 +605,9 @@ def restore_chain(paths: Sequence[ImagePath], dest: str | os.PathLike[str], *,
     its VP facts, the whole checker) in a temporary directory next to ``dest`` that is
     renamed into place only then; on any failure nothing is left at ``dest``. The restored
     database keeps the source's database id and records the last image as its origin.
-    ``tables`` keeps only those tables. ``progress(bytes_read, total_bytes)``.
+    ``tables`` keeps only those tables. ``progress(bytes_read, total_bytes)``. A chain of
+    one full image is that image's restore (:func:`lamina.online.restoring.restore`: its
+    drivers prove the streams as they arrive, the checker runs only with ``check``).
 
     Raises ChainError (broken or misordered chain, a chain starting with a layer),
     NotFoundError, AlreadyExistsError (``dest`` exists, no ``force``; or is not a database
@@ -614,6 +616,14 @@ def restore_chain(paths: Sequence[ImagePath], dest: str | os.PathLike[str], *,
     """
     start = time.monotonic_ns()
     infos = _chain_in_order(paths)
+    if len(infos) == 1:
+        only = infos[0].path
+        if isinstance(only, Path):
+            return restore(only, dest, tables=tables, force=force, progress=progress,
+                           cancel=cancel, check=check)
+        with open_image_file(only) as stream:  # ranged reads of an object
+            return restore(stream, dest, tables=tables, force=force, progress=progress,
+                           cancel=cancel, check=check)
     plan = _plan(infos)
 
     def do_restore(tmp: Path) -> RestoreResult:
@@ -623,7 +633,7 @@ def restore_chain(paths: Sequence[ImagePath], dest: str | os.PathLike[str], *,
                              done.chunks, done.raw_bytes)
 
     return restore_proven(dest, do_restore, tables, force=force, cancel=cancel,
-                          started_ns=start)
+                          started_ns=start, check=check)
 
 
 # ====================================================================== verify

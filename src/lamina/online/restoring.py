@@ -4,7 +4,8 @@ before it is published.
 :func:`restore` runs the restore kernel into a temporary directory next to the destination;
 :func:`prove_restored` (also used by :func:`lamina.online.chain.restore_chain`) makes that
 directory a database and proves it against the image's VP facts (btree root hash, archive
-row counts) and the checker; only then is it renamed into place.
+row counts) and, where the drivers' streamed proofs do not cover it, the checker
+(:func:`needs_checker`); only then is it renamed into place.
 
 Concurrency: the destination is new, or a database that no process has open (a restore
 refuses to replace one in use, and holds it so while it replaces it); the image is a
@@ -64,16 +65,21 @@ class RestoreSummary:
 
 
 def prove_restored(tmp: Path, result: RestoreResult,
-                   wanted: Sequence[str] | None) -> tuple[str, ...]:
+                   wanted: Sequence[str] | None, *, streamed_proof: bool = False,
+                   check: bool = False) -> tuple[str, ...]:
     """Make the restored directory ``tmp`` a database of the image ``result`` describes,
     keep only the ``wanted`` tables (None: all), and prove it; returns the tables kept.
 
     Makes its identity (the source's database id, a new incarnation, the image and VP it
     came from) and opens ``tmp`` with it, then checks — before any table is dropped — that
     a natively restored btree file has the VP's root hash, then each natively restored
-    archive table's row count against the image's VP facts, then runs the whole checker;
+    archive table's row count against the image's VP facts, then runs the whole checker
+    unless :func:`needs_checker` says the restore drivers' own proof covers it;
     only then is the identity staged as ``LAMINA.pending``, which the publish renames to
     ``LAMINA`` (so ``tmp`` never looks like a database, see :mod:`lamina.core.publish`).
+    ``streamed_proof``: the restore drivers proved the streams as they arrived (a single
+    image's drivers do; a chain's assembled pages are not proven until the checker runs).
+    ``check``: run the whole checker anyway (``lamina restore --check``).
     Raises TableNotFoundError (a wanted table not in the image), CorruptionError (a root
     hash or row count that differs, or a missing VP fact), CheckFailedError, StorageError.
     ``tmp`` must not be in use by anyone else (it is not published yet).
@@ -126,14 +132,34 @@ def prove_restored(tmp: Path, result: RestoreResult,
             if rows != recorded.rows:
                 raise CorruptionError(f"archive table {name!r} restored {rows} rows, the "
                                       f"image's VP says {recorded.rows}", path=tmp)
-        report = db.check()
-        if not report.ok:
-            raise CheckFailedError(f"restored database fails the checker "
-                                   f"({len(report.findings)} problems): {report.findings[0]}",
-                                   report.findings)
+        if needs_checker(result, streamed_proof=streamed_proof, check=check):
+            report = db.check()
+            if not report.ok:
+                raise CheckFailedError(f"restored database fails the checker "
+                                       f"({len(report.findings)} problems): "
+                                       f"{report.findings[0]}", report.findings)
         kept = tuple(sorted(t.name for t in db.tables()))
     fileio.atomic_write_file(tmp / PENDING_IDENTITY, identity.encode())
     return kept
+
+
+def needs_checker(result: RestoreResult, *, streamed_proof: bool, check: bool) -> bool:
+    """Whether a restore of ``result`` must run the whole checker before it is published.
+
+    Not needed when every table arrived through its engine's native driver and those
+    drivers proved their streams as they arrived (``streamed_proof``): the btree driver's
+    Merkle proof (every page's blake2b-128 against its parent's record, up to the root hash
+    in the VP facts; every page referenced once; overflow values against their hashes)
+    proves the file is the source's btree at the VP byte for byte, and the archive driver
+    proves and re-reads every block. What the checker adds there — key order, subtree
+    counts, free-list accounting — are properties of the source's tree, which ``check``
+    (``lamina restore --check``) or ``lamina check`` proves. Needed for a chain (its
+    assembled pages are proven by the checker) and for logical drivers (they build new
+    tables). Pure."""
+    if check or not streamed_proof:
+        return True
+    native = {ENGINE_BTREE, ENGINE_ARCHIVE}
+    return any(d.name not in native for d in result.catalog.drivers)
 
 
 def _complete_catalog(tmp: Path, result: RestoreResult, page_size: int | None) -> None:
@@ -153,12 +179,13 @@ def _complete_catalog(tmp: Path, result: RestoreResult, page_size: int | None) -
 def restore(source: str | os.PathLike[str] | ReadableStream, dest: str | os.PathLike[str], *,
             tables: Sequence[str] | None = None, force: bool = False,
             progress: ProgressCallback | None = None, cancel: CancelToken = None,
-            page_size: int | None = None) -> RestoreSummary:
+            page_size: int | None = None, check: bool = False) -> RestoreSummary:
     """Restore the image at ``source`` (path or binary stream) into a new database ``dest``.
 
     Works in a temporary directory next to ``dest`` and renames it into place only when
-    :func:`prove_restored` passed (btree root hash equal to the image's, archive row counts
-    equal to the VP's, the checker); on any failure nothing is left at ``dest``. The
+    :func:`prove_restored` passed (the drivers' streamed proofs, btree root hash equal to
+    the image's, archive row counts equal to the VP's; the whole checker too for logical
+    images, or with ``check``); on any failure nothing is left at ``dest``. The
     restored database keeps the source database id and records the image id and VP; its
     next commit seq follows the VP's.
     ``page_size`` restores a *logical* image (snapshot/default drivers) into a btree file
@@ -190,22 +217,25 @@ def restore(source: str | os.PathLike[str] | ReadableStream, dest: str | os.Path
         return result
 
     return restore_proven(dest, do_restore, tables, force=force, cancel=cancel,
-                          started_ns=start)
+                          started_ns=start, streamed_proof=True, check=check)
 
 
 def restore_proven(dest: str | os.PathLike[str], do_restore: Callable[[Path], RestoreResult],
                    tables: Sequence[str] | None, *, force: bool, cancel: CancelToken,
-                   started_ns: int) -> RestoreSummary:
+                   started_ns: int, streamed_proof: bool = False,
+                   check: bool = False) -> RestoreSummary:
     """Run ``do_restore(tmp)`` into a temporary directory next to ``dest``, prove the result
     with :func:`prove_restored` (keeping only ``tables``), and publish it at ``dest``
     (:func:`lamina.backup.restore.restore_into_directory`: same ``force`` rules, leftovers of
-    dead restores removed). Shared by image and chain restores. Returns the summary, its
+    dead restores removed); ``streamed_proof`` and ``check`` as there. Shared by image and
+    chain restores. Returns the summary, its
     time counted from ``started_ns`` (``time.monotonic_ns()``). Raises what the restore,
     the proof or the publication raise; nothing is left at ``dest`` on failure."""
     kept: list[tuple[str, ...]] = []
 
     def prove(tmp: Path, result: RestoreResult) -> None:
-        kept.append(prove_restored(tmp, result, tables))
+        kept.append(prove_restored(tmp, result, tables, streamed_proof=streamed_proof,
+                                   check=check))
 
     cleaned: list[Cleaned] = []
     result = restore_into_directory(dest, do_restore, prove, force=force, cancel=cancel,
@@ -214,4 +244,4 @@ def restore_proven(dest: str | os.PathLike[str], do_restore: Callable[[Path], Re
                           tuple(cleaned))
 
 
-__all__ = ["RestoreSummary", "prove_restored", "restore", "restore_proven"]
+__all__ = ["RestoreSummary", "needs_checker", "prove_restored", "restore", "restore_proven"]

@@ -529,9 +529,10 @@ class Repository:
                 at: str | float | int | dt.datetime | None = None, *,
                 database: str | None = None, tables: Sequence[str] | None = None,
                 force: bool = False, progress: ProgressCallback | None = None,
-                cancel: CancelToken = None) -> RepoRestoreResult:
+                cancel: CancelToken = None, check: bool = False) -> RepoRestoreResult:
         """Restore backup ``id`` (else the newest with VP time <= ``at``, else the newest)
-        into the new database directory ``dest``, through its whole chain.
+        into the new database directory ``dest``, through its whole chain (``check``: run
+        the whole checker too, :func:`lamina.online.chain.restore_chain`).
 
         Raises NotFoundError (unknown id, nothing at that time), UsageError, ChainError (a
         base missing), CorruptionError & co., AlreadyExistsError, CheckFailedError,
@@ -542,7 +543,8 @@ class Repository:
             record = self.resolve(index, id, at, database)
             images = index.chain(record)
             summary = chain.restore_chain(self._paths(images), Path(dest), tables=tables,
-                                          force=force, progress=progress, cancel=cancel)
+                                          force=force, progress=progress, cancel=cancel,
+                                          check=check)
         return RepoRestoreResult(record.backup_id, tuple(r.backup_id for r in images),
                                  summary, rebuilt)
 
@@ -690,7 +692,9 @@ class Repository:
             if dry_run:
                 return result
             # Exclusive lock: no backup is writing, so every staged file is a dead one's.
-            result.stale_files_removed = len(self.storage.remove_stale_temps())
+            # Not under locks/: a waiter creates its lease while we hold the lock.
+            result.stale_files_removed = len(self.storage.remove_stale_temps(
+                keep=(L.LOCKS_DIR,)))
             if is_cancelled(cancel):
                 raise CancelledError("prune cancelled")
             try:

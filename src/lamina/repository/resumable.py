@@ -47,6 +47,7 @@ from lamina.repository.index import (
 from lamina.repository.layout import RepoConfig
 from lamina.repository.lock import RepositoryLock
 from lamina.repository.storage import Storage
+from lamina.repository.upload_store import uploads_of
 from lamina.repository.uploads import (
     DEFAULT_PART_SIZE,
     PartStats,
@@ -54,7 +55,6 @@ from lamina.repository.uploads import (
     Upload,
     UploadStore,
     check_part_size,
-    uploads_of,
 )
 
 

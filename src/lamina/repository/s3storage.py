@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import xxhash
 
@@ -93,9 +93,6 @@ class S3Image:
     def __hash__(self) -> int:
         return hash(self.key)
 
-
-if TYPE_CHECKING:
-    from lamina.repository.s3uploads import S3Uploads
 
 
 class S3Storage:
@@ -337,12 +334,6 @@ class S3Storage:
                                      block_size=self.read_block, parallel=self.read_parallel)
         return reader  # type: ignore[return-value]  # a RawIOBase is a binary stream
 
-    def upload_store(self) -> S3Uploads:
-        """This repository's resumable uploads (:mod:`lamina.repository.s3uploads`)."""
-        from lamina.repository.s3uploads import S3Uploads
-
-        return S3Uploads(self)
-
     def image(self, key: str) -> ImageLocation:
         """An :class:`S3Image`. See :meth:`Storage.image`."""
         check_key(key)
@@ -375,7 +366,7 @@ class S3Storage:
             self._staging = Path(tempfile.mkdtemp(prefix="lamina-s3-staging-"))
         return self._staging
 
-    def remove_stale_temps(self) -> builtins.list[str]:
+    def remove_stale_temps(self, keep: tuple[str, ...] = ()) -> builtins.list[str]:
         """Nothing is left as an object by a dead writer (an unfinished multipart upload
         is never visible); the local staging directory is emptied. See
         :meth:`Storage.remove_stale_temps`."""

@@ -162,10 +162,11 @@ class Storage(Protocol):
         """A local directory for files to be ``put`` later (created on demand)."""
         ...
 
-    def remove_stale_temps(self) -> builtins.list[str]:
+    def remove_stale_temps(self, keep: tuple[str, ...] = ()) -> builtins.list[str]:
         """Remove what dead writers left (temporary files, staging files); only while no
-        put is in progress (the caller holds the repository lock exclusively). Returns
-        what was removed."""
+        put is in progress (the caller holds the repository lock exclusively), except
+        under the top-level directories ``keep`` (where puts go on regardless: lease
+        objects of lock takers that do not hold the lock yet). Returns what was removed."""
         ...
 
     def check_container(self) -> None:
@@ -557,11 +558,12 @@ class LocalStorage:
         fileio.mkdir(path, exist_ok=True)
         return path
 
-    def remove_stale_temps(self) -> builtins.list[str]:
-        """Remove the staging directory's files and every dot-temporary a put left behind.
+    def remove_stale_temps(self, keep: tuple[str, ...] = ()) -> builtins.list[str]:
+        """Remove the staging directory's files and every dot-temporary a put left behind,
+        except under the top-level directories ``keep``.
 
-        Only safe when no put or staged write is in progress (the caller holds the
-        repository lock exclusively). Returns the paths removed.
+        Only safe when no put or staged write is in progress outside ``keep`` (the caller
+        holds the repository lock exclusively). Returns the paths removed.
         """
         removed: builtins.list[str] = []
         staging = self.root / self._staging
@@ -575,7 +577,7 @@ class LocalStorage:
                 removed.append(str(child))
         for dirpath, dirnames, filenames in os.walk(self.root):
             if dirpath == str(self.root):
-                dirnames[:] = [d for d in dirnames if d not in self._private]
+                dirnames[:] = [d for d in dirnames if d not in self._private and d not in keep]
             for name in filenames:
                 if name.startswith(".") and ".tmp-" in name:
                     path = Path(dirpath, name)

@@ -329,18 +329,6 @@ class LocalUploads:
         return out
 
 
-def uploads_of(storage: object) -> UploadStore:
-    """The upload store of a repository's storage. Raises UsageError for a storage that
-    has none."""
-    if isinstance(storage, LocalStorage):
-        return LocalUploads(storage)
-    store = getattr(storage, "upload_store", None)  # an object store's (S3Storage)
-    if callable(store):
-        result: UploadStore = store()
-        return result
-    raise UsageError(f"the storage {type(storage).__name__} cannot resume uploads")
-
-
 @dataclass(slots=True)
 class PartStats:
     """What a :class:`PartWriter` did: parts stored, parts already present (skipped),
@@ -434,4 +422,4 @@ class PartWriter:
 
 __all__ = ["DEFAULT_PART_SIZE", "MAX_PARTS", "LocalUpload", "LocalUploads", "PartInfo",
            "PartStats", "PartWriter", "Upload", "UploadInfo", "UploadStore", "check_name",
-           "check_part_size", "info_document", "parse_info", "uploads_of"]
+           "check_part_size", "info_document", "parse_info"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Generator, Iterable
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 from lamina.core import fileio
@@ -122,6 +123,10 @@ class ArchiveTable:
         self.lockfile = lockfile
         self.readonly = readonly
         self.sync = sync
+        #: Seconds a writer waits for the table's writer lock, and a commit while a default
+        #: backup driver holds the table (then LockedError); None = forever. A database
+        #: sets its own ``lock_timeout`` here.
+        self.lock_timeout: float | None = 5.0
         self.arm_path = self.files.arm_path
         self.arz_path = self.files.arz_path
 
@@ -244,19 +249,22 @@ class ArchiveTable:
             raise ReadOnlyError(f"archive table {self.name!r} is open read-only")
 
     # ================================================================ writes
-    def writer(self, timeout: float | None = 5.0) -> Appender:
-        """Take the table writer lock (waiting up to ``timeout`` seconds; None = forever)
-        and return an :class:`Appender` holding it. Raises LockedError naming the table,
-        ReadOnlyError, ClosedError."""
+    def writer(self, timeout: float | EllipsisType | None = ...) -> Appender:
+        """Take the table writer lock (waiting up to ``timeout`` seconds; None = forever;
+        omitted: :attr:`lock_timeout`) and return an :class:`Appender` holding it, whose
+        commits wait up to :attr:`lock_timeout` while a default backup driver holds the
+        table. Raises LockedError naming the table, ReadOnlyError, ClosedError."""
         self._check_writable()
         lock = self.files.writer_lock()
-        lock.acquire(timeout)
+        lock.acquire(self.lock_timeout if timeout is ... else timeout)
         try:
             read = recovery.recover(self.files)
         except BaseException:
             lock.release()
             raise
-        return Appender(self.files, lock, read)
+        appender = Appender(self.files, lock, read)
+        appender.backup_lock_timeout = self.lock_timeout
+        return appender
 
     def append(self, row: bytes) -> int:
         """Append one row in its own commit; returns its row id."""

@@ -59,7 +59,8 @@ class Appender:
         self._read = read
         self._rows: list[bytes] = []
         #: How long a commit waits while a default backup driver holds the table (then
-        #: LockedError); the database's default lock timeout.
+        #: LockedError); ``ArchiveTable.writer`` sets its table's ``lock_timeout`` (for a
+        #: table of a database, the database's).
         self.backup_lock_timeout: float | None = 5.0
 
     def _live(self) -> MetaRead:

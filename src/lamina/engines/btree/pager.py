@@ -176,6 +176,12 @@ class Pager:
         off = pgno * self.page_size
         return m[off: off + self.page_size]
 
+    def read_run(self, pgno: int, count: int) -> bytes:
+        """The raw bytes of ``count`` pages from ``pgno`` on, in one ``pread`` (shorter if
+        the file ends first). Not through the map: a whole-file pass (a full backup) would
+        otherwise keep every page it touched resident in this process."""
+        return fileio.pread(self.fd, count * self.page_size, pgno * self.page_size, self.path)
+
     def node(self, ref: Ref) -> Node:
         """The decoded clean node for ``ref = (pgno, txnid)``; CorruptionError if damaged."""
         node = self._cache.get(ref)

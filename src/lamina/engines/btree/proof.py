@@ -7,22 +7,45 @@ proves that the pages form exactly the snapshot the VP meta record authenticates
 reference (the meta's catalog and free-list roots, each branch record, each btree table's
 root descriptor in the catalog, each overflow chain) names a received page with that txnid
 and, where the format records one, that blake2b-128 hash; and every received page is
-referenced exactly once. Not proven here: key order, subtree counts and overflow value
-hashes (the checker that runs on the restored database proves those).
+referenced exactly once; and every overflow value's length and blake2b-128 hash against its leaf's
+reference. Together with the root hash in the VP facts this proves that the pages are the
+source's pages at the VP, byte for byte. Not proven here: key order, subtree counts and
+free-list accounting (structural properties of the source's tree, which the checker
+proves: ``lamina restore --check``, ``lamina check``).
 
-Pure computation, no I/O. Not thread-safe: one proof is used by one thread.
+Each page is hashed once (by the caller, which hands the digest in); a plain leaf is never
+decoded. Overflow payloads are read back through ``read_page`` when the caller has the
+pages (a restore reads its destination file), else spooled (memory, then a temporary file)
+until :meth:`MerkleProof.finish` hashes each chain. Not thread-safe: one proof is used by
+one thread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
+import tempfile
 from array import array
 from bisect import bisect_left
+from collections.abc import Callable
 
 from lamina.core.catalog import ENGINE_BTREE, CatalogEntry
 from lamina.engines.btree import format as btree_format
 from lamina.engines.btree.page import Branch, Leaf, OverflowRef, decode_node
 from lamina.errors import CorruptionError, LaminaError
+
+_U16 = struct.Struct("<H")
+#: The value lengths of catalog entries (an archive table's, a btree table's with its root).
+_CATALOG_VLENS = (20, 20 + btree_format.ROOT_SIZE)
+
+
+def _at(where: str | Callable[[], str]) -> str:
+    return where if isinstance(where, str) else where()
+
+
+#: Overflow payload bytes a proof without ``read_page`` keeps in memory before it spills
+#: them to a temporary file.
+SPOOL_MEMORY = 64 << 20
 
 
 class PageIndex:
@@ -67,8 +90,13 @@ class MerkleProof:
     raises CorruptionError when the proof fails.
     """
 
-    def __init__(self, meta: btree_format.Meta, where: str) -> None:
+    def __init__(self, meta: btree_format.Meta, where: str,
+                 read_page: Callable[[int], bytes] | None = None) -> None:
         self.meta = meta
+        self._read_page = read_page
+        #: Overflow pages without ``read_page``: pgno -> (offset, length) in the spool.
+        self._spooled: dict[int, tuple[int, int]] = {}
+        self._spool: tempfile.SpooledTemporaryFile[bytes] | None = None
         self.where = where
         self.index = PageIndex()
         #: References to pages not received yet: pgno -> (txnid, hash or None, by whom).
@@ -76,7 +104,8 @@ class MerkleProof:
         self.branch_kids: dict[int, list[int]] = {}
         self.catalog_candidates: dict[int, list[CatalogEntry]] = {}
         self.chains: list[tuple[OverflowRef, str]] = []
-        self.overflow_next: dict[int, int] = {}
+        #: Overflow pages received: pgno -> (next pgno, payload length).
+        self.overflow_next: dict[int, tuple[int, int]] = {}
         #: The catalog's entries (filled by :meth:`finish`), by table name.
         self.catalog: dict[str, CatalogEntry] = {}
         for desc, by in ((meta.catalog, "meta catalog root"),
@@ -111,20 +140,26 @@ class MerkleProof:
         if digest is not None and self.index.digest(i) != digest:
             raise self.bad(f"page hash differs from {by}'s record (Merkle mismatch)", pgno)
 
-    def page(self, pgno: int, page: bytes, digest: bytes, where: str) -> None:
+    def page(self, pgno: int, page: bytes, digest: bytes,
+             where: str | Callable[[], str]) -> None:
         """Account for one received page: ``digest`` is its blake2b-128 (page hash) and
         the stream reader verified its checksum, page number (increasing, inside the
         snapshot), txnid (1 .. the VP's) and type (a tree page). ``where`` locates it in
-        the stream for error messages. Raises CorruptionError (a reference that does not
-        match, a page that does not decode, a child newer than its parent)."""
-        _c, ptxn, _p, ptype, flags, nkeys, _aux, nxt = btree_format.HEADER.unpack_from(page)
+        the stream for error messages (a callable: asked only for an error). Raises
+        CorruptionError (a reference that does not match, a page that does not decode, a
+        child newer than its parent)."""
+        _c, ptxn, _p, ptype, flags, nkeys, aux, nxt = btree_format.HEADER.unpack_from(page)
         self.index.add(pgno, ptxn, ptype, digest)
         ref = self.pending.pop(pgno, None)
         if ref is not None:
             self.index.claimed[-1] = 1
             self._match(len(self.index.pgnos) - 1, pgno, ref[0], ref[1], ref[2])
         if ptype == btree_format.PAGE_OVERFLOW:
-            self.overflow_next[pgno] = nxt
+            if aux > len(page) - btree_format.HEADER_SIZE:
+                raise self.bad("overflow page payload runs past the page", pgno, _at(where))
+            self.overflow_next[pgno] = (nxt, aux)
+            if self._read_page is None:
+                self._spool_payload(pgno, page, aux)
             return
         if (ptype == btree_format.PAGE_LEAF and not flags & 1
                 and not self._maybe_catalog(page, nkeys)):
@@ -132,7 +167,7 @@ class MerkleProof:
         try:
             node = decode_node(page, pgno, ptxn, None)
         except CorruptionError as exc:
-            raise self.bad(exc.what, pgno, where) from exc
+            raise self.bad(exc.what, pgno, _at(where)) from exc
         if isinstance(node, Branch):
             kids: list[int] = []
             for kid, h in zip(node.kids, node.hashes):
@@ -162,34 +197,77 @@ class MerkleProof:
 
     @staticmethod
     def _maybe_catalog(page: bytes, n: int) -> bool:
-        """Cheap filter: every value is as long as a catalog entry (20 or 20 + 40 bytes)."""
+        """Cheap filter: every value is as long as a catalog entry (20 or 20 + 40 bytes);
+        the first value's length decides for nearly every user leaf."""
         if n == 0 or btree_format.HEADER_SIZE + 4 * n > len(page):
             return False
+        if _U16.unpack_from(page, btree_format.HEADER_SIZE + 2 * n)[0] not in _CATALOG_VLENS:
+            return False
         vlens = struct.unpack_from(f"<{n}H", page, btree_format.HEADER_SIZE + 2 * n)
-        return all(v in (20, 20 + btree_format.ROOT_SIZE) for v in vlens)
+        return all(v in _CATALOG_VLENS for v in vlens)
+
+    def _spool_payload(self, pgno: int, page: bytes, aux: int) -> None:
+        if self._spool is None:
+            self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+        offset = self._spool.tell()
+        self._spool.write(page[btree_format.HEADER_SIZE:btree_format.HEADER_SIZE + aux])
+        self._spooled[pgno] = (offset, aux)
+
+    def _payload(self, pgno: int, aux: int) -> bytes:
+        if self._read_page is not None:
+            page = self._read_page(pgno)
+            return page[btree_format.HEADER_SIZE:btree_format.HEADER_SIZE + aux]
+        assert self._spool is not None
+        offset, length = self._spooled[pgno]
+        self._spool.seek(offset)
+        return self._spool.read(length)
+
+    def close(self) -> None:
+        """Drop the spooled overflow payloads (idempotent; :meth:`finish` calls it)."""
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()
 
     def finish(self) -> None:
-        """After the last page: resolve the catalog's table roots and overflow chains, then
+        """After the last page: resolve the catalog's table roots and overflow chains (each
+        chain's pages, then its value's length and hash against the leaf's reference), then
         require every reference satisfied and every page referenced exactly once."""
-        self._catalog(self.meta.catalog)
-        for ref, by in self.chains:
-            pgno = ref.pgno
-            for k in range(ref.npages):
-                i = self.index.find(pgno)
-                if i is None or self.index.types[i] != btree_format.PAGE_OVERFLOW:
-                    raise self.bad(f"overflow chain of {by} reaches a missing or non-overflow "
-                                   "page", pgno)
-                if k:
-                    self.claim(pgno, ref.txnid, None, f"overflow chain of {by}")
-                pgno = self.overflow_next[pgno]
-            if pgno != 0:
-                raise self.bad(f"overflow chain of {by} is longer than its reference", pgno)
+        try:
+            self._catalog(self.meta.catalog)
+            for ref, by in self.chains:
+                self._chain(ref, by)
+        finally:
+            self.close()
         if self.pending:
             pgno, (_t, _h, by) = min(self.pending.items())
             raise self.bad(f"page referenced by {by} is not in the stream", pgno)
-        for i, claimed in enumerate(self.index.claimed):
-            if not claimed:
-                raise self.bad("page is not referenced by any tree", self.index.pgnos[i])
+        i = self.index.claimed.find(0)
+        if i >= 0:
+            raise self.bad("page is not referenced by any tree", self.index.pgnos[i])
+
+    def _chain(self, ref: OverflowRef, by: str) -> None:
+        if not btree_format.overflow_ref_valid(ref.length, ref.npages, self.meta.page_size):
+            raise self.bad(f"overflow reference of {by}: length and page count disagree",
+                           ref.pgno)
+        value = hashlib.blake2b(digest_size=btree_format.HASH_SIZE)
+        length = 0
+        pgno = ref.pgno
+        for k in range(ref.npages):
+            i = self.index.find(pgno)
+            if i is None or self.index.types[i] != btree_format.PAGE_OVERFLOW:
+                raise self.bad(f"overflow chain of {by} reaches a missing or non-overflow "
+                               "page", pgno)
+            if k:
+                self.claim(pgno, ref.txnid, None, f"overflow chain of {by}")
+            nxt, aux = self.overflow_next[pgno]
+            value.update(self._payload(pgno, aux))
+            length += aux
+            pgno = nxt
+        if pgno != 0:
+            raise self.bad(f"overflow chain of {by} is longer than its reference", pgno)
+        if length != ref.length or value.digest() != ref.hash:
+            raise self.bad(f"overflow value of {by}: length or hash differs from its "
+                           "reference", ref.pgno)
 
     def _catalog(self, root: btree_format.RootDesc) -> None:
         stack = [root.pgno] if root.pgno else []
@@ -214,4 +292,4 @@ class MerkleProof:
                     self.claim(desc.pgno, desc.txnid, desc.hash, f"table {e.name!r}")
 
 
-__all__ = ["MerkleProof", "PageIndex"]
+__all__ = ["SPOOL_MEMORY", "MerkleProof", "PageIndex"]

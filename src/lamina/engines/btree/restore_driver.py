@@ -4,15 +4,17 @@ The stream (:mod:`lamina.engines.btree.stream`) is parsed incrementally (any buf
 boundaries) by the one :class:`~lamina.engines.btree.stream.PageStreamReader`, which checks
 every page (checksum, page number, order, txnid, type); the driver proves the Merkle tree
 while streaming (:class:`~lamina.engines.btree.proof.MerkleProof`: every branch record's
-hash and txnid, the catalog's table roots, overflow chains, every page referenced exactly
-once) and writes the pages at ``pgno * page_size``. ``end()`` checks the root hash against
+hash and txnid, the catalog's table roots, overflow chains and values, every page
+referenced exactly once) and writes the pages at ``pgno * page_size``; each page is hashed
+once, and the hashing and the writes run on a second thread one batch behind the parse
+(:mod:`lamina.engines.btree.page_pipeline`). ``end()`` checks the root hash against
 the meta and every VP fact, then writes the meta record into both meta slots and syncs.
 With ``RestoreFlags.destination`` None it proves the same and writes nothing (``lamina
 verify --deep``). Layer streams are restored only as part of a chain
 (:mod:`lamina.engines.btree.layers`, :mod:`lamina.online.chain`).
 
-Concurrency: a driver is used by one thread (the kernel's); the file it writes is not
-visible to anyone until the restore is published.
+Concurrency: a driver is used by one thread (the kernel's; its pipeline's worker is its
+own); the file it writes is not visible to anyone until the restore is published.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lamina.core.driver import Buffer, RestoreDriver, RestoreFlags, Result, Tabl
 from lamina.engines.btree import format as btree_format
 from lamina.engines.btree.facts import BtreeVpFacts
 from lamina.engines.btree.page import page_hash
+from lamina.engines.btree.page_pipeline import PagePipeline
 from lamina.engines.btree.pager import write_meta_file
 from lamina.engines.btree.proof import MerkleProof
 from lamina.engines.btree.stream import PageStreamReader, StreamHeader
@@ -61,8 +64,7 @@ class BtreeRestoreDriver(RestoreDriver):
         self.meta: btree_format.Meta | None = None
         self._proof: MerkleProof | None = None
         self._root_page: bytes | None = None
-        self._run_start = -1
-        self._run: list[bytes] = []
+        self._pipeline: PagePipeline | None = None
 
     @property
     def pages_received(self) -> int:
@@ -95,32 +97,36 @@ class BtreeRestoreDriver(RestoreDriver):
                                       f"{buffer.stream}, which is always empty")
             return Result.OK
         self._reader.feed(buffer.data, buffer.last)
-        self._flush()
+        if self._pipeline is not None:
+            self._pipeline.submit()
         return Result.OK
 
     def _header(self, header: StreamHeader) -> None:
         self.meta = header.meta
-        self._proof = MerkleProof(header.meta, "btree stream")
+        # Overflow payloads are read back from the written file (the pending run is always
+        # flushed before the proof finishes); without a file the proof spools them.
+        read = self._read_written if self._fd is not None else None
+        self._proof = MerkleProof(header.meta, "btree stream", read)
+        self._pipeline = PagePipeline(self._proven, header.meta.page_size, self._fd,
+                                      self.path)
+
+    def _read_written(self, pgno: int) -> bytes:
+        assert self._fd is not None and self.meta is not None
+        ps = self.meta.page_size
+        return fileio.pread(self._fd, ps, pgno * ps, self.path)
 
     def _page(self, pgno: int, page: bytes) -> None:
+        """A page the stream reader checked: hashed and written on the pipeline's worker,
+        proven (:meth:`_proven`) one batch later, in stream order."""
+        assert self._pipeline is not None
+        self._pipeline.add(pgno, page, self._reader.page_offset)
+
+    def _proven(self, pgno: int, page: bytes, digest: bytes, offset: int) -> None:
         proof, meta = self._proof, self.meta
         assert proof is not None and meta is not None
-        proof.page(pgno, page, page_hash(page), self._reader.location(self._reader.page_offset))
+        proof.page(pgno, page, digest, lambda: self._reader.location(offset))
         if pgno == meta.catalog.pgno:
             self._root_page = page
-        if self._run and pgno != self._run_start + len(self._run):
-            self._flush()
-        if not self._run:
-            self._run_start = pgno
-        self._run.append(page)
-
-    def _flush(self) -> None:
-        """Write the pending run of consecutive pages (one pwrite)."""
-        run, self._run = self._run, []
-        if run and self._fd is not None:
-            assert self.path is not None and self.meta is not None
-            fileio.pwrite(self._fd, b"".join(run), self._run_start * self.meta.page_size,
-                          self.path)
 
     def end(self) -> Result:
         """Prove the snapshot (Merkle references, the image's tables in the catalog, the
@@ -128,8 +134,10 @@ class BtreeRestoreDriver(RestoreDriver):
         to the snapshot's size, write the meta record into both meta slots and sync.
         Returns OK. Raises CorruptionError, StorageError."""
         self._reader.finish()
-        meta, proof = self.meta, self._proof
-        assert meta is not None and proof is not None
+        meta, proof, pipeline = self.meta, self._proof, self._pipeline
+        assert meta is not None and proof is not None and pipeline is not None
+        pipeline.drain()  # every page written and proven
+        pipeline.close()
         proof.finish()
         self._check_facts(meta)
         for t in self._tables:
@@ -189,6 +197,10 @@ class BtreeRestoreDriver(RestoreDriver):
         """Close and remove the data file this driver created; never raises (ERROR with
         ``error`` set if the file could not be removed)."""
         result = Result.OK
+        if self._pipeline is not None:
+            self._pipeline.close()  # before the file it writes is closed
+        if self._proof is not None:
+            self._proof.close()
         fd, self._fd = self._fd, None
         if fd is not None:
             with contextlib.suppress(StorageError):

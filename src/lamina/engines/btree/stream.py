@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import xxhash
 
 from lamina.engines.btree import format as btree_format
-from lamina.engines.btree.page import checksum as page_checksum
 from lamina.errors import (
     ChainError,
     CorruptionError,
@@ -66,7 +65,7 @@ FLAG_LAYER = 1
 MAX_PAGES = (1 << 32) - 1
 
 _U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
+_ZERO8 = bytes(8)
 _TREE_PAGES = (btree_format.PAGE_BRANCH, btree_format.PAGE_LEAF, btree_format.PAGE_OVERFLOW)
 
 
@@ -290,33 +289,41 @@ class PageStreamReader:
         meta = header.meta
         ps = meta.page_size
         low = 1 if header.base_txnid is None else header.base_txnid + 1
-        used = 0
+        high, total = meta.txnid, meta.total_pages
+        count = min(header.page_count - self.pages, len(self._buf) // ps)
+        if not count:
+            return
+        unpack, on_page, last = btree_format.HEADER.unpack_from, self.on_page, self._last_pgno
+        xxh3_64, zero8 = xxhash.xxh3_64, _ZERO8
         view = memoryview(self._buf)
+        used = 0
         try:
-            while self.pages < header.page_count and len(view) - used >= ps:
-                page = bytes(view[used:used + ps])
-                where = self._at(used)
+            for used in range(0, count * ps, ps):
+                page = bytes(view[used:used + ps])  # the one copy: the callbacks keep it
                 # Checksum first: no header field is trusted before it passed.
-                if _U64.unpack_from(page)[0] != page_checksum(page):
-                    raise CorruptionError("page checksum mismatch", where=where)
-                _c, ptxn, pgno, ptype, _f, _n, _a, _x = btree_format.HEADER.unpack_from(page)
-                if pgno <= self._last_pgno or pgno >= meta.total_pages:
+                h = xxh3_64(zero8)
+                h.update(view[used + 8:used + ps])
+                cs, ptxn, pgno, ptype, _f, _n, _a, _x = unpack(page)
+                if cs != h.intdigest():
+                    raise CorruptionError("page checksum mismatch", where=self._at(used))
+                if pgno <= last or pgno >= total:
                     raise CorruptionError(f"page number {pgno} out of order or outside the "
-                                          f"snapshot (after page {self._last_pgno})",
-                                          where=where)
-                if not low <= ptxn <= meta.txnid:
+                                          f"snapshot (after page {last})",
+                                          where=self._at(used))
+                if not low <= ptxn <= high:
                     raise CorruptionError(f"page {pgno} has txnid {ptxn}, outside "
-                                          f"{low}..{meta.txnid}", where=where)
+                                          f"{low}..{high}", where=self._at(used))
                 if ptype not in _TREE_PAGES:
                     raise CorruptionError(f"page {pgno} has type {ptype}, not a tree page",
-                                          where=where)
-                self._hasher.update(page)
-                self._last_pgno = pgno
+                                          where=self._at(used))
+                last = self._last_pgno = pgno
                 self.pages += 1
                 self.page_offset = self._offset + used
-                used += ps
-                self.on_page(pgno, page)
+                on_page(pgno, page)
+            used += ps
         finally:
+            # The trailer's hash covers exactly the pages handed over, in order.
+            self._hasher.update(view[:used])
             view.release()
             self._consume(used)
         if self.pages == header.page_count:

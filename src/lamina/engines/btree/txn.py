@@ -36,6 +36,7 @@ from lamina.engines.btree.page import (
     page_hash,
     verify_header,
 )
+from lamina.engines.btree.page_runs import iter_page_runs
 from lamina.errors import (
     AlreadyExistsError,
     CorruptionError,
@@ -179,6 +180,15 @@ class ReadTxn:
             if pgno not in free:
                 self._check_open()
                 yield pgno, self._pager.read(pgno)
+
+    def iter_page_runs(self, free: set[int], max_pages: int) -> Iterator[tuple[int, bytes]]:
+        """The pages of :meth:`iter_pages` in runs of consecutive page numbers (at most
+        ``max_pages`` each), as (first pgno, bytes), every page verified (checksum, page
+        number): :func:`lamina.engines.btree.page_runs.iter_page_runs`. Raises
+        CorruptionError naming a damaged page, StorageError."""
+        return iter_page_runs(self._pager.read_run, self.meta.total_pages, free,
+                              self.meta.page_size, self._pager.path, max_pages=max_pages,
+                              check=self._check_open)
 
     def walk_changed_pages(self, since_txnid: int) -> Iterator[tuple[int, bytes]]:
         """Every page of the snapshot written by a transaction newer than ``since_txnid``,

@@ -1,0 +1,115 @@
+"""Resumable backups into an S3 repository (the local SeaweedFS server): a real backup
+process killed with SIGKILL after storing parts of its multipart upload leaves the upload
+and its pin; the resume finds the stored parts by listing the store, regenerates the image
+from the pin, skips every part whose MD5 (its ETag) matches — so the parts it keeps are the
+bytes it would have written — stores the rest and publishes an image that restores to
+exactly the state at the pinned VP. (Byte identity with an uninterrupted run is shown on a
+local repository in test_resumable.py; the same code runs here, over multipart uploads.)"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import lamina
+from lamina.core import pins
+from lamina.database import Database
+from lamina.errors import UsageError
+from lamina.repository import Repository
+from lamina.repository.s3uploads import S3_MIN_PART_SIZE, S3Uploads
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+PART = S3_MIN_PART_SIZE
+
+CHILD = """
+import sys
+import lamina
+from lamina.repository import Repository
+db = lamina.open(sys.argv[1], create=False)
+repo = Repository.open(sys.argv[2])
+result = repo.backup(db, full=True, part_size=int(sys.argv[3]))
+print(result.backup_id, flush=True)
+db.close()
+"""
+
+
+def populate(db: Database, seed: int, n: int) -> None:
+    """Incompressible btree values (an image of several 5 MiB parts) and archive rows."""
+    rng = random.Random(seed)
+    if "t" not in {t.name for t in db.tables()}:
+        db.create_table("t")
+        db.create_table("ev", "archive")
+    with db.write() as txn:
+        table = txn.table("t")
+        for i in range(n):
+            table.put(b"k%06d" % i, rng.randbytes(1000))
+    db.append_many("ev", [rng.randbytes(200) for _ in range(n // 10)])
+
+
+def content(path: Path) -> tuple[dict[bytes, bytes], list[bytes]]:
+    with lamina.open(path, create=False, readonly=True) as db, db.read() as txn:
+        return dict(txn.table("t").items()), [row for _i, row in db.scan("ev")]
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+@pytest.mark.parametrize("stored", [1, 2])
+def test_killed_s3_backup_resumes_from_its_stored_parts(s3_url: str, tmp_path: Path,
+                                                        stored: int) -> None:
+    db_path = tmp_path / "db"
+    Repository.init(s3_url)
+    with lamina.open(db_path) as db:
+        populate(db, 1, 16_000)  # ~16 MB of incompressible values: 4 parts
+    at_vp = content(db_path)
+    env = {**os.environ, "LAMINA_FAILPOINT": f"backup.upload_part_stored:{stored}",
+           "LAMINA_FAILPOINT_ACTION": "stop", "PYTHONPATH": SRC}
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(db_path), s3_url, str(PART)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300  # a hang guard only
+    while _state(proc.pid) != "T":
+        if proc.poll() is not None:
+            pytest.fail(f"the backup ended before its failpoint: {proc.communicate()[1]}")
+        assert time.monotonic() < deadline, "the backup never reached its failpoint"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    repo = Repository.open(s3_url)
+    assert repo.list()[0] == []  # nothing published
+    [pin] = pins.load(db_path)
+    upload = S3Uploads(repo.storage).open(pin.pin_id)  # type: ignore[arg-type]
+    assert sorted(upload.parts_present()) == list(range(1, stored + 1))
+
+    with lamina.open(db_path, create=False) as db:
+        db.put("t", b"after-the-kill", b"not in the image")  # writers go on meanwhile
+        result = repo.backup(db, resume=True)
+    assert result.resumed and str(result.backup_id) == pin.pin_id
+    assert result.parts["parts_skipped"] == stored and result.parts["parts_replaced"] == 0
+    assert result.parts["parts_stored"] >= 1
+    assert not pins.load(db_path)
+    assert S3Uploads(repo.storage).list() == []  # no upload description is left
+    assert repo.verify(str(result.backup_id), deep=True).ok
+    out = tmp_path / "restored"
+    repo.restore(out, id=str(result.backup_id))
+    assert content(out) == at_vp
+
+
+def test_s3_parts_must_be_at_least_five_mib(s3_url: str) -> None:
+    repo = Repository.init(s3_url)
+    with pytest.raises(UsageError, match="at least"):
+        S3Uploads(repo.storage).create(  # type: ignore[arg-type]
+            "00000000-0000-4000-8000-000000000000", 64 * 1024, {})
