@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -265,12 +266,27 @@ def test_server_killed_mid_backup_then_restarted(tmp_path: Path) -> None:
         assert proc.returncode == 9, err
         assert len(err.strip().splitlines()) == 1 and err.startswith("lamina: "), err
         server.start()
+        # A restarted server answers ListBuckets before its volumes are loaded (reads of
+        # older objects fail with InternalError meanwhile): wait until they are readable.
+        deadline = time.monotonic() + 120  # a hang guard only
+        while not _readable(s3, "killed", f"repo/{L.CONFIG_KEY}"):
+            assert time.monotonic() < deadline, "the restarted server never served the data"
+            time.sleep(0.05)
         assert _images_env(url, env) == [L.image_key(first.stdout.strip())]
         restored = cli.run("restore", "--repo", url, "--to", str(tmp_path / "out"), env=env)
         assert restored.returncode == 0, restored.stderr
         assert content(tmp_path / "out") == content(db)
     finally:
         server.stop()
+
+
+def _readable(s3: Any, bucket: str, key: str) -> bool:
+    """True once ``key`` can be read whole from the server."""
+    try:
+        s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception:
+        return False
+    return True
 
 
 def _images_env(url: str, env: dict[str, str]) -> list[str]:
