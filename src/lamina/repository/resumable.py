@@ -180,7 +180,8 @@ def backup(repo: Repository, db: Database, *, full: bool, codec: str,
         _ACTIVE.add(name)
         upload = uploads.create(name, part_size, {"database_id": str(db.identity.db_id),
                                                   "image_id": name})
-        writer = PartWriter(upload, on_part=pinning.keep_alive(db, name, lease_ns))
+        writer = PartWriter(upload, on_part=pinning.keep_alive(db, name, lease_ns),
+                            concurrency=uploads.concurrency)
         extra = {"upload": name, "part_size": part_size, "reason": reason,
                  "base": None if base is None else str(base.backup_id)}
         request = pinning.PinRequest(scope, repo.storage.url, lease_ns, extra)
@@ -191,6 +192,7 @@ def backup(repo: Repository, db: Database, *, full: bool, codec: str,
                                            image_id=image_id, vp=vp)
             rebuilt = _publish(repo, upload, writer, image_id, rebuilt)
         except BaseException:
+            writer.close()  # parts in flight end first (a resume finds what they stored)
             pinned = pinning.find_pin(db, scope)
             if pinned is None or pinned.pin_id != name:  # nothing to resume: clean up
                 with contextlib.suppress(LaminaError):
@@ -262,11 +264,15 @@ def resume(repo: Repository, db: Database, *, progress: ProgressCallback | None,
         else:
             upload, present = found, found.parts_present()
         writer = PartWriter(upload, present,
-                            on_part=pinning.keep_alive(db, pin.pin_id, lease_ns))
+                            on_part=pinning.keep_alive(db, pin.pin_id, lease_ns),
+                            concurrency=uploads.concurrency)
         base_path = None if base is None else repo.storage.image(base.key)
-        result = pinning.resume_backup(db, writer, pin, base=base_path, progress=progress,
-                                       cancel=cancel)
-        rebuilt = _publish(repo, upload, writer, image_id, rebuilt)
+        try:
+            result = pinning.resume_backup(db, writer, pin, base=base_path,
+                                           progress=progress, cancel=cancel)
+            rebuilt = _publish(repo, upload, writer, image_id, rebuilt)
+        finally:
+            writer.close()
         with contextlib.suppress(LaminaError):
             pinning.release(db, pin.pin_id)
     return Outcome(result, base, base_id, reason, rebuilt, writer.stats, True)

@@ -130,7 +130,10 @@ class S3Upload:
 
 
 class S3Uploads:
-    """The resumable uploads of an S3 repository (see the module doc)."""
+    """The resumable uploads of an S3 repository (see the module doc); a writer stores
+    ``concurrency`` parts at once (one request each)."""
+
+    concurrency = 4
 
     def __init__(self, storage: S3Storage,
                  key_of: Callable[[str], str] = image_key_of) -> None:

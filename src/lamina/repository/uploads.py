@@ -30,7 +30,9 @@ import os
 import re
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -158,7 +160,10 @@ class Upload(Protocol):
 
 
 class UploadStore(Protocol):
-    """Where a storage keeps its uploads."""
+    """Where a storage keeps its uploads. ``concurrency``: how many parts a writer should
+    store at once (1 for a local directory: a part is a pwrite + fdatasync)."""
+
+    concurrency: int
 
     def create(self, name: str, part_size: int, info: Mapping[str, Any]) -> Upload:
         """Start upload ``name`` (an existing one of that name is replaced). Raises
@@ -282,6 +287,8 @@ class LocalUploads:
     """The uploads of a local repository: the directory ``uploads/`` next to its objects
     (a private directory: never listed as objects, never emptied by ``prune``)."""
 
+    concurrency = 1
+
     def __init__(self, storage: LocalStorage, directory: str = "uploads") -> None:
         self.storage = storage
         self.root = storage.root / directory
@@ -353,15 +360,24 @@ class PartWriter:
     is stored again (counted in ``stats.replaced``). :meth:`flush` does nothing (a part is
     stored when full); :meth:`finish` stores the last part and returns the part count.
     ``on_part`` is called after each part is stored or skipped (e.g. to renew a lease).
-    Used from one thread.
+    With ``concurrency`` > 1 up to that many parts are stored at once on worker threads
+    (an object store's parts are one request each); a part's error surfaces at a later
+    write or at :meth:`finish`, and a kill leaves any subset of parts stored (a resume
+    stores the missing ones). Used from one thread; :meth:`close` after a failure.
     """
 
     def __init__(self, upload: Upload, present: Mapping[int, PartInfo] | None = None, *,
-                 on_part: Callable[[], None] | None = None) -> None:
+                 on_part: Callable[[], None] | None = None, concurrency: int = 1) -> None:
         self.upload = upload
         self.on_part = on_part
         self.present = dict(present or {})
         self.stats = PartStats()
+        # Parts being stored on other threads (an object store: one request each), oldest
+        # first; at most ``concurrency`` at once, so memory stays parts x concurrency.
+        self._concurrency = max(1, concurrency)
+        self._pool = (None if self._concurrency == 1 else
+                      ThreadPoolExecutor(self._concurrency, thread_name_prefix="lamina-part"))
+        self._in_flight: deque[Future[PartInfo]] = deque()
         # The current part's pieces (references, no copies) and their total length.
         self._pieces: list[bytes | memoryview] = []
         self._filled = 0
@@ -407,17 +423,42 @@ class PartWriter:
                     self.on_part()
                 return
             self.stats.replaced += 1
-        self.upload.put_part(self._number, part)
         self.stats.stored += 1
         self.stats.bytes_stored += len(part)
+        if self._pool is None:
+            self.upload.put_part(self._number, part)
+            if self.on_part is not None:
+                self.on_part()
+            return
+        while len(self._in_flight) >= self._concurrency:
+            self._settle_oldest()
+        self._in_flight.append(self._pool.submit(self.upload.put_part, self._number, part))
+
+    def _settle_oldest(self) -> None:
+        """Wait for the oldest part in flight; its error (StorageError...) is raised here."""
+        self._in_flight.popleft().result()
         if self.on_part is not None:
             self.on_part()
 
     def finish(self) -> int:
-        """Store the last (short) part; returns how many parts the object has."""
-        if self._filled:
-            self._emit_buffered()
+        """Store the last (short) part and wait for every part in flight; returns how many
+        parts the object has. Raises the first error of a part stored on another thread."""
+        try:
+            if self._filled:
+                self._emit_buffered()
+            while self._in_flight:
+                self._settle_oldest()
+        finally:
+            self.close()
         return self._number
+
+    def close(self) -> None:
+        """Stop the part threads (waiting for the parts in flight; their errors are
+        dropped: after a failure the upload is left to be resumed). Idempotent."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            self._in_flight.clear()
 
 
 __all__ = ["DEFAULT_PART_SIZE", "MAX_PARTS", "LocalUpload", "LocalUploads", "PartInfo",
