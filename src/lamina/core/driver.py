@@ -376,16 +376,15 @@ class BackupDriver(abc.ABC):
         return NoFacts()
 
 
-class AtBeginDriver(BackupDriver):
-    """Base of "at begin" drivers that hold resources (slots, locks, files) until the end.
+class ReleasingDriver(BackupDriver):
+    """Base of backup drivers that hold resources (slots, locks, files) until the end.
 
     Subclasses implement :meth:`_release` (idempotent: give back everything held) and set
-    ``label`` for messages; this class supplies ``init_size() == 0`` (nothing is sent before
-    the VP), an ``end()`` that releases, and a ``cancel()`` that releases from any state and
-    never raises (a failure to release becomes ``error`` and ERROR).
+    ``label`` for messages; this class supplies an ``end()`` that releases, and a
+    ``cancel()`` that releases from any state and never raises (a failure to release
+    becomes ``error`` and ERROR).
     """
 
-    kind = DriverKind.AT_BEGIN
     #: Names the driver in messages ("btree", "archive", "snapshot", ...).
     label: str = "backup"
 
@@ -406,6 +405,16 @@ class AtBeginDriver(BackupDriver):
             self.error = LaminaError(f"{self.label} backup driver could not release: {exc}")
             return Result.ERROR
         return Result.OK
+
+
+class AtBeginDriver(ReleasingDriver):
+    """Base of "at begin" drivers that hold resources (slots, locks, files) until the end.
+
+    As :class:`ReleasingDriver` (subclasses implement :meth:`_release` and set ``label``),
+    plus ``init_size() == 0``: nothing is sent before the VP.
+    """
+
+    kind = DriverKind.AT_BEGIN
 
     def init_size(self) -> int:
         """0: an "at begin" driver sends nothing before the VP."""

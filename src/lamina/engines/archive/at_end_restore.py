@@ -25,15 +25,15 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from lamina.core import fileio
-from lamina.core.driver import Buffer, RestoreDriver, RestoreFlags, Result, TableSpec
+from lamina.core.driver import RestoreFlags, Result, TableSpec, VpFacts
 from lamina.core.names import validate_table_name
 from lamina.core.sections import SectionSplitter
 from lamina.engines.archive.facts import ArchiveTableFacts, ArchiveVpFacts
 from lamina.engines.archive.layers import TableAssembler, TablePart, TableStreamReader
 from lamina.engines.archive.meta import Meta
+from lamina.engines.archive.restore_driver import ArchiveRestoreBase
 from lamina.engines.archive.stream import STREAM_HEAD_SIZE, STREAM_HEADER_SIZE, StreamHeader
-from lamina.errors import ChainError, CorruptionError, LaminaError, UsageError, storage_error
+from lamina.errors import ChainError, CorruptionError
 
 
 def initial_section_length(head: bytes, table: str) -> int:
@@ -155,99 +155,56 @@ class AtEndTableRestore:
             raise CorruptionError(f"archive table {self.name!r}: the at-end stream {want} "
                                   f"differs from the image's VP facts {got}")
 
+    def feed(self, data: bytes | bytearray | memoryview, last: bool) -> None:
+        """Consume the next piece of the table's at-end stream (``last``: its final piece).
+        Raises as the class doc says."""
+        self.splitter.feed(data, last)
+
     def remove(self) -> None:
         """Remove every file written (never raises)."""
         if self.assembler is not None:
             self.assembler.abort()
 
 
-class ArchiveAtEndRestoreDriver(RestoreDriver):
+class ArchiveAtEndRestoreDriver(ArchiveRestoreBase[AtEndTableRestore]):
     """Rebuilds archive tables from at-end streams (or proves them, in a temporary
     directory, when ``RestoreFlags.destination`` is None). Local stream N is
     ``tables[N-1]``; stream 0 must stay empty. Errors are returned as ERROR with ``error``
     set."""
 
     def __init__(self, tables: Sequence[TableSpec], flags: RestoreFlags) -> None:
-        self.destination = None if flags.destination is None else Path(flags.destination)
+        super().__init__(flags)
         self._specs = list(tables)
         self._scratch: Path | None = None
-        self.tables: list[AtEndTableRestore] = []
-        self._began = self._finished = False
-
-    def _fail(self, exc: LaminaError) -> Result:
-        self.error = exc
-        return Result.ERROR
 
     def begin(self) -> Result:
         """Check the destination is a directory (or make the temporary one). OK/ERROR."""
-        if self._began:
-            return self._fail(UsageError("archive restore driver: begin() called twice"))
+        error = self._begin_error()
+        if error is not None:
+            return self._fail(error)
         directory = self.destination
         if directory is None:
             directory = self._scratch = Path(tempfile.mkdtemp(prefix="lamina-verify-"))
-        elif not directory.is_dir():
-            return self._fail(UsageError(f"restore destination {directory} is not a "
-                                         "directory"))
         self.tables = [AtEndTableRestore(t, directory) for t in self._specs]
         self._began = True
         return Result.OK
 
-    def send_data(self, buffer: Buffer) -> Result:
-        """Route the buffer to its table's splitter. OK or ERROR."""
-        if not self._began or self._finished:
-            return self._fail(UsageError("archive restore driver: send_data() outside "
-                                         "begin()..end()"))
-        try:
-            if buffer.stream == 0:
-                if buffer.data:
-                    raise CorruptionError("archive common stream (0) carries data; it must "
-                                          "be empty", where="archive stream 0")
-                return Result.OK
-            if not 1 <= buffer.stream <= len(self.tables):
-                raise CorruptionError(f"archive stream {buffer.stream} does not exist (1.."
-                                      f"{len(self.tables)})")
-            self.tables[buffer.stream - 1].splitter.feed(buffer.data, buffer.last)
-        except LaminaError as exc:
-            return self._fail(exc)
-        except OSError as exc:
-            return self._fail(storage_error(exc, "restore", self.destination))
-        return Result.OK
+    def _archive_facts(self, facts: VpFacts | None) -> ArchiveVpFacts:
+        if not isinstance(facts, ArchiveVpFacts) or facts.begin_seq is None:
+            raise CorruptionError("the image has no at-end archive VP facts for this "
+                                  "driver")
+        return facts
 
-    def end(self) -> Result:
-        """Prove every table against the at-end VP facts, make it durable (restoring) or
-        remove the temporary directory (verifying). OK or ERROR."""
-        if not self._began or self._finished:
-            return self._fail(UsageError("archive restore driver: end() outside begin()"))
-        facts = self.vp_facts
-        try:
-            if not isinstance(facts, ArchiveVpFacts) or facts.begin_seq is None:
-                raise CorruptionError("the image has no at-end archive VP facts for this "
-                                      "driver")
-            for t in self.tables:
-                mine = facts.tables.get(t.name)
-                if mine is None:
-                    raise CorruptionError(f"archive VP facts do not name table {t.name!r}")
-                t.finish(mine, facts.vp_seq, facts.begin_seq)
-            if self.destination is not None:
-                fileio.fsync_dir(self.destination)
-        except LaminaError as exc:
-            return self._fail(exc)
-        self._finished = True
-        self._remove_scratch()
-        return Result.OK
+    def _finish_table(self, table: AtEndTableRestore, mine: ArchiveTableFacts,
+                      facts: ArchiveVpFacts) -> None:
+        assert facts.begin_seq is not None  # checked by _archive_facts
+        table.finish(mine, facts.vp_seq, facts.begin_seq)
 
-    def _remove_scratch(self) -> None:
+    def _cleanup(self) -> None:
+        """Remove the temporary directory of a verify (never raises)."""
         scratch, self._scratch = self._scratch, None
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-
-    def cancel(self) -> Result:
-        """Remove every file written, in any state; never raises."""
-        self._finished = True
-        for t in self.tables:
-            t.remove()
-        self._remove_scratch()
-        return Result.OK
 
 
 __all__ = ["ArchiveAtEndRestoreDriver", "AtEndTableRestore", "initial_section_length"]

@@ -29,12 +29,14 @@ Concurrency: one driver is used by one thread (the restore kernel's).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 from lamina.core import fileio
-from lamina.core.driver import Buffer, RestoreDriver, RestoreFlags, Result, TableSpec
+from lamina.core.driver import Buffer, RestoreDriver, RestoreFlags, Result, TableSpec, VpFacts
 from lamina.core.names import validate_table_name
 from lamina.engines.archive.facts import ArchiveTableFacts, ArchiveVpFacts
 from lamina.engines.archive.format import arm_path, arz_path
@@ -234,41 +236,56 @@ class TableRestore:
         self.created.clear()
 
 
-class ArchiveRestoreDriver(RestoreDriver):
-    """Rebuilds archive tables from their streams (seed: ``Restore``), or only proves them
-    (``RestoreFlags.destination`` None). Local stream N is ``tables[N-1]``; stream 0 must
-    stay empty. Errors are returned as ERROR with ``error`` set."""
+class TableStreamRestore(Protocol):
+    """What :class:`ArchiveRestoreBase` needs of the restore of one table's stream."""
 
-    def __init__(self, tables: Sequence[TableSpec], flags: RestoreFlags) -> None:
-        self.flags = flags
+    #: The table's (validated) name, as the VP facts name it.
+    name: str
+
+    def feed(self, data: bytes | bytearray | memoryview, last: bool) -> None:
+        """Consume the next piece of the table's stream (``last``: its final piece)."""
+
+    def remove(self) -> None:
+        """Remove every file written for the table; never raises."""
+
+
+T = TypeVar("T", bound=TableStreamRestore)
+
+
+class ArchiveRestoreBase(RestoreDriver, Generic[T]):
+    """Base of the archive restore drivers (native and at-end): local stream N goes to
+    ``tables[N-1]``, stream 0 must stay empty; the calls' order is checked, and errors are
+    returned as ERROR with ``error`` set.
+
+    Subclasses fill ``tables`` (by the end of ``begin()``) and implement
+    :meth:`_archive_facts` and :meth:`_finish_table`; :meth:`_cleanup` (default: nothing)
+    removes what they keep besides the tables' files, after ``end()`` and ``cancel()``.
+    """
+
+    def __init__(self, flags: RestoreFlags) -> None:
         self.destination = None if flags.destination is None else Path(flags.destination)
-        self.tables = [TableRestore(t, self.destination) for t in tables]
+        self.tables: list[T] = []
         self._began = self._finished = False
-
-    @property
-    def verify_only(self) -> bool:
-        """True when nothing is written (``lamina verify --deep``)."""
-        return self.destination is None
 
     def _fail(self, exc: LaminaError) -> Result:
         self.error = exc
         return Result.ERROR
 
-    def begin(self) -> Result:
-        """Check the destination is a directory (when restoring). OK or ERROR."""
+    def _begin_error(self) -> UsageError | None:
+        """Why ``begin()`` may not go on (a second call, a destination that is not a
+        directory), or None."""
         if self._began:
-            return self._fail(UsageError("archive restore driver: begin() called twice"))
+            return UsageError("archive restore driver: begin() called twice")
         if self.destination is not None and not self.destination.is_dir():
-            return self._fail(UsageError(f"restore destination {self.destination} is not a "
-                                         "directory"))
-        self._began = True
-        return Result.OK
+            return UsageError(f"restore destination {self.destination} is not a directory")
+        return None
 
     def send_data(self, buffer: Buffer) -> Result:
         """Route the buffer to its table and prove (and write) what it completes.
 
         Returns OK, or ERROR (CorruptionError naming the table and offset, VersionError,
-        UnsupportedError, AlreadyExistsError, StorageError).
+        UnsupportedError, AlreadyExistsError, ChainError, StorageError, UsageError outside
+        ``begin()..end()``).
         """
         if not self._began or self._finished:
             return self._fail(UsageError("archive restore driver: send_data() outside "
@@ -289,27 +306,39 @@ class ArchiveRestoreDriver(RestoreDriver):
             return self._fail(storage_error(exc, "restore", self.destination))
         return Result.OK
 
+    @abc.abstractmethod
+    def _archive_facts(self, facts: VpFacts | None) -> ArchiveVpFacts:
+        """``facts`` (``set_vp_info``'s) if they are this driver's kind of archive VP facts;
+        else raises CorruptionError."""
+
+    @abc.abstractmethod
+    def _finish_table(self, table: T, mine: ArchiveTableFacts, facts: ArchiveVpFacts) -> None:
+        """Prove ``table`` against its VP facts ``mine`` (of ``facts``) and make it durable.
+        Raises CorruptionError, StorageError."""
+
+    def _cleanup(self) -> None:
+        """Remove what the driver keeps besides its tables' files (never raises)."""
+
     def end(self) -> Result:
-        """Prove every table against its meta and the VP facts (``set_vp_info`` must have
-        given this driver's :class:`ArchiveVpFacts`, naming every table; the VP seq is
-        always compared); when restoring, sync and re-check the data files, write the meta
-        files, sync the directory. OK or ERROR (CorruptionError, StorageError, UsageError)."""
+        """Prove every table against the VP facts (``set_vp_info`` must have given this
+        driver's :class:`ArchiveVpFacts`, naming every table), make it durable, sync the
+        destination directory (when restoring). OK or ERROR (CorruptionError, StorageError,
+        UsageError)."""
         if not self._began or self._finished:
             return self._fail(UsageError("archive restore driver: end() outside begin()"))
-        facts = self.vp_facts
         try:
-            if not isinstance(facts, ArchiveVpFacts):
-                raise CorruptionError("the image has no archive VP facts for this driver")
+            facts = self._archive_facts(self.vp_facts)
             for t in self.tables:
                 mine = facts.tables.get(t.name)
                 if mine is None:
                     raise CorruptionError(f"archive VP facts do not name table {t.name!r}")
-                t.finish(mine, facts.vp_seq)
+                self._finish_table(t, mine, facts)
             if self.destination is not None:
                 fileio.fsync_dir(self.destination)
         except LaminaError as exc:
             return self._fail(exc)
         self._finished = True
+        self._cleanup()
         return Result.OK
 
     def cancel(self) -> Result:
@@ -317,7 +346,41 @@ class ArchiveRestoreDriver(RestoreDriver):
         self._finished = True
         for t in self.tables:
             t.remove()
+        self._cleanup()
         return Result.OK
 
 
-__all__ = ["ArchiveRestoreDriver", "TableRestore"]
+class ArchiveRestoreDriver(ArchiveRestoreBase[TableRestore]):
+    """Rebuilds archive tables from their streams (seed: ``Restore``), or only proves them
+    (``RestoreFlags.destination`` None). Local stream N is ``tables[N-1]``; stream 0 must
+    stay empty. Errors are returned as ERROR with ``error`` set."""
+
+    def __init__(self, tables: Sequence[TableSpec], flags: RestoreFlags) -> None:
+        super().__init__(flags)
+        self.flags = flags
+        self.tables = [TableRestore(t, self.destination) for t in tables]
+
+    @property
+    def verify_only(self) -> bool:
+        """True when nothing is written (``lamina verify --deep``)."""
+        return self.destination is None
+
+    def begin(self) -> Result:
+        """Check the destination is a directory (when restoring). OK or ERROR."""
+        error = self._begin_error()
+        if error is not None:
+            return self._fail(error)
+        self._began = True
+        return Result.OK
+
+    def _archive_facts(self, facts: VpFacts | None) -> ArchiveVpFacts:
+        if not isinstance(facts, ArchiveVpFacts):
+            raise CorruptionError("the image has no archive VP facts for this driver")
+        return facts
+
+    def _finish_table(self, table: TableRestore, mine: ArchiveTableFacts,
+                      facts: ArchiveVpFacts) -> None:
+        table.finish(mine, facts.vp_seq)
+
+
+__all__ = ["ArchiveRestoreBase", "ArchiveRestoreDriver", "TableRestore", "TableStreamRestore"]

@@ -27,55 +27,27 @@ Concurrency: one driver is used by one thread (the kernel's); writers in any pro
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from lamina.core.driver import BackupDriver, Buffer, DriverKind, Result, TableSpec
+from lamina.core.driver import Buffer, DriverKind, ReleasingDriver, Result, TableSpec
 from lamina.core.lockfile_format import SLOT_BACKUP
 from lamina.engines.btree import format as btree_format
-from lamina.engines.btree.backup_driver import BtreeBackupDriver
+from lamina.engines.btree.backup_driver import (
+    BtreeBackupDriver,
+    PieceReader,
+    SlotOwner,
+    read_published_meta,
+)
 from lamina.engines.btree.facts import BtreeInitialFacts, BtreeVpFacts
 from lamina.engines.btree.stream import HEADER_SIZE, TRAILER_SIZE
-from lamina.errors import CorruptionError, LaminaError, UsageError
+from lamina.errors import UsageError
 
 if TYPE_CHECKING:
     from lamina.core.lockfile import Slot
     from lamina.engines.btree.store import BtreeStore
 
-#: Tries at reading a published meta record that validates (a torn read retries).
-_META_TRIES = 1000
-
-
-class _Section:
-    """Hands out the pieces of one section as buffers of at most ``cap`` bytes."""
-
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._pieces = pieces
-        self._piece: memoryview | None = None
-
-    def _next(self) -> memoryview | None:
-        while self._piece is None or not len(self._piece):
-            nxt = next(self._pieces, None)
-            if nxt is None:
-                self._piece = None
-                return None
-            self._piece = memoryview(nxt)
-        return self._piece
-
-    def fill(self, cap: int) -> tuple[bytes, bool]:
-        """Up to ``cap`` bytes and whether the section is now exhausted."""
-        out = bytearray()
-        while len(out) < cap:
-            piece = self._next()
-            if piece is None:
-                break
-            take = min(cap - len(out), len(piece))
-            out += piece[:take]
-            self._piece = piece[take:]
-        return bytes(out), self._next() is None
-
-
-class BtreeAtEndDriver(BackupDriver):
+class BtreeAtEndDriver(SlotOwner, ReleasingDriver):
     """Sends S0 before the VP and the pages changed between S0 and the VP after it.
 
     States: created -> begun (slot pins S0) -> initial transfer -> READY -> locked (slot
@@ -87,6 +59,7 @@ class BtreeAtEndDriver(BackupDriver):
     """
 
     kind = DriverKind.AT_END
+    label = "btree at-end"
 
     def __init__(self, store: BtreeStore, tables: Sequence[TableSpec], *,
                  base_txnid: int | None = None) -> None:
@@ -101,16 +74,11 @@ class BtreeAtEndDriver(BackupDriver):
         self._vp: btree_format.Meta | None = None
         self._initial = BtreeBackupDriver(store, tables, base_txnid=base_txnid)
         self._final: BtreeBackupDriver | None = None
-        self._section: _Section | None = None
+        self._section: PieceReader | None = None
         self._ready = False
         self._done = False
 
     # ---------------------------------------------------------------- introspection
-    @property
-    def slot_index(self) -> int | None:
-        """Index of the lock-file slot this driver owns, or None (not begun / released)."""
-        return None if self._slot is None else self._slot.index
-
     @property
     def initial_meta(self) -> btree_format.Meta | None:
         """The snapshot S0 pinned by ``begin()`` (None before)."""
@@ -121,15 +89,6 @@ class BtreeAtEndDriver(BackupDriver):
         """The meta record frozen by ``lock()`` (None before)."""
         return self._vp
 
-    def _published(self) -> tuple[bytes, btree_format.Meta]:
-        for _ in range(_META_TRIES):
-            record = self._lockfile.btree_meta()
-            try:
-                return record, btree_format.Meta.decode(record, "published btree meta")
-            except CorruptionError:
-                continue
-        raise CorruptionError("published btree meta record does not validate")
-
     # ---------------------------------------------------------------- protocol
     def begin(self, buf_size: int) -> Result:
         """Own a reader slot and pin the current snapshot S0 in it (memory only, retried
@@ -138,7 +97,7 @@ class BtreeAtEndDriver(BackupDriver):
         self._buf_size = buf_size
         slot = self._slot = self._lockfile.acquire_slot()
         while True:
-            record, meta = self._published()
+            record, meta = read_published_meta(self._lockfile)
             if meta.txnid:
                 slot.set(meta.txnid, SLOT_BACKUP)
             if self._lockfile.btree_meta() == record:
@@ -162,7 +121,7 @@ class BtreeAtEndDriver(BackupDriver):
             if self._ready:
                 raise UsageError("btree at-end driver: get_data() after READY, before lock()")
             if self._section is None:
-                self._section = _Section(self._initial.stream_of(self._s0))
+                self._section = PieceReader(self._initial.stream_of(self._s0))
             buffer.data, finished = self._section.fill(cap)
             if not finished:
                 return Result.OK
@@ -173,7 +132,7 @@ class BtreeAtEndDriver(BackupDriver):
         if self._final is None:
             raise UsageError("btree at-end driver: get_data() after lock() before READY")
         if self._section is None:
-            self._section = _Section(self._final.stream_of(self._vp))
+            self._section = PieceReader(self._final.stream_of(self._vp))
         buffer.data, finished = self._section.fill(cap)
         if not finished:
             return Result.OK
@@ -191,7 +150,7 @@ class BtreeAtEndDriver(BackupDriver):
         Memory only, O(1). Raises UsageError before the initial transfer ended."""
         if self._slot is None or self._s0 is None or not self._ready:
             raise UsageError("btree at-end driver: lock() before the initial transfer ended")
-        _record, meta = self._published()
+        _record, meta = read_published_meta(self._lockfile)
         if meta.txnid:
             self._slot.set(meta.txnid, SLOT_BACKUP)
         self._vp = meta
@@ -223,23 +182,7 @@ class BtreeAtEndDriver(BackupDriver):
         if self._final is not None:
             self._final.close_snapshot()
         self._section = None
-        slot, self._slot = self._slot, None
-        if slot is not None:
-            slot.release()  # clears the pin: writers may reuse the snapshot's pages again
-
-    def end(self) -> Result:
-        """Release the slot after DONE. OK."""
-        self._release()
-        return Result.OK
-
-    def cancel(self) -> Result:
-        """Release everything from any state; never raises (ERROR if releasing failed)."""
-        try:
-            self._release()
-        except Exception as exc:  # cancel must not raise: the kernel is cleaning up
-            self.error = LaminaError(f"btree at-end backup driver could not release: {exc}")
-            return Result.ERROR
-        return Result.OK
+        self._release_slot()
 
     def init_size(self) -> int | None:
         """Estimate of the initial section: S0's pages (a full image) or None (a layer,

@@ -22,7 +22,6 @@ Concurrency: a driver is used by one thread (the kernel's).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -35,8 +34,14 @@ from lamina.core.sections import SectionSplitter
 from lamina.engines.btree import format as btree_format
 from lamina.engines.btree.check import check_pages
 from lamina.engines.btree.facts import BtreeVpFacts
-from lamina.engines.btree.page import page_hash
 from lamina.engines.btree.pager import write_meta_file
+from lamina.engines.btree.restore_driver import (
+    DataFileOwner,
+    check_root_hash,
+    check_vp_facts,
+    is_page_stream,
+    vp_expectations,
+)
 from lamina.engines.btree.stream import (
     HEADER_SIZE,
     TRAILER_SIZE,
@@ -44,7 +49,7 @@ from lamina.engines.btree.stream import (
     StreamHeader,
     decode_stream_header,
 )
-from lamina.errors import AlreadyExistsError, CorruptionError, NotFoundError, StorageError
+from lamina.errors import CorruptionError
 
 
 def initial_section_length(head: bytes, where: str) -> int:
@@ -55,7 +60,7 @@ def initial_section_length(head: bytes, where: str) -> int:
     return HEADER_SIZE + header.page_count * header.meta.page_size + TRAILER_SIZE
 
 
-class BtreeAtEndRestoreDriver(RestoreDriver):
+class BtreeAtEndRestoreDriver(DataFileOwner, RestoreDriver):
     """Rebuilds ``data.lamina`` from a full at-end btree stream (or proves it, writing to a
     temporary directory, when ``RestoreFlags.destination`` is None).
 
@@ -93,22 +98,13 @@ class BtreeAtEndRestoreDriver(RestoreDriver):
         else:
             directory = self._dest
         self.path = directory / btree_format.DATA_FILE_NAME
-        try:
-            self._fd = fileio.open_fd(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
-        except FileExistsError:
-            raise AlreadyExistsError(f"{self.path} already exists") from None
-        except FileNotFoundError:
-            raise NotFoundError(f"restore destination {self._dest} does not exist") from None
-        self._created = True
+        self._create_data_file(self._dest)
         return Result.OK
 
     def send_data(self, buffer: Buffer) -> Result:
         """Consume one block: stream 0 carries both sections; table streams must be empty.
         OK. Raises as the class doc says."""
-        if buffer.stream != 0:
-            if len(buffer.data):
-                raise CorruptionError(f"{len(buffer.data)} bytes on btree table stream "
-                                      f"{buffer.stream}, which is always empty")
+        if not is_page_stream(buffer):
             return Result.OK
         self._splitter.feed(buffer.data, buffer.last)
         self._flush()
@@ -162,7 +158,7 @@ class BtreeAtEndRestoreDriver(RestoreDriver):
         second.finish()
         meta, initial = self.meta, self.initial
         assert meta is not None and initial is not None
-        self._check_facts(meta, initial)
+        self._check_facts(meta, initial, second)
         fd, path = self._fd, self.path
         assert fd is not None and path is not None
         self._flush()
@@ -180,20 +176,19 @@ class BtreeAtEndRestoreDriver(RestoreDriver):
                                       f"{report.findings[0]}")
             self._remove_scratch()
             return Result.OK
-        got = btree_format.ZERO_HASH
+        root: bytes | None = None
         if meta.catalog.pgno:
             rfd = fileio.open_fd(path, os.O_RDONLY)
             try:
-                got = page_hash(fileio.pread(rfd, ps, meta.catalog.pgno * ps, path))
+                root = fileio.pread(rfd, ps, meta.catalog.pgno * ps, path)
             finally:
                 fileio.close_fd(rfd, path)
-        if got != meta.root_hash:
-            raise CorruptionError(f"restored root hash {got.hex()} differs from the meta's "
-                                  f"{meta.root_hash.hex()}", path=path)
+        check_root_hash(root, meta, path)
         fileio.fsync_dir(self._dest)
         return Result.OK
 
-    def _check_facts(self, meta: btree_format.Meta, initial: StreamHeader) -> None:
+    def _check_facts(self, meta: btree_format.Meta, initial: StreamHeader,
+                     final: PageStreamReader) -> None:
         facts = self.vp_facts
         if facts is None:
             return  # driven by hand, without set_vp_info: the metas are the reference
@@ -201,16 +196,8 @@ class BtreeAtEndRestoreDriver(RestoreDriver):
             raise CorruptionError("the VP facts of an at-end btree driver lack the initial "
                                   "section's ('initial')", path=self.path)
         s0 = facts.initial
-        expect: tuple[tuple[str, object, object], ...] = (
-            ("txnid", meta.txnid, facts.txnid),
-            ("commit_seq", meta.commit_seq, facts.commit_seq),
-            ("root_hash", meta.root_hash, facts.root_hash),
-            ("page_size", meta.page_size, facts.page_size),
-            ("total_pages", meta.total_pages, facts.total_pages),
-            ("pages_sent", self._second.pages if self._second else None, facts.pages_sent),
-            ("pages_hash", self._second.pages_hash if self._second else None,
-             facts.pages_hash),
-            ("base_txnid", None, facts.base_txnid),
+        expect = (
+            *vp_expectations(meta, facts, final.pages, final.pages_hash),
             ("initial.txnid", initial.meta.txnid, s0.txnid),
             ("initial.commit_seq", initial.meta.commit_seq, s0.commit_seq),
             ("initial.root_hash", initial.meta.root_hash, s0.root_hash),
@@ -218,11 +205,7 @@ class BtreeAtEndRestoreDriver(RestoreDriver):
             ("initial.pages_sent", self._first.pages, s0.pages_sent),
             ("initial.pages_hash", self._first.pages_hash, s0.pages_hash),
         )
-        for key, value, fact in expect:
-            if value != fact:
-                shown = [v.hex() if isinstance(v, bytes) else v for v in (value, fact)]
-                raise CorruptionError(f"btree {key} {shown[0]!r} differs from the VP facts' "
-                                      f"{shown[1]!r}", path=self.path)
+        check_vp_facts(expect, self.path)
 
     def _remove_scratch(self) -> None:
         scratch, self._scratch = self._scratch, None
@@ -233,17 +216,10 @@ class BtreeAtEndRestoreDriver(RestoreDriver):
         """Close and remove the data file (and a verify's temporary directory); never
         raises (ERROR with ``error`` set if the file could not be removed)."""
         result = Result.OK
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(StorageError):
-                fileio.close_fd(fd, self.path)
-        if self._created and self.path is not None:
-            self._created = False
-            try:
-                fileio.unlink(self.path, missing_ok=True)
-            except StorageError as exc:
-                self.error = exc
-                result = Result.ERROR
+        failure = self._remove_data_file()
+        if failure is not None:
+            self.error = failure
+            result = Result.ERROR
         self._remove_scratch()
         return result
 

@@ -55,7 +55,7 @@ from lamina.errors import (
 )
 
 if TYPE_CHECKING:
-    from lamina.core.lockfile import Slot
+    from lamina.core.lockfile import LockFile, Slot
     from lamina.engines.btree.store import BtreeStore
     from lamina.engines.btree.txn import ReadTxn
 
@@ -68,8 +68,76 @@ LAYER_RETAIN_BYTES = 64 << 20
 #: the kernel named no buffer size.
 RUN_BYTES = 1 << 20
 
+#: Tries at reading a published meta record that validates (a torn read retries).
+META_TRIES = 1000
 
-class BtreeBackupDriver(AtBeginDriver):
+
+def read_published_meta(lockfile: LockFile) -> tuple[bytes, btree_format.Meta]:
+    """The btree meta record published in ``lockfile``'s shared memory, raw and decoded.
+
+    A record that fails its checksum (a read torn by a concurrent commit) is read again, up
+    to :data:`META_TRIES` times. Memory only. Raises CorruptionError when no read validates.
+    """
+    for _ in range(META_TRIES):
+        record = lockfile.btree_meta()
+        try:
+            return record, btree_format.Meta.decode(record, "published btree meta")
+        except CorruptionError:
+            continue
+    raise CorruptionError("published btree meta record does not validate")
+
+
+class PieceReader:
+    """Hands out the pieces of a stream (an iterator of ``bytes``, read lazily) as buffers
+    of at most ``cap`` bytes, whatever the pieces' sizes."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._piece: memoryview | None = None  # the unsent rest of the current piece
+
+    def _next(self) -> memoryview | None:
+        while self._piece is None or not len(self._piece):
+            nxt = next(self._pieces, None)
+            if nxt is None:
+                self._piece = None
+                return None
+            self._piece = memoryview(nxt)
+        return self._piece
+
+    def fill(self, cap: int) -> tuple[bytes, bool]:
+        """Up to ``cap`` bytes (fewer only at the end) and whether the stream is now
+        exhausted (looked ahead: True with the final bytes). Raises what the iterator
+        raises."""
+        out = bytearray()
+        while len(out) < cap:
+            piece = self._next()
+            if piece is None:
+                break
+            take = min(cap - len(out), len(piece))
+            out += piece[:take]
+            self._piece = piece[take:]
+        return bytes(out), self._next() is None
+
+
+class SlotOwner:
+    """Mixin of the btree backup drivers that own a lock-file reader slot in ``_slot``."""
+
+    _slot: Slot | None
+
+    @property
+    def slot_index(self) -> int | None:
+        """Index of the lock-file slot this driver owns, or None (not begun / released)."""
+        return None if self._slot is None else self._slot.index
+
+    def _release_slot(self) -> None:
+        """Release the slot, if owned (idempotent): clears the pin, so writers may reuse
+        the snapshot's pages again."""
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.release()
+
+
+class BtreeBackupDriver(SlotOwner, AtBeginDriver):
     """Sends the VP snapshot's pages on local stream 0 ("at begin": all of it after the VP).
 
     States: created -> begun (slot owned) -> locked (slot pins the VP txnid) -> sending ->
@@ -94,19 +162,13 @@ class BtreeBackupDriver(AtBeginDriver):
         self._slot: Slot | None = None
         self._meta: btree_format.Meta | None = None
         self._txn: ReadTxn | None = None
-        self._pieces: Iterator[bytes] | None = None
-        self._piece: memoryview | None = None  # the unsent rest of the current piece
+        self._pieces: PieceReader | None = None
         self._done = False
         self.pages_sent = 0
         self._page_count = 0
         self._pages_hash = b""
 
     # ---------------------------------------------------------------- introspection
-    @property
-    def slot_index(self) -> int | None:
-        """Index of the lock-file slot this driver owns, or None (not begun / released)."""
-        return None if self._slot is None else self._slot.index
-
     @property
     def vp_meta(self) -> btree_format.Meta | None:
         """The meta record frozen by ``lock()`` (None before)."""
@@ -150,14 +212,7 @@ class BtreeBackupDriver(AtBeginDriver):
         """
         if self._slot is None:
             raise UsageError("btree backup driver: lock() before begin()")
-        for _ in range(1000):
-            try:
-                meta = btree_format.Meta.decode(self._lockfile.btree_meta(), "published btree meta")
-                break
-            except CorruptionError:
-                continue
-        else:
-            raise CorruptionError("published btree meta record does not validate")
+        _record, meta = read_published_meta(self._lockfile)
         if meta.txnid:
             self._slot.set(meta.txnid, SLOT_BACKUP)
         # txnid 0 is a never-written file (meta pages only): there is nothing to pin.
@@ -204,34 +259,17 @@ class BtreeBackupDriver(AtBeginDriver):
         if self._done:
             raise UsageError("btree backup driver: get_data() after DONE")
         if self._pieces is None:
-            self._pieces = self._generate()
+            self._pieces = PieceReader(self._generate())
         cap = min(buffer.capacity, self._buf_size or buffer.capacity)
-        out = bytearray()
-        while len(out) < cap:
-            piece = self._next_piece()
-            if piece is None:
-                break
-            take = min(cap - len(out), len(piece))
-            out += piece[:take]
-            self._piece = piece[take:]
+        data, finished = self._pieces.fill(cap)
         buffer.stream = 0
-        buffer.data = bytes(out)
-        if self._next_piece() is None:  # look ahead: mark the final buffer last
+        buffer.data = data
+        if finished:  # looked ahead: mark the final buffer last
             buffer.last = True
             self._done = True
             self._close_txn()
             return Result.DONE
         return Result.OK
-
-    def _next_piece(self) -> memoryview | None:
-        while self._piece is None or not len(self._piece):
-            assert self._pieces is not None
-            nxt = next(self._pieces, None)
-            if nxt is None:
-                self._piece = None
-                return None
-            self._piece = memoryview(nxt)
-        return self._piece
 
     def _generate(self) -> Iterator[bytes]:
         """Header, pages, trailer: the pieces of the stream, read lazily from the snapshot."""
@@ -332,10 +370,7 @@ class BtreeBackupDriver(AtBeginDriver):
     def _release(self) -> None:
         self._close_txn()
         self._pieces = None
-        self._piece = None
-        slot, self._slot = self._slot, None
-        if slot is not None:
-            slot.release()  # clears the pin: writers may reuse the snapshot's pages again
+        self._release_slot()
 
     def size(self) -> int | None:
         """Estimate: total pages x page size of the VP snapshot (of the current one before
@@ -354,4 +389,12 @@ class BtreeBackupDriver(AtBeginDriver):
         return meta.total_pages * meta.page_size + HEADER_SIZE + TRAILER_SIZE
 
 
-__all__ = ["LAYER_RETAIN_BYTES", "RUN_BYTES", "BtreeBackupDriver"]
+__all__ = [
+    "LAYER_RETAIN_BYTES",
+    "META_TRIES",
+    "RUN_BYTES",
+    "BtreeBackupDriver",
+    "PieceReader",
+    "SlotOwner",
+    "read_published_meta",
+]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from lamina.core import fileio
@@ -42,7 +42,92 @@ from lamina.errors import (
 )
 
 
-class BtreeRestoreDriver(RestoreDriver):
+def is_page_stream(buffer: Buffer) -> bool:
+    """Whether ``buffer`` is of local stream 0, the btree page stream. The table streams of
+    a btree driver are always empty: False for an empty one, CorruptionError for one that
+    carries bytes."""
+    if buffer.stream == 0:
+        return True
+    if len(buffer.data):
+        raise CorruptionError(f"{len(buffer.data)} bytes on btree table stream "
+                              f"{buffer.stream}, which is always empty")
+    return False
+
+
+def vp_expectations(meta: btree_format.Meta, facts: BtreeVpFacts, pages: object,
+                    pages_hash: object) -> tuple[tuple[str, object, object], ...]:
+    """The (key, restored value, VP fact) triples of a full btree stream ending in ``meta``
+    after ``pages`` pages hashing to ``pages_hash`` (no base txnid), for
+    :func:`check_vp_facts`."""
+    return (
+        ("txnid", meta.txnid, facts.txnid),
+        ("commit_seq", meta.commit_seq, facts.commit_seq),
+        ("root_hash", meta.root_hash, facts.root_hash),
+        ("page_size", meta.page_size, facts.page_size),
+        ("total_pages", meta.total_pages, facts.total_pages),
+        ("pages_sent", pages, facts.pages_sent),
+        ("pages_hash", pages_hash, facts.pages_hash),
+        ("base_txnid", None, facts.base_txnid),
+    )
+
+
+def check_vp_facts(expect: Iterable[tuple[str, object, object]], path: Path | None) -> None:
+    """Raise CorruptionError (naming ``path``) for the first (key, value, fact) of
+    ``expect`` whose value differs from the fact: ``btree KEY VALUE differs from the VP
+    facts' FACT``, bytes shown in hex."""
+    for key, value, fact in expect:
+        if value != fact:
+            raise CorruptionError(f"btree {key} {_shown(value)} differs from the VP "
+                                  f"facts' {_shown(fact)}", path=path)
+
+
+def check_root_hash(root: bytes | None, meta: btree_format.Meta, path: Path | None) -> None:
+    """Check the restored root page ``root`` (None: there is none, the hash is
+    ``ZERO_HASH``) hashes to ``meta``'s root hash. Raises CorruptionError naming ``path``."""
+    got = page_hash(root) if root is not None else btree_format.ZERO_HASH
+    if got != meta.root_hash:
+        raise CorruptionError(f"restored root hash {got.hex()} differs from the meta's "
+                              f"{meta.root_hash.hex()}", path=path)
+
+
+class DataFileOwner:
+    """Mixin of the btree restore drivers: the data file ``path`` they create (open in
+    ``_fd``) and remove again on cancel (only if ``_created``: never someone else's)."""
+
+    path: Path | None
+    _fd: int | None
+    _created: bool
+
+    def _create_data_file(self, destination: Path | None) -> None:
+        """Create ``path`` exclusively, open read-write in ``_fd``. Raises
+        AlreadyExistsError (it exists), NotFoundError (no ``destination`` directory),
+        StorageError."""
+        assert self.path is not None
+        try:
+            self._fd = fileio.open_fd(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            raise AlreadyExistsError(f"{self.path} already exists") from None
+        except FileNotFoundError:
+            raise NotFoundError(f"restore destination {destination} does not exist") from None
+        self._created = True
+
+    def _remove_data_file(self) -> StorageError | None:
+        """Close ``_fd`` (a failure ignored) and unlink the file if this driver created it;
+        never raises: returns the StorageError of an unlink that failed, else None."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(StorageError):
+                fileio.close_fd(fd, self.path)
+        if self._created and self.path is not None:
+            self._created = False
+            try:
+                fileio.unlink(self.path, missing_ok=True)
+            except StorageError as exc:
+                return exc
+        return None
+
+
+class BtreeRestoreDriver(DataFileOwner, RestoreDriver):
     """Rebuilds ``data.lamina`` in ``RestoreFlags.destination`` from a full btree stream
     (or, with destination None, proves the stream and writes nothing).
 
@@ -77,13 +162,7 @@ class BtreeRestoreDriver(RestoreDriver):
         NotFoundError (no destination directory), StorageError. OK."""
         if self.path is None:
             return Result.OK
-        try:
-            self._fd = fileio.open_fd(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
-        except FileExistsError:
-            raise AlreadyExistsError(f"{self.path} already exists") from None
-        except FileNotFoundError:
-            raise NotFoundError(f"restore destination {self._dest} does not exist") from None
-        self._created = True
+        self._create_data_file(self._dest)
         return Result.OK
 
     def send_data(self, buffer: Buffer) -> Result:
@@ -91,10 +170,7 @@ class BtreeRestoreDriver(RestoreDriver):
         empty. Returns OK. Raises CorruptionError (naming the stream offset), VersionError
         (a newer stream version), UnsupportedError (unknown header flags), ChainError (a
         layer stream), StorageError."""
-        if buffer.stream != 0:
-            if len(buffer.data):
-                raise CorruptionError(f"{len(buffer.data)} bytes on btree table stream "
-                                      f"{buffer.stream}, which is always empty")
+        if not is_page_stream(buffer):
             return Result.OK
         self._reader.feed(buffer.data, buffer.last)
         if self._pipeline is not None:
@@ -152,10 +228,7 @@ class BtreeRestoreDriver(RestoreDriver):
             assert self.path is not None
             root = fileio.pread(self._fd, meta.page_size, meta.catalog.pgno * meta.page_size,
                                 self.path)
-        got = page_hash(root) if root is not None else btree_format.ZERO_HASH
-        if got != meta.root_hash:
-            raise CorruptionError(f"restored root hash {got.hex()} differs from the meta's "
-                                  f"{meta.root_hash.hex()}", path=self.path)
+        check_root_hash(root, meta, self.path)
         if self._fd is not None:
             self._write_file(meta)
         return Result.OK
@@ -169,20 +242,8 @@ class BtreeRestoreDriver(RestoreDriver):
         if not isinstance(facts, BtreeVpFacts):
             raise CorruptionError(f"the VP facts of the btree driver are not btree facts "
                                   f"({type(facts).__name__})", path=self.path)
-        expect: tuple[tuple[str, object, object], ...] = (
-            ("txnid", meta.txnid, facts.txnid),
-            ("commit_seq", meta.commit_seq, facts.commit_seq),
-            ("root_hash", meta.root_hash, facts.root_hash),
-            ("page_size", meta.page_size, facts.page_size),
-            ("total_pages", meta.total_pages, facts.total_pages),
-            ("pages_sent", self._reader.pages, facts.pages_sent),
-            ("pages_hash", self._reader.pages_hash, facts.pages_hash),
-            ("base_txnid", None, facts.base_txnid),
-        )
-        for key, value, fact in expect:
-            if value != fact:
-                raise CorruptionError(f"btree {key} {_shown(value)} differs from the VP "
-                                      f"facts' {_shown(fact)}", path=self.path)
+        check_vp_facts(vp_expectations(meta, facts, self._reader.pages,
+                                       self._reader.pages_hash), self.path)
 
     def _write_file(self, meta: btree_format.Meta) -> None:
         fd, path = self._fd, self.path
@@ -201,17 +262,10 @@ class BtreeRestoreDriver(RestoreDriver):
             self._pipeline.close()  # before the file it writes is closed
         if self._proof is not None:
             self._proof.close()
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(StorageError):
-                fileio.close_fd(fd, self.path)
-        if self._created and self.path is not None:
-            self._created = False
-            try:
-                fileio.unlink(self.path, missing_ok=True)
-            except StorageError as exc:
-                self.error = exc
-                result = Result.ERROR
+        failure = self._remove_data_file()
+        if failure is not None:
+            self.error = failure
+            result = Result.ERROR
         return result
 
 
@@ -220,4 +274,11 @@ def _shown(value: object) -> str:
     return repr(value.hex()) if isinstance(value, bytes) else repr(value)
 
 
-__all__ = ["BtreeRestoreDriver"]
+__all__ = [
+    "BtreeRestoreDriver",
+    "DataFileOwner",
+    "check_root_hash",
+    "check_vp_facts",
+    "is_page_stream",
+    "vp_expectations",
+]
