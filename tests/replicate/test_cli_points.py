@@ -18,8 +18,9 @@ from .helpers import S, vp_clock
 T0 = 1_800_000_000 * S
 
 
-def _replicated(tmp_path: Path, clocked: bool) -> tuple[Repository, list[int]]:
-    repo = Repository.init(tmp_path / "repo")
+def _replicated(tmp_path: Path, clocked: bool,
+                url: str | None = None) -> tuple[Repository, list[int]]:
+    repo = Repository.init(url or tmp_path / "repo")
     seqs = []
     with lamina.open(tmp_path / "db") as db:
         db.create_table("t")
@@ -46,34 +47,35 @@ def _value(path: Path) -> bytes | None:
         return db.get("t", b"k")
 
 
-def test_list_points_and_restore_at_a_listed_time(tmp_path: Path) -> None:
-    repo, seqs = _replicated(tmp_path, clocked=True)
-    code, out, err = cli.invoke("list", "--repo", str(repo.path), "--points", "--json")
+def test_list_points_and_restore_at_a_listed_time(repo_url: str, tmp_path: Path) -> None:
+    """On a local and on an S3 repository."""
+    repo, seqs = _replicated(tmp_path, clocked=True, url=repo_url)
+    code, out, err = cli.invoke("list", "--repo", repo.url, "--points", "--json")
     assert code == 0, err
     points = json.loads(out)["points"]
     assert [p["vp_seq"] for p in points] == seqs
     assert [p["vp_time_ns"] for p in points] == [T0 + 10 * S, T0 + 20 * S, T0 + 30 * S]
     assert [p["images"] for p in points] == [1, 2, 3]
-    code, text, err = cli.invoke("list", "--repo", str(repo.path), "--points")
+    code, text, err = cli.invoke("list", "--repo", repo.url, "--points")
     assert code == 0, err
     lines = text.splitlines()
     assert lines[0].startswith("VP TIME (UTC)") and len(lines) == 4
     assert points[1]["vp_time"] in lines[2] and points[1]["id"] in lines[2]
-    code, out, err = cli.invoke("restore", "--repo", str(repo.path), "--at",
+    code, out, err = cli.invoke("restore", "--repo", repo.url, "--at",
                                 points[1]["vp_time"], "--to", str(tmp_path / "p1"), "--json")
     assert code == 0, err
     assert json.loads(out)["backup_id"] == points[1]["id"] and _value(tmp_path / "p1") == b"1"
     between = iso_ns(T0 + 25 * S)
-    code, out, err = cli.invoke("restore", "--repo", str(repo.path), "--at", between,
+    code, out, err = cli.invoke("restore", "--repo", repo.url, "--at", between,
                                 "--to", str(tmp_path / "b"), "--json")
     assert code == 0 and json.loads(out)["backup_id"] == points[1]["id"], err
-    code, out, err = cli.invoke("restore", "--repo", str(repo.path), "--at",
+    code, out, err = cli.invoke("restore", "--repo", repo.url, "--at",
                                 str((T0 + 30 * S) // S), "--to", str(tmp_path / "e"))
     assert code == 0 and _value(tmp_path / "e") == b"2", err
-    code, out, err = cli.invoke("restore", "--repo", str(repo.path), "--at",
+    code, out, err = cli.invoke("restore", "--repo", repo.url, "--at",
                                 iso_ns(T0 + 5 * S), "--to", str(tmp_path / "none"))
     assert code == 3 and "no point at or before" in err
-    code, out, err = cli.invoke("restore", "--repo", str(repo.path), "--at", "now",
+    code, out, err = cli.invoke("restore", "--repo", repo.url, "--at", "now",
                                 "--id", points[0]["id"], "--to", str(tmp_path / "x"))
     assert code == 2 and "not both" in err
 

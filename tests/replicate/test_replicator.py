@@ -45,8 +45,10 @@ def _index(repo: Repository) -> Index:
     return Index([e.record for e in entries])
 
 
-def test_every_point_restores_exactly_and_chains_stay_bounded(tmp_path: Path) -> None:
-    repo = Repository.init(tmp_path / "repo")
+def test_every_point_restores_exactly_and_chains_stay_bounded(repo_url: str,
+                                                               tmp_path: Path) -> None:
+    """On a local and on an S3 repository."""
+    repo = Repository.init(repo_url)
     rng = random.Random(14)
     with vp_clock(T0) as clock, workload_db(tmp_path) as wl:
         rep = Replicator(wl.db, repo, ReplicateOptions(policy=POLICY, compact_every=0),
