@@ -50,3 +50,19 @@ def test_a_printed_vp_time_names_that_vp(ns: int) -> None:
     VP itself and nothing of the next microsecond."""
     limit = parse_at(iso_ns(ns), 0)
     assert ns <= limit < ns - ns % 1000 + 1000
+
+
+def test_nanosecond_iso_times_name_exactly_that_nanosecond() -> None:
+    """A VP time copied with all 9 fractional digits names that VP, like epoch seconds."""
+    now = 1_900_000_000 * S
+    assert parse_at("2026-12-01T14:59:17.797520898Z", now) == 1796137157797520898
+    assert parse_at("1796137157.797520898", now) == 1796137157797520898
+    assert parse_at("2026-12-01T14:59:17.7975208Z", now) == 1796137157797520899
+    with pytest.raises(UsageError, match="9 fractional"):
+        parse_at("2026-12-01T14:59:17.7975208981Z", now)
+
+
+@pytest.mark.parametrize("text", ["99999999999999999999", "-99999999d", "now-60000w"])
+def test_times_out_of_range_are_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError, match="out of range"):
+        parse_at(text, 1_900_000_000 * S)

@@ -60,7 +60,7 @@ def add(repo_path: str, lock_timeout: float, new_password_file: str | None,
     if as_json:
         emit_json({"added": added.id})
         return
-    click.echo(f"key {added.id[:8]} added to {repo.path}")
+    click.echo(f"key {added.id[:8]} added to {repo.url}")
 
 
 @command.command("remove")
@@ -78,7 +78,7 @@ def remove(key_id: str, repo_path: str, lock_timeout: float, as_json: bool) -> N
     if as_json:
         emit_json({"removed": removed.id})
         return
-    click.echo(f"key {removed.id[:8]} removed from {repo.path}")
+    click.echo(f"key {removed.id[:8]} removed from {repo.url}")
 
 
 @command.command("passwd")
@@ -101,4 +101,4 @@ def passwd(repo_path: str, lock_timeout: float, new_password_file: str | None,
     if as_json:
         emit_json({"changed": changed.id})
         return
-    click.echo(f"passphrase of key {changed.id[:8]} changed in {repo.path}")
+    click.echo(f"passphrase of key {changed.id[:8]} changed in {repo.url}")

@@ -146,6 +146,9 @@ def backup_to_repo(db: str, image: str | None, repo_path: str | None, *, full: b
                          "backup's kind is kept)")
     if abandon and resume_lease is not None:
         raise UsageError("--resume-lease cannot be used with --abandon")
+    from lamina.repository.repository import MAX_RESUME_LEASE_S
+    if resume_lease is not None and not 0 < resume_lease <= MAX_RESUME_LEASE_S:
+        raise UsageError("--resume-lease must be a positive duration of at most 366 days")
     repo = open_repository(repo_path, lock_timeout)
     if abandon:
         with open_database(db) as database:
@@ -153,7 +156,7 @@ def backup_to_repo(db: str, image: str | None, repo_path: str | None, *, full: b
         if as_json:
             emit_json({"abandoned": None if pin is None else pin.describe()})
         elif pin is None:
-            click.echo(f"no interrupted backup of {db} into {repo.path} to abandon")
+            click.echo(f"no interrupted backup of {db} into {repo.url} to abandon")
         else:
             click.echo(f"abandoned backup {pin.pin_id} (validity point: commit seq "
                        f"{pin.vp_seq} at {iso_time(pin.vp_wall_ns)}); its pin is released")

@@ -707,9 +707,14 @@ class Repository:
         return result
 
 
+#: The longest resume lease: a pin holds pages from reuse for that long.
+MAX_RESUME_LEASE_S = 366 * 86_400
+
+
 def _lease_ns(seconds: float) -> int:
-    if not seconds > 0:
-        raise UsageError(f"the resume lease must be a positive duration, not {seconds:g} s")
+    if not 0 < seconds <= MAX_RESUME_LEASE_S:
+        raise UsageError(f"the resume lease must be a positive duration of at most 366 days, "
+                         f"not {seconds:g} s")
     return int(seconds * 1e9)
 
 

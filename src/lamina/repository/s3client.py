@@ -128,7 +128,11 @@ def make_client(endpoint: str | None) -> Any:
                     read_timeout=READ_TIMEOUT, s3=s3_config or None,
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required")
-    return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    try:
+        return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    except ValueError as exc:  # botocore: "Invalid endpoint: ..."
+        raise UsageError(f"S3 endpoint {endpoint!r} is not a URL ({exc}); give "
+                         "--s3-endpoint http(s)://HOST:PORT or set AWS_ENDPOINT_URL") from None
 
 
 def error_code(exc: BaseException) -> str | None:

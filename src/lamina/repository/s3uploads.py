@@ -68,6 +68,9 @@ class S3Upload:
         self.name = name
         self.part_size = part_size
         self.multipart = multipart
+        # The parts this object stored, with the ETags the store answered: what completing
+        # uses (a listing may show a part number stored twice, in any order, on SeaweedFS).
+        self._stored: dict[int, Part] = {}
 
     def checksum(self, data: bytes) -> str:
         """MD5 of ``data``, hex: what the store reports as a part's ETag."""
@@ -76,10 +79,19 @@ class S3Upload:
     def _parts(self) -> list[Part]:
         return self.multipart.parts()
 
+    def _unique_parts(self) -> dict[int, Part]:
+        """The listed parts whose number is listed once (a number listed with several
+        versions is ambiguous: which one a completion would take is unknown)."""
+        seen: dict[int, list[Part]] = {}
+        for p in self._parts():
+            seen.setdefault(p.number, []).append(p)
+        return {n: ps[0] for n, ps in seen.items() if len({x.etag for x in ps}) == 1}
+
     def parts_present(self) -> dict[int, PartInfo]:
-        """See :meth:`Upload.parts_present <lamina.repository.uploads.Upload>`."""
-        return {p.number: PartInfo(p.size, _unquote(p.etag)) for p in self._parts()
-                if 1 <= p.number <= MAX_PARTS and 0 < p.size <= self.part_size}
+        """See :meth:`Upload.parts_present <lamina.repository.uploads.Upload>`; a part
+        number listed with two different ETags counts as absent (it is stored again)."""
+        return {n: PartInfo(p.size, _unquote(p.etag)) for n, p in self._unique_parts().items()
+                if 1 <= n <= MAX_PARTS and 0 < p.size <= self.part_size}
 
     def put_part(self, number: int, data: bytes) -> PartInfo:
         """Store part ``number``; its ETag must be the MD5 of ``data`` (else the store
@@ -91,6 +103,7 @@ class S3Upload:
             raise UsageError(f"part of {len(data)} bytes in an upload of "
                              f"{self.part_size}-byte parts")
         part = self.multipart.upload_part(number, data)
+        self._stored[number] = part
         got = _unquote(part.etag)
         if got != self.checksum(data):
             raise StorageError(f"upload {self.name} on {self.store.storage.url}: part "
@@ -105,7 +118,7 @@ class S3Upload:
         if key != self.multipart_key:
             raise UsageError(f"upload {self.name} completes into {self.multipart_key}, "
                              f"not {key}")
-        present = {p.number: p for p in self._parts()}
+        present = {**self._unique_parts(), **self._stored}
         chosen = []
         for number in range(1, count + 1):
             part = present.get(number)

@@ -78,16 +78,36 @@ def parse_at(text: str, now_ns: int) -> int:
     elif low.endswith(" ago"):
         rel = low[:-4]
     if rel is not None:
-        return now_ns - parse_duration(rel, "time")
+        return _bounded(now_ns - parse_duration(rel, "time"), text)
     if re.fullmatch(r"\d+(?:\.\d+)?", raw):
         digits = len(raw.partition(".")[2])
-        return _scaled(raw, _UNITS_NS["s"]) + int(10 ** max(0, 9 - digits)) - 1
+        return _bounded(_scaled(raw, _UNITS_NS["s"]) + int(10 ** max(0, 9 - digits)) - 1, text)
+    # datetime keeps microseconds: digits 7-9 of a fraction are added here, exactly.
+    fraction = re.search(r"(:\d\d[.,])(\d+)", raw)
+    extra_ns, iso = 0, raw
+    if fraction is not None and len(fraction.group(2)) > 6:
+        fraction_digits = fraction.group(2)
+        if len(fraction_digits) > 9:
+            raise UsageError(f"time {text!r}: more than 9 fractional digits")
+        extra_ns = int(fraction_digits[6:].ljust(3, "0"))
+        iso = raw[:fraction.start(2) + 6] + raw[fraction.end(2):]
     try:
-        moment = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        moment = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(f"time {text!r} is neither ISO 8601, epoch seconds, 'now' nor "
                          "relative (-5m, 5m ago)") from None
-    return _datetime_ns(moment) + _precision_ns(raw) - 1
+    return _bounded(_datetime_ns(moment) + extra_ns + _precision_ns(raw) - 1, text)
+
+
+#: The latest time accepted: the end of year 9999 (what ISO 8601 printing can show).
+_MAX_NS = _datetime_ns(dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC)) + 999
+
+
+def _bounded(ns: int, text: str) -> int:
+    """``ns`` if it is a time from 1970 to the end of 9999; else UsageError."""
+    if not 0 <= ns <= _MAX_NS:
+        raise UsageError(f"time {text!r} is out of range (1970-01-01 .. 9999-12-31)")
+    return ns
 
 
 def _precision_ns(text: str) -> int:
