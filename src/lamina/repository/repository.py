@@ -73,6 +73,7 @@ from lamina.repository.index import (
 )
 from lamina.repository.keys import RepoKeys
 from lamina.repository.layout import RepoConfig
+from lamina.repository.lease import Lease
 from lamina.repository.lock import RepositoryLock
 from lamina.repository.policy import KeepPolicy
 from lamina.repository.prune import PrunePlan, execute, plan_prune
@@ -365,10 +366,12 @@ class Repository:
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
-    def _shared(self, operation: str, cancel: CancelToken = None) -> Iterator[None]:
-        with self.locks.repository(exclusive=False, operation=operation, cancel=cancel), \
-                keyrings.using(self.keyring):
-            yield
+    def _shared(self, operation: str, cancel: CancelToken = None) -> Iterator[Lease]:
+        """Hold the repository lock shared, with the repository's keys current; yields the
+        lease (``lost`` once another process took it over)."""
+        with self.locks.repository(exclusive=False, operation=operation,
+                                   cancel=cancel) as lease, keyrings.using(self.keyring):
+            yield lease
 
     @contextlib.contextmanager
     def exclusive(self, operation: str, cancel: CancelToken = None) -> Iterator[None]:

@@ -45,6 +45,7 @@ from lamina.repository.index import (
     save_index,
 )
 from lamina.repository.layout import RepoConfig
+from lamina.repository.lease import Lease
 from lamina.repository.lock import RepositoryLock
 from lamina.repository.storage import Storage
 from lamina.repository.upload_store import uploads_of
@@ -66,7 +67,8 @@ class Repository(Protocol):
     config: RepoConfig
     locks: RepositoryLock
 
-    def _shared(self, operation: str) -> AbstractContextManager[None]: ...
+    def _shared(self, operation: str,
+                cancel: CancelToken = None) -> AbstractContextManager[Lease]: ...
 
     def _load(self) -> tuple[Index, str | None]: ...
 
@@ -98,13 +100,16 @@ def _scope(repo: Repository) -> str:
 
 
 def _publish(repo: Repository, upload: Upload, writer: PartWriter, image_id: uuid.UUID,
-             rebuilt: str | None) -> str | None:
+             rebuilt: str | None, held: Lease) -> str | None:
     """Store the last part, publish the image and its index entry together (under the
     index lock); on an index failure the image is withdrawn. Returns the rebuild note."""
     count = writer.finish()
     failpoint("backup.before_publish")
     key = L.image_key(image_id)
     with repo.locks.index():
+        if held.lost:  # a prune may have started meanwhile: publish nothing (resumable)
+            raise LockedError(f"the lease of this backup on {repo.storage.url} was taken "
+                              "over (the process stalled past it); finish it with --resume")
         loaded = load_index(repo.storage, save=False)
         rebuilt = rebuilt or loaded.rebuilt
         upload.complete(key, count)
@@ -167,7 +172,7 @@ def backup(repo: Repository, db: Database, *, full: bool, codec: str,
     check_part_size(part_size)
     uploads = uploads_of(repo.storage)
     scope = _scope(repo)
-    with repo._shared("backup"):
+    with repo._shared("backup", cancel) as held:
         index, rebuilt = repo._load()
         if base_id is not None and not full:
             base: ImageRecord | None = index.find(base_id)
@@ -190,7 +195,7 @@ def backup(repo: Repository, db: Database, *, full: bool, codec: str,
             result = pinning.pinned_backup(db, writer, request, codec=codec, base=base_path,
                                            progress=progress, cancel=cancel,
                                            image_id=image_id, vp=vp)
-            rebuilt = _publish(repo, upload, writer, image_id, rebuilt)
+            rebuilt = _publish(repo, upload, writer, image_id, rebuilt, held)
         except BaseException:
             writer.close()  # parts in flight end first (a resume finds what they stored)
             pinned = pinning.find_pin(db, scope)
@@ -232,7 +237,7 @@ def resume(repo: Repository, db: Database, *, progress: ProgressCallback | None,
         raise NotFoundError(f"no interrupted backup of {db.path} into {repo.storage.url} to "
                             f"resume; {RESUME_HINT.split(' (')[0]}")
     _refuse_running(db, pin)
-    with repo._shared("backup"):
+    with repo._shared("backup", cancel) as held:
         pin = pinning.renew(db, pin, lease_ns, RESUME_HINT)
         extra: dict[str, Any] = pin.resume
         image_id = uuid.UUID(pin.pin_id)
@@ -270,7 +275,7 @@ def resume(repo: Repository, db: Database, *, progress: ProgressCallback | None,
         try:
             result = pinning.resume_backup(db, writer, pin, base=base_path,
                                            progress=progress, cancel=cancel)
-            rebuilt = _publish(repo, upload, writer, image_id, rebuilt)
+            rebuilt = _publish(repo, upload, writer, image_id, rebuilt, held)
         finally:
             writer.close()
         with contextlib.suppress(LaminaError):
