@@ -11,7 +11,6 @@ import json
 import random
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 
 from lamina.repository import Repository
 from support import cli
+from support.waiting import wait_for
 from support.workload_log import logged, wait_for_workload
 
 from .helpers import prove_every_point
@@ -36,14 +36,13 @@ def _status(path: Path) -> dict[str, Any] | None:
 
 def wait_for_status(proc: subprocess.Popen[str], path: Path, ok: Any) -> dict[str, Any]:
     """Wait until the status file written by ``proc`` satisfies ``ok`` (a predicate)."""
-    deadline = time.monotonic() + GUARD
-    while True:
+    def ready() -> dict[str, Any] | None:
         status = _status(path)
-        if status is not None and status["pid"] == proc.pid and ok(status):
-            return status
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, ("no progress", status)
-        time.sleep(0.005)
+        return status if status is not None and status["pid"] == proc.pid and ok(status) \
+            else None
+
+    return wait_for(ready, f"the replicator's status file {path.name} to show progress",
+                    proc=proc, guard=GUARD)
 
 
 def _replicator(db: Path, repo: Path, status: Path) -> subprocess.Popen[str]:

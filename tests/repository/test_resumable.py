@@ -34,6 +34,7 @@ from lamina.repository import Repository
 from lamina.repository import layout as L
 from lamina.repository.uploads import LocalUpload
 from support import cli
+from support.waiting import wait_for
 
 PART = 64 * 1024
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -90,13 +91,8 @@ def _state(pid: int) -> str:
 
 def wait_stopped(proc: subprocess.Popen[str]) -> None:
     """Wait until the child stopped itself at its failpoint (a hang guard only bounds it)."""
-    deadline = time.monotonic() + 120
-    while _state(proc.pid) != "T":
-        if proc.poll() is not None:
-            _out, err = proc.communicate()
-            pytest.fail(f"the backup ended (rc {proc.returncode}) before its failpoint: {err}")
-        assert time.monotonic() < deadline, "the backup never reached its failpoint"
-        time.sleep(0.002)
+    wait_for(lambda: _state(proc.pid) == "T", "the backup to stop at its failpoint",
+             proc=proc)
 
 
 def kill(proc: subprocess.Popen[str]) -> None:
@@ -257,10 +253,7 @@ def test_lease_expiry_releases_the_pin(setup: tuple[Path, Path]) -> None:
     proc = start_child(db_path, repo_path, "backup.pinned", action="kill", lease=0.5)
     proc.communicate(timeout=120)
     [pin] = pins.load(db_path)
-    deadline = time.monotonic() + 60
-    while not pin.expired():  # the condition: the lease's end on the wall clock
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(pin.expired, "the lease's end on the wall clock")
     with lamina.open(db_path, create=False) as db:
         assert not db.lockfile.live_pins() and db.lockfile.oldest_reader_txnid() is None
         assert db.stat()["pins"][0]["state"] == "expired"
@@ -299,10 +292,7 @@ def test_cli_resume_stat_abandon_and_expiry(setup: tuple[Path, Path]) -> None:
                      env={**os.environ, "LAMINA_FAILPOINT": "backup.pinned"})
     proc.communicate(timeout=120)
     [record] = pins.load(db)
-    deadline = time.monotonic() + 60
-    while not record.expired():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(record.expired, "the lease's end on the wall clock")
     expired = cli.run("backup", str(db), "--repo", str(repo), "--resume")
     assert expired.returncode == 3
     line = expired.stderr.strip()
@@ -396,10 +386,8 @@ def test_a_running_backup_keeps_its_pin_alive(setup: tuple[Path, Path]) -> None:
         renew()  # too early: unchanged
         assert pins.load(db_path)[0].expires_ns == pin.expires_ns
         start = time.monotonic_ns()
-        deadline = time.monotonic() + 60
-        while time.monotonic_ns() - start < lease_ns // 4:  # the condition: a quarter gone
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_for(lambda: time.monotonic_ns() - start >= lease_ns // 4,
+                 "a quarter of the lease to pass")
         renew()
         [renewed] = pins.load(db_path)
         assert renewed.pin_id == pin.pin_id and renewed.expires_ns != pin.expires_ns

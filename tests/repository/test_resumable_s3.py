@@ -14,7 +14,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from lamina.errors import UsageError
 from lamina.repository import Repository
 from lamina.repository import layout as L
 from lamina.repository.s3uploads import S3_MIN_PART_SIZE, S3Uploads
+from support.waiting import wait_for
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 PART = S3_MIN_PART_SIZE
@@ -88,12 +88,8 @@ def test_killed_s3_backup_resumes_from_its_stored_parts(s3_url: str, tmp_path: P
            "LAMINA_FAILPOINT_ACTION": "stop", "PYTHONPATH": SRC}
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(db_path), s3_url, str(PART)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 300  # a hang guard only
-    while _state(proc.pid) != "T":
-        if proc.poll() is not None:
-            pytest.fail(f"the backup ended before its failpoint: {proc.communicate()[1]}")
-        assert time.monotonic() < deadline, "the backup never reached its failpoint"
-        time.sleep(0.005)
+    wait_for(lambda: _state(proc.pid) == "T", "the backup to stop at its failpoint",
+             proc=proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL

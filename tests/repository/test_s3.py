@@ -27,6 +27,7 @@ from support import cli
 from support.s3fixtures import BUCKET
 from support.s3server import S3Server, client
 from support.tcpproxy import DOWN, UP, TcpProxy
+from support.waiting import wait_for
 
 from .helpers import content, make_db
 
@@ -268,10 +269,8 @@ def test_server_killed_mid_backup_then_restarted(tmp_path: Path) -> None:
         server.start()
         # A restarted server answers ListBuckets before its volumes are loaded (reads of
         # older objects fail with InternalError meanwhile): wait until they are readable.
-        deadline = time.monotonic() + 120  # a hang guard only
-        while not _readable(s3, "killed", f"repo/{L.CONFIG_KEY}"):
-            assert time.monotonic() < deadline, "the restarted server never served the data"
-            time.sleep(0.05)
+        wait_for(lambda: _readable(s3, "killed", f"repo/{L.CONFIG_KEY}"),
+                 "the restarted server to serve the repository's objects")
         assert _images_env(url, env) == [L.image_key(first.stdout.strip())]
         restored = cli.run("restore", "--repo", url, "--to", str(tmp_path / "out"), env=env)
         assert restored.returncode == 0, restored.stderr

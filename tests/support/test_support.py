@@ -195,3 +195,19 @@ def test_teardown_check_through_pytest(tmp_path: Path) -> None:
     assert "the teardown check found damage" in out and "checksum" in out
     assert "test_one_opted_out0/b:" in out and "test_one_opted_out0/a:" not in out, out
     assert "needs the reason" in out
+
+
+def test_wait_for_returns_the_first_truthy_value_and_fails_on_a_dead_process() -> None:
+    import subprocess
+    import sys
+
+    from support.waiting import wait_for
+
+    calls = iter([0, None, "", 7, 8])
+    assert wait_for(lambda: next(calls), "a value") == 7
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with pytest.raises(pytest.fail.Exception, match=r"rc 3\) before never"):
+        wait_for(lambda: False, "never", proc=proc)
+    with pytest.raises(pytest.fail.Exception, match="hang guard"):
+        wait_for(lambda: False, "never", guard=0.01)
