@@ -24,6 +24,7 @@ import lamina
 from lamina.core import fileio
 from lamina.core.lockfile import LockFile
 from lamina.errors import StorageError, TransactionClosedError, VersionError, storage_error
+from support.waiting import wait_for
 
 
 def _run(code: str, *args: str) -> subprocess.Popen[str]:
@@ -215,7 +216,7 @@ def test_reclaiming_dead_slots_never_wipes_a_live_one(tmp_path: Path) -> None:
             while not stop.is_set():
                 slot = lf.acquire_slot()
                 slot.set(99)
-                time.sleep(0)
+                os.sched_yield()  # let the reclaimer run between set and check
                 if lf._read_slot(slot.index)[1] != 99:
                     wiped.append(slot.index)
                 slot.release()
@@ -232,10 +233,10 @@ def test_reclaiming_dead_slots_never_wipes_a_live_one(tmp_path: Path) -> None:
             t.start()
         # Run for a number of rounds of every thread, not for a time: a busy machine only
         # makes it take longer (120 s is a hang guard).
-        deadline = time.monotonic() + 120
-        while min(rounds) < 300 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        stop.set()
+        try:
+            wait_for(lambda: min(rounds) >= 300, "300 rounds of every thread")
+        finally:
+            stop.set()
         for t in threads:
             t.join(30)
         assert wiped == [] and min(rounds) >= 300, rounds

@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from helpers import assert_clean, opened
 from workload import TABLES, model_after
 
 from lamina.core.failpoints import NAMES
+from support.waiting import wait_for
 
 WORKLOAD = Path(__file__).with_name("workload.py")
 BTREE_FAILPOINTS = [n for n in NAMES if n.startswith("btree.")]
@@ -81,12 +81,8 @@ def test_kill_at_random_moment(tmp_path: Path, seed: int) -> None:
         # may not even have started the writer after a second): kill as soon as the log
         # shows 1..40 more commits, which lands anywhere in or between the next commits.
         target = logged(log) + rnd.randint(1, 40)
-        deadline = time.monotonic() + 120  # a hang guard only
-        while logged(log) < target:
-            if proc.poll() is not None:
-                raise AssertionError(f"writer ended: {proc.stderr.read().decode()}")
-            assert time.monotonic() < deadline, "the writer made no progress"
-            time.sleep(0.001)
+        wait_for(lambda t=target: logged(log) >= t, f"the writer to log {target} commits",
+                 proc=proc, max_interval=0.001)
         proc.kill()
         proc.wait(timeout=30)
         assert proc.returncode == -signal.SIGKILL

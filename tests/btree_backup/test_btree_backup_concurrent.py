@@ -8,7 +8,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from btree_backup_helpers import (
@@ -23,6 +22,7 @@ from btree_backup_writer import TABLES, value
 
 import lamina
 from lamina.core.lockfile_format import SLOT_BACKUP
+from support.waiting import wait_for
 
 HERE = Path(__file__).parent
 
@@ -71,11 +71,8 @@ def test_image_is_exactly_the_vp_while_a_process_writes(tmp_path: Path) -> None:
     def wait_for_seq(seq: int) -> None:
         """Wait until the writer logged a commit with seq >= ``seq`` (progress counted in
         its commits, not in seconds; 120 s is a hang guard only)."""
-        deadline = time.monotonic() + 120
-        while last_logged_seq(log) < seq:
-            assert writer.poll() is None, "writer died"
-            assert time.monotonic() < deadline, "the writer made no progress"
-            time.sleep(0.002)
+        wait_for(lambda: last_logged_seq(log) >= seq, f"the writer to log seq {seq}",
+                 proc=writer)
 
     try:
         wait_for_seq(20)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from lamina.core import lockfile_format as F
 from lamina.core.lockfile import LockFile
 from lamina.errors import LockedError, NotADatabaseError, VersionError
+from support.waiting import wait_for
 
 
 def _seed(seq: int):
@@ -158,11 +158,10 @@ def test_commit_blocker_excludes_commits_in_other_processes(tmp_path: Path) -> N
             assert child.stdout.readline().strip() == "committing"
             # Proof that the child tried to commit while we block: the kernel has it waiting
             # for the commit gate (held exclusively here) - whatever the machine's speed.
-            deadline = time.monotonic() + 60  # a hang guard only
-            while not _waits_for_lock(child.pid, tmp_path / F.FILE_NAME, F.LOCK_COMMIT_GATE):
-                assert child.poll() is None, "the child committed through the blocker"
-                assert time.monotonic() < deadline, "the child never waited for the gate"
-                time.sleep(0.001)
+            wait_for(lambda: _waits_for_lock(child.pid, tmp_path / F.FILE_NAME,
+                                             F.LOCK_COMMIT_GATE),
+                     "the child to wait for the commit gate (not commit through it)",
+                     proc=child)
             assert lf.commit_seq() == vp  # the child could not commit meanwhile
             assert child.poll() is None
         out, _ = child.communicate(timeout=30)

@@ -19,6 +19,7 @@ from lamina.repository.lock import EXCLUSIVE_KEY
 from lamina.repository.prune import plan_prune
 from lamina.repository.repository import open_storage
 from support import cli
+from support.waiting import wait_for
 
 from .helpers import DAY_NS, content, make_db, vp_clock
 
@@ -149,16 +150,15 @@ def test_prune_killed_at_a_random_moment(
     proc = cli.start("prune", "--repo", str(repo_path), *PRUNE_ARGS, capture=False)
     deadline = time.monotonic() + 120  # a hang guard only
     try:
-        while proc.poll() is None and not _locked(repo_path):
-            assert time.monotonic() < deadline, "prune never took the repository lock"
-            time.sleep(0.0005)
+        wait_for(lambda: proc.poll() is not None or _locked(repo_path),
+                 "prune to take the repository lock", max_interval=0.0005)
         if proc.poll() is None:  # (not reaped yet: its pid is still ours to signal)
             os.kill(proc.pid, signal.SIGSTOP)
         seen = _listing(repo_path)
         while changes > 0 and proc.poll() is None:
             assert time.monotonic() < deadline, "prune made no progress"
             os.kill(proc.pid, signal.SIGCONT)
-            time.sleep(0)  # a slice as short as the scheduler makes it
+            os.sched_yield()  # a slice as short as the scheduler makes it
             os.kill(proc.pid, signal.SIGSTOP)
             now = _listing(repo_path)
             if now != seen:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +18,7 @@ from lamina.repository.index import Index
 from lamina.repository.lock import RepositoryLock
 from lamina.repository.storage import LocalStorage
 from support import cli
+from support.waiting import wait_for
 
 from .helpers import make_db
 
@@ -180,17 +181,18 @@ def test_backup_killed_mid_write_leaves_nothing_listed(tmp_path: Path) -> None:
     for fraction in (0.5, 0.7, 0.8, 0.9, 0.99):
         old = {p.name for p in staging.glob("*")} if staging.is_dir() else set()
         proc = cli.start(*command, text=False)
-        deadline = time.monotonic() + 120  # a hang guard only
-        while not _staged_bytes(staging, old, complete=False) and proc.poll() is None:
-            assert time.monotonic() < deadline, "the backup staged nothing"
-            time.sleep(0.0005)
+        def staged(p: Any = proc, o: set[str] = old) -> bool:
+            return bool(_staged_bytes(staging, o, complete=False)) or p.poll() is not None
+
+        def written(p: Any = proc, o: set[str] = old, f: float = fraction) -> bool:
+            return p.poll() is not None or (
+                _staged_bytes(staging, o, complete=True, whole=whole) >= whole if f == 1.0
+                else _staged_bytes(staging, o, complete=False) >= f * whole)
+
+        wait_for(staged, "the backup to stage bytes", max_interval=0.0005)
         with locks.index():
-            while proc.poll() is None and not (
-                    _staged_bytes(staging, old, complete=True, whole=whole)
-                    if fraction == 1.0 else
-                    _staged_bytes(staging, old, complete=False) >= fraction * whole):
-                assert time.monotonic() < deadline, "the backup stopped writing"
-                time.sleep(0.0005)
+            wait_for(written, f"the backup to write {fraction:.0%} of its image",
+                     max_interval=0.0005)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 killed += 1

@@ -23,11 +23,12 @@ GUARD_SECONDS = 300.0
 
 def wait_for(condition: Callable[[], T], what: str, *,
              proc: subprocess.Popen[Any] | None = None,
-             guard: float = GUARD_SECONDS) -> T:
-    """Poll ``condition()`` until it returns a truthy value and return that value. Fails
+             guard: float = GUARD_SECONDS, max_interval: float = 0.02) -> T:
+    """Poll ``condition()`` until it returns a truthy value and return that value (polls
+    at most ``max_interval`` apart: small when the moment it turns true matters). Fails
     the test if ``proc`` (when given) exits first, or after ``guard`` seconds."""
     deadline = time.monotonic() + guard
-    delay = 0.001
+    delay = min(0.001, max_interval)
     while True:
         value = condition()
         if value:
@@ -38,7 +39,7 @@ def wait_for(condition: Callable[[], T], what: str, *,
         if time.monotonic() >= deadline:
             pytest.fail(f"gave up waiting for {what} after {guard:g} s (hang guard)")
         time.sleep(delay)  # the one polling sleep of the suite's condition waits
-        delay = min(delay * 2, 0.02)
+        delay = min(delay * 2, max_interval)
 
 
 __all__ = ["GUARD_SECONDS", "wait_for"]

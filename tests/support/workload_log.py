@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
+
+from support.waiting import wait_for
 
 
 def logged(log: Path) -> tuple[int, int]:
@@ -23,14 +24,11 @@ def wait_for_workload(writer: subprocess.Popen[str], log: Path, *, commits: int 
     """Wait until the workload logged at least ``commits`` commits, the last with a seq of
     at least ``seq``: moments counted in its commits, not in seconds (a busy machine only
     makes this take longer; 120 s is a hang guard)."""
-    deadline = time.monotonic() + 120
-    while True:
+    def reached() -> bool:
         done, last = logged(log)
-        if done >= commits and last >= seq:
-            return
-        assert writer.poll() is None, writer.communicate()
-        assert time.monotonic() < deadline, ("the workload made no progress", done, last)
-        time.sleep(0.002)
+        return done >= commits and last >= seq
+
+    wait_for(reached, f"the workload to log {commits} commits up to seq {seq}", proc=writer)
 
 
 def stop_workload(writer: subprocess.Popen[str]) -> None:
