@@ -34,7 +34,8 @@ from typing import Any
 
 import xxhash
 
-from lamina.errors import CorruptionError, NotADatabaseError, UsageError, VersionError
+from lamina.core.json_doc import load_versioned
+from lamina.errors import CorruptionError, UsageError
 
 #: The config object's key; its presence marks a directory as a repository.
 CONFIG_KEY = "LAMINAREPO"
@@ -137,18 +138,9 @@ class RepoConfig:
         Raises NotADatabaseError (no magic: not a repository), VersionError (a newer
         format), CorruptionError (checksum or fields).
         """
-        try:
-            obj = json.loads(data.decode("utf-8")) if len(data) <= MAX_CONFIG_SIZE else None
-        except (UnicodeDecodeError, ValueError):
-            obj = None
-        if not isinstance(obj, dict) or obj.get("magic") != CONFIG_MAGIC:
-            raise NotADatabaseError(f"{where} is not a Lamina repository config")
-        version = obj.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise CorruptionError("repository config has no valid version", path=where)
-        if version > FORMAT_VERSION:
-            raise VersionError(f"{where} is repository format {version}; this build reads "
-                               f"up to {FORMAT_VERSION}")
+        obj = load_versioned(data, where=where, magic=CONFIG_MAGIC, newest=FORMAT_VERSION,
+                             max_size=MAX_CONFIG_SIZE, kind="repository config",
+                             format_name="repository format")
         body = {k: v for k, v in obj.items() if k != "checksum"}
         if obj.get("checksum") != checksum(body):
             raise CorruptionError("repository config checksum mismatch", path=where)

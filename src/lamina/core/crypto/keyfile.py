@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from lamina.core.crypto.kdf import KdfParams
 from lamina.core.crypto.masterkey import KEY_ID_SIZE, MASTER_SIZE, MasterKey
-from lamina.errors import AuthenticationError, CorruptionError, NotADatabaseError, VersionError
+from lamina.core.json_doc import load_versioned
+from lamina.errors import AuthenticationError, CorruptionError
 
 MAGIC = "LAMINA-KEY"
 VERSION = 1
@@ -129,20 +130,9 @@ class KeyFile:
     def decode(cls, data: bytes, where: object) -> KeyFile:
         """Parse and bound key-file bytes read from ``where``. Raises NotADatabaseError (no
         magic), VersionError (newer), CorruptionError (any field wrong or out of bounds)."""
-        obj: Any = None
-        if len(data) <= MAX_KEY_FILE_SIZE:
-            try:
-                obj = json.loads(data.decode("ascii"))
-            except (UnicodeDecodeError, ValueError, RecursionError):
-                obj = None
-        if not isinstance(obj, dict) or obj.get("magic") != MAGIC:
-            raise NotADatabaseError(f"{where} is not a Lamina key file")
-        version = obj.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise CorruptionError("key file has no valid version", path=where)
-        if version > VERSION:
-            raise VersionError(f"{where} is key file format {version}; this build reads up "
-                               f"to {VERSION}")
+        obj = load_versioned(data, where=where, magic=MAGIC, newest=VERSION,
+                             max_size=MAX_KEY_FILE_SIZE, kind="key file",
+                             format_name="key file format", encoding="ascii")
 
         def bad(what: str) -> CorruptionError:
             return CorruptionError(f"key file: {what}", path=where)
