@@ -46,6 +46,7 @@ from lamina.core.crypto import keyring as keyrings
 from lamina.core.crypto.keyfile import KeyFile
 from lamina.core.crypto.keyring import Keyring, PassphraseSource, SealSpec
 from lamina.core.crypto.masterkey import MasterKey
+from lamina.core.failpoints import failpoint
 from lamina.database import Database
 from lamina.errors import (
     AlreadyExistsError,
@@ -721,9 +722,11 @@ class Repository:
             except BaseException:
                 target.discard(staged)
                 raise
+            failpoint("repository.merge_staged")
             try:
                 with self.locks.index():
                     target.publish(record, staged)
+                    failpoint("repository.merge_published")
                     loaded = load_index(self.storage, save=False)
                     save_index(self.storage, loaded.index)
             finally:
