@@ -176,6 +176,7 @@ class _Read:
 
     meta: btree_format.Meta
     data_path: Path
+    assembler: PageAssembler
     present: set[int]
     spans: dict[str, TableSpan]
     pgnos: list[int]
@@ -234,7 +235,7 @@ def _read_segment(infos: list[ImageInfo], work: Path, progress: ProgressCallback
         if is_cancelled(cancel):
             raise CancelledError("cancelled")
         assembler = pages[0]
-        assembler.finish()
+        assembler.flush()  # the pages are read back from the page cache: no sync needed
         for span in spans.values():
             span.finish()
         _check_archive(final, facts[-1], spans)
@@ -246,7 +247,7 @@ def _read_segment(infos: list[ImageInfo], work: Path, progress: ProgressCallback
         for span in spans.values():
             span.abort()
         raise
-    return _Read(assembler.meta, data_path, present, spans, pgnos, done)
+    return _Read(assembler.meta, data_path, assembler, present, spans, pgnos, done)
 
 
 def _feeds(info: ImageInfo, last: bool, facts: BtreeVpFacts, expect_base: int,
@@ -471,7 +472,8 @@ def _archive_facts(facts: ImageFacts, spans: dict[str, TableSpan]) -> ArchiveVpF
 
 
 def _release(read: _Read) -> None:
-    """Close the spools (the temporary directory removes the files)."""
+    """Close and remove the work files (the page file, the spools)."""
+    read.assembler.abort()
     for span in read.spans.values():
         span.abort()
 
