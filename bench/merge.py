@@ -1,9 +1,10 @@
 """Merging layers in a repository: ``merge_layers`` against its peers, local and S3.
 
 A database (``--base-mib`` of btree rows and archive rows) gets a full image F and
-``--layers`` layers, each on the one before, each holding about ``--layer-mib`` of changes
-(half btree puts over existing and new keys, half archive appends; some keys rewritten by
-several layers, as a busy table's are). Then, on a fresh copy of that repository each time:
+``--layers`` layers, each on the one before, each an image of about ``--layer-mib`` (about
+60 % btree pages dirtied by puts, half of them on a hot 5 % of the keys that several layers
+rewrite, as a busy table's are; 40 % archive appends; random, incompressible bytes).
+Then, on a fresh copy of that repository each time:
 
 * ``merge_layers(Ln, onto=F)`` — the segment L1..Ln merged into one layer on F (this
   work's primitive; what replication compaction runs);
@@ -72,13 +73,16 @@ def _build(root: Path, base_mib: int, layers: int, layer_mib: float,
         ids.append(repo.backup(db, full=True).backup_id)
         hot = max(1, keys // 20)
         for _ in range(layers):
-            count = int(layer_mib * per_mib)
+            # About 60 % of the layer in btree pages (a random put dirties about one 4 KiB
+            # leaf), 40 % in archive rows.
+            puts = int(layer_mib * MIB * 0.6 / 4096)
             with db.write() as txn:
                 t = txn.table("kv")
-                for k in range(count // 4):  # half rewrites hot keys, half spreads out
+                for k in range(puts):  # half rewrites hot keys, half spreads out
                     key = rng.randrange(hot) if k % 2 else rng.randrange(keys)
                     t.put(b"key%010d" % key, rng.randbytes(value))
-            db.append_many("log", [rng.randbytes(value) for _ in range(count // 2)])
+            rows = int(layer_mib * MIB * 0.4 / value)
+            db.append_many("log", [rng.randbytes(value) for _ in range(rows)])
             ids.append(repo.backup(db, base=str(ids[-1])).backup_id)
     return root / "repo", ids
 
