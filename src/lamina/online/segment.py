@@ -431,6 +431,11 @@ def combine_segment(paths: Sequence[ImagePath], out: str | os.PathLike[str], *,
             pages = _LayerPages(read, base_txnid)
             with ImageWriter(target, header, final.catalog,
                              codec=parse_codec(codec)) as writer:
+                if writer.header.sealed != final.header.sealed:
+                    state = "is" if final.header.sealed else "is not"
+                    raise ChainError(f"the segment {state} encrypted and the merged layer "
+                                     "would not be: the current keyring decides (encrypted "
+                                     "and unencrypted images never mix in one chain)")
                 vp_facts: list[dict[str, Any]] = []
                 for di, entry in enumerate(final.catalog.drivers):
                     if is_cancelled(cancel):

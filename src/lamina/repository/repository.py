@@ -70,6 +70,7 @@ from lamina.repository.index import (
     Index,
     chain_size,
     load_index,
+    record_from_image,
     save_index,
 )
 from lamina.repository.keys import RepoKeys
@@ -727,11 +728,14 @@ class Repository:
                 with self.locks.index():
                     target.publish(record, staged)
                     failpoint("repository.merge_published")
-                    loaded = load_index(self.storage, save=False)
-                    save_index(self.storage, loaded.index)
+                    # The record is read from the new image whatever its size and stamp
+                    # (an object store's stamp has one-second steps).
+                    fresh = record_from_image(self.storage, self.storage.stat(record.key))
+                    merged = load_index(self.storage, save=False).index.with_record(fresh)
+                    save_index(self.storage, merged)
             finally:
                 target.discard(staged)
-            return loaded.index.records[record.backup_id]
+            return merged.records[record.backup_id]
 
     def replicator(self, db: Database, **options: Any) -> Any:
         """A :class:`~lamina.repository.replicate.Replicator` of ``db`` into this
