@@ -395,7 +395,8 @@ def combine_segment(paths: Sequence[ImagePath], out: str | os.PathLike[str], *,
     order): the layer a database would have produced on L1's base at Ln's VP, with image
     id ``image_id`` (module doc: what it holds and why the segment suffices). Reads only
     the segment's images, once each, newest first, into a temporary directory next to
-    ``out`` (removed afterwards; at most the segment's pages and archive tails on disk).
+    ``out`` (removed afterwards; at most the segment's pages and archive tails on disk;
+    memory: a set of the segment's page numbers and the walk's stack, never page data).
 
     Restoring the chain with the merged layer in place of L1..Ln equals restoring the
     original chain; layers taken on Ln link to the merged layer when ``image_id`` is Ln's
