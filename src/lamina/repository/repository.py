@@ -2,15 +2,15 @@
 that knows their chains.
 
 :class:`Repository` is the Python API behind ``lamina repo init``, ``backup --repo``,
-``list``, ``restore --repo``, ``verify --repo`` and ``prune``, and behind the replicator's
-merges (:meth:`Repository.merge_to_full`, :meth:`Repository.merge_layers`). Layout and formats:
-:mod:`lamina.repository.layout` and docs/format.md ("Repository").
+``list``, ``restore --repo``, ``verify --repo`` and ``prune``, and behind the
+replicator's merges (:meth:`Repository.merge_to_full`, :meth:`Repository.merge_layers`).
+Layout and formats: :mod:`lamina.repository.layout` and docs/format.md ("Repository").
 
 Concurrency: any number of processes and threads may use one repository. ``backup``,
 ``restore``, ``verify`` and ``list`` share the repository lock, ``prune`` and the merges
-hold it alone,
-and each waits at most ``lock_timeout`` seconds (then LockedError). A backup publishes its
-image and the index entry together under the index lock, so readers see both or neither.
+hold it alone, and each waits at most ``lock_timeout`` seconds (then LockedError). A backup
+publishes its image and the index entry together under the index lock, so readers see both
+or neither.
 
 Encryption (``init(passphrase=...)``): every image is sealed under the repository's master
 key (:mod:`lamina.backup.sealing`), whose key files live under ``keys/``
