@@ -77,6 +77,7 @@ from lamina.repository.lease import Lease
 from lamina.repository.lock import RepositoryLock
 from lamina.repository.policy import KeepPolicy
 from lamina.repository.prune import PrunePlan, execute, plan_prune
+from lamina.repository.staged_image import StagedImage
 from lamina.repository.storage import LocalStorage, Storage
 from lamina.repository.uploads import DEFAULT_PART_SIZE
 
@@ -206,7 +207,12 @@ def parse_time(value: str | float | int | dt.datetime) -> int:
 
 
 class _Target:
-    """The repository side of a prune's execution (:class:`~.prune.PruneTarget`)."""
+    """The repository side of a prune's execution (:class:`~.prune.PruneTarget`), and of
+    every operation that replaces an image by one it makes from stored images: the new
+    image is written into the store (:meth:`stage`) and published over the old one only
+    once proven (:meth:`publish`). ``staging_path`` (a local file, put afterwards) is the
+    older way, kept for callers that still write a file: ``publish``/``discard`` take
+    either."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -214,29 +220,44 @@ class _Target:
     def image_path(self, record: ImageRecord) -> ImageLocation:
         return self.storage.image(record.key)
 
+    def stage(self, record: ImageRecord) -> StagedImage:
+        """A new image streamed into the store at ``record``'s key (see StagedImage)."""
+        return StagedImage(self.storage, record.key)
+
     def staging_path(self) -> Path:
+        """A fresh local file path (its image is put by :meth:`publish`)."""
         return self.storage.staging_dir() / f"merge-{uuid.uuid4().hex}{L.IMAGE_SUFFIX}"
 
-    def publish(self, record: ImageRecord, staged: Path) -> int:
+    def publish(self, record: ImageRecord, staged: StagedImage | Path) -> int:
+        """Publish ``staged`` over ``record``'s key (a StagedImage: proven first); returns
+        the published image's size."""
+        if isinstance(staged, StagedImage):
+            return staged.publish()
         self.storage.put_file(record.key, staged)
         return self.storage.stat(record.key).size
 
     def delete(self, record: ImageRecord) -> None:
         self.storage.delete(record.key)
 
-    def discard(self, staged: Path) -> None:
+    def discard(self, staged: StagedImage | Path) -> None:
+        if isinstance(staged, StagedImage):
+            staged.discard()
+            return
         with contextlib.suppress(StorageError):
             fileio.unlink(staged)
 
 
-def _combine(paths: list[ImageLocation], out: Path, backup_id: uuid.UUID,
+def _combine(paths: list[ImageLocation], staged: StagedImage, backup_id: uuid.UUID,
              cancel: CancelToken = None) -> tuple[uuid.UUID, int, bool]:
-    """One synthetic full image of the chain ``paths`` at ``out`` that keeps the replaced
-    backup's id (so layers on it still link), checked whole before the caller publishes it
-    (it replaces a layer that restores today)."""
-    info = chain.combine_chain(paths, out, image_id=backup_id, cancel=cancel)
-    chain.verify_chain([out], cancel=cancel)
-    return info.header.image_id, info.vp.commit_seq, info.manifest.kind == F.ImageKind.FULL
+    """One synthetic full image of the chain ``paths``, streamed into ``staged``, that
+    keeps the replaced backup's id (so layers on it still link): the assembled state is
+    proven before it is written and the bytes as they are written (``staged.prove``), all
+    before the caller publishes it (it replaces a layer that restores today)."""
+    chain.combine_chain_to(paths, staged.stream, workdir=staged.workdir, image_id=backup_id,
+                           cancel=cancel)
+    report = staged.prove()
+    return (report.header.image_id, report.manifest.vp.commit_seq,
+            report.manifest.kind == F.ImageKind.FULL)
 
 
 class Repository:
@@ -622,7 +643,8 @@ class Repository:
     def merge_to_full(self, backup_id: str, *, cancel: CancelToken = None) -> ImageRecord:
         """Replace the layer ``backup_id`` by a synthetic full of its chain (same backup id
         and image id, same VP: layers on it still link), streamed from the repository back
-        to it, proven whole before the atomic put; returns its new record (a full is
+        into it (:class:`~lamina.repository.staged_image.StagedImage`: no local copy of the
+        image), proven whole before it is published over the layer; returns its new record (a full is
         returned as it is). Holds the repository lock exclusively. Raises NotFoundError,
         ChainError, CorruptionError & co., CancelledError, LockedError, StorageError; on
         any error the layer stays as it was."""
@@ -633,13 +655,13 @@ class Repository:
                 return record
             images = index.chain(record)
             target = _Target(self.storage)
-            staged = target.staging_path()
+            staged = target.stage(record)
             try:
                 image_id, vp_seq, is_full = _combine(self._paths(images), staged,
                                                      record.backup_id, cancel)
                 if image_id != record.backup_id or vp_seq != record.vp_seq or not is_full:
                     raise CorruptionError(f"synthetic full of backup {record.backup_id} "
-                                          "does not stand for it", path=staged)
+                                          "does not stand for it", path=staged.key)
             except BaseException:
                 target.discard(staged)
                 raise
