@@ -78,6 +78,7 @@ from lamina.repository.lock import RepositoryLock
 from lamina.repository.policy import KeepPolicy
 from lamina.repository.prune import PrunePlan, execute, plan_prune
 from lamina.repository.staged_image import StagedImage
+from lamina.repository.stale import StaleUpload, remove_stale_uploads
 from lamina.repository.storage import LocalStorage, Storage
 from lamina.repository.uploads import DEFAULT_PART_SIZE
 
@@ -172,6 +173,8 @@ class PruneResult:
     dry_run: bool
     index_rebuilt: str | None
     stale_files_removed: int = 0
+    #: Unfinished uploads of dead writers that this prune removed (:mod:`.stale`).
+    stale_uploads_removed: builtins.list[StaleUpload] = field(default_factory=builtins.list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready report (``lamina prune --json``)."""
@@ -179,6 +182,7 @@ class PruneResult:
                 "merged": [str(i) for i in self.plan.done_merges],
                 "deleted": [str(i) for i in self.plan.done_deletes],
                 "stale_files_removed": self.stale_files_removed,
+                "stale_uploads_removed": [u.to_json() for u in self.stale_uploads_removed],
                 "index_rebuilt": self.index_rebuilt}
 
 
@@ -686,7 +690,10 @@ class Repository:
         :mod:`lamina.repository.prune`). Holds the repository lock exclusively.
 
         Crash-safe: killed at any moment, every kept backup still restores and a new
-        prune finishes the job. Refuses (CorruptionError, nothing deleted; a dry run
+        prune finishes the job. It also removes what dead writers left: temporary objects
+        (``stale_files_removed``) and unfinished uploads (``stale_uploads_removed``: a
+        killed merge's or upload's multipart upload, a killed backup's resumable upload
+        once its lease ended; :mod:`lamina.repository.stale`). Refuses (CorruptionError, nothing deleted; a dry run
         too) while any image is unreadable: which backups build on it cannot be known, so
         any deletion could break a kept chain (restic's rule: check, repair, then prune).
 
@@ -720,6 +727,9 @@ class Repository:
             # Not under locks/: a waiter creates its lease while we hold the lock.
             result.stale_files_removed = len(self.storage.remove_stale_temps(
                 keep=(L.LOCKS_DIR,)))
+            # ... and every unfinished upload is a dead writer's, but for the resumable
+            # uploads of backups whose pin's lease lasts (they may still be resumed).
+            result.stale_uploads_removed = remove_stale_uploads(self.storage)
             if is_cancelled(cancel):
                 raise CancelledError("prune cancelled")
             try:
