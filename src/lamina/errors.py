@@ -7,7 +7,8 @@ exception escaping Lamina is a bug. The CLI prints ``str(error)`` as one line an
 ::
 
     LaminaError                      1  (never raised directly)
-    ├── UsageError                   2  an invalid request; nothing stored is wrong
+    ├── UsageError                   2  an invalid request; nothing stored is wrong (also:
+    │                                   an encrypted repository opened without a passphrase)
     │   ├── InvalidNameError         2  table name with a separator, "..", NUL, or too long
     │   ├── KeyTooLargeError         2  key longer than the engine's documented maximum
     │   ├── ValueTooLargeError       2  value/row larger than the documented maximum

@@ -360,8 +360,9 @@ class Repository:
         Raises NotFoundError (no such directory, or nothing under the S3 prefix),
         NoSuchBucketError, AccessDeniedError, NotADatabaseError (a directory or prefix
         that holds something else than a repository), VersionError (a repository of a
-        newer format), CorruptionError (damaged config or key file), AuthenticationError
-        (encrypted, and no passphrase or a wrong one), StorageError.
+        newer format), CorruptionError (damaged config or key file), UsageError
+        (encrypted, and no passphrase given: nothing was authenticated), AuthenticationError
+        (a wrong passphrase), StorageError.
         """
         storage = open_storage(path, s3_endpoint=s3_endpoint)
         storage.check_container()
@@ -382,9 +383,9 @@ class Repository:
                                           "encrypted (the config was changed)")
             return cls(storage, config, lock_timeout=lock_timeout, lease_ttl=lease_ttl)
         secret = None if passphrase is None else passphrase()
-        if secret is None:
-            raise AuthenticationError(f"repository {storage.url} is encrypted: no passphrase "
-                                      f"given ({hint})")
+        if secret is None:  # nothing was tried: a request that lacks what it needs
+            raise UsageError(f"repository {storage.url} is encrypted: no passphrase given "
+                             f"({hint})")
         master, keyfile = RepoKeys(storage, config.key_id).unlock(secret)
         return cls(storage, config, lock_timeout=lock_timeout, lease_ttl=lease_ttl,
                    master=master, keyfile=keyfile)
