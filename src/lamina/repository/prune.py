@@ -236,10 +236,10 @@ def execute(plan: PrunePlan, index: Index, target: PruneTarget, combine: Combine
                                       f"stand for it (id {image_id}, commit seq {vp_seq}, "
                                       f"expected seq {record.vp_seq})",
                                       path=staged.key)
+            plan.bytes_written += target.publish(record, staged)
         except BaseException:
             target.discard(staged)
             raise
-        plan.bytes_written += target.publish(record, staged)
         plan.done_merges.append(merge.backup_id)
         failpoint("repository.prune_step")
     for backup_id in plan.delete:

@@ -218,8 +218,16 @@ class _Target:
     older way, kept for callers that still write a file: ``publish``/``discard`` take
     either."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, lease: Lease | None = None,
+                 operation: str = "merge") -> None:
         self.storage = storage
+        #: The repository lease the operation holds: confirmed before every change.
+        self.lease = lease
+        self.operation = operation
+
+    def _confirm(self) -> None:
+        if self.lease is not None:
+            self.lease.confirm(self.operation)
 
     def image_path(self, record: ImageRecord) -> ImageLocation:
         return self.storage.image(record.key)
@@ -234,13 +242,17 @@ class _Target:
 
     def publish(self, record: ImageRecord, staged: StagedImage | Path) -> int:
         """Publish ``staged`` over ``record``'s key (a StagedImage: proven first); returns
-        the published image's size."""
+        the published image's size. Confirms the lease first (LockedError: lost)."""
         if isinstance(staged, StagedImage):
+            staged.prove()
+            self._confirm()
             return staged.publish()
+        self._confirm()
         self.storage.put_file(record.key, staged)
         return self.storage.stat(record.key).size
 
     def delete(self, record: ImageRecord) -> None:
+        self._confirm()
         self.storage.delete(record.key)
 
     def discard(self, staged: StagedImage | Path) -> None:
@@ -249,6 +261,18 @@ class _Target:
             return
         with contextlib.suppress(StorageError):
             fileio.unlink(staged)
+
+
+@contextlib.contextmanager
+def _lease_guard(lease: Lease, operation: str) -> Iterator[None]:
+    """An operation cancelled because its lease was lost ends with the lease's LockedError
+    (nothing was published: every publication confirms the lease first)."""
+    try:
+        yield
+    except CancelledError:
+        if lease.lost:
+            raise lease.lost_error(operation) from None
+        raise
 
 
 def _combine(paths: list[ImageLocation], staged: StagedImage, backup_id: uuid.UUID,
@@ -394,17 +418,22 @@ class Repository:
     @contextlib.contextmanager
     def _shared(self, operation: str, cancel: CancelToken = None) -> Iterator[Lease]:
         """Hold the repository lock shared, with the repository's keys current; yields the
-        lease (``lost`` once another process took it over)."""
+        lease (``lost`` once another process took it over; see :meth:`exclusive`)."""
         with self.locks.repository(exclusive=False, operation=operation,
-                                   cancel=cancel) as lease, keyrings.using(self.keyring):
+                                   cancel=cancel) as lease, keyrings.using(self.keyring), \
+                _lease_guard(lease, operation):
             yield lease
 
     @contextlib.contextmanager
-    def exclusive(self, operation: str, cancel: CancelToken = None) -> Iterator[None]:
-        """Hold the repository lock alone (prune, key changes), with its keys current."""
-        with self.locks.repository(exclusive=True, operation=operation, cancel=cancel), \
-                keyrings.using(self.keyring):
-            yield
+    def exclusive(self, operation: str, cancel: CancelToken = None) -> Iterator[Lease]:
+        """Hold the repository lock alone (prune, key changes), with its keys current;
+        yields the lease. An operation inside passes ``lease.cancel_token(cancel)`` as its
+        cancel token, so it stops promptly once the lease is lost (a renewal found it
+        taken over, or could not renew it before it expired), and the CancelledError that
+        ends it leaves the block as the lease's LockedError (one line, exit 8)."""
+        with self.locks.repository(exclusive=True, operation=operation, cancel=cancel) \
+                as lease, keyrings.using(self.keyring), _lease_guard(lease, operation):
+            yield lease
 
     def _load(self) -> tuple[Index, str | None]:
         with self.locks.index():
@@ -567,13 +596,13 @@ class Repository:
         base missing), CorruptionError & co., AlreadyExistsError, CheckFailedError,
         LockedError, CancelledError. ``dest`` is published only once proven.
         """
-        with self._shared("restore", cancel):
+        with self._shared("restore", cancel) as lease:
             index, rebuilt = self._load()
             record = self.resolve(index, id, at, database)
             images = index.chain(record)
             summary = chain.restore_chain(self._paths(images), Path(dest), tables=tables,
-                                          force=force, progress=progress, cancel=cancel,
-                                          check=check)
+                                          force=force, progress=progress,
+                                          cancel=lease.cancel_token(cancel), check=check)
         return RepoRestoreResult(record.backup_id, tuple(r.backup_id for r in images),
                                  summary, rebuilt)
 
@@ -585,7 +614,8 @@ class Repository:
         (``first_error``); a bad id raises NotFoundError/UsageError, a busy repository
         LockedError, ``cancel`` (checked before every chunk) CancelledError."""
         report = RepoVerifyReport()
-        with self._shared("verify", cancel):
+        with self._shared("verify", cancel) as lease:
+            cancel = lease.cancel_token(cancel)
             index, report.index_rebuilt = self._load()
             if id is not None:
                 targets = [index.find(id)]
@@ -649,21 +679,22 @@ class Repository:
         """Replace the layer ``backup_id`` by a synthetic full of its chain (same backup id
         and image id, same VP: layers on it still link), streamed from the repository back
         into it (:class:`~lamina.repository.staged_image.StagedImage`: no local copy of the
-        image), proven whole before it is published over the layer; returns its new record (a full is
-        returned as it is). Holds the repository lock exclusively. Raises NotFoundError,
+        image), proven whole before it is published over the layer; returns its new record
+        (a full is returned as it is). Holds the repository lock exclusively. Raises NotFoundError,
         ChainError, CorruptionError & co., CancelledError, LockedError, StorageError; on
         any error the layer stays as it was."""
-        with self.exclusive("merge"):
+        with self.exclusive("merge", cancel=cancel) as lease:
             index, _ = self._load()
             record = index.find(backup_id)
             if not record.is_layer:
                 return record
             images = index.chain(record)
-            target = _Target(self.storage)
+            target = _Target(self.storage, lease, "merge")
             staged = target.stage(record)
             try:
                 image_id, vp_seq, is_full = _combine(self._paths(images), staged,
-                                                     record.backup_id, cancel)
+                                                     record.backup_id,
+                                                     lease.cancel_token(cancel))
                 if image_id != record.backup_id or vp_seq != record.vp_seq or not is_full:
                     raise CorruptionError(f"synthetic full of backup {record.backup_id} "
                                           "does not stand for it", path=staged.key)
@@ -671,7 +702,11 @@ class Repository:
                 target.discard(staged)
                 raise
             with self.locks.index():
-                target.publish(record, staged)
+                try:
+                    target.publish(record, staged)
+                except BaseException:
+                    target.discard(staged)
+                    raise
                 loaded = load_index(self.storage, save=False)
                 save_index(self.storage, loaded.index)
             return loaded.index.records[record.backup_id]
@@ -694,9 +729,11 @@ class Repository:
         prune finishes the job. It also removes what dead writers left: temporary objects
         (``stale_files_removed``) and unfinished uploads (``stale_uploads_removed``: a
         killed merge's or upload's multipart upload, a killed backup's resumable upload
-        once its lease ended; :mod:`lamina.repository.stale`). Refuses (CorruptionError, nothing deleted; a dry run
-        too) while any image is unreadable: which backups build on it cannot be known, so
-        any deletion could break a kept chain (restic's rule: check, repair, then prune).
+        once its lease ended; :mod:`lamina.repository.stale`).
+
+        Refuses (CorruptionError, nothing deleted; a dry run too) while any image is
+        unreadable: which backups build on it cannot be known, so any deletion could break
+        a kept chain (restic's rule: check, repair, then prune).
 
         A missing image (a layer here builds on it, and it is gone) is damage too, which
         never costs a restorable point: the damaged backups are kept as they are, nothing
@@ -707,10 +744,13 @@ class Repository:
         ``refused`` (with the reason), the damage as ``damaged``: see
         :mod:`lamina.repository.prune`. Raises LockedError, StorageError, and what merging
         raises (the repository is then as a crash would leave it), CancelledError
-        (``cancel``, checked before the work starts and before every chunk a merge reads:
-        the repository is then as after any failed merge).
+        (``cancel``, checked before the work starts and before every chunk a merge reads
+        or writes: the repository is then as after any failed merge), LockedError also
+        when the lease is lost mid-prune (it stops at once; every change confirms the
+        lease first).
         """
-        with self.exclusive("prune", cancel=cancel):
+        with self.exclusive("prune", cancel=cancel) as lease:
+            cancel = lease.cancel_token(cancel)
             index, rebuilt = self._load()
             damaged = sorted((r for r in index.records.values() if r.error is not None),
                              key=lambda r: str(r.backup_id))
@@ -734,7 +774,7 @@ class Repository:
             if is_cancelled(cancel):
                 raise CancelledError("prune cancelled")
             try:
-                execute(plan, index, _Target(self.storage),
+                execute(plan, index, _Target(self.storage, lease, "prune"),
                         lambda paths, out, backup_id: _combine(paths, out, backup_id, cancel))
             finally:
                 with self.locks.index():  # the index is written last, even after a failure

@@ -28,8 +28,8 @@ import contextlib
 import os
 import time
 import uuid
-from contextlib import AbstractContextManager
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -154,9 +154,10 @@ def _publish(repo: Repository, upload: Upload, writer: PartWriter, image_id: uui
     failpoint("backup.before_publish")
     key = L.image_key(image_id)
     with repo.locks.index():
-        if held.lost:  # a prune may have started meanwhile: publish nothing (resumable)
-            raise LockedError(f"the lease of this backup on {repo.storage.url} was taken "
-                              "over (the process stalled past it); finish it with --resume")
+        try:  # a prune may have started meanwhile: publish nothing (it stays resumable)
+            held.confirm("backup")
+        except LockedError as exc:
+            raise LockedError(f"{exc}; finish it with --resume") from None
         loaded = load_index(repo.storage, save=False)
         rebuilt = rebuilt or loaded.rebuilt
         upload.complete(key, count)
@@ -241,7 +242,8 @@ def backup(repo: Repository, db: Database, *, full: bool, codec: str,
         try:
             base_path = None if base is None else repo.storage.image(base.key)
             result = pinning.pinned_backup(db, writer, request, codec=codec, base=base_path,
-                                           progress=progress, cancel=cancel,
+                                           progress=progress,
+                                           cancel=held.cancel_token(cancel),
                                            image_id=image_id, vp=vp)
             rebuilt = _publish(repo, upload, writer, image_id, rebuilt, held)
         except BaseException:
@@ -325,7 +327,8 @@ def resume(repo: Repository, db: Database, *, progress: ProgressCallback | None,
         base_path = None if base is None else repo.storage.image(base.key)
         try:
             result = pinning.resume_backup(db, writer, pin, base=base_path,
-                                           progress=progress, cancel=cancel)
+                                           progress=progress,
+                                           cancel=held.cancel_token(cancel))
             rebuilt = _publish(repo, upload, writer, image_id, rebuilt, held)
         finally:
             writer.close()

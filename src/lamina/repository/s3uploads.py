@@ -16,6 +16,7 @@ storage does. Concurrency: one writer per upload (the backup's durable pin says 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import uuid
@@ -208,11 +209,11 @@ class S3Uploads:
         """Every upload described under ``uploads/`` (a damaged description is skipped)."""
         return [info for _, info in self.entries() if info is not None]
 
-    def entries(self) -> list[tuple[str, UploadInfo | None]]:
+    def entries(self) -> builtins.list[tuple[str, UploadInfo | None]]:
         """Every description under ``uploads/`` with what it says (None: damaged). An
         unfinished multipart upload without a description is not listed here (see
         :mod:`lamina.repository.stale`)."""
-        out: list[tuple[str, UploadInfo | None]] = []
+        out: builtins.list[tuple[str, UploadInfo | None]] = []
         for stat in self.storage.list(UPLOADS_PREFIX):
             name = stat.key[len(UPLOADS_PREFIX):]
             try:

@@ -24,7 +24,7 @@ says which one); listing and aborting are safe beside writers of other uploads.
 
 from __future__ import annotations
 
-import contextlib
+import builtins
 import json
 import os
 import re
@@ -183,7 +183,7 @@ class UploadStore(Protocol):
         """Every upload in progress (a damaged one is skipped)."""
         ...
 
-    def entries(self) -> list[tuple[str, UploadInfo | None]]:
+    def entries(self) -> builtins.list[tuple[str, UploadInfo | None]]:
         """Every upload's name with its description (None: missing or damaged, so it
         cannot be resumed). Raises StorageError."""
         ...
@@ -345,7 +345,7 @@ class LocalUploads:
         """See :meth:`UploadStore.list`."""
         return [info for _, info in self.entries() if info is not None]
 
-    def entries(self) -> list[tuple[str, UploadInfo | None]]:
+    def entries(self) -> builtins.list[tuple[str, UploadInfo | None]]:
         """See :meth:`UploadStore.entries`."""
         try:
             names = sorted(fileio.listdir(self.root))
@@ -353,7 +353,7 @@ class LocalUploads:
             if not self.root.exists():
                 return []
             raise
-        out: list[tuple[str, UploadInfo | None]] = []
+        out: builtins.list[tuple[str, UploadInfo | None]] = []
         for name in names:
             try:
                 out.append((name, self._info(name)))
