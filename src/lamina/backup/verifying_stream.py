@@ -30,7 +30,7 @@ from lamina.errors import CorruptionError, LaminaError, UsageError
 
 #: Blocks that may wait for the verifier (each is what the image writer wrote at once: a
 #: chunk header, or a chunk of at most the image's buffer size).
-DEFAULT_DEPTH = 16
+DEFAULT_DEPTH = 8
 
 
 class _Pipe:
