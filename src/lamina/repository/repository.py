@@ -649,7 +649,7 @@ class Repository:
         is deleted. Ids not in the repository are skipped (deletes are idempotent, so a
         re-run after a crash finishes the job). Raises LockedError, StorageError.
         """
-        with self.exclusive("forget"):
+        with self.exclusive("forget") as lease:
             index, _ = self._load()
             doomed = {i for i in backup_ids if i in index.records}
             damaged = [r for r in index.records.values() if r.error is not None]
@@ -669,6 +669,7 @@ class Repository:
                            reverse=True)
             try:
                 for record in order:
+                    lease.confirm("forget")  # a stalled holder deletes nothing
                     self.storage.delete(record.key)
             finally:
                 with self.locks.index():  # the index follows the images, even after a failure
