@@ -272,3 +272,29 @@ def test_prune_removes_a_resumable_upload_whose_lease_ended(tmp_path: Path,
     assert uploads_of(repo.storage).list() == [] and leftovers(repo) == []
     proc = cli.run("backup", str(db_path), "--repo", repo_url, "--resume")
     assert proc.returncode != 0 and "expired" in proc.stderr.lower(), proc.stderr
+
+
+def test_prune_removes_damaged_upload_descriptions(tmp_path: Path, repo_url: str) -> None:
+    _db, _full, _layer = full_and_layer(tmp_path, repo_url, rows=100)
+    repo = Repository.open(repo_url)
+    name = str(uuid.uuid4())
+    if isinstance(repo.storage, LocalStorage):
+        (repo.storage.root / "uploads" / name).mkdir(parents=True)
+        (repo.storage.root / "uploads" / name / "UPLOAD").write_bytes(b"{not json")
+        (repo.storage.root / "uploads" / "stray").write_bytes(b"x")
+        expected = {name, "stray"}
+    else:
+        repo.storage.put_bytes(f"uploads/{name}", b"{not json")
+        expected = {name}
+    report = _prune(repo_url, "--keep-last", "5")
+    stale = report["stale_uploads_removed"]
+    assert isinstance(stale, list)
+    assert {u["name"] for u in stale} == expected
+    assert all("damaged" in u["reason"] for u in stale)
+    assert uploads_of(repo.storage).entries() == []
+    if isinstance(repo.storage, LocalStorage):  # a description never written
+        (repo.storage.root / "uploads" / name).mkdir()
+    else:
+        repo.storage.put_bytes(f"uploads/{name}", b"{not json")
+    text = cli.run_ok("prune", "--repo", repo_url, "--keep-last", "5").stdout
+    assert "stale uploads removed: 1\n" in text and f"resumable upload {name}" in text, text

@@ -369,10 +369,16 @@ class LocalUploads:
 
     def remove(self, name: str) -> None:
         """See :meth:`UploadStore.remove`."""
-        directory = self.root / name
-        if name and "/" not in name and name not in (".", "..") and directory.exists():
-            fileio.rmtree(directory)
-            fileio.fsync_dir(self.root)
+        path = self.root / name
+        if not name or "/" in name or name in (".", ".."):
+            return
+        if path.is_dir() and not path.is_symlink():
+            fileio.rmtree(path)
+        elif path.exists() or path.is_symlink():  # a stray file: not an upload either
+            fileio.unlink(path)
+        else:
+            return
+        fileio.fsync_dir(self.root)
 
 
 @dataclass(slots=True)
