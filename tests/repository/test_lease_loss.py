@@ -1,7 +1,7 @@
 """A holder that loses its repository lease mid-operation stops, publishing nothing.
 
 Real processes: the holder stops itself (SIGSTOP, at a failpoint) in the middle of its
-work; with a 1 s lease (``LAMINA_LEASE_TTL``), another process goes ahead once the lease
+work; with a 3 s lease (``LAMINA_LEASE_TTL``), another process goes ahead once the lease
 expired and finishes its own work; SIGCONT: the stalled holder finds its lease expired or
 taken over at its next renewal, cancels its operation and exits 8 (LockedError) with one
 line. Its work is not published; the other's is intact. Local and S3."""
@@ -43,8 +43,9 @@ def _state(pid: int) -> str:
 
 
 def _stalled(*args: str, point: str) -> subprocess.Popen[Any]:
-    """``lamina ARGS`` with a 1 s lease, stopped by itself at ``point``."""
-    env = {**os.environ, "LAMINA_LEASE_TTL": "1", "LAMINA_FAILPOINT": point,
+    """``lamina ARGS`` with a 3 s lease (renewed every second: a loaded machine does not
+    lose it before the failpoint), stopped by itself at ``point``."""
+    env = {**os.environ, "LAMINA_LEASE_TTL": "3", "LAMINA_FAILPOINT": point,
            "LAMINA_FAILPOINT_ACTION": "stop"}
     proc = cli.start(*args, env=env)
     wait_for(lambda: _state(proc.pid) == "T", f"{args[0]} to stop at {point}", proc=proc)
