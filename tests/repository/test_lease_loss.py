@@ -24,10 +24,13 @@ from lamina.errors import LockedError, StorageError
 from lamina.repository import Repository
 from lamina.repository import layout as L
 from lamina.repository.lease import Lease
+from lamina.repository.s3client import S3Location
 from lamina.repository.s3storage import S3Storage
 from lamina.repository.storage import LocalStorage
 from lamina.repository.upload_store import uploads_of
 from support import cli
+from support.s3server import S3Server
+from support.tcpproxy import TcpProxy
 from support.waiting import GUARD_SECONDS, wait_for
 
 from .helpers import content
@@ -169,3 +172,23 @@ def test_renewals_failing_until_the_lease_expired_cancel(tmp_path: Path) -> None
         assert "merge stopped" in str(held.lost_error("merge"))
     finally:
         held.release()
+
+
+def test_an_unreachable_store_loses_the_lease_once_it_expired(s3_server: S3Server,
+                                                              s3_url: str) -> None:
+    port = int(s3_server.endpoint.rsplit(":", 1)[1])
+    with TcpProxy(port) as proxy:
+        storage = S3Storage(S3Location.parse(s3_url), endpoint=proxy.endpoint)
+        held = Lease(storage, "locks/exclusive", "prune", ttl=1.5)
+        assert held.try_acquire()
+        try:
+            token = held.cancel_token()
+            assert not token()
+            proxy.break_now()  # the server stops answering (connections reset, refused)
+            assert held.lost_event.wait(timeout=GUARD_SECONDS)
+            assert token() and "renewed" in held.lost_reason, held.lost_reason
+            with pytest.raises(LockedError, match="prune stopped, nothing published"):
+                held.confirm("prune")
+        finally:
+            proxy.heal()
+            held.release()
