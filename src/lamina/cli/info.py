@@ -16,7 +16,7 @@ from lamina.cli.common import (
     human_value,
     json_option,
 )
-from lamina.cli.passphrase import HINT, password_options, standalone_keyring
+from lamina.cli.passphrase import password_options, standalone_keyring, unauthenticated_hint
 from lamina.core.identity import FILE_NAME as IDENTITY_FILE
 from lamina.errors import NotADatabaseError
 
@@ -46,7 +46,7 @@ def command(image: str, as_json: bool) -> None:
     from lamina.backup.image_reader import read_info
 
     _refuse_directory(image)
-    summary = read_info(image, keyring=standalone_keyring()).to_json()
+    summary = read_info(image, keyring=standalone_keyring([image])).to_json()
     if as_json:
         emit_json(summary)
         return
@@ -58,7 +58,8 @@ def command(image: str, as_json: bool) -> None:
         click.echo(f"vp: commit seq {vp.get('commit_seq')} at "
                    f"{human_value('wall_ns', vp.get('wall_ns'))}")
     if summary.get("encrypted") and not summary.get("authenticated"):
-        click.echo(f"tables: (encrypted image, not authenticated: {HINT} to see them)")
+        click.echo(f"tables: (encrypted image, not authenticated: {unauthenticated_hint()}; "
+                   "then its tables are shown)")
         return
     drivers = summary.get("drivers") or []
     click.echo("drivers:" if drivers else "drivers: -")

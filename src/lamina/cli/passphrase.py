@@ -17,12 +17,14 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
 
-from lamina.core.crypto.keyring import Keyring, PassphraseSource
+from lamina.core.crypto.keyring import KeyLocator, Keyring, PassphraseSource
+from lamina.core.crypto.masterkey import MasterKey
 from lamina.errors import UsageError
 
 ENV = "LAMINA_PASSWORD"
@@ -150,10 +152,59 @@ def current_source() -> PassphraseSource:
     return source
 
 
-def standalone_keyring() -> Keyring:
+def standalone_keyring(images: Sequence[str] = ()) -> Keyring:
     """The keyring of a command on image files: it unlocks an encrypted image's own key
-    with the command's passphrase, asked only when such an image is met."""
-    return Keyring(passphrase=current_source(), hint=HINT)
+    with the command's passphrase, asked only when such an image is met; an image of a
+    local encrypted repository (``R/images/ID.lamina``) is opened with that repository's
+    key, unlocked with the same passphrase (:func:`_repository_locator`)."""
+    source = current_source()
+    return Keyring(passphrase=source, hint=HINT,
+                   locate=_repository_locator(images, source) if images else None)
+
+
+#: Why an encrypted image was not authenticated although a passphrase was given.
+REPOSITORY_IMAGE_HINT = ("it is sealed under a repository's key, and it is not inside that "
+                         "repository: verify it there ('lamina verify --repo REPO')")
+
+
+def unauthenticated_hint() -> str:
+    """What to tell a user whose encrypted image could not be authenticated: how to give
+    a passphrase, or (one was given) that the image's key is a repository's. Never
+    prompts. Raises UsageError (a bad password file or command)."""
+    file, command = _options()
+    if _given(file, command, ENV, "--password-file", "--password-command") is None:
+        return HINT
+    return REPOSITORY_IMAGE_HINT
+
+
+def _repository_locator(images: Sequence[str], source: PassphraseSource) -> KeyLocator:
+    """Finds the master key of an image in ``images`` that lies in a local encrypted
+    repository's ``images/`` directory: the repository is opened with the passphrase
+    (AuthenticationError if it is wrong); None without a passphrase, or when the image is
+    in no repository that has that key."""
+    def locate(key_id: bytes) -> MasterKey | None:
+        from lamina.errors import LaminaError
+        from lamina.repository import layout as L
+        from lamina.repository.repository import Repository
+
+        for image in images:
+            folder = Path(image).resolve().parent
+            root = folder.parent
+            if folder.name != L.IMAGES_PREFIX.rstrip("/") or not (root / L.CONFIG_KEY).is_file():
+                continue
+            if source() is None:
+                return None
+            try:
+                repo = Repository.open(root, passphrase=source, hint=HINT)
+            except (UsageError, LaminaError) as exc:
+                if exc.exit_code == 14:  # a wrong passphrase for this repository: say so
+                    raise
+                continue
+            if repo.master is not None and repo.master.key_id == key_id:
+                return repo.master
+        return None
+
+    return locate
 
 
 def new_passphrase(what: str, file: str | None = None, command: str | None = None,

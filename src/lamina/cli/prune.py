@@ -47,6 +47,11 @@ def command(repo_path: str, keep_last: int, keep_daily: int, keep_weekly: int, d
         click.echo(f"  delete {d['backup_id']} ({d['kind']}, seq {d['vp_seq']})")
     for b in report["broken"]:
         click.echo(f"  kept with a broken chain: {b}")
+    stale = report["stale_uploads_removed"]
+    if stale:
+        click.echo(f"stale uploads removed: {len(stale)}")
+        for u in stale:
+            click.echo(f"  removed {u['kind']} {u['name']}: {u['reason']}")
     for r in report["refused"]:  # damage keeps what the policy alone would delete
         click.echo(f"  refused: delete {r['backup_id']} ({r['kind']}, seq {r['vp_seq']}): "
                    f"{r['reason']}")

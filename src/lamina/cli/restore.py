@@ -91,7 +91,7 @@ def command(images: tuple[str, ...], dest: str, tables: str | None, force: bool,
         return
     from lamina.core.crypto import keyring as keyrings
 
-    with keyrings.using(standalone_keyring()):
+    with keyrings.using(standalone_keyring([i for i in images if i != "-"])):
         _restore_images(images, dest, table_list, force, page_size, show_progress, as_json,
                         run_check)
 

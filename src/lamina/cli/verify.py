@@ -15,7 +15,7 @@ from lamina.cli.common import (
     progress_bar,
     progress_option,
 )
-from lamina.cli.passphrase import password_options, standalone_keyring
+from lamina.cli.passphrase import password_options, standalone_keyring, unauthenticated_hint
 from lamina.cli.repo import VERIFY_PHASES, lock_timeout_option
 
 
@@ -52,7 +52,7 @@ def command(images: tuple[str, ...], deep: bool, repo_path: str | None, backup_i
         return
     from lamina.core.crypto import keyring as keyrings
 
-    with keyrings.using(standalone_keyring()):
+    with keyrings.using(standalone_keyring([i for i in images if i != "-"])):
         _verify_images(images, deep, show_progress, as_json)
 
 
@@ -62,8 +62,8 @@ def _auth_note(report: dict[str, object]) -> str:
         return ""
     if report.get("authenticated"):
         return "; encrypted, authenticated with its key"
-    return ("; encrypted: checksums only, NOT authenticated (no key given: set "
-            "LAMINA_PASSWORD, or use --password-file or --password-command)")
+    return ("; encrypted: checksums only, NOT authenticated (no key: "
+            f"{unauthenticated_hint()})")
 
 
 def _verify_images(images: tuple[str, ...], deep: bool, show_progress: bool | None,

@@ -59,7 +59,7 @@ from lamina.backup.image_reader import (
     open_image_file,
     read_info,
 )
-from lamina.backup.image_writer import ImageWriter
+from lamina.backup.image_writer import ImageWriter, WritableStream, WriteSummary
 from lamina.backup.kernel import CancelToken, ProgressCallback, is_cancelled, lamina_version
 from lamina.backup.restore import RestoreResult
 from lamina.backup.verify import verify_image
@@ -720,12 +720,16 @@ def verify_chain(paths: Sequence[ImagePath], *, deep: bool = False,
 
 
 # ====================================================================== combine
-def _chunked(writer: ImageWriter, stream: int, pieces: Iterable[bytes], size: int) -> None:
-    """Write ``pieces`` as chunks of ``size`` bytes on ``stream``; the final one is last."""
+def _chunked(writer: ImageWriter, stream: int, pieces: Iterable[bytes], size: int,
+             cancel: CancelToken = None) -> None:
+    """Write ``pieces`` as chunks of ``size`` bytes on ``stream``; the final one is last.
+    ``cancel`` is checked before every chunk (CancelledError)."""
     buf = bytearray()
     for piece in pieces:
         buf += piece
         while len(buf) > size:
+            if is_cancelled(cancel):
+                raise CancelledError("cancelled")
             writer.write_chunk(stream, bytes(buf[:size]), False)
             del buf[:size]
     writer.write_chunk(stream, bytes(buf), True)
@@ -788,16 +792,43 @@ def combine_chain(paths: Sequence[ImagePath], out: str | os.PathLike[str], *, co
     exists), NotFoundError (no such directory), ChainError, CorruptionError & co.,
     CancelledError, StorageError; on any error nothing is left at ``out``.
     """
-    infos = _chain_in_order(paths)
-    plan = _plan(infos)
     target = Path(out)
     if target.exists() or target.is_symlink():
         raise AlreadyExistsError(f"{target} exists")
     if not target.parent.is_dir():
         raise NotFoundError(f"directory {target.parent} does not exist")
+    _combine_into(paths, target, target.parent, f".{target.name}.combine-", codec=codec,
+                  progress=progress, cancel=cancel, image_id=image_id)
+    return read_info(target)
+
+
+def combine_chain_to(paths: Sequence[ImagePath], out: WritableStream, *, workdir: Path,
+                     codec: str = "zstd", progress: ProgressCallback | None = None,
+                     cancel: CancelToken = None,
+                     image_id: uuid.UUID | None = None) -> WriteSummary:
+    """:func:`combine_chain` into the binary stream ``out`` (an upload into a store, a
+    :class:`~lamina.backup.verifying_stream.VerifyingStream`): the same image, the same
+    proof of the assembled state before the first byte is written; the chain's working
+    state (a sparse page file, archive files) goes to a temporary directory under
+    ``workdir`` (removed afterwards), the image itself only to ``out`` (flushed, never
+    closed). The caller publishes ``out`` once this returns (and proves the stream: a
+    VerifyingStream). Returns what the image writer wrote (manifest, size). Raises
+    NotFoundError (no ``workdir``), ChainError, CorruptionError & co., CancelledError,
+    StorageError (the stream's errors too)."""
+    if not Path(workdir).is_dir():
+        raise NotFoundError(f"directory {workdir} does not exist")
+    return _combine_into(paths, out, Path(workdir), ".combine-", codec=codec,
+                         progress=progress, cancel=cancel, image_id=image_id)
+
+
+def _combine_into(paths: Sequence[ImagePath], target: Path | WritableStream, workdir: Path,
+                  prefix: str, *, codec: str, progress: ProgressCallback | None,
+                  cancel: CancelToken, image_id: uuid.UUID | None) -> WriteSummary:
+    """The body of :func:`combine_chain` and :func:`combine_chain_to`."""
+    infos = _chain_in_order(paths)
+    plan = _plan(infos)
     final = plan.final
-    with tempfile.TemporaryDirectory(prefix=f".{target.name}.combine-",
-                                     dir=target.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=workdir) as tmp:
         work = Path(tmp)
         assembled = _assemble(plan, work, progress, cancel)
         _prove(assembled, work)
@@ -814,22 +845,23 @@ def combine_chain(paths: Sequence[ImagePath], out: str | os.PathLike[str], *, co
                     raise CancelledError("cancelled")
                 if entry.name == ENGINE_BTREE:
                     _chunked(writer, entry.common_stream, pages.pieces(),
-                             image_format.DEFAULT_BUF_SIZE)
+                             image_format.DEFAULT_BUF_SIZE, cancel)
                     vp_facts.append(_combined_btree_facts(plan, pages).to_json())
                 else:  # archive (checked by _chain_in_order)
                     for t in final.catalog.tables_of(di):
                         _chunked(writer, t.stream,
                                  _archive_pieces(assembled.archive[t.name], final.vp.commit_seq),
-                                 image_format.DEFAULT_BUF_SIZE)
+                                 image_format.DEFAULT_BUF_SIZE, cancel)
                     vp_facts.append(_combined_archive_facts(plan).to_json())
-            writer.finish(vp_seq=final.vp.commit_seq, vp_wall_ns=final.vp.wall_ns,
-                          vp_facts=vp_facts, blocker_held_ns=final.manifest.blocker_held_ns,
-                          root_hash=root)
-    return read_info(target)
+            return writer.finish(vp_seq=final.vp.commit_seq, vp_wall_ns=final.vp.wall_ns,
+                                 vp_facts=vp_facts,
+                                 blocker_held_ns=final.manifest.blocker_held_ns,
+                                 root_hash=root)
 
 
 __all__ = [
     "combine_chain",
+    "combine_chain_to",
     "order_chain",
     "restore_chain",
     "verify_chain",

@@ -7,7 +7,13 @@ exactly one holds it. It names its holder (``owner`` — a random id per acquisi
 ``host``, ``pid``, ``operation``) and its ``expires_ns`` (wall clock). While held, a
 background thread renews it every ``ttl / 3`` seconds by compare-and-swap on its version
 (:meth:`~lamina.repository.storage.Storage.replace_if`); a holder whose renewal finds the
-lease changed (taken over after it stalled past the expiry) marks it ``lost``.
+lease changed (taken over after it stalled past the expiry), finds it expired before it
+could renew it (it stalled: a waiter may have acted on the expiry — a shared holder does
+not take an expired exclusive lease over, it ignores it), or whose renewals fail until the
+lease has expired (the store unreachable), marks it ``lost`` (:attr:`Lease.lost_event`):
+the operation holding it stops at its next cancellation check (:meth:`Lease.cancel_token`)
+with LockedError (:meth:`Lease.lost_error`), and :meth:`Lease.confirm` proves the lease
+held, by a renewal, right before anything is published under it.
 
 A lease is *stale* when its expiry has passed, when its holder's process is gone (same
 host, pid not alive, or alive with another start time — pid reuse), or when it cannot be
@@ -173,9 +179,78 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
-        #: Set when a renewal found the lease taken over (the holder stalled past expiry).
-        self.lost = False
+        #: Set (by the renewal thread) when the lease is lost: a renewal found it taken
+        #: over (the holder stalled past its expiry), or renewals failed until it expired.
+        self.lost_event = threading.Event()
+        #: Why it was lost (for messages), once it was.
+        self.lost_reason = ""
         self.holder: LeaseInfo | None = None
+
+    @property
+    def lost(self) -> bool:
+        """True once the lease was lost (see :attr:`lost_event`)."""
+        return self.lost_event.is_set()
+
+    def _lose(self, reason: str) -> None:
+        self.lost_reason = self.lost_reason or reason
+        self.lost_event.set()
+
+    def cancel_token(self, cancel: Callable[[], bool] | threading.Event | None = None
+                     ) -> Callable[[], bool]:
+        """A cancel token (for operations that take one) that asks to stop once this
+        lease is lost, or when ``cancel`` (an Event or a callable) does."""
+        def token() -> bool:
+            if self.lost_event.is_set():
+                return True
+            if cancel is None:
+                return False
+            return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
+        return token
+
+    def lost_error(self, operation: str) -> LockedError:
+        """The one-line error of an operation stopped because this lease was lost."""
+        return LockedError(f"{operation} stopped, nothing published: its lease {self.key} on "
+                           f"{self.storage.url} {self.lost_reason or 'was lost'}")
+
+    def confirm(self, operation: str) -> None:
+        """Prove, now, that the lease is still held (a renewal by compare-and-swap), before
+        something is published under it. Raises LockedError (lost: taken over, or it
+        cannot be renewed), never StorageError."""
+        with self._mutex:
+            if self._token is not None and not self.lost and self._expired():
+                self._lose(self._expired_reason())
+            if self._token is not None and not self.lost:
+                info = self._new_info()
+                try:
+                    if self.storage.replace_if(self.key, self._token, info.encode()):
+                        got = read_lease(self.storage, self.key)
+                        if got is not None and got[0] is not None and \
+                                got[0].owner == self.owner:
+                            self._info, self._token = info, got[1]
+                            return
+                    self._lose(self._taken_over())
+                except LaminaError as exc:
+                    self._lose(f"could not be renewed ({exc})")
+            elif not self.lost:
+                self._lose("is not held")
+        raise self.lost_error(operation)
+
+    def _expired(self) -> bool:
+        return self._info is not None and time.time_ns() >= self._info.expires_ns
+
+    def _expired_reason(self) -> str:
+        return ("expired before it was renewed (this process stalled past it, so another "
+                "may have acted on its expiry)")
+
+    def _taken_over(self) -> str:
+        try:
+            current = read_lease(self.storage, self.key)
+        except LaminaError:
+            current = None
+        if current is None or current[0] is None:
+            return "was taken over (this process stalled past its expiry)"
+        return (f"was taken over by {current[0].describe()} (this process stalled past its "
+                "expiry)")
 
     def _new_info(self) -> LeaseInfo:
         now = time.time_ns()
@@ -213,7 +288,8 @@ class Lease:
         if got is None or got[0] is None or got[0].owner != self.owner:
             return False  # replaced between our write and this read (never on a sane store)
         self._info, self._token = info, got[1]
-        self.lost = False
+        self.lost_event.clear()
+        self.lost_reason = ""
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew_loop, daemon=True,
                                         name=f"lamina-lease-{self.key}")
@@ -243,6 +319,9 @@ class Lease:
             with self._mutex:
                 if self._token is None:
                     return
+                if self._expired():  # others may have taken it, or ignored it, meanwhile
+                    self._lose(self._expired_reason())
+                    return
                 info = self._new_info()
                 try:
                     if self.storage.replace_if(self.key, self._token, info.encode()):
@@ -251,10 +330,15 @@ class Lease:
                                 got[0].owner == self.owner:
                             self._info, self._token = info, got[1]
                             continue
-                    self.lost = True
+                    self._lose(self._taken_over())
                     return
-                except LaminaError:
-                    continue  # the store is failing: try again at the next beat
+                except LaminaError as exc:
+                    # The store is failing: try again at the next beat, unless the lease
+                    # has expired meanwhile (another process may take it over now).
+                    if self._expired():
+                        self._lose(f"could not be renewed before it expired ({exc})")
+                        return
+                    continue
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours. Idempotent; never

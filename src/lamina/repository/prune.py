@@ -35,8 +35,10 @@ backups its chain holds cannot be known if no layer names it); these rules make 
 itself safe whatever it is given.
 
 Execution order (:func:`execute`), with the repository lock held exclusively so no backup
-or restore runs: each merge publishes its synthetic full by an atomic put over the layer's
-key (before: the layer, restorable through its chain; after: the full, restorable alone);
+or restore runs: each merge streams its synthetic full into the store under the layer's key
+(:class:`~lamina.repository.staged_image.StagedImage`: proven as it is written) and
+publishes it atomically over the layer (before: the layer, restorable through its chain;
+after: the full, restorable alone);
 then the deletions, newest first (a layer goes before its base, so no listed layer loses
 its base); then staging leftovers; the index is written last. A process killed at any
 moment leaves every kept backup restorable, and a new prune (same policy) computes the
@@ -49,7 +51,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from lamina.backup.image_reader import ImageLocation
@@ -58,6 +59,7 @@ from lamina.errors import CorruptionError
 from lamina.repository import damage as D
 from lamina.repository.index import ImageRecord, Index
 from lamina.repository.policy import KeepPolicy, select
+from lamina.repository.staged_image import StagedImage
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +186,10 @@ def plan_prune(index: Index, policy: KeepPolicy) -> PrunePlan:
                      refused)
 
 
-#: ``combine(chain_paths, out_path, backup_id) -> (image id, vp commit seq, is_full)`` of the
-#: image it wrote, which must keep ``backup_id``: the repository wraps ``chain.combine_chain``.
-Combine = Callable[[list[ImageLocation], Path, uuid.UUID], tuple[uuid.UUID, int, bool]]
+#: ``combine(chain_paths, staged, backup_id) -> (image id, vp commit seq, is_full)`` of the
+#: image it wrote into ``staged`` (a :class:`~lamina.repository.staged_image.StagedImage`),
+#: which must keep ``backup_id``: the repository wraps ``chain.combine_chain_to``.
+Combine = Callable[[list[ImageLocation], StagedImage, uuid.UUID], tuple[uuid.UUID, int, bool]]
 
 
 class PruneTarget(Protocol):
@@ -196,20 +199,22 @@ class PruneTarget(Protocol):
         """Where the image reader finds the image (a path, or a ranged-read source)."""
         ...
 
-    def staging_path(self) -> Path:
-        """A fresh local path to write a synthetic full to."""
+    def stage(self, record: ImageRecord) -> StagedImage:
+        """A new image being written into the store at ``record``'s key (nothing visible
+        until :meth:`publish`)."""
         ...
 
-    def publish(self, record: ImageRecord, staged: Path) -> int:
-        """Put ``staged`` atomically under ``record``'s key; returns its size."""
+    def publish(self, record: ImageRecord, staged: StagedImage) -> int:
+        """Prove ``staged`` and publish it atomically under ``record``'s key; returns its
+        size."""
         ...
 
     def delete(self, record: ImageRecord) -> None:
         """Delete ``record``'s image (idempotent)."""
         ...
 
-    def discard(self, staged: Path) -> None:
-        """Remove a staged file that will not be published."""
+    def discard(self, staged: StagedImage) -> None:
+        """Drop a staged image that will not be published."""
         ...
 
 
@@ -223,17 +228,18 @@ def execute(plan: PrunePlan, index: Index, target: PruneTarget, combine: Combine
     for merge in plan.merges:
         record = index.records[merge.backup_id]
         paths = [target.image_path(index.records[i]) for i in merge.chain]
-        staged = target.staging_path()
+        staged = target.stage(record)
         try:
             image_id, vp_seq, is_full = combine(paths, staged, merge.backup_id)
             if image_id != merge.backup_id or vp_seq != record.vp_seq or not is_full:
                 raise CorruptionError(f"synthetic full of backup {merge.backup_id} does not "
                                       f"stand for it (id {image_id}, commit seq {vp_seq}, "
-                                      f"expected seq {record.vp_seq})", path=staged)
+                                      f"expected seq {record.vp_seq})",
+                                      path=staged.key)
+            plan.bytes_written += target.publish(record, staged)
         except BaseException:
             target.discard(staged)
             raise
-        plan.bytes_written += target.publish(record, staged)
         plan.done_merges.append(merge.backup_id)
         failpoint("repository.prune_step")
     for backup_id in plan.delete:

@@ -81,6 +81,8 @@ from lamina.repository.lease import Lease
 from lamina.repository.lock import RepositoryLock
 from lamina.repository.policy import KeepPolicy
 from lamina.repository.prune import PrunePlan, execute, plan_prune
+from lamina.repository.staged_image import StagedImage
+from lamina.repository.stale import StaleUpload, remove_stale_uploads
 from lamina.repository.storage import LocalStorage, Storage
 from lamina.repository.uploads import DEFAULT_PART_SIZE
 
@@ -175,6 +177,8 @@ class PruneResult:
     dry_run: bool
     index_rebuilt: str | None
     stale_files_removed: int = 0
+    #: Unfinished uploads of dead writers that this prune removed (:mod:`.stale`).
+    stale_uploads_removed: builtins.list[StaleUpload] = field(default_factory=builtins.list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready report (``lamina prune --json``)."""
@@ -182,6 +186,7 @@ class PruneResult:
                 "merged": [str(i) for i in self.plan.done_merges],
                 "deleted": [str(i) for i in self.plan.done_deletes],
                 "stale_files_removed": self.stale_files_removed,
+                "stale_uploads_removed": [u.to_json() for u in self.stale_uploads_removed],
                 "index_rebuilt": self.index_rebuilt}
 
 
@@ -210,37 +215,81 @@ def parse_time(value: str | float | int | dt.datetime) -> int:
 
 
 class _Target:
-    """The repository side of a prune's execution (:class:`~.prune.PruneTarget`)."""
+    """The repository side of a prune's execution (:class:`~.prune.PruneTarget`), and of
+    every operation that replaces an image by one it makes from stored images: the new
+    image is written into the store (:meth:`stage`) and published over the old one only
+    once proven (:meth:`publish`). ``staging_path`` (a local file, put afterwards) is the
+    older way, kept for callers that still write a file: ``publish``/``discard`` take
+    either."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, lease: Lease | None = None,
+                 operation: str = "merge") -> None:
         self.storage = storage
+        #: The repository lease the operation holds: confirmed before every change.
+        self.lease = lease
+        self.operation = operation
+
+    def _confirm(self) -> None:
+        if self.lease is not None:
+            self.lease.confirm(self.operation)
 
     def image_path(self, record: ImageRecord) -> ImageLocation:
         return self.storage.image(record.key)
 
+    def stage(self, record: ImageRecord) -> StagedImage:
+        """A new image streamed into the store at ``record``'s key (see StagedImage)."""
+        return StagedImage(self.storage, record.key)
+
     def staging_path(self) -> Path:
+        """A fresh local file path (its image is put by :meth:`publish`)."""
         return self.storage.staging_dir() / f"merge-{uuid.uuid4().hex}{L.IMAGE_SUFFIX}"
 
-    def publish(self, record: ImageRecord, staged: Path) -> int:
+    def publish(self, record: ImageRecord, staged: StagedImage | Path) -> int:
+        """Publish ``staged`` over ``record``'s key (a StagedImage: proven first); returns
+        the published image's size. Confirms the lease first (LockedError: lost)."""
+        if isinstance(staged, StagedImage):
+            staged.prove()
+            self._confirm()
+            return staged.publish()
+        self._confirm()
         self.storage.put_file(record.key, staged)
         return self.storage.stat(record.key).size
 
     def delete(self, record: ImageRecord) -> None:
+        self._confirm()
         self.storage.delete(record.key)
 
-    def discard(self, staged: Path) -> None:
+    def discard(self, staged: StagedImage | Path) -> None:
+        if isinstance(staged, StagedImage):
+            staged.discard()
+            return
         with contextlib.suppress(StorageError):
             fileio.unlink(staged)
 
 
-def _combine(paths: list[ImageLocation], out: Path, backup_id: uuid.UUID,
+@contextlib.contextmanager
+def _lease_guard(lease: Lease, operation: str) -> Iterator[None]:
+    """An operation cancelled because its lease was lost ends with the lease's LockedError
+    (nothing was published: every publication confirms the lease first)."""
+    try:
+        yield
+    except CancelledError:
+        if lease.lost:
+            raise lease.lost_error(operation) from None
+        raise
+
+
+def _combine(paths: list[ImageLocation], staged: StagedImage, backup_id: uuid.UUID,
              cancel: CancelToken = None) -> tuple[uuid.UUID, int, bool]:
-    """One synthetic full image of the chain ``paths`` at ``out`` that keeps the replaced
-    backup's id (so layers on it still link), checked whole before the caller publishes it
-    (it replaces a layer that restores today)."""
-    info = chain.combine_chain(paths, out, image_id=backup_id, cancel=cancel)
-    chain.verify_chain([out], cancel=cancel)
-    return info.header.image_id, info.vp.commit_seq, info.manifest.kind == F.ImageKind.FULL
+    """One synthetic full image of the chain ``paths``, streamed into ``staged``, that
+    keeps the replaced backup's id (so layers on it still link): the assembled state is
+    proven before it is written and the bytes as they are written (``staged.prove``), all
+    before the caller publishes it (it replaces a layer that restores today)."""
+    chain.combine_chain_to(paths, staged.stream, workdir=staged.workdir, image_id=backup_id,
+                           cancel=cancel)
+    report = staged.prove()
+    return (report.header.image_id, report.manifest.vp.commit_seq,
+            report.manifest.kind == F.ImageKind.FULL)
 
 
 def _stands_for(info: ImageInfo, old: ImageInfo, base: ImageRecord, staged: Path) -> None:
@@ -357,8 +406,9 @@ class Repository:
         Raises NotFoundError (no such directory, or nothing under the S3 prefix),
         NoSuchBucketError, AccessDeniedError, NotADatabaseError (a directory or prefix
         that holds something else than a repository), VersionError (a repository of a
-        newer format), CorruptionError (damaged config or key file), AuthenticationError
-        (encrypted, and no passphrase or a wrong one), StorageError.
+        newer format), CorruptionError (damaged config or key file), UsageError
+        (encrypted, and no passphrase given: nothing was authenticated), AuthenticationError
+        (a wrong passphrase), StorageError.
         """
         storage = open_storage(path, s3_endpoint=s3_endpoint)
         storage.check_container()
@@ -379,9 +429,9 @@ class Repository:
                                           "encrypted (the config was changed)")
             return cls(storage, config, lock_timeout=lock_timeout, lease_ttl=lease_ttl)
         secret = None if passphrase is None else passphrase()
-        if secret is None:
-            raise AuthenticationError(f"repository {storage.url} is encrypted: no passphrase "
-                                      f"given ({hint})")
+        if secret is None:  # nothing was tried: a request that lacks what it needs
+            raise UsageError(f"repository {storage.url} is encrypted: no passphrase given "
+                             f"({hint})")
         master, keyfile = RepoKeys(storage, config.key_id).unlock(secret)
         return cls(storage, config, lock_timeout=lock_timeout, lease_ttl=lease_ttl,
                    master=master, keyfile=keyfile)
@@ -390,17 +440,22 @@ class Repository:
     @contextlib.contextmanager
     def _shared(self, operation: str, cancel: CancelToken = None) -> Iterator[Lease]:
         """Hold the repository lock shared, with the repository's keys current; yields the
-        lease (``lost`` once another process took it over)."""
+        lease (``lost`` once another process took it over; see :meth:`exclusive`)."""
         with self.locks.repository(exclusive=False, operation=operation,
-                                   cancel=cancel) as lease, keyrings.using(self.keyring):
+                                   cancel=cancel) as lease, keyrings.using(self.keyring), \
+                _lease_guard(lease, operation):
             yield lease
 
     @contextlib.contextmanager
-    def exclusive(self, operation: str, cancel: CancelToken = None) -> Iterator[None]:
-        """Hold the repository lock alone (prune, key changes), with its keys current."""
-        with self.locks.repository(exclusive=True, operation=operation, cancel=cancel), \
-                keyrings.using(self.keyring):
-            yield
+    def exclusive(self, operation: str, cancel: CancelToken = None) -> Iterator[Lease]:
+        """Hold the repository lock alone (prune, key changes), with its keys current;
+        yields the lease. An operation inside passes ``lease.cancel_token(cancel)`` as its
+        cancel token, so it stops promptly once the lease is lost (a renewal found it
+        taken over, or could not renew it before it expired), and the CancelledError that
+        ends it leaves the block as the lease's LockedError (one line, exit 8)."""
+        with self.locks.repository(exclusive=True, operation=operation, cancel=cancel) \
+                as lease, keyrings.using(self.keyring), _lease_guard(lease, operation):
+            yield lease
 
     def _load(self) -> tuple[Index, str | None]:
         with self.locks.index():
@@ -563,13 +618,13 @@ class Repository:
         base missing), CorruptionError & co., AlreadyExistsError, CheckFailedError,
         LockedError, CancelledError. ``dest`` is published only once proven.
         """
-        with self._shared("restore", cancel):
+        with self._shared("restore", cancel) as lease:
             index, rebuilt = self._load()
             record = self.resolve(index, id, at, database)
             images = index.chain(record)
             summary = chain.restore_chain(self._paths(images), Path(dest), tables=tables,
-                                          force=force, progress=progress, cancel=cancel,
-                                          check=check)
+                                          force=force, progress=progress,
+                                          cancel=lease.cancel_token(cancel), check=check)
         return RepoRestoreResult(record.backup_id, tuple(r.backup_id for r in images),
                                  summary, rebuilt)
 
@@ -581,7 +636,8 @@ class Repository:
         (``first_error``); a bad id raises NotFoundError/UsageError, a busy repository
         LockedError, ``cancel`` (checked before every chunk) CancelledError."""
         report = RepoVerifyReport()
-        with self._shared("verify", cancel):
+        with self._shared("verify", cancel) as lease:
+            cancel = lease.cancel_token(cancel)
             index, report.index_rebuilt = self._load()
             if id is not None:
                 targets = [index.find(id)]
@@ -615,7 +671,7 @@ class Repository:
         is deleted. Ids not in the repository are skipped (deletes are idempotent, so a
         re-run after a crash finishes the job). Raises LockedError, StorageError.
         """
-        with self.exclusive("forget"):
+        with self.exclusive("forget") as lease:
             index, _ = self._load()
             doomed = {i for i in backup_ids if i in index.records}
             damaged = [r for r in index.records.values() if r.error is not None]
@@ -635,6 +691,7 @@ class Repository:
                            reverse=True)
             try:
                 for record in order:
+                    lease.confirm("forget")  # a stalled holder deletes nothing
                     self.storage.delete(record.key)
             finally:
                 with self.locks.index():  # the index follows the images, even after a failure
@@ -644,29 +701,35 @@ class Repository:
     def merge_to_full(self, backup_id: str, *, cancel: CancelToken = None) -> ImageRecord:
         """Replace the layer ``backup_id`` by a synthetic full of its chain (same backup id
         and image id, same VP: layers on it still link), streamed from the repository back
-        to it, proven whole before the atomic put; returns its new record (a full is
-        returned as it is). Holds the repository lock exclusively. Raises NotFoundError,
+        into it (:class:`~lamina.repository.staged_image.StagedImage`: no local copy of the
+        image), proven whole before it is published over the layer; returns its new record
+        (a full is returned as it is). Holds the repository lock exclusively. Raises NotFoundError,
         ChainError, CorruptionError & co., CancelledError, LockedError, StorageError; on
         any error the layer stays as it was."""
-        with self.exclusive("merge"):
+        with self.exclusive("merge", cancel=cancel) as lease:
             index, _ = self._load()
             record = index.find(backup_id)
             if not record.is_layer:
                 return record
             images = index.chain(record)
-            target = _Target(self.storage)
-            staged = target.staging_path()
+            target = _Target(self.storage, lease, "merge")
+            staged = target.stage(record)
             try:
                 image_id, vp_seq, is_full = _combine(self._paths(images), staged,
-                                                     record.backup_id, cancel)
+                                                     record.backup_id,
+                                                     lease.cancel_token(cancel))
                 if image_id != record.backup_id or vp_seq != record.vp_seq or not is_full:
                     raise CorruptionError(f"synthetic full of backup {record.backup_id} "
-                                          "does not stand for it", path=staged)
+                                          "does not stand for it", path=staged.key)
             except BaseException:
                 target.discard(staged)
                 raise
             with self.locks.index():
-                target.publish(record, staged)
+                try:
+                    target.publish(record, staged)
+                except BaseException:
+                    target.discard(staged)
+                    raise
                 loaded = load_index(self.storage, save=False)
                 save_index(self.storage, loaded.index)
             return loaded.index.records[record.backup_id]
@@ -754,9 +817,14 @@ class Repository:
         :mod:`lamina.repository.prune`). Holds the repository lock exclusively.
 
         Crash-safe: killed at any moment, every kept backup still restores and a new
-        prune finishes the job. Refuses (CorruptionError, nothing deleted; a dry run
-        too) while any image is unreadable: which backups build on it cannot be known, so
-        any deletion could break a kept chain (restic's rule: check, repair, then prune).
+        prune finishes the job. It also removes what dead writers left: temporary objects
+        (``stale_files_removed``) and unfinished uploads (``stale_uploads_removed``: a
+        killed merge's or upload's multipart upload, a killed backup's resumable upload
+        once its lease ended; :mod:`lamina.repository.stale`).
+
+        Refuses (CorruptionError, nothing deleted; a dry run too) while any image is
+        unreadable: which backups build on it cannot be known, so any deletion could break
+        a kept chain (restic's rule: check, repair, then prune).
 
         A missing image (a layer here builds on it, and it is gone) is damage too, which
         never costs a restorable point: the damaged backups are kept as they are, nothing
@@ -767,10 +835,13 @@ class Repository:
         ``refused`` (with the reason), the damage as ``damaged``: see
         :mod:`lamina.repository.prune`. Raises LockedError, StorageError, and what merging
         raises (the repository is then as a crash would leave it), CancelledError
-        (``cancel``, checked before the work starts and before every chunk a merge reads:
-        the repository is then as after any failed merge).
+        (``cancel``, checked before the work starts and before every chunk a merge reads
+        or writes: the repository is then as after any failed merge), LockedError also
+        when the lease is lost mid-prune (it stops at once; every change confirms the
+        lease first).
         """
-        with self.exclusive("prune", cancel=cancel):
+        with self.exclusive("prune", cancel=cancel) as lease:
+            cancel = lease.cancel_token(cancel)
             index, rebuilt = self._load()
             damaged = sorted((r for r in index.records.values() if r.error is not None),
                              key=lambda r: str(r.backup_id))
@@ -788,10 +859,13 @@ class Repository:
             # Not under locks/: a waiter creates its lease while we hold the lock.
             result.stale_files_removed = len(self.storage.remove_stale_temps(
                 keep=(L.LOCKS_DIR,)))
+            # ... and every unfinished upload is a dead writer's, but for the resumable
+            # uploads of backups whose pin's lease lasts (they may still be resumed).
+            result.stale_uploads_removed = remove_stale_uploads(self.storage)
             if is_cancelled(cancel):
                 raise CancelledError("prune cancelled")
             try:
-                execute(plan, index, _Target(self.storage),
+                execute(plan, index, _Target(self.storage, lease, "prune"),
                         lambda paths, out, backup_id: _combine(paths, out, backup_id, cancel))
             finally:
                 with self.locks.index():  # the index is written last, even after a failure

@@ -12,7 +12,10 @@ failing after that, the backup leaves both behind:
 * :func:`abandon` releases the pin (writers reuse its pages again) and removes the upload;
 * the lease's end releases the pin by itself (``--resume`` then fails with
   PinExpiredError and a hint); the upload of an expired or replaced pin is removed by the
-  next backup of the same database into the repository.
+  next backup of the same database into the repository, or by a prune: the upload's
+  description mirrors the pin's lease (:func:`lease_until`), renewed as the pin is, so a
+  prune — which sees the repository, not the database — keeps every upload that may still
+  be resumed and removes the rest (:mod:`lamina.repository.stale`).
 
 Concurrency: as :meth:`Repository.backup <lamina.repository.repository.Repository.backup>`
 (the shared repository lock); one pin per database and repository: a new backup replaces
@@ -25,6 +28,7 @@ import contextlib
 import os
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -54,6 +58,7 @@ from lamina.repository.uploads import (
     PartStats,
     PartWriter,
     Upload,
+    UploadInfo,
     UploadStore,
     check_part_size,
 )
@@ -95,6 +100,48 @@ class Outcome:
     resumed: bool
 
 
+#: The upload description's field mirroring the pin's lease (:func:`lease_until`).
+LEASE_FIELD = "lease_until_ns"
+
+
+def _mirror_until(lease_ns: int, now_ns: int | None = None) -> int:
+    """The lease end an upload's description states when its pin's lease is renewed now:
+    a quarter of the lease beyond the pin's, so it outlives the pin however the two
+    renewals fall (the pin is taken a moment after the upload is created)."""
+    return (time.time_ns() if now_ns is None else now_ns) + lease_ns + lease_ns // 4
+
+
+def lease_until(info: UploadInfo) -> int:
+    """Until when the upload ``info`` describes may still be resumed (wall clock, ns): what
+    its description mirrors of its pin's lease, or (written by an older version) its
+    creation time plus the default lease. The pin itself lives in the database; a prune,
+    which sees only the repository, removes an upload once this has passed."""
+    value = info.info.get(LEASE_FIELD)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return info.created_ns + pins.DEFAULT_LEASE_NS
+
+
+def _keep_alive(db: Database, uploads: UploadStore, name: str, info: dict[str, Any],
+                lease_ns: int, pin_id: str | None = None) -> Callable[[], None]:
+    """What a backup calls after each part: renews the pin (:func:`pinning.keep_alive`)
+    and, as often (a quarter of the lease), the lease its upload's description mirrors
+    (one small write; a failure is retried at the next renewal). Never raises."""
+    renew_pin = pinning.keep_alive(db, pin_id or name, lease_ns)
+    state = {"last": time.monotonic_ns()}
+
+    def on_part() -> None:
+        renew_pin()
+        now = time.monotonic_ns()
+        if now - state["last"] < lease_ns // 4:
+            return
+        state["last"] = now
+        with contextlib.suppress(LaminaError):
+            uploads.set_info(name, {**info, LEASE_FIELD: _mirror_until(lease_ns)})
+
+    return on_part
+
+
 def _scope(repo: Repository) -> str:
     return str(repo.config.repository_id)
 
@@ -107,9 +154,10 @@ def _publish(repo: Repository, upload: Upload, writer: PartWriter, image_id: uui
     failpoint("backup.before_publish")
     key = L.image_key(image_id)
     with repo.locks.index():
-        if held.lost:  # a prune may have started meanwhile: publish nothing (resumable)
-            raise LockedError(f"the lease of this backup on {repo.storage.url} was taken "
-                              "over (the process stalled past it); finish it with --resume")
+        try:  # a prune may have started meanwhile: publish nothing (it stays resumable)
+            held.confirm("backup")
+        except LockedError as exc:
+            raise LockedError(f"{exc}; finish it with --resume") from None
         loaded = load_index(repo.storage, save=False)
         rebuilt = rebuilt or loaded.rebuilt
         upload.complete(key, count)
@@ -183,9 +231,10 @@ def backup(repo: Repository, db: Database, *, full: bool, codec: str,
         image_id = uuid.uuid4()
         name = str(image_id)
         _ACTIVE.add(name)
-        upload = uploads.create(name, part_size, {"database_id": str(db.identity.db_id),
-                                                  "image_id": name})
-        writer = PartWriter(upload, on_part=pinning.keep_alive(db, name, lease_ns),
+        info = {"database_id": str(db.identity.db_id), "image_id": name}
+        upload = uploads.create(name, part_size,
+                                {**info, LEASE_FIELD: _mirror_until(lease_ns)})
+        writer = PartWriter(upload, on_part=_keep_alive(db, uploads, name, info, lease_ns),
                             concurrency=uploads.concurrency)
         extra = {"upload": name, "part_size": part_size, "reason": reason,
                  "base": None if base is None else str(base.backup_id)}
@@ -193,7 +242,8 @@ def backup(repo: Repository, db: Database, *, full: bool, codec: str,
         try:
             base_path = None if base is None else repo.storage.image(base.key)
             result = pinning.pinned_backup(db, writer, request, codec=codec, base=base_path,
-                                           progress=progress, cancel=cancel,
+                                           progress=progress,
+                                           cancel=held.cancel_token(cancel),
                                            image_id=image_id, vp=vp)
             rebuilt = _publish(repo, upload, writer, image_id, rebuilt, held)
         except BaseException:
@@ -262,19 +312,23 @@ def resume(repo: Repository, db: Database, *, progress: ProgressCallback | None,
             found = uploads.open(name)
         except (NotFoundError, CorruptionError):  # gone or damaged: upload it all again
             found = None
+        info = {"database_id": str(db.identity.db_id), "image_id": pin.pin_id}
         if found is None or found.part_size != part_size:
-            upload: Upload = uploads.create(name, part_size, {
-                "database_id": str(db.identity.db_id), "image_id": pin.pin_id})
+            upload: Upload = uploads.create(name, part_size,
+                                            {**info, LEASE_FIELD: _mirror_until(lease_ns)})
             present = {}
         else:
+            uploads.set_info(name, {**info, LEASE_FIELD: _mirror_until(lease_ns)})
             upload, present = found, found.parts_present()
         writer = PartWriter(upload, present,
-                            on_part=pinning.keep_alive(db, pin.pin_id, lease_ns),
+                            on_part=_keep_alive(db, uploads, name, info, lease_ns,
+                                                pin.pin_id),
                             concurrency=uploads.concurrency)
         base_path = None if base is None else repo.storage.image(base.key)
         try:
             result = pinning.resume_backup(db, writer, pin, base=base_path,
-                                           progress=progress, cancel=cancel)
+                                           progress=progress,
+                                           cancel=held.cancel_token(cancel))
             rebuilt = _publish(repo, upload, writer, image_id, rebuilt, held)
         finally:
             writer.close()
@@ -298,4 +352,5 @@ def abandon(repo: Repository, db: Database) -> pins.PinRecord | None:
     return pin
 
 
-__all__ = ["RESUME_HINT", "Outcome", "abandon", "backup", "resume"]
+__all__ = ["LEASE_FIELD", "RESUME_HINT", "Outcome", "abandon", "backup", "lease_until",
+           "resume"]

@@ -12,13 +12,15 @@ into parts of ``part_size`` bytes and uploads up to ``concurrency`` of them at o
 writer that would get ahead of that waits (back-pressure), so memory stays below
 ``part_size x (concurrency + 1)`` plus a constant whatever the object's size. ``commit``
 uploads the rest and completes; ``abort`` (or any failure) aborts the upload, so nothing is
-published. An object smaller than one part is sent with one plain PUT.
+published. An object smaller than one part is sent with one plain PUT. Every part's ETag
+must be the MD5 of the bytes sent (else StorageError: the store received other bytes).
 
 Concurrency: a writer is used by one thread (its upload threads are its own).
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -219,7 +221,15 @@ class MultipartWriter:
 
         def run() -> Part:
             try:
-                return upload.upload_part(number, part)
+                stored = upload.upload_part(number, part)
+                # The ETag of a part is the MD5 of the bytes the store received: a part
+                # changed on the way is refused here, before the upload can complete.
+                if stored.etag.strip('"').lower() != hashlib.md5(
+                        part, usedforsecurity=False).hexdigest():
+                    raise StorageError(f"cannot upload {self._where}: part {number} was "
+                                       f"stored with ETag {stored.etag}, not the MD5 of "
+                                       "its bytes")
+                return stored
             finally:
                 self._slots.release()
 

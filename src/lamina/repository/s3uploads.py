@@ -16,6 +16,7 @@ storage does. Concurrency: one writer per upload (the backup's durable pin says 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import uuid
@@ -206,12 +207,36 @@ class S3Uploads:
 
     def list(self) -> list[UploadInfo]:
         """Every upload described under ``uploads/`` (a damaged description is skipped)."""
-        out = []
+        return [info for _, info in self.entries() if info is not None]
+
+    def entries(self) -> builtins.list[tuple[str, UploadInfo | None]]:
+        """Every description under ``uploads/`` with what it says (None: damaged). An
+        unfinished multipart upload without a description is not listed here (see
+        :mod:`lamina.repository.stale`)."""
+        out: builtins.list[tuple[str, UploadInfo | None]] = []
         for stat in self.storage.list(UPLOADS_PREFIX):
             name = stat.key[len(UPLOADS_PREFIX):]
-            with contextlib.suppress(NotFoundError, CorruptionError, UsageError):
-                out.append(self._info(name))
+            try:
+                out.append((name, self._info(name)))
+            except (NotFoundError, CorruptionError, UsageError):
+                out.append((name, None))
         return out
+
+    def set_info(self, name: str, info: Mapping[str, Any]) -> None:
+        """Rewrite the description ``uploads/NAME`` (one PUT). See
+        :meth:`UploadStore.set_info <lamina.repository.uploads.UploadStore.set_info>`."""
+        old = self._info(name)
+        self.storage.put_bytes(UPLOADS_PREFIX + name,
+                               info_document(name, old.part_size, info, old.created_ns))
+
+    def remove(self, name: str) -> None:
+        """Abort the unfinished uploads of ``name``'s key (when it names one) and delete
+        its description."""
+        try:
+            self.abort_all(name)
+        except UsageError:  # not an image id: only a description to delete
+            with contextlib.suppress(NotFoundError, UsageError):
+                self.storage.delete(UPLOADS_PREFIX + name)
 
 
 __all__ = ["S3_MIN_PART_SIZE", "S3Upload", "S3Uploads", "image_key_of"]

@@ -24,7 +24,7 @@ says which one); listing and aborting are safe beside writers of other uploads.
 
 from __future__ import annotations
 
-import contextlib
+import builtins
 import json
 import os
 import re
@@ -92,11 +92,15 @@ def check_name(name: str) -> str:
     return name
 
 
-def info_document(name: str, part_size: int, info: Mapping[str, Any]) -> bytes:
-    """The ``UPLOAD`` document of a new upload (canonical JSON: magic, version, name, part
-    size, creation time, the caller's info). Pure but for the clock."""
+def info_document(name: str, part_size: int, info: Mapping[str, Any],
+                  created_ns: int | None = None) -> bytes:
+    """The ``UPLOAD`` document of an upload (canonical JSON: magic, version, name, part
+    size, creation time — now unless ``created_ns`` —, the caller's info). Pure but for
+    the clock."""
     doc = {"magic": INFO_MAGIC, "version": INFO_VERSION, "name": name,
-           "part_size": part_size, "created_ns": time.time_ns(), "info": dict(info)}
+           "part_size": part_size,
+           "created_ns": time.time_ns() if created_ns is None else created_ns,
+           "info": dict(info)}
     return json.dumps(doc, sort_keys=True).encode()
 
 
@@ -177,6 +181,22 @@ class UploadStore(Protocol):
 
     def list(self) -> list[UploadInfo]:
         """Every upload in progress (a damaged one is skipped)."""
+        ...
+
+    def entries(self) -> builtins.list[tuple[str, UploadInfo | None]]:
+        """Every upload's name with its description (None: missing or damaged, so it
+        cannot be resumed). Raises StorageError."""
+        ...
+
+    def set_info(self, name: str, info: Mapping[str, Any]) -> None:
+        """Replace the caller's info of upload ``name`` (its description is rewritten
+        atomically; name, part size and creation time stay). Raises NotFoundError,
+        CorruptionError, StorageError."""
+        ...
+
+    def remove(self, name: str) -> None:
+        """Remove upload ``name`` whole, even one whose description is damaged
+        (idempotent). Raises StorageError."""
         ...
 
 
@@ -323,17 +343,42 @@ class LocalUploads:
 
     def list(self) -> list[UploadInfo]:
         """See :meth:`UploadStore.list`."""
+        return [info for _, info in self.entries() if info is not None]
+
+    def entries(self) -> builtins.list[tuple[str, UploadInfo | None]]:
+        """See :meth:`UploadStore.entries`."""
         try:
             names = sorted(fileio.listdir(self.root))
         except StorageError:
             if not self.root.exists():
                 return []
             raise
-        out = []
+        out: builtins.list[tuple[str, UploadInfo | None]] = []
         for name in names:
-            with contextlib.suppress(NotFoundError, CorruptionError, UsageError):
-                out.append(self._info(name))
+            try:
+                out.append((name, self._info(name)))
+            except (NotFoundError, CorruptionError, UsageError):
+                out.append((name, None))
         return out
+
+    def set_info(self, name: str, info: Mapping[str, Any]) -> None:
+        """See :meth:`UploadStore.set_info`."""
+        old = self._info(name)
+        fileio.atomic_write_file(self.root / name / INFO_FILE,
+                                 info_document(name, old.part_size, info, old.created_ns))
+
+    def remove(self, name: str) -> None:
+        """See :meth:`UploadStore.remove`."""
+        path = self.root / name
+        if not name or "/" in name or name in (".", ".."):
+            return
+        if path.is_dir() and not path.is_symlink():
+            fileio.rmtree(path)
+        elif path.exists() or path.is_symlink():  # a stray file: not an upload either
+            fileio.unlink(path)
+        else:
+            return
+        fileio.fsync_dir(self.root)
 
 
 @dataclass(slots=True)

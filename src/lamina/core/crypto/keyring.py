@@ -38,17 +38,26 @@ class SealSpec:
     wrapped: bytes = b""
 
 
+#: Finds the master key of an id that no image carries (a repository image's key lives in
+#: its repository's key files): the key, or None. May raise AuthenticationError.
+KeyLocator = Callable[[bytes], MasterKey | None]
+
+
 class Keyring:
     """Master keys by id, an optional passphrase source, an optional :class:`SealSpec`, and
     ``required``: when set (a label such as ``"repository R is encrypted"``), plaintext
-    images are refused. ``hint`` says how a user gives a passphrase (used in errors)."""
+    images are refused. ``hint`` says how a user gives a passphrase (used in errors).
+    ``locate`` is asked for a key that is not known and that an image does not carry
+    (a repository image read as a file: the CLI looks in the repository around it)."""
 
     def __init__(self, masters: Iterable[MasterKey] = (), *,
                  passphrase: PassphraseSource | None = None, seal: SealSpec | None = None,
                  required: str | None = None,
-                 hint: str = "give its passphrase") -> None:
+                 hint: str = "give its passphrase",
+                 locate: KeyLocator | None = None) -> None:
         self._masters = {m.key_id: m for m in masters}
         self._passphrase = passphrase
+        self._locate = locate
         self._lock = threading.Lock()
         self.seal = seal
         self.required = required
@@ -62,13 +71,18 @@ class Keyring:
             self._masters[master.key_id] = master
 
     def master_for(self, key_id: bytes, wrapped: bytes, where: object) -> MasterKey | None:
-        """The master key named ``key_id``: known already, or unwrapped from ``wrapped``
-        (a key file's bytes) with the passphrase. None when it cannot be had (no such key
+        """The master key named ``key_id``: known already, found by ``locate`` (when
+        ``wrapped`` is empty), or unwrapped from ``wrapped`` (a key file's bytes) with the
+        passphrase. None when it cannot be had (no such key
         and nothing to unwrap, or no passphrase available). Raises AuthenticationError (a
         wrong passphrase, or a key file that wraps another key), CorruptionError &co. (a
         damaged key file)."""
         with self._lock:
             known = self._masters.get(key_id)
+            if known is None and not wrapped and self._locate is not None:
+                known = self._locate(key_id)  # a key kept elsewhere (a repository's)
+                if known is not None:
+                    self._masters[key_id] = known
             if known is not None or not wrapped or self._passphrase is None:
                 return known
             keyfile = KeyFile.decode(wrapped, where)

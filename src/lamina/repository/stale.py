@@ -1,0 +1,98 @@
+"""Uploads that dead writers left in a repository's store, and their removal by a prune.
+
+A process killed while it writes into the store (kill -9, a lost server, a power cut)
+leaves what it was writing unpublished but not gone:
+
+* a merge or any other streamed put (:class:`~lamina.repository.staged_image.StagedImage`,
+  :meth:`~lamina.repository.storage.Storage.writer`): on S3 an unfinished multipart upload
+  (invisible, but its parts are stored and billed), locally a temporary object
+  ``.NAME.tmp-XXXX`` (removed by :meth:`~lamina.repository.storage.Storage.remove_stale_temps`);
+* a backup: its resumable upload (:mod:`lamina.repository.uploads`) — which must survive
+  as long as the backup can be resumed, i.e. while its durable pin's lease lasts. The pin
+  lives in the database, which a prune does not see; the upload's description mirrors the
+  lease (:func:`lamina.repository.resumable.lease_until`), so a prune keeps every upload
+  whose mirrored lease has not ended and removes the others (their ``--resume`` would fail
+  with PinExpiredError anyway).
+
+:func:`remove_stale_uploads` is called by a prune holding the repository lock exclusively:
+no backup, merge or other prune runs, so every unfinished upload that no live resumable
+upload owns is a dead writer's.
+
+Concurrency: only under the exclusive repository lock (see above).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lamina.errors import UsageError
+from lamina.repository.resumable import lease_until
+from lamina.repository.storage import LocalStorage, Storage
+from lamina.repository.upload_store import uploads_of
+
+
+@dataclass(frozen=True, slots=True)
+class StaleUpload:
+    """One thing removed: ``kind`` ("resumable upload" or "multipart upload"), ``name``
+    (the upload's name, or the object URL an unfinished multipart upload was for) and
+    why it was garbage."""
+
+    kind: str
+    name: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form (``lamina prune --json``: ``stale_uploads_removed``)."""
+        return {"kind": self.kind, "name": self.name, "reason": self.reason}
+
+
+def _iso(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).isoformat(timespec="seconds")
+
+
+def remove_stale_uploads(storage: Storage, now_ns: int | None = None) -> list[StaleUpload]:
+    """Remove the resumable uploads whose mirrored lease ended before ``now_ns`` (default:
+    now) or whose description is damaged, and (S3) every unfinished multipart upload under
+    the repository's prefix that no remaining resumable upload owns. Returns what was
+    removed. Only under the exclusive repository lock (module doc). Raises StorageError."""
+    now = time.time_ns() if now_ns is None else now_ns
+    uploads = uploads_of(storage)
+    removed: list[StaleUpload] = []
+    live: set[str] = set()
+    for name, info in uploads.entries():
+        if info is not None:
+            until = lease_until(info)
+            if until > now:
+                live.add(name)
+                continue
+            reason = f"its backup's lease ended at {_iso(until)}"
+        else:
+            reason = "its description is missing or damaged (it cannot be resumed)"
+        uploads.remove(name)
+        removed.append(StaleUpload("resumable upload", name, reason))
+    if isinstance(storage, LocalStorage):
+        return removed  # its temporary objects: Storage.remove_stale_temps
+    from lamina.repository.s3storage import S3Storage
+    from lamina.repository.s3uploads import image_key_of
+
+    if isinstance(storage, S3Storage):
+        owned: set[str] = set()
+        for name in live:
+            try:
+                owned.add(storage.object_key(image_key_of(name)))
+            except UsageError:
+                continue
+        for pending in storage.unfinished_uploads():
+            if pending.object_key in owned:
+                continue
+            pending.abort()
+            removed.append(StaleUpload("multipart upload", pending.where,
+                                       "no live writer (a merge or upload whose process "
+                                       "died)"))
+    return removed
+
+
+__all__ = ["StaleUpload", "remove_stale_uploads"]
