@@ -760,7 +760,8 @@ class Repository:
         UnsupportedError ("at end" layers in the segment), CorruptionError & co.,
         CancelledError, LockedError, StorageError; on any error the layer stays as it
         was."""
-        with self.exclusive("merge", cancel=cancel):
+        with self.exclusive("merge", cancel=cancel) as lease:
+            cancel = lease.cancel_token(cancel)
             index, _ = self._load()
             record = index.find(str(backup_id))
             base = index.find(str(onto))
@@ -776,7 +777,9 @@ class Repository:
             segment = images[ancestors.index(base.backup_id) + 1:]
             if len(segment) == 1:
                 return record
-            target = _Target(self.storage)
+            # A layer is staged as a local file (its proof walks the file), then put; a
+            # full is streamed (StagedImage). Both confirm the lease before publishing.
+            target = _Target(self.storage, lease, "merge")
             staged = target.staging_path()
             paths = self._paths(segment)
             try:
