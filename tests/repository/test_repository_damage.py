@@ -18,6 +18,7 @@ from lamina.repository import ImageRecord, Index, KeepPolicy, Repository
 from lamina.repository import layout as L
 from lamina.repository.prune import plan_prune
 from support import cli
+from support.rawstore import RawStore
 
 from .helpers import content, make_db
 
@@ -45,19 +46,20 @@ def _repo(repo_url: str, tmp_path: Path, fulls: list[bool]
 
 
 class _Image:
-    """An image object of a repository, damaged through the storage (local or S3)."""
+    """An image object of a repository, damaged around Lamina (a file of a local
+    repository, an object written with the test's own boto3 client on S3)."""
 
     def __init__(self, repo: Repository, backup_id: uuid.UUID) -> None:
-        self.storage, self.key = repo.storage, L.image_key(backup_id)
+        self.raw, self.key = RawStore(repo.url), L.image_key(backup_id)
 
     def unlink(self) -> None:
-        self.storage.delete(self.key)
+        self.raw.delete(self.key)
 
     def read_bytes(self) -> bytes:
-        return self.storage.get_bytes(self.key)
+        return self.raw.read(self.key)
 
     def write_bytes(self, data: bytes) -> None:
-        self.storage.put_bytes(self.key, data)
+        self.raw.write(self.key, data)
 
 
 def _image(repo: Repository, backup_id: uuid.UUID) -> _Image:
@@ -65,8 +67,9 @@ def _image(repo: Repository, backup_id: uuid.UUID) -> _Image:
 
 
 def _present(repo: Repository) -> set[uuid.UUID]:
-    return {uuid.UUID(s.key.removeprefix(L.IMAGES_PREFIX).removesuffix(L.IMAGE_SUFFIX))
-            for s in repo.storage.list(L.IMAGES_PREFIX)}
+    """The backups whose image is there (listed around Lamina)."""
+    return {uuid.UUID(k.removeprefix(L.IMAGES_PREFIX).removesuffix(L.IMAGE_SUFFIX))
+            for k in RawStore(repo.url).keys(L.IMAGES_PREFIX)}
 
 
 def _truncate(image: _Image) -> None:
