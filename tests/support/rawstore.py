@@ -96,6 +96,20 @@ class RawStore:
         """Every object's bytes, by key (see :meth:`keys`)."""
         return {key: self.read(key) for key in self.keys()}
 
+    def copy_to(self, url: str | os.PathLike[str]) -> RawStore:
+        """Copy every object to the (empty) repository location ``url`` of the same kind
+        (S3: server-side copies within the store); the copy's store."""
+        target = RawStore(url)
+        assert target.s3 == self.s3 and not target.keys(), target.url
+        for key in self.keys():
+            if self.s3:
+                target.client.copy_object(
+                    Bucket=target.bucket, Key=target.prefix + key,
+                    CopySource={"Bucket": self.bucket, "Key": self.prefix + key})
+            else:
+                target.write(key, self.read(key))
+        return target
+
     def multipart_uploads(self) -> list[tuple[str, str]]:
         """(key, upload id) of every unfinished multipart upload under the prefix (S3
         only; a local repository has none)."""
