@@ -21,6 +21,8 @@ from lamina.repository.prune import plan_prune
 from lamina.repository.repository import open_storage
 from support import cli
 from support.rawstore import RawStore
+from support.s3proxy import WRITES, S3Proxy
+from support.s3server import S3Server
 from support.waiting import wait_for
 
 from .helpers import DAY_NS, content, make_db, vp_clock
@@ -123,15 +125,9 @@ def _locked(raw: RawStore) -> bool:
 
 
 def _listing(raw: RawStore) -> set[tuple[str, int]]:
-    """(key, size) of every object under ``images/`` and ``tmp/``; on S3 also (key, parts
-    stored) of every unfinished multipart upload (a merge's output growing)."""
-    out = {(key, size) for under in (L.IMAGES_PREFIX, f"{L.STAGING_DIR}/")
-           for key, size in raw.sizes(under).items()}
-    for key, upload_id in raw.multipart_uploads():
-        parts = raw.client.list_parts(Bucket=raw.bucket, Key=raw.prefix + key,
-                                      UploadId=upload_id).get("Parts", [])
-        out.add((f"upload:{key}", len(parts)))
-    return out
+    """(name, size) of every file under ``images/`` and ``tmp/``."""
+    return {(key, size) for under in (L.IMAGES_PREFIX, f"{L.STAGING_DIR}/")
+            for key, size in raw.sizes(under).items()}
 
 
 def _repository(kind: str, source: Path, tmp_path: Path, request: pytest.FixtureRequest
@@ -143,24 +139,23 @@ def _repository(kind: str, source: Path, tmp_path: Path, request: pytest.Fixture
     return _copy(source, request.getfixturevalue("s3_url"))
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
 @pytest.mark.parametrize("seed", [11, 12, 13, 14])
 def test_prune_killed_at_a_random_moment(
         template: tuple[Path, dict[uuid.UUID, dict[bytes, bytes]]], tmp_path: Path,
-        seed: int, kind: str, request: pytest.FixtureRequest) -> None:
+        seed: int) -> None:
     source, states = template
     keep, needed, steps = _expected(source)
     rng = random.Random(seed)
-    url = _repository(kind, source, tmp_path, request)
-    raw = RawStore(url)
+    repo_path = tmp_path / "repo"
+    shutil.copytree(source, repo_path)
+    raw = RawStore(repo_path)
     # A random moment counted in the prune's own progress, not in seconds (a busy machine
     # can spend a whole idle run on interpreter start-up): once it holds the repository
     # lock, it is stopped and let run in short slices, and killed (still stopped) after a
-    # random number of changes to images/ and tmp/ (names and sizes: steps, and a merge's
-    # output growing; on S3 the parts of its multipart upload). Only a prune that finishes
-    # within one slice is not killed.
+    # random number of changes to images/ and tmp/ (file names and sizes: steps, and a
+    # merge's output growing). Only a prune that finishes within one slice is not killed.
     changes = rng.randrange(0, steps)
-    proc = cli.start("prune", "--repo", url, *PRUNE_ARGS, capture=False)
+    proc = cli.start("prune", "--repo", str(repo_path), *PRUNE_ARGS, capture=False)
     deadline = time.monotonic() + 120  # a hang guard only
     try:
         wait_for(lambda: proc.poll() is not None or _locked(raw),
@@ -180,12 +175,48 @@ def test_prune_killed_at_a_random_moment(
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     assert proc.returncode in (0, -signal.SIGKILL)
-    print("DEBUG", kind, seed, proc.returncode, changes, len(seen))
+    _check_kept(repo_path, keep, states, rng)
+    _finish_and_check(repo_path, keep, needed)
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13, 14])
+def test_prune_on_s3_killed_at_a_random_moment(
+        template: tuple[Path, dict[uuid.UUID, dict[bytes, bytes]]], tmp_path: Path,
+        seed: int, s3_server: S3Server, s3_url: str) -> None:
+    """The same on S3, the moment counted in the prune's requests to the store: a clean
+    run through the proxy counts them; the killed run's N-th request (random; of any kind,
+    or one that changes the store: a PUT, a part, a completion, a delete) is held
+    (never reaches the server) and the prune is killed with SIGKILL while it waits for
+    the answer."""
+    source, states = template
+    keep, needed, _steps = _expected(source)
+    rng = random.Random(seed)
+    port = int(s3_server.endpoint.rsplit(":", 1)[1])
+    with S3Proxy(port) as proxy:
+        counted = _copy(source, f"{s3_url}-count")
+        code, _out, err = cli.invoke("prune", "--repo", counted, *PRUNE_ARGS,
+                                     "--s3-endpoint", proxy.endpoint)
+        assert code == 0, err
+        # Odd seeds: any request; even ones: a request that changes the store.
+        kinds = None if seed % 2 else (*WRITES, "delete")
+        total = sum(n for k, n in proxy.counts.items() if kinds is None or k in kinds)
+        url = _copy(source, s3_url)
+        at = rng.randrange(1, total + 1)
+        proxy.hold_at(at, kinds)
+        proc = cli.start("prune", "--repo", url, *PRUNE_ARGS, "--s3-endpoint",
+                         proxy.endpoint, capture=False)
+        try:
+            wait_for(proxy.held.is_set, f"the prune's request {at} of {total}", proc=proc)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        held = proxy.log[-1]
     _check_kept(url, keep, states, rng, tmp_path)
     _finish_and_check(url, keep, needed)
     # Nothing of the killed run is left on the store once prune completed (an unfinished
-    # merge upload is aborted or completed by the next run).
-    assert not [k for k, _ in raw.multipart_uploads() if k.startswith(L.IMAGES_PREFIX)]
+    # merge upload is aborted or completed by the next run), wherever it was killed.
+    assert not RawStore(url).multipart_uploads(), held
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
