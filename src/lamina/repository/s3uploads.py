@@ -217,6 +217,11 @@ class S3Uploads:
             raise NotFoundError(f"no unfinished upload {name} in {self.storage.url}")
         return S3Upload(self, name, info.part_size, pending[-1])
 
+    def discard(self, name: str) -> None:
+        """See :meth:`UploadStore.discard <lamina.repository.uploads.UploadStore.discard>`:
+        aborts every unfinished upload of ``name``'s key, deletes its description."""
+        self.abort_all(check_name(name))
+
     def list(self) -> list[UploadInfo]:
         """Every upload described under ``uploads/`` (a damaged description is skipped)."""
         out = []

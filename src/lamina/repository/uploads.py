@@ -179,6 +179,12 @@ class UploadStore(Protocol):
         """Every upload in progress (a damaged one is skipped)."""
         ...
 
+    def discard(self, name: str) -> None:
+        """Remove whatever is left of upload ``name`` — parts, description — even when
+        it cannot be opened (a writer killed between writing its description and starting
+        to store parts); idempotent. Raises UsageError (bad name), StorageError."""
+        ...
+
 
 class LocalUpload:
     """An upload in the directory ``uploads/<name>/`` of a local repository.
@@ -334,6 +340,10 @@ class LocalUploads:
             with contextlib.suppress(NotFoundError, CorruptionError, UsageError):
                 out.append(self._info(name))
         return out
+
+    def discard(self, name: str) -> None:
+        """See :meth:`UploadStore.discard`: removes the directory ``uploads/<name>``."""
+        LocalUpload(self, check_name(name), 0).abort()
 
 
 @dataclass(slots=True)
