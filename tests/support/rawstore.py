@@ -97,12 +97,12 @@ class RawStore:
         return {key: self.read(key) for key in self.keys()}
 
     def copy_to(self, url: str | os.PathLike[str]) -> RawStore:
-        """Copy every object to the (empty) repository location ``url`` of the same kind
-        (S3: server-side copies within the store); the copy's store."""
+        """Copy every object to the (empty) repository location ``url``, local or S3
+        (S3 to S3: server-side copies within the store); the copy's store."""
         target = RawStore(url)
-        assert target.s3 == self.s3 and not target.keys(), target.url
+        assert not target.keys(), target.url
         for key in self.keys():
-            if self.s3:
+            if self.s3 and target.s3:
                 target.client.copy_object(
                     Bucket=target.bucket, Key=target.prefix + key,
                     CopySource={"Bucket": self.bucket, "Key": self.prefix + key})
