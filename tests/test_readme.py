@@ -46,8 +46,8 @@ def test_python_tour_runs_on_s3(tmp_path: Path, s3_url: str) -> None:
     _run(REPOSITORY.sub(lambda m: f'"{s3_url}-{m.group(1)}"', tour), tmp_path)
     for name in names:
         assert not (tmp_path / name).exists()
-        assert L.CONFIG_KEY in RawStore(f"{s3_url}-{name}").keys()
-    assert RawStore(f"{s3_url}-backups").keys(L.IMAGES_PREFIX)
+        assert L.CONFIG_KEY in RawStore(f"{s3_url}-{name}").names()
+    assert RawStore(f"{s3_url}-backups").names(L.IMAGES_PREFIX)
 
 
 def test_readme_starts_with_the_two_commands() -> None:

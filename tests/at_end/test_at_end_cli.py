@@ -82,7 +82,7 @@ def test_vp_end_into_a_repository(tmp_path: Path, repo_url: str) -> None:
     with lamina.open(tmp_path / "r2", create=False, readonly=True) as r, r.read() as txn:
         assert txn.table("t").get(b"k9") == b"v9"
     raw = RawStore(repo)
-    (key,) = raw.keys("images/")
+    (key,) = raw.names("images/")
     merged = tmp_path / "merged.lamina"
     merged.write_bytes(raw.read(key))
     assert {d.kind for d in read_info(merged).catalog.drivers} == {DriverKind.AT_BEGIN}

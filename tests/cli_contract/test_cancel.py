@@ -25,7 +25,7 @@ import pytest
 import lamina
 from support import cli
 
-from .helpers import diff_trees, lines, make_big, make_shop, repo_tree, tree
+from .helpers import diff_trees, lines, make_big, make_shop, repo_tree
 
 SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
 MiB = 1 << 20

@@ -18,7 +18,7 @@ from lamina import online
 from lamina.errors import CancelledError
 from lamina.repository import KeepPolicy, Repository
 
-from .helpers import diff_trees, make_shop, repo_tree, tree
+from .helpers import diff_trees, make_shop, repo_tree
 
 
 def _after(n: int) -> Callable[[], bool]:

@@ -95,9 +95,9 @@ def test_readme_repository_tour_runs_on_s3(tmp_path: Path, s3_url: str) -> None:
     _run_tour(on_s3, tmp_path)
     for name, url in urls.items():
         assert not (tmp_path / name).exists()  # the repositories were on S3
-        keys = RawStore(url).keys()
+        keys = RawStore(url).names()
         assert L.CONFIG_KEY in keys and any(k.startswith(L.IMAGES_PREFIX) for k in keys)
-    assert any(k.startswith(L.KEYS_PREFIX) for k in RawStore(urls["vault"]).keys())
+    assert any(k.startswith(L.KEYS_PREFIX) for k in RawStore(urls["vault"]).names())
 
 
 def _run_tour(commands: list[str], tmp_path: Path) -> None:

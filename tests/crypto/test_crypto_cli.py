@@ -38,7 +38,7 @@ def _one_line_error(proc: object, code: int) -> str:
 
 
 def _key_files(raw: RawStore) -> dict[str, bytes]:
-    return {k.removeprefix(L.KEYS_PREFIX): raw.read(k) for k in raw.keys(L.KEYS_PREFIX)}
+    return {k.removeprefix(L.KEYS_PREFIX): raw.read(k) for k in raw.names(L.KEYS_PREFIX)}
 
 
 def test_key_add_passwd_remove_with_real_processes(repo_url: str) -> None:
@@ -135,7 +135,7 @@ def test_standalone_encrypted_image_by_process(tmp_path: Path) -> None:
 def test_passphrase_sources_are_checked(repo_url: str, tmp_path: Path) -> None:
     repo = repo_url
     err = _one_line_error(cli.run("repo", "init", repo, "--encrypt", env=_env()), 2)
-    assert "needs a passphrase" in err and RawStore(repo).keys() == []
+    assert "needs a passphrase" in err and RawStore(repo).names() == []
     empty = tmp_path / "empty"
     empty.write_text("\n")
     err = _one_line_error(cli.run("repo", "init", repo, "--encrypt", "--password-file",
@@ -154,14 +154,14 @@ def test_passphrase_sources_are_checked(repo_url: str, tmp_path: Path) -> None:
     cli.run_ok("repo", "init", f"{repo}-plain", env=_env())
     err = _one_line_error(cli.run("key", "list", "--repo", f"{repo}-plain", env=_env()), 2)
     assert "not encrypted" in err
-    assert RawStore(repo).keys() == []  # none of the refusals above made anything
+    assert RawStore(repo).names() == []  # none of the refusals above made anything
 
 
 def test_tampered_key_file_fails_authentication(repo_url: str) -> None:
     repo = repo_url
     cli.run_ok("repo", "init", repo, "--encrypt", env=_env("pw"))
     raw = RawStore(repo)
-    (key,) = raw.keys(L.KEYS_PREFIX)
+    (key,) = raw.names(L.KEYS_PREFIX)
     doc = json.loads(raw.read(key))
     doc["kdf"]["time_cost"] += 1  # still valid JSON and in bounds: the AEAD refuses it
     raw.write(key, json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())

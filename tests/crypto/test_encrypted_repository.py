@@ -72,7 +72,7 @@ def test_open_needs_the_passphrase(repo_url: str) -> None:
         _open(repo_url, b"nope")
     with pytest.raises(UsageError, match="empty"):
         Repository.init(f"{repo_url}-other", passphrase=b"")
-    assert RawStore(f"{repo_url}-other").keys() == []
+    assert RawStore(f"{repo_url}-other").names() == []
 
 
 def test_a_plaintext_image_planted_in_an_encrypted_repository_is_refused(
@@ -107,7 +107,7 @@ def test_a_key_file_of_another_repository_does_not_open_it(repo_url: str) -> Non
     Repository.init(one, passphrase=PASSPHRASE)
     Repository.init(two, passphrase=b"other")
     theirs = RawStore(two)
-    for key in theirs.keys(L.KEYS_PREFIX):
+    for key in theirs.names(L.KEYS_PREFIX):
         RawStore(one).write(key, theirs.read(key))
     with pytest.raises(AuthenticationError, match="wrong passphrase"):
         _open(one, b"other")
@@ -123,9 +123,9 @@ def test_key_management_through_the_api(repo_url: str) -> None:
     assert _open(repo_url, b"second").keyfile == added
     # passwd rewrites the one key file (same id, same key) under a new passphrase.
     raw = RawStore(repo_url)
-    keys_before = raw.keys(L.KEYS_PREFIX)
+    keys_before = raw.names(L.KEYS_PREFIX)
     changed = repo.keys.passwd(added, repo.master, b"third")
-    assert changed.id == added.id and raw.keys(L.KEYS_PREFIX) == keys_before
+    assert changed.id == added.id and raw.names(L.KEYS_PREFIX) == keys_before
     with pytest.raises(AuthenticationError, match="wrong passphrase"):
         _open(repo_url, b"second")
     assert _open(repo_url, b"third").keyfile == changed
@@ -135,7 +135,7 @@ def test_key_management_through_the_api(repo_url: str) -> None:
     with pytest.raises(UsageError, match="last key"):
         repo.keys.remove(added.id)
     assert [k.id for k in repo.keys.list()] == [added.id]
-    assert raw.keys(L.KEYS_PREFIX) == [f"{L.KEYS_PREFIX}{added.id}{L.KEY_SUFFIX}"]
+    assert raw.names(L.KEYS_PREFIX) == [f"{L.KEYS_PREFIX}{added.id}{L.KEY_SUFFIX}"]
 
 
 def test_plaintext_repository_has_no_keys(repo_url: str) -> None:
@@ -144,7 +144,7 @@ def test_plaintext_repository_has_no_keys(repo_url: str) -> None:
     with pytest.raises(UsageError, match="not encrypted"):
         repo.keys.list()
     assert isinstance(repo.keyring, Keyring)
-    assert RawStore(repo_url).keys(L.KEYS_PREFIX) == []
+    assert RawStore(repo_url).names(L.KEYS_PREFIX) == []
 
 
 def test_a_config_stripped_of_its_encryption_is_refused(repo_url: str) -> None:

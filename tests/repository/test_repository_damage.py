@@ -69,7 +69,7 @@ def _image(repo: Repository, backup_id: uuid.UUID) -> _Image:
 def _present(repo: Repository) -> set[uuid.UUID]:
     """The backups whose image is there (listed around Lamina)."""
     return {uuid.UUID(k.removeprefix(L.IMAGES_PREFIX).removesuffix(L.IMAGE_SUFFIX))
-            for k in RawStore(repo.url).keys(L.IMAGES_PREFIX)}
+            for k in RawStore(repo.url).names(L.IMAGES_PREFIX)}
 
 
 def _truncate(image: _Image) -> None:

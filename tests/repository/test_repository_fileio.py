@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -216,13 +215,12 @@ def test_s3_refused_write_at_every_object_write_of_a_backup(
     db = tmp_path / "db"
     _big_db(db, 10)  # a full image of two 8 MiB parts
     backup = ("backup", str(db), "--full", "--compress", "none", "--no-progress")
-    states = []
     for url in (s3_url, f"{s3_url}-count"):  # the repository, and one to count a clean run
         assert cli.invoke("repo", "init", url).code == 0
-        code, out, err = cli.invoke(*backup, "--repo", url)
+        code, _out, err = cli.invoke(*backup, "--repo", url)
         assert code == 0, err
-    first = uuid.UUID(Repository.open(s3_url).list()[0][0].record.backup_id.hex)
-    states.append(content(db))
+    (entry,), _ = Repository.open(s3_url).list()
+    first, first_state = entry.record.backup_id, content(db)
     with make_db(db) as d:
         d.put("t", b"k0000001", b"changed")
     raw = RawStore(s3_url)
@@ -231,14 +229,14 @@ def test_s3_refused_write_at_every_object_write_of_a_backup(
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # one retry, refused too
     with S3Proxy(_port(s3_server)) as proxy:
         via = ("--s3-endpoint", proxy.endpoint)
-        code, out, err = cli.invoke(*backup, "--repo", f"{s3_url}-count", *via)
+        code, _out, err = cli.invoke(*backup, "--repo", f"{s3_url}-count", *via)
         assert code == 0, err
         counts = dict(proxy.counts)
         assert counts["part"] >= 2 and counts["complete"] == 1 and counts["put"] >= 3, counts
         runs = _runs(counts)
         for kind, n, how in runs:
             proxy.fail_from(kind, n, how=how)
-            code, out, err = cli.invoke(*backup, "--repo", s3_url, *via)
+            code, _out, err = cli.invoke(*backup, "--repo", s3_url, *via)
             proxy.heal()
             assert proxy.failed.is_set(), (kind, n, "never reached", code, err)
             line = _one_line(code, err)
@@ -248,22 +246,22 @@ def test_s3_refused_write_at_every_object_write_of_a_backup(
             assert raw.read(L.INDEX_KEY) == index_before, (kind, n, how)
             entries, rebuilt = Repository.open(s3_url).list()
             assert rebuilt is None and [e.record.backup_id for e in entries] == [first]
-            assert not raw.keys("locks/"), (kind, n, how)
+            assert not raw.names("locks/"), (kind, n, how)
             assert _resumable(raw) == {k.removeprefix(UPLOADS_PREFIX)
-                                       for k in raw.keys(UPLOADS_PREFIX)}, (kind, n, how)
+                                       for k in raw.names(UPLOADS_PREFIX)}, (kind, n, how)
             assert Repository.open(s3_url).verify().ok
     restored = Repository.open(s3_url).restore(tmp_path / "restored")
-    assert restored.backup_id == first and content(tmp_path / "restored") == states[0]
+    assert restored.backup_id == first and content(tmp_path / "restored") == first_state
     # The store accepts writes again: the next backup publishes and restores, and it
     # replaces what the refused ones left for a resume.
-    code, out, err = cli.invoke(*backup, "--repo", s3_url)
+    code, _out, err = cli.invoke(*backup, "--repo", s3_url)
     assert code == 0, err
     entries, _ = Repository.open(s3_url).list()
     assert len(entries) == 2
     assert Repository.open(s3_url).restore(tmp_path / "again").backup_id == \
         entries[-1].record.backup_id
     assert content(tmp_path / "again") == content(db)
-    assert not raw.keys(UPLOADS_PREFIX) and not raw.multipart_uploads()
+    assert not raw.names(UPLOADS_PREFIX) and not raw.multipart_uploads()
 
 
 def test_s3_refused_write_at_every_object_write_of_a_prune(
@@ -312,8 +310,8 @@ def test_s3_refused_write_at_every_object_write_of_a_prune(
             proxy.heal()
             assert proxy.failed.is_set(), (kind, n, "never reached", code, err)
             assert url in _one_line(code, err), err
-            assert not raw.keys("locks/") and not raw.exists(EXCLUSIVE_KEY)
-            present = {k for k in raw.keys(L.IMAGES_PREFIX)}
+            assert not raw.names("locks/") and not raw.exists(EXCLUSIVE_KEY)
+            present = {k for k in raw.names(L.IMAGES_PREFIX)}
             assert L.image_key(ids[2]) in present and present <= {
                 L.image_key(i) for i in ids}, (kind, n, present)
             # (L2's chain, whichever it is now, is read whole by its restore; F and L1,

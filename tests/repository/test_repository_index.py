@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 
 from lamina.errors import CorruptionError
-from lamina.repository import KeepPolicy, Repository
+from lamina.repository import KeepPolicy, Repository, uploads
 from lamina.repository import layout as L
 from lamina.repository.index import Index
-from lamina.repository import uploads
 from lamina.repository.lock import RepositoryLock
 from lamina.repository.s3uploads import UPLOADS_PREFIX
 from lamina.repository.storage import LocalStorage
@@ -270,7 +269,7 @@ def test_backup_killed_mid_upload_to_s3_leaves_nothing_listed(
         parts = proxy.counts["part"]
         assert parts >= 3, dict(proxy.counts)
         ids = _listed(repo)[0]
-        before = set(raw.keys())
+        before = set(raw.names())
         for kind, n in (("create", 1), ("part", 1), ("part", parts), ("complete", 1)):
             proxy.hold_at(n, (kind,))
             proc = cli.start(*command, text=False)
@@ -282,9 +281,9 @@ def test_backup_killed_mid_upload_to_s3_leaves_nothing_listed(
             assert proc.returncode == -signal.SIGKILL, (kind, n)
             assert _listed(repo) == (ids, None), (kind, n)
             assert repo.verify().ok, (kind, n)
-            left = set(raw.keys()) - before
+            left = set(raw.names()) - before
             assert all(k.startswith((UPLOADS_PREFIX, f"{L.LOCKS_DIR}/")) for k in left), left
-            described = {k.removeprefix(UPLOADS_PREFIX) for k in raw.keys(UPLOADS_PREFIX)}
+            described = {k.removeprefix(UPLOADS_PREFIX) for k in raw.names(UPLOADS_PREFIX)}
             uploading = {k.removeprefix(L.IMAGES_PREFIX).removesuffix(L.IMAGE_SUFFIX)
                          for k, _ in raw.multipart_uploads()}
             assert uploading <= described, (kind, n)  # every upload resumable
@@ -292,7 +291,7 @@ def test_backup_killed_mid_upload_to_s3_leaves_nothing_listed(
     assert not result.plan.delete and _listed(repo)[0] == ids
     assert cli.run_bytes(*command[:-2], timeout=120).returncode == 0
     assert len(_listed(repo)[0]) == len(ids) + 1 and repo.verify().ok
-    assert not raw.keys(f"{L.LOCKS_DIR}/")
+    assert not raw.names(f"{L.LOCKS_DIR}/")
 
 
 def test_an_old_upload_description_without_parts_is_tidied(repo_url: str,

@@ -16,7 +16,6 @@ from lamina.repository import KeepPolicy, Repository
 from lamina.repository import layout as L
 from lamina.repository.index import ImageRecord, Index
 from lamina.repository.prune import plan_prune
-
 from support.rawstore import RawStore
 from support.s3fixtures import BUCKET
 from support.s3server import S3Server
@@ -176,7 +175,7 @@ def _prune_real(url: str, root: Path, plan: list[tuple[bool, int]], policy: Keep
     assert present == result.plan.needed and keep <= present
     assert not present & set(result.plan.done_deletes)
     # What is stored (listed around Lamina) is exactly what the index lists.
-    assert {L.image_key(i) for i in present} == set(RawStore(url).keys(L.IMAGES_PREFIX))
+    assert {L.image_key(i) for i in present} == set(RawStore(url).names(L.IMAGES_PREFIX))
     for e in after:
         assert e.chain is not None, e.problem
     for k in keep:

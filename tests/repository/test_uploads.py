@@ -17,6 +17,9 @@ from lamina.core import pins
 from lamina.errors import CorruptionError, LaminaError, NotFoundError, UsageError
 from lamina.repository import Repository
 from lamina.repository import layout as L
+from lamina.repository.repository import open_storage
+from lamina.repository.s3storage import S3Storage
+from lamina.repository.s3uploads import S3_MIN_PART_SIZE, S3Uploads
 from lamina.repository.uploads import (
     MIN_PART_SIZE,
     PART_RECORD,
@@ -25,9 +28,6 @@ from lamina.repository.uploads import (
     PartWriter,
     UploadStore,
 )
-from lamina.repository.repository import open_storage
-from lamina.repository.s3storage import S3Storage
-from lamina.repository.s3uploads import S3_MIN_PART_SIZE, S3Uploads
 from support.s3fixtures import BUCKET
 from support.s3server import S3Server
 

@@ -31,7 +31,7 @@ class RawStore:
         else:
             self.root = Path(self.url)
 
-    def keys(self, under: str = "") -> list[str]:
+    def names(self, under: str = "") -> list[str]:
         """Every key (sorted) starting with ``under``, whatever its name: temporaries,
         dot-files and foreign objects included (local: files only)."""
         if not self.s3:
@@ -48,10 +48,10 @@ class RawStore:
         return sorted(out)
 
     def sizes(self, under: str = "") -> dict[str, int]:
-        """Each key's size (see :meth:`keys`); a key removed while listing is left out."""
+        """Each key's size (see :meth:`names`); a key removed while listing is left out."""
         if not self.s3:
             out = {}
-            for key in self.keys(under):
+            for key in self.names(under):
                 try:
                     out[key] = (self.root / key).stat().st_size
                 except FileNotFoundError:
@@ -90,18 +90,18 @@ class RawStore:
 
     def exists(self, key: str) -> bool:
         """True when the object is there."""
-        return key in self.keys(key)
+        return key in self.names(key)
 
     def objects(self) -> dict[str, bytes]:
-        """Every object's bytes, by key (see :meth:`keys`)."""
-        return {key: self.read(key) for key in self.keys()}
+        """Every object's bytes, by key (see :meth:`names`)."""
+        return {key: self.read(key) for key in self.names()}
 
     def copy_to(self, url: str | os.PathLike[str]) -> RawStore:
         """Copy every object to the (empty) repository location ``url``, local or S3
         (S3 to S3: server-side copies within the store); the copy's store."""
         target = RawStore(url)
-        assert not target.keys(), target.url
-        for key in self.keys():
+        assert not target.names(), target.url
+        for key in self.names():
             if self.s3 and target.s3:
                 target.client.copy_object(
                     Bucket=target.bucket, Key=target.prefix + key,
