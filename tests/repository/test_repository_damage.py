@@ -288,6 +288,36 @@ def test_the_newest_intact_backup_is_always_kept() -> None:
     assert [d.backup_id for d in plan.damaged] == [x.backup_id]
 
 
+def test_the_newest_intact_backup_is_kept_in_a_real_repository(repo_url: str,
+                                                               tmp_path: Path) -> None:
+    """The same with real backups: M F1 L1 F2 of one database, then a database restored
+    from M takes layer X on it (another incarnation, seq below F1's), and M's image goes.
+    keep-last 1 keeps X (damaged) and F2 (the newest intact: its deletion refused),
+    deletes F1 and L1; latest is refused naming M and hinting F2, which restores."""
+    repo = Repository.init(repo_url)
+    ids: dict[str, uuid.UUID] = {}
+    with make_db(tmp_path / "db") as db:
+        for name, value, full in (("m", b"1", True), ("f1", b"2", True), ("l1", b"3", False),
+                                  ("f2", b"4", True)):
+            db.put("t", b"a", value)
+            ids[name] = repo.backup(db, full=full).backup_id
+    repo.restore(tmp_path / "from-m", id=str(ids["m"]))
+    with make_db(tmp_path / "from-m") as restored:
+        restored.put("t", b"a", b"x")
+        taken = repo.backup(restored)
+    assert taken.kind == "layer" and taken.base_id == ids["m"]
+    _image(repo, ids["m"]).unlink()
+    code, out, err = cli.invoke("prune", "--repo", repo.url, "--keep-last", "1")
+    assert code == 0, (out, err)
+    assert f"refused: delete {ids['f2']}" in out
+    assert _present(repo) == {taken.backup_id, ids["f2"]}
+    code, out, err = _restore_latest(repo, tmp_path / "out")
+    assert code == 4, (out, err)
+    assert "damaged" in err and str(ids["m"]) in err and f"--id {ids['f2']}" in err
+    repo.restore(tmp_path / "ok", id=str(ids["f2"]))
+    assert content(tmp_path / "ok") == {b"a": b"4"}
+
+
 #: Per backup: (full?, hours since the previous one).
 plans = st.lists(st.tuples(st.booleans(), st.integers(1, 30)), min_size=2, max_size=10)
 policies = st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 2)).filter(
