@@ -185,7 +185,7 @@ def test_prune_killed_at_a_random_moment(
 @pytest.mark.parametrize("seed", [11, 12, 13, 14])
 def test_prune_on_s3_killed_at_a_random_moment(
         template: tuple[Path, dict[uuid.UUID, dict[bytes, bytes]]], tmp_path: Path,
-        seed: int, s3_server: S3Server, s3_url: str) -> None:
+        seed: int, s3_server: S3Server, s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same on S3, the moment counted in the prune's requests to the store: a clean
     run through the proxy counts them; the killed run's N-th request (random; of any kind,
     or one that changes the store: a PUT, a part, a completion, a delete) is held
@@ -195,6 +195,8 @@ def test_prune_on_s3_killed_at_a_random_moment(
     keep, needed, _steps = _expected(source)
     rng = random.Random(seed)
     port = int(s3_server.endpoint.rsplit(":", 1)[1])
+    # No lease renewal in either run (it would add a request at a moment of its own).
+    monkeypatch.setenv("LAMINA_LEASE_TTL", "3600")
     with S3Proxy(port) as proxy:
         counted = _copy(source, f"{s3_url}-count")
         code, _out, err = cli.invoke("prune", "--repo", counted, *PRUNE_ARGS,

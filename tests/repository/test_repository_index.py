@@ -247,7 +247,8 @@ def test_prune_refuses_while_an_image_is_unreadable(repo_url: str, tmp_path: Pat
 
 
 def test_backup_killed_mid_upload_to_s3_leaves_nothing_listed(
-        s3_server: S3Server, s3_url: str, tmp_path: Path) -> None:
+        s3_server: S3Server, s3_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The S3 analogue: a real ``lamina backup --repo s3://...`` process killed with
     SIGKILL at its multipart start, at its first part, at its last part (the others
     stored or in flight) and with every part stored but the upload not completed — each
@@ -262,6 +263,7 @@ def test_backup_killed_mid_upload_to_s3_leaves_nothing_listed(
             txn.table("t").put(b"big%06d" % i, os.urandom(4000))
     raw = RawStore(s3_url)
     port = int(s3_server.endpoint.rsplit(":", 1)[1])
+    monkeypatch.setenv("LAMINA_LEASE_TTL", "3600")  # no renewal: the counted requests
     with S3Proxy(port) as proxy:
         command = ("backup", str(db), "--repo", s3_url, "--full", "--compress", "none",
                    "--s3-endpoint", proxy.endpoint)
