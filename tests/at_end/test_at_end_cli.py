@@ -9,6 +9,7 @@ import lamina
 from lamina.backup.image_reader import read_info
 from lamina.core.driver import DriverKind
 from support import cli
+from support.rawstore import RawStore
 
 
 def _db(tmp_path: Path) -> Path:
@@ -55,32 +56,35 @@ def test_vp_end_image_through_a_pipe_and_deep_verify(tmp_path: Path) -> None:
         assert txn.table("t").get(b"k4") == b"v4"
 
 
-def test_vp_end_into_a_repository(tmp_path: Path) -> None:
+def test_vp_end_into_a_repository(tmp_path: Path, repo_url: str) -> None:
     db = _db(tmp_path)
-    repo = tmp_path / "repo"
-    cli.run_ok("repo", "init", str(repo))
-    first = json.loads(cli.run_ok("backup", str(db), "--repo", str(repo), "--vp", "end",
+    repo = repo_url
+    cli.run_ok("repo", "init", repo)
+    first = json.loads(cli.run_ok("backup", str(db), "--repo", repo, "--vp", "end",
                                   "--json", "--no-progress").stdout)
     cli.run_ok("put", str(db), "t", "k9", "v9")
-    second = json.loads(cli.run_ok("backup", str(db), "--repo", str(repo), "--vp", "end",
+    second = json.loads(cli.run_ok("backup", str(db), "--repo", repo, "--vp", "end",
                                    "--json", "--no-progress").stdout)
     assert (first["kind"], second["kind"], second["vp"]) == ("full", "layer", "end")
     assert second["base"] == first["backup_id"]
-    proc = cli.run("backup", str(db), "--repo", str(repo), "--vp", "end", "--no-progress")
+    proc = cli.run("backup", str(db), "--repo", repo, "--vp", "end", "--no-progress")
     assert proc.returncode == 0 and "VP age at completion" in proc.stderr
-    cli.run_ok("verify", "--repo", str(repo), "--deep")
-    cli.run_ok("restore", "--repo", str(repo), "--to", str(tmp_path / "r"), "--no-progress")
+    cli.run_ok("verify", "--repo", repo, "--deep")
+    cli.run_ok("restore", "--repo", repo, "--to", str(tmp_path / "r"), "--no-progress")
     with lamina.open(tmp_path / "r", create=False, readonly=True) as r, r.read() as txn:
         assert txn.table("t").get(b"k9") == b"v9"
     # Pruning merges the at-end chain into a synthetic full image of "at begin" streams.
-    cli.run_ok("prune", "--repo", str(repo), "--keep-last", "1")
-    listed = json.loads(cli.run_ok("list", "--repo", str(repo), "--json").stdout)
+    cli.run_ok("prune", "--repo", repo, "--keep-last", "1")
+    listed = json.loads(cli.run_ok("list", "--repo", repo, "--json").stdout)
     assert len(listed["backups"] if isinstance(listed, dict) else listed) == 1
-    cli.run_ok("verify", "--repo", str(repo), "--deep")
-    cli.run_ok("restore", "--repo", str(repo), "--to", str(tmp_path / "r2"), "--no-progress")
+    cli.run_ok("verify", "--repo", repo, "--deep")
+    cli.run_ok("restore", "--repo", repo, "--to", str(tmp_path / "r2"), "--no-progress")
     with lamina.open(tmp_path / "r2", create=False, readonly=True) as r, r.read() as txn:
         assert txn.table("t").get(b"k9") == b"v9"
-    (merged,) = (repo / "images").rglob("*.lamina")
+    raw = RawStore(repo)
+    (key,) = raw.names("images/")
+    merged = tmp_path / "merged.lamina"
+    merged.write_bytes(raw.read(key))
     assert {d.kind for d in read_info(merged).catalog.drivers} == {DriverKind.AT_BEGIN}
 
 

@@ -102,16 +102,17 @@ def _verify_restored(dest: Path, log: Path, vp_seq: int) -> None:
     assert summary["at_seq"] == vp_seq
 
 
-@pytest.mark.parametrize("where", ["files", "repository"])
-def test_at_end_chain_under_load_restores_to_exactly_each_vp(tmp_path: Path,
-                                                             where: str) -> None:
+@pytest.mark.parametrize("where", ["files", "repository", "s3 repository"])
+def test_at_end_chain_under_load_restores_to_exactly_each_vp(
+        tmp_path: Path, where: str, request: pytest.FixtureRequest) -> None:
     db_path = tmp_path / "live"
     log = tmp_path / "workload.log"
     with lamina.open(db_path) as db:
         workload.ensure_tables(db)
     writer = cli.start("workload", str(db_path), "--seconds", "600", "--seed", "23",
                        "--log", str(log))
-    repo = Repository.init(tmp_path / "repo") if where == "repository" else None
+    repo = None if where == "files" else Repository.init(
+        tmp_path / "repo" if where == "repository" else request.getfixturevalue("s3_url"))
     images: list[Path] = []
     backup_ids: list[str] = []
     seqs: list[int] = []

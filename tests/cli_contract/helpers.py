@@ -55,6 +55,18 @@ def tree(root: Path) -> dict[str, tuple[int, str]]:
     return out
 
 
+def repo_tree(url: str) -> dict[str, tuple[int, str]]:
+    """:func:`tree` of a repository: its directory, or every object of an ``s3://``
+    prefix (read with the test's own client; no directories there)."""
+    if not url.startswith("s3://"):
+        return tree(Path(url))
+    from support.rawstore import RawStore
+
+    raw = RawStore(url)
+    return {key: (len(data), hashlib.sha256(data).hexdigest())
+            for key, data in raw.objects().items()}
+
+
 def diff_trees(before: dict[str, tuple[int, str]], after: dict[str, tuple[int, str]]) -> str:
     """'' when equal, else what was added, removed or changed."""
     added = sorted(after.keys() - before.keys())

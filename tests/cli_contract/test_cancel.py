@@ -25,7 +25,7 @@ import pytest
 import lamina
 from support import cli
 
-from .helpers import diff_trees, lines, make_big, make_shop, tree
+from .helpers import diff_trees, lines, make_big, make_shop, repo_tree
 
 SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
 MiB = 1 << 20
@@ -164,21 +164,21 @@ def _has_open(pid: int, path: Path) -> bool:
 
 
 @pytest.mark.parametrize("sig", SIGNALS)
-def test_prune_waiting_for_the_repository_is_cancelled(tmp_path: Path,
+def test_prune_waiting_for_the_repository_is_cancelled(tmp_path: Path, repo_url: str,
                                                        sig: signal.Signals) -> None:
     from lamina.repository import Repository
 
     db = make_shop(tmp_path / "shop.db")
-    repo = Repository.init(tmp_path / "repo")
+    repo = Repository.init(repo_url)
     with lamina.open(db) as handle:
         repo.backup(handle, full=True)
         handle.put("users", b"k", b"v")
         repo.backup(handle, full=True)
-    before = tree(repo.path)
+    before = repo_tree(repo.url)
     from lamina.repository.lock import EXCLUSIVE_KEY
 
     with repo.locks.repository(exclusive=False, operation="the test"):  # a backup, say
-        proc = cli.start("prune", "--repo", str(repo.path), "--keep-last", "1",
+        proc = cli.start("prune", "--repo", repo.url, "--keep-last", "1",
                          "--lock-timeout", "120", text=False)
         # The prune holds the exclusive lease, waiting for our shared one to go.
         wait_until(lambda: repo.storage.exists(EXCLUSIVE_KEY), proc,
@@ -186,7 +186,7 @@ def test_prune_waiting_for_the_repository_is_cancelled(tmp_path: Path,
         proc.send_signal(sig)
         _out, err = proc.communicate(timeout=120)
     _assert_cancelled(proc, err)
-    assert diff_trees(before, tree(repo.path)) == ""
+    assert diff_trees(before, repo_tree(repo.url)) == ""
 
 
 @pytest.mark.parametrize("sig", SIGNALS)

@@ -18,7 +18,7 @@ from lamina import online
 from lamina.errors import CancelledError
 from lamina.repository import KeepPolicy, Repository
 
-from .helpers import diff_trees, make_shop, tree
+from .helpers import diff_trees, make_shop, repo_tree
 
 
 def _after(n: int) -> Callable[[], bool]:
@@ -68,16 +68,17 @@ def test_verify_chain_takes_a_cancel_token(chain_images: tuple[Path, Path], deep
         online.verify_chain(paths, deep=deep, cancel=_after(when))
 
 
-def test_repository_verify_and_prune_take_a_cancel_token(tmp_path: Path) -> None:
+def test_repository_verify_and_prune_take_a_cancel_token(tmp_path: Path,
+                                                         repo_url: str) -> None:
     db = make_shop(tmp_path / "shop.db")
-    repo = Repository.init(tmp_path / "repo")
+    repo = Repository.init(repo_url)
     with lamina.open(db) as handle:
         repo.backup(handle, full=True)
         handle.put("users", b"k", b"v")
         repo.backup(handle)
         handle.put("users", b"k2", b"v2")
         repo.backup(handle)
-    before = tree(repo.path)
+    before = repo_tree(repo.url)
     for deep in (False, True):
         with pytest.raises(CancelledError):
             repo.verify(deep=deep, cancel=_after(2))
@@ -87,7 +88,7 @@ def test_repository_verify_and_prune_take_a_cancel_token(tmp_path: Path) -> None
         repo.prune(policy, cancel=_after(0))
     with pytest.raises(CancelledError):  # midway through the merge into a synthetic full
         repo.prune(policy, cancel=_after(3))
-    assert diff_trees(before, tree(repo.path)) == "", "a cancelled prune changed nothing"
+    assert diff_trees(before, repo_tree(repo.url)) == "", "a cancelled prune changed nothing"
     result = repo.prune(policy, cancel=_after(10**9))
     assert result.plan.done_merges or result.plan.done_deletes
     assert all(r["ok"] for r in repo.verify(deep=True).results)

@@ -30,9 +30,10 @@ def _history(db: Path) -> list[dict[str, object]]:
     return rows
 
 
-def test_history_shows_the_recorded_id_of_every_kind_of_backup(tmp_path: Path) -> None:
+def test_history_shows_the_recorded_id_of_every_kind_of_backup(tmp_path: Path,
+                                                               repo_url: str) -> None:
     db = make_shop(tmp_path / "shop.db")
-    repo = Repository.init(tmp_path / "repo")
+    repo = Repository.init(repo_url)
     image = tmp_path / "a.lamina"
     with lamina.open(db) as handle:
         to_file = handle.backup(image)

@@ -45,9 +45,9 @@ def _text(*args: str) -> str:
 
 
 def test_text_output_has_iso_times_one_unit_system_and_no_reprs(
-        shop: tuple[Path, Path], tmp_path: Path) -> None:
+        shop: tuple[Path, Path], tmp_path: Path, repo_url: str) -> None:
     db, image = shop
-    repo = str(tmp_path / "repo")
+    repo = repo_url
     Repository.init(repo)
     outputs = {
         "backup": _text("backup", str(db), str(tmp_path / "b.lamina")),

@@ -15,7 +15,8 @@ from .helpers import lines, make_shop
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
-def test_history_shows_the_image_id_backup_info_and_list_print(tmp_path: Path) -> None:
+def test_history_shows_the_image_id_backup_info_and_list_print(tmp_path: Path,
+                                                              repo_url: str) -> None:
     db = make_shop(tmp_path / "shop.db")
     image = tmp_path / "shop.lamina"
     out = cli.invoke("backup", str(db), str(image)).stdout
@@ -30,7 +31,7 @@ def test_history_shows_the_image_id_backup_info_and_list_print(tmp_path: Path) -
     assert rows[-1]["image_id"] == image_id
     assert "backup_id" not in rows[-1], "history's own record id is not called backup_id"
     # A repository names a backup by its image id too.
-    repo = str(tmp_path / "repo")
+    repo = repo_url
     assert cli.invoke("repo", "init", repo).code == 0
     backup_id = cli.invoke("backup", str(db), "--repo", repo).stdout.strip()
     listed = json.loads(cli.invoke("list", "--repo", repo, "--json").stdout)["backups"]

@@ -52,9 +52,8 @@ def _json(*args: str, code: int = 0) -> Any:
     return json.loads(result.stdout)
 
 
-def test_json_output_of_every_command(tmp_path: Path) -> None:
-    db, image, repo = str(tmp_path / "shop.db"), str(tmp_path / "shop.lamina"), \
-        str(tmp_path / "repo")
+def test_json_output_of_every_command(tmp_path: Path, repo_url: str) -> None:
+    db, image, repo = str(tmp_path / "shop.db"), str(tmp_path / "shop.lamina"), repo_url
     assert _json("create-table", db, "users") == {"name": "users", "engine": "btree",
                                                  "table_id": 1, "created_seq": 1}
     assert _json("create-table", db, "events", "--engine", "archive")["engine"] == "archive"

@@ -13,9 +13,9 @@ with the venv's ``lamina`` first on PATH, transformed in three documented ways o
 A line ending in ``&`` runs in the background, as the README says; the test waits for it
 (its exit code must be 0 too) after the last block.
 
-The tour runs a second time with its repository on the S3 server of the tests: every
-repository command's ``backups`` (``repo init backups``, ``--repo backups``) becomes an
-``s3://`` URL, nothing else changes.
+The tour runs a second time with its repositories on the S3 server of the tests: every
+repository command's repository (``repo init backups``, ``--repo backups``, the encrypted
+``vault`` likewise) becomes an ``s3://`` URL, nothing else changes.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+from lamina.repository import layout as L
+from support.rawstore import RawStore
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 OPTIONAL = re.compile(r"\s*\[--[^\]]*\]")
@@ -68,7 +71,10 @@ def test_the_tour_is_extracted_as_documented() -> None:
     assert any("--repo" in c for c in commands) and any("prune" in c for c in commands)
 
 
-REPO_WORD = re.compile(r"(?<=repo init )backups\b|(?<=--repo )backups\b")
+#: A repository named by a tour command (the word after ``repo init`` or ``--repo``).
+REPO_WORD = re.compile(r"(?<=repo init )(\S+)|(?<=--repo )(\S+)")
+#: The tour's repositories (local directory names).
+TOUR_REPOSITORIES = ("backups", "vault")
 
 
 def test_readme_tour_runs_verbatim(tmp_path: Path) -> None:
@@ -77,11 +83,21 @@ def test_readme_tour_runs_verbatim(tmp_path: Path) -> None:
 
 def test_readme_repository_tour_runs_on_s3(tmp_path: Path, s3_url: str) -> None:
     commands = tour_commands(README.read_text())
-    on_s3 = [REPO_WORD.sub(s3_url, c) for c in commands]
-    changed = [c for c, new in zip(commands, on_s3, strict=True) if c != new]
-    assert len(changed) >= 6 and all("backups" not in c for c in on_s3 if s3_url in c)
+    urls = {"backups": s3_url, "vault": f"{s3_url}-vault"}
+    named = {m.group(0) for c in commands for m in REPO_WORD.finditer(c)}
+    assert named == set(TOUR_REPOSITORIES), named  # a new one: give it a URL here
+    on_s3 = [REPO_WORD.sub(lambda m: urls[m.group(0)], c) for c in commands]
+    changed = [new for c, new in zip(commands, on_s3, strict=True) if c != new]
+    verbs = {c.split()[1] for c in changed}
+    assert {"repo", "backup", "list", "restore", "verify", "prune", "replicate",
+            "key"} <= verbs, verbs
+    assert not [c for c in on_s3 if "--repo" in c and "s3://" not in c]
     _run_tour(on_s3, tmp_path)
-    assert not (tmp_path / "backups").exists()  # the repository was on S3
+    for name, url in urls.items():
+        assert not (tmp_path / name).exists()  # the repositories were on S3
+        keys = RawStore(url).names()
+        assert L.CONFIG_KEY in keys and any(k.startswith(L.IMAGES_PREFIX) for k in keys)
+    assert any(k.startswith(L.KEYS_PREFIX) for k in RawStore(urls["vault"]).names())
 
 
 def _run_tour(commands: list[str], tmp_path: Path) -> None:

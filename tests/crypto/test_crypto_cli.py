@@ -1,6 +1,8 @@
 """The encryption commands as real processes: ``repo init --encrypt``, ``key
 list|add|remove|passwd``, ``backup --encrypt``, and every passphrase source; one line and
-exit 14 for each authentication failure."""
+exit 14 for each authentication failure. Each repository test runs on a local directory and
+on S3 (the session's SeaweedFS); key files and plaintext are looked at around Lamina
+(:mod:`support.rawstore`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from pathlib import Path
 
 from sealed import MARKER, make_db
 
+from lamina.repository import layout as L
 from support import cli
+from support.rawstore import RawStore
 
 AUTH = 14
 
@@ -33,21 +37,25 @@ def _one_line_error(proc: object, code: int) -> str:
     return err
 
 
-def test_key_add_passwd_remove_with_real_processes(tmp_path: Path) -> None:
-    repo = str(tmp_path / "repo")
+def _key_files(raw: RawStore) -> dict[str, bytes]:
+    return {k.removeprefix(L.KEYS_PREFIX): raw.read(k) for k in raw.names(L.KEYS_PREFIX)}
+
+
+def test_key_add_passwd_remove_with_real_processes(repo_url: str) -> None:
+    repo = repo_url
     cli.run_ok("repo", "init", repo, "--encrypt", env=_env("first"))
     listed = json.loads(cli.run_ok("key", "list", "--repo", repo, "--json",
                                    env=_env("first")).stdout)["keys"]
     assert len(listed) == 1 and listed[0]["current"] is True
     first_id = listed[0]["id"]
     cli.run_ok("key", "add", "--repo", repo, env=_env("first", new="second"))
-    keys_dir = tmp_path / "repo" / "keys"
-    before = {p.name: p.read_bytes() for p in keys_dir.iterdir()}
+    raw = RawStore(repo)
+    before = _key_files(raw)
     assert len(before) == 2
     # passwd rewrites only the key file that the current passphrase opens
     out = json.loads(cli.run_ok("key", "passwd", "--repo", repo, "--json",
                                 env=_env("second", new="third")).stdout)
-    after = {p.name: p.read_bytes() for p in keys_dir.iterdir()}
+    after = _key_files(raw)
     assert set(after) == set(before)
     changed = [n for n in after if after[n] != before[n]]
     assert changed == [f"{out['changed']}.json"] and out["changed"] != first_id
@@ -62,12 +70,12 @@ def test_key_add_passwd_remove_with_real_processes(tmp_path: Path) -> None:
     err = _one_line_error(cli.run("key", "remove", out["changed"], "--repo", repo,
                                   env=_env("third")), 2)
     assert "last key" in err
-    assert len(list(keys_dir.iterdir())) == 1
+    assert list(_key_files(raw)) == [f"{out['changed']}.json"]
 
 
-def test_repository_backup_and_restore_by_process(tmp_path: Path) -> None:
+def test_repository_backup_and_restore_by_process(repo_url: str, tmp_path: Path) -> None:
     make_db(tmp_path / "db", rows=50)
-    repo = str(tmp_path / "repo")
+    repo = repo_url
     pwfile = tmp_path / "pw"
     pwfile.write_text("file secret\n")
     cli.run_ok("repo", "init", repo, "--encrypt", "--password-file", str(pwfile), env=_env())
@@ -84,9 +92,10 @@ def test_repository_backup_and_restore_by_process(tmp_path: Path) -> None:
                env=_env("file secret"))
     cli.run_ok("list", "--repo", repo, env=_env("file secret"))
     cli.run_ok("prune", "--repo", repo, "--keep-last", "1", env=_env("file secret"))
-    for path in (tmp_path / "repo").rglob("*"):
-        if path.is_file():
-            assert MARKER not in path.read_bytes(), path
+    objects = RawStore(repo).objects()
+    assert any(k.startswith(L.IMAGES_PREFIX) for k in objects)
+    for key, data in objects.items():
+        assert MARKER not in data, key
     err = _one_line_error(cli.run("restore", "--repo", repo, "--to", str(tmp_path / "r2"),
                                   env=_env("wrong")), AUTH)
     assert not (tmp_path / "r2").exists() and "wrong passphrase" in err
@@ -123,10 +132,10 @@ def test_standalone_encrypted_image_by_process(tmp_path: Path) -> None:
     assert json.loads(proc2.stderr)["error"] == "AuthenticationError"
 
 
-def test_passphrase_sources_are_checked(tmp_path: Path) -> None:
-    repo = str(tmp_path / "repo")
+def test_passphrase_sources_are_checked(repo_url: str, tmp_path: Path) -> None:
+    repo = repo_url
     err = _one_line_error(cli.run("repo", "init", repo, "--encrypt", env=_env()), 2)
-    assert "needs a passphrase" in err and not (tmp_path / "repo").exists()
+    assert "needs a passphrase" in err and RawStore(repo).names() == []
     empty = tmp_path / "empty"
     empty.write_text("\n")
     err = _one_line_error(cli.run("repo", "init", repo, "--encrypt", "--password-file",
@@ -142,21 +151,22 @@ def test_passphrase_sources_are_checked(tmp_path: Path) -> None:
                                   env=_env("x")), 2)
     assert "repo init --encrypt" in err
     # a plaintext repository has no keys
-    cli.run_ok("repo", "init", str(tmp_path / "plain"), env=_env())
-    err = _one_line_error(cli.run("key", "list", "--repo", str(tmp_path / "plain"),
-                                  env=_env()), 2)
+    cli.run_ok("repo", "init", f"{repo}-plain", env=_env())
+    err = _one_line_error(cli.run("key", "list", "--repo", f"{repo}-plain", env=_env()), 2)
     assert "not encrypted" in err
+    assert RawStore(repo).names() == []  # none of the refusals above made anything
 
 
-def test_tampered_key_file_fails_authentication(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    cli.run_ok("repo", "init", str(repo), "--encrypt", env=_env("pw"))
-    (key,) = (repo / "keys").iterdir()
-    doc = json.loads(key.read_text())
+def test_tampered_key_file_fails_authentication(repo_url: str) -> None:
+    repo = repo_url
+    cli.run_ok("repo", "init", repo, "--encrypt", env=_env("pw"))
+    raw = RawStore(repo)
+    (key,) = raw.names(L.KEYS_PREFIX)
+    doc = json.loads(raw.read(key))
     doc["kdf"]["time_cost"] += 1  # still valid JSON and in bounds: the AEAD refuses it
-    key.write_text(json.dumps(doc, sort_keys=True, separators=(",", ":")))
-    err = _one_line_error(cli.run("key", "list", "--repo", str(repo), env=_env("pw")), AUTH)
+    raw.write(key, json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
+    err = _one_line_error(cli.run("key", "list", "--repo", repo, env=_env("pw")), AUTH)
     assert "wrong passphrase" in err
-    key.write_text("{not json")
-    err = _one_line_error(cli.run("key", "list", "--repo", str(repo), env=_env("pw")), 5)
+    raw.write(key, b"{not json")
+    err = _one_line_error(cli.run("key", "list", "--repo", repo, env=_env("pw")), 5)
     assert "not a Lamina key file" in err

@@ -1,9 +1,10 @@
-"""Encrypted repositories: init, backups (full and layers), restore, verify, prune, no
-plaintext in any object, key files through the storage protocol, and refusals."""
+"""Encrypted repositories, each test on a local directory and on S3 (the session's
+SeaweedFS): init, backups (full and layers), restore, deep verify, prune merging into a
+sealed synthetic full, no plaintext in any object (every object of the directory or the
+prefix, read around Lamina), key files through the storage protocol, and refusals."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,11 @@ from lamina.core.crypto.keyring import Keyring
 from lamina.errors import AuthenticationError, CorruptionError, UsageError
 from lamina.repository import KeepPolicy, Repository
 from lamina.repository import layout as L
+from support.rawstore import RawStore
 
 
-def _open(path: Path, passphrase: bytes | None = PASSPHRASE) -> Repository:
-    return Repository.open(path, passphrase=lambda: passphrase)
+def _open(url: str, passphrase: bytes | None = PASSPHRASE) -> Repository:
+    return Repository.open(url, passphrase=lambda: passphrase)
 
 
 def _backup(repo: Repository, db_path: Path) -> str:
@@ -29,63 +31,59 @@ def _backup(repo: Repository, db_path: Path) -> str:
         db.close()
 
 
-def _objects(repo: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*"))
-            if p.is_file()}
+def _content(path: Path) -> tuple[dict[bytes, bytes], list[bytes]]:
+    with lamina.open(path, readonly=True) as db, db.read() as txn:
+        return dict(txn.table("t").items()), [row for _i, row in db.scan("a")]
 
 
-def test_round_trip_layers_prune_and_no_plaintext(tmp_path: Path) -> None:
+def test_round_trip_layers_prune_and_no_plaintext(repo_url: str, tmp_path: Path) -> None:
     make_db(tmp_path / "db")
-    Repository.init(tmp_path / "repo", passphrase=PASSPHRASE, chain_limit=2)
-    repo = _open(tmp_path / "repo")
+    Repository.init(repo_url, passphrase=PASSPHRASE, chain_limit=2)
+    repo = _open(repo_url)
     ids = [_backup(repo, tmp_path / "db")]
     for n in range(4):
         change(tmp_path / "db", n + 1)
         ids.append(_backup(repo, tmp_path / "db"))
     entries, _ = repo.list()
     assert [e.record.kind for e in entries] == ["full", "layer", "layer", "full", "layer"]
-    assert repo.verify().ok
+    assert repo.verify(deep=True).ok
     repo.restore(tmp_path / "r-last")
+    assert _content(tmp_path / "r-last") == _content(tmp_path / "db")
     repo.restore(tmp_path / "r-2", ids[2])
-    repo.prune(KeepPolicy(last=1))
+    result = repo.prune(KeepPolicy(last=1))
+    assert [str(i) for i in result.plan.done_merges] == [ids[-1]]
     repo.restore(tmp_path / "r-pruned")
-    assert repo.verify().ok
-    objects = _objects(tmp_path / "repo")
-    assert any(k.startswith("keys/") for k in objects)
-    assert any(k.startswith("images/") for k in objects)
+    assert _content(tmp_path / "r-pruned") == _content(tmp_path / "db")
+    assert repo.verify(deep=True).ok
+    objects = RawStore(repo_url).objects()
+    assert any(k.startswith(L.KEYS_PREFIX) for k in objects)
+    assert [k for k in objects if k.startswith(L.IMAGES_PREFIX)] == [L.image_key(ids[-1])]
     for name, data in objects.items():
         assert MARKER not in data, name
-        if name.startswith("images/"):
+        if name.startswith(L.IMAGES_PREFIX):
             assert F.decode_header(data[:F.HEADER_SIZE]).sealed, name
-    db = lamina.open(tmp_path / "db", readonly=True)
-    restored = lamina.open(tmp_path / "r-last", readonly=True)
-    try:
-        with db.read() as a, restored.read() as b:
-            assert dict(a.table("t").items()) == dict(b.table("t").items())
-    finally:
-        db.close()
-        restored.close()
 
 
-def test_open_needs_the_passphrase(tmp_path: Path) -> None:
-    Repository.init(tmp_path / "repo", passphrase=PASSPHRASE)
+def test_open_needs_the_passphrase(repo_url: str) -> None:
+    Repository.init(repo_url, passphrase=PASSPHRASE)
     with pytest.raises(UsageError, match="no passphrase given"):
-        Repository.open(tmp_path / "repo")
+        Repository.open(repo_url)
     with pytest.raises(AuthenticationError, match="wrong passphrase"):
-        _open(tmp_path / "repo", b"nope")
+        _open(repo_url, b"nope")
     with pytest.raises(UsageError, match="empty"):
-        Repository.init(tmp_path / "other", passphrase=b"")
+        Repository.init(f"{repo_url}-other", passphrase=b"")
+    assert RawStore(f"{repo_url}-other").names() == []
 
 
 def test_a_plaintext_image_planted_in_an_encrypted_repository_is_refused(
-        tmp_path: Path) -> None:
+        repo_url: str, tmp_path: Path) -> None:
     make_db(tmp_path / "db", rows=5)
-    Repository.init(tmp_path / "repo", passphrase=PASSPHRASE)
-    plain = Repository.init(tmp_path / "plain")
+    Repository.init(repo_url, passphrase=PASSPHRASE)
+    plain = Repository.init(f"{repo_url}-plain")
     backup_id = _backup(plain, tmp_path / "db")
     key = L.image_key(backup_id)
-    shutil.copy(tmp_path / "plain" / key, tmp_path / "repo" / key)
-    repo = _open(tmp_path / "repo")
+    RawStore(repo_url).write(key, RawStore(f"{repo_url}-plain").read(key))
+    repo = _open(repo_url)
     entries, _ = repo.list()
     assert entries and "not encrypted" in (entries[0].record.error or "")
     with pytest.raises(CorruptionError):  # damaged: the newest point is unreadable
@@ -93,64 +91,76 @@ def test_a_plaintext_image_planted_in_an_encrypted_repository_is_refused(
     assert not (tmp_path / "r").exists()
 
 
-def test_an_image_sealed_under_another_key_is_refused(tmp_path: Path) -> None:
+def test_an_image_sealed_under_another_key_is_refused(repo_url: str, tmp_path: Path) -> None:
     make_db(tmp_path / "db", rows=5)
-    Repository.init(tmp_path / "repo", passphrase=PASSPHRASE)
+    Repository.init(repo_url, passphrase=PASSPHRASE)
     backup(tmp_path / "db", tmp_path / "foreign.img", sealing())
-    header = F.decode_header((tmp_path / "foreign.img").read_bytes()[:F.HEADER_SIZE])
-    target = tmp_path / "repo" / L.image_key(header.image_id)
-    shutil.copy(tmp_path / "foreign.img", target)
-    entries, _ = _open(tmp_path / "repo").list()
+    data = (tmp_path / "foreign.img").read_bytes()
+    header = F.decode_header(data[:F.HEADER_SIZE])
+    RawStore(repo_url).write(L.image_key(header.image_id), data)
+    entries, _ = _open(repo_url).list()
     assert "encrypted under another key" in (entries[0].record.error or "")
 
 
-def test_a_key_file_of_another_repository_does_not_open_it(tmp_path: Path) -> None:
-    Repository.init(tmp_path / "one", passphrase=PASSPHRASE)
-    Repository.init(tmp_path / "two", passphrase=b"other")
-    for key in (tmp_path / "two" / "keys").iterdir():
-        shutil.copy(key, tmp_path / "one" / "keys" / key.name)
+def test_a_key_file_of_another_repository_does_not_open_it(repo_url: str) -> None:
+    one, two = repo_url, f"{repo_url}-two"
+    Repository.init(one, passphrase=PASSPHRASE)
+    Repository.init(two, passphrase=b"other")
+    theirs = RawStore(two)
+    for key in theirs.names(L.KEYS_PREFIX):
+        RawStore(one).write(key, theirs.read(key))
     with pytest.raises(AuthenticationError, match="wrong passphrase"):
-        _open(tmp_path / "one", b"other")
-    _open(tmp_path / "one")
+        _open(one, b"other")
+    _open(one)
 
 
-def test_key_management_through_the_api(tmp_path: Path) -> None:
-    repo = Repository.init(tmp_path / "repo", passphrase=PASSPHRASE)
+def test_key_management_through_the_api(repo_url: str) -> None:
+    repo = Repository.init(repo_url, passphrase=PASSPHRASE)
     assert repo.master is not None and repo.keyfile is not None
     first = repo.keyfile
     added = repo.keys.add(repo.master, b"second")
     assert {k.id for k in repo.keys.list()} == {first.id, added.id}
-    assert _open(tmp_path / "repo", b"second").keyfile == added
+    assert _open(repo_url, b"second").keyfile == added
+    # passwd rewrites the one key file (same id, same key) under a new passphrase.
+    raw = RawStore(repo_url)
+    keys_before = raw.names(L.KEYS_PREFIX)
+    changed = repo.keys.passwd(added, repo.master, b"third")
+    assert changed.id == added.id and raw.names(L.KEYS_PREFIX) == keys_before
+    with pytest.raises(AuthenticationError, match="wrong passphrase"):
+        _open(repo_url, b"second")
+    assert _open(repo_url, b"third").keyfile == changed
     repo.keys.remove(first.id[:10])
     with pytest.raises(AuthenticationError):
-        _open(tmp_path / "repo")
+        _open(repo_url)
     with pytest.raises(UsageError, match="last key"):
         repo.keys.remove(added.id)
     assert [k.id for k in repo.keys.list()] == [added.id]
+    assert raw.names(L.KEYS_PREFIX) == [f"{L.KEYS_PREFIX}{added.id}{L.KEY_SUFFIX}"]
 
 
-def test_plaintext_repository_has_no_keys(tmp_path: Path) -> None:
-    repo = Repository.init(tmp_path / "repo")
+def test_plaintext_repository_has_no_keys(repo_url: str) -> None:
+    repo = Repository.init(repo_url)
     assert repo.keyring.seal is None and repo.master is None
     with pytest.raises(UsageError, match="not encrypted"):
         repo.keys.list()
     assert isinstance(repo.keyring, Keyring)
+    assert RawStore(repo_url).names(L.KEYS_PREFIX) == []
 
 
-def test_a_config_stripped_of_its_encryption_is_refused(tmp_path: Path) -> None:
-    Repository.init(tmp_path / "repo", passphrase=PASSPHRASE)
-    config = tmp_path / "repo" / L.CONFIG_KEY
-    stripped = L.RepoConfig.decode(config.read_bytes(), config)
-    config.write_bytes(L.RepoConfig(stripped.repository_id, stripped.created_ns,
-                                    stripped.chain_limit).encode())
+def test_a_config_stripped_of_its_encryption_is_refused(repo_url: str) -> None:
+    Repository.init(repo_url, passphrase=PASSPHRASE)
+    raw = RawStore(repo_url)
+    stripped = L.RepoConfig.decode(raw.read(L.CONFIG_KEY), L.CONFIG_KEY)
+    raw.write(L.CONFIG_KEY, L.RepoConfig(stripped.repository_id, stripped.created_ns,
+                                         stripped.chain_limit).encode())
     with pytest.raises(AuthenticationError, match="config was changed"):
-        Repository.open(tmp_path / "repo")
+        Repository.open(repo_url)
 
 
-def test_prune_merges_into_a_sealed_synthetic_full(tmp_path: Path) -> None:
+def test_prune_merges_into_a_sealed_synthetic_full(repo_url: str, tmp_path: Path) -> None:
     make_db(tmp_path / "db", rows=50)
-    Repository.init(tmp_path / "repo", passphrase=PASSPHRASE)
-    repo = _open(tmp_path / "repo")
+    Repository.init(repo_url, passphrase=PASSPHRASE)
+    repo = _open(repo_url)
     _backup(repo, tmp_path / "db")
     for n in range(2):
         change(tmp_path / "db", n + 2)
@@ -159,7 +169,8 @@ def test_prune_merges_into_a_sealed_synthetic_full(tmp_path: Path) -> None:
     assert [str(i) for i in result.plan.done_merges] == [last]
     entries, _ = repo.list()
     assert [(str(e.record.backup_id), e.record.synthetic) for e in entries] == [(last, True)]
-    data = (tmp_path / "repo" / L.image_key(last)).read_bytes()
+    data = RawStore(repo_url).read(L.image_key(last))
     assert F.decode_header(data[:F.HEADER_SIZE]).sealed and MARKER not in data
     repo.restore(tmp_path / "r")
+    assert _content(tmp_path / "r") == _content(tmp_path / "db")
     assert repo.verify(deep=True).ok

@@ -37,6 +37,7 @@ from lamina.errors import LockedError
 from lamina.repository import Repository
 from support import cli
 from support.checked import is_complete_database
+from support.rawstore import RawStore
 
 HOLDER = Path(__file__).with_name("holder.py")
 KIB = 1 << 10
@@ -184,16 +185,19 @@ def test_restore_force_refuses_a_database_a_reader_has_open(images: Images, tmp_
     assert which(dest) == "new" and (dest / "LAMINA").read_bytes() != identity
 
 
-def test_chain_and_repository_restores_refuse_a_database_in_use(images: Images,
-                                                                tmp_path: Path,
-                                                                holders: list) -> None:
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_chain_and_repository_restores_refuse_a_database_in_use(
+        images: Images, tmp_path: Path, holders: list, kind: str,
+        request: pytest.FixtureRequest) -> None:
     dest = tmp_path / "dest"
+    where = str(images.repo) if kind == "local" else \
+        RawStore(images.repo).copy_to(request.getfixturevalue("s3_url")).url
     cli.run_ok("restore", str(images.old), "--to", str(dest), "--no-progress")
     reader, _line = start_holder(holders, "open", dest)
     chain = cli.run("restore", str(images.full), str(images.layer), "--to", str(dest),
                     "--force", "--no-progress")
     assert_refused(chain, reader.pid)
-    repo = cli.run("restore", "--repo", str(images.repo), "--to", str(dest), "--force",
+    repo = cli.run("restore", "--repo", where, "--to", str(dest), "--force",
                    "--no-progress")
     assert_refused(repo, reader.pid)
     stop(reader)
@@ -201,7 +205,7 @@ def test_chain_and_repository_restores_refuse_a_database_in_use(images: Images,
     cli.run_ok("restore", str(images.full), str(images.layer), "--to", str(dest), "--force",
                "--no-progress")
     assert which(dest) == "layer"
-    cli.run_ok("restore", "--repo", str(images.repo), "--to", str(dest), "--force",
+    cli.run_ok("restore", "--repo", where, "--to", str(dest), "--force",
                "--no-progress")
     assert which(dest) == "layer"
 

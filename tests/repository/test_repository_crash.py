@@ -14,11 +14,15 @@ from pathlib import Path
 import pytest
 
 from lamina.repository import KeepPolicy, Repository
+from lamina.repository import layout as L
 from lamina.repository.index import load_index
 from lamina.repository.lock import EXCLUSIVE_KEY
 from lamina.repository.prune import plan_prune
 from lamina.repository.repository import open_storage
 from support import cli
+from support.rawstore import RawStore
+from support.s3proxy import WRITES, S3Proxy
+from support.s3server import S3Server
 from support.waiting import wait_for
 
 from .helpers import DAY_NS, content, make_db, vp_clock
@@ -80,6 +84,9 @@ def _finish_and_check(repo_path: Path | str, keep: set[uuid.UUID],
     assert present == needed and keep <= present
     if not str(repo_path).startswith("s3://"):
         assert not list((Path(repo_path) / "tmp").iterdir())
+    else:  # no merge of a killed run left half-uploaded (nor anything staged)
+        raw = RawStore(repo_path)
+        assert not raw.multipart_uploads() and not raw.names(f"{L.STAGING_DIR}/")
     again = repo.prune(POLICY)
     assert not again.plan.delete and not again.plan.merges
 
@@ -115,21 +122,24 @@ def test_prune_killed_at_every_step(template: tuple[Path, dict[uuid.UUID, dict[b
         _finish_and_check(url, keep, needed)
 
 
-def _locked(repo_path: Path) -> bool:
+def _locked(raw: RawStore) -> bool:
     """True while a process holds the repository lock exclusively (its lease object)."""
-    return (repo_path / EXCLUSIVE_KEY).is_file()
+    return raw.exists(EXCLUSIVE_KEY)
 
 
-def _listing(repo_path: Path) -> set[tuple[str, int]]:
+def _listing(raw: RawStore) -> set[tuple[str, int]]:
     """(name, size) of every file under ``images/`` and ``tmp/``."""
-    out = set()
-    for sub in (repo_path / "images", repo_path / "tmp"):
-        for path in sub.rglob("*") if sub.is_dir() else []:
-            try:
-                out.add((str(path.relative_to(repo_path)), path.stat().st_size))
-            except FileNotFoundError:  # removed meanwhile
-                continue
-    return out
+    return {(key, size) for under in (L.IMAGES_PREFIX, f"{L.STAGING_DIR}/")
+            for key, size in raw.sizes(under).items()}
+
+
+def _repository(kind: str, source: Path, tmp_path: Path, request: pytest.FixtureRequest
+                ) -> str:
+    """A copy of the repository at ``source``: a local directory, or an S3 prefix."""
+    if kind == "local":
+        shutil.copytree(source, tmp_path / "repo")
+        return str(tmp_path / "repo")
+    return _copy(source, request.getfixturevalue("s3_url"))
 
 
 @pytest.mark.parametrize("seed", [11, 12, 13, 14])
@@ -141,6 +151,7 @@ def test_prune_killed_at_a_random_moment(
     rng = random.Random(seed)
     repo_path = tmp_path / "repo"
     shutil.copytree(source, repo_path)
+    raw = RawStore(repo_path)
     # A random moment counted in the prune's own progress, not in seconds (a busy machine
     # can spend a whole idle run on interpreter start-up): once it holds the repository
     # lock, it is stopped and let run in short slices, and killed (still stopped) after a
@@ -150,17 +161,17 @@ def test_prune_killed_at_a_random_moment(
     proc = cli.start("prune", "--repo", str(repo_path), *PRUNE_ARGS, capture=False)
     deadline = time.monotonic() + 120  # a hang guard only
     try:
-        wait_for(lambda: proc.poll() is not None or _locked(repo_path),
+        wait_for(lambda: proc.poll() is not None or _locked(raw),
                  "prune to take the repository lock", max_interval=0.0005)
         if proc.poll() is None:  # (not reaped yet: its pid is still ours to signal)
             os.kill(proc.pid, signal.SIGSTOP)
-        seen = _listing(repo_path)
+        seen = _listing(raw)
         while changes > 0 and proc.poll() is None:
             assert time.monotonic() < deadline, "prune made no progress"
             os.kill(proc.pid, signal.SIGCONT)
             os.sched_yield()  # a slice as short as the scheduler makes it
             os.kill(proc.pid, signal.SIGSTOP)
-            now = _listing(repo_path)
+            now = _listing(raw)
             if now != seen:
                 seen, changes = now, changes - 1
     finally:
@@ -171,12 +182,55 @@ def test_prune_killed_at_a_random_moment(
     _finish_and_check(repo_path, keep, needed)
 
 
+@pytest.mark.parametrize("seed", [11, 12, 13, 14])
+def test_prune_on_s3_killed_at_a_random_moment(
+        template: tuple[Path, dict[uuid.UUID, dict[bytes, bytes]]], tmp_path: Path,
+        seed: int, s3_server: S3Server, s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same on S3, the moment counted in the prune's requests to the store: a clean
+    run through the proxy counts them; the killed run's N-th request (random; of any kind,
+    or one that changes the store: a PUT, a part, a completion, a delete) is held
+    (never reaches the server) and the prune is killed with SIGKILL while it waits for
+    the answer."""
+    source, states = template
+    keep, needed, _steps = _expected(source)
+    rng = random.Random(seed)
+    port = int(s3_server.endpoint.rsplit(":", 1)[1])
+    # No lease renewal in either run (it would add a request at a moment of its own).
+    monkeypatch.setenv("LAMINA_LEASE_TTL", "3600")
+    with S3Proxy(port) as proxy:
+        counted = _copy(source, f"{s3_url}-count")
+        code, _out, err = cli.invoke("prune", "--repo", counted, *PRUNE_ARGS,
+                                     "--s3-endpoint", proxy.endpoint)
+        assert code == 0, err
+        # Odd seeds: any request; even ones: a request that changes the store.
+        kinds = None if seed % 2 else (*WRITES, "delete")
+        total = sum(n for k, n in proxy.counts.items() if kinds is None or k in kinds)
+        url = _copy(source, s3_url)
+        at = rng.randrange(1, total + 1)
+        proxy.hold_at(at, kinds)
+        proc = cli.start("prune", "--repo", url, *PRUNE_ARGS, "--s3-endpoint",
+                         proxy.endpoint, capture=False)
+        try:
+            wait_for(proxy.held.is_set, f"the prune's request {at} of {total}", proc=proc)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+    _check_kept(url, keep, states, rng, tmp_path)
+    _finish_and_check(url, keep, needed)  # (no multipart upload left either)
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
 def test_template_plan_merges_and_deletes(
-        template: tuple[Path, dict[uuid.UUID, dict[bytes, bytes]]]) -> None:
-    """The crash tests above kill prune inside merges too, not only deletions."""
+        template: tuple[Path, dict[uuid.UUID, dict[bytes, bytes]]], kind: str,
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The crash tests above kill prune inside merges too, not only deletions (the plan
+    read from the copy on each storage, as the killed prunes read it)."""
     source, _states = template
-    repo = Repository.open(source)
+    repo = Repository.open(_repository(kind, source, tmp_path, request))
     index = load_index(repo.storage).index
     plan = plan_prune(index, POLICY)
     assert plan.merges and plan.delete
     assert any(r.is_layer for r in index.records.values())
+    assert load_index(repo.storage).index.records.keys() == \
+        load_index(Repository.open(source).storage).index.records.keys()

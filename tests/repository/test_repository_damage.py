@@ -18,6 +18,7 @@ from lamina.repository import ImageRecord, Index, KeepPolicy, Repository
 from lamina.repository import layout as L
 from lamina.repository.prune import plan_prune
 from support import cli
+from support.rawstore import RawStore
 
 from .helpers import content, make_db
 
@@ -45,19 +46,20 @@ def _repo(repo_url: str, tmp_path: Path, fulls: list[bool]
 
 
 class _Image:
-    """An image object of a repository, damaged through the storage (local or S3)."""
+    """An image object of a repository, damaged around Lamina (a file of a local
+    repository, an object written with the test's own boto3 client on S3)."""
 
     def __init__(self, repo: Repository, backup_id: uuid.UUID) -> None:
-        self.storage, self.key = repo.storage, L.image_key(backup_id)
+        self.raw, self.key = RawStore(repo.url), L.image_key(backup_id)
 
     def unlink(self) -> None:
-        self.storage.delete(self.key)
+        self.raw.delete(self.key)
 
     def read_bytes(self) -> bytes:
-        return self.storage.get_bytes(self.key)
+        return self.raw.read(self.key)
 
     def write_bytes(self, data: bytes) -> None:
-        self.storage.put_bytes(self.key, data)
+        self.raw.write(self.key, data)
 
 
 def _image(repo: Repository, backup_id: uuid.UUID) -> _Image:
@@ -65,8 +67,9 @@ def _image(repo: Repository, backup_id: uuid.UUID) -> _Image:
 
 
 def _present(repo: Repository) -> set[uuid.UUID]:
-    return {uuid.UUID(s.key.removeprefix(L.IMAGES_PREFIX).removesuffix(L.IMAGE_SUFFIX))
-            for s in repo.storage.list(L.IMAGES_PREFIX)}
+    """The backups whose image is there (listed around Lamina)."""
+    return {uuid.UUID(k.removeprefix(L.IMAGES_PREFIX).removesuffix(L.IMAGE_SUFFIX))
+            for k in RawStore(repo.url).names(L.IMAGES_PREFIX)}
 
 
 def _truncate(image: _Image) -> None:
@@ -283,6 +286,36 @@ def test_the_newest_intact_backup_is_always_kept() -> None:
     assert set(plan.delete) == {f1.backup_id, l1.backup_id}
     assert set(plan.refused) == {f2.backup_id}
     assert [d.backup_id for d in plan.damaged] == [x.backup_id]
+
+
+def test_the_newest_intact_backup_is_kept_in_a_real_repository(repo_url: str,
+                                                               tmp_path: Path) -> None:
+    """The same with real backups: M F1 L1 F2 of one database, then a database restored
+    from M takes layer X on it (another incarnation, seq below F1's), and M's image goes.
+    keep-last 1 keeps X (damaged) and F2 (the newest intact: its deletion refused),
+    deletes F1 and L1; latest is refused naming M and hinting F2, which restores."""
+    repo = Repository.init(repo_url)
+    ids: dict[str, uuid.UUID] = {}
+    with make_db(tmp_path / "db") as db:
+        for name, value, full in (("m", b"1", True), ("f1", b"2", True), ("l1", b"3", False),
+                                  ("f2", b"4", True)):
+            db.put("t", b"a", value)
+            ids[name] = repo.backup(db, full=full).backup_id
+    repo.restore(tmp_path / "from-m", id=str(ids["m"]))
+    with make_db(tmp_path / "from-m") as restored:
+        restored.put("t", b"a", b"x")
+        taken = repo.backup(restored)
+    assert taken.kind == "layer" and taken.base_id == ids["m"]
+    _image(repo, ids["m"]).unlink()
+    code, out, err = cli.invoke("prune", "--repo", repo.url, "--keep-last", "1")
+    assert code == 0, (out, err)
+    assert f"refused: delete {ids['f2']}" in out
+    assert _present(repo) == {taken.backup_id, ids["f2"]}
+    code, out, err = _restore_latest(repo, tmp_path / "out")
+    assert code == 4, (out, err)
+    assert "damaged" in err and str(ids["m"]) in err and f"--id {ids['f2']}" in err
+    repo.restore(tmp_path / "ok", id=str(ids["f2"]))
+    assert content(tmp_path / "ok") == {b"a": b"4"}
 
 
 #: Per backup: (full?, hours since the previous one).

@@ -6,18 +6,23 @@ from __future__ import annotations
 import json
 import os
 import signal
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lamina.errors import CorruptionError
-from lamina.repository import KeepPolicy, Repository
+from lamina.repository import KeepPolicy, Repository, uploads
 from lamina.repository import layout as L
 from lamina.repository.index import Index
 from lamina.repository.lock import RepositoryLock
+from lamina.repository.s3uploads import UPLOADS_PREFIX
 from lamina.repository.storage import LocalStorage
 from support import cli
+from support.rawstore import RawStore
+from support.s3proxy import S3Proxy
+from support.s3server import S3Server
 from support.waiting import wait_for
 
 from .helpers import make_db
@@ -132,14 +137,30 @@ def test_damaged_image_is_listed_as_damaged_never_dropped(repo_url: str,
     assert report.first_error.exit_code == 4
 
 
-def test_half_written_images_are_never_listed(tmp_path: Path) -> None:
-    repo, ids = _repo_with_backups(tmp_path, 1)
-    image = (repo.path / L.image_key(ids[0])).read_bytes()
-    # What a writer killed mid-way leaves: a staged image, and a put's dot-temporary.
-    (repo.path / L.STAGING_DIR / "backup-0123.lamina").write_bytes(image[:100])
-    (repo.path / "images" / f".{ids[0][:-4]}aaaa.lamina.tmp-123456789abc").write_bytes(image)
-    (repo.path / "images" / "notes.txt").write_text("not an image")
+def test_half_written_images_are_never_listed(repo_url: str, tmp_path: Path) -> None:
+    """What writers killed mid-way leave — a staged image, a put's dot-temporary; on S3
+    an unfinished multipart upload of an image key (with its upload description) — and a
+    foreign object are never listed, neither from the index nor by a rebuild."""
+    repo, ids = _repo_with_backups(tmp_path, 1, repo_url)
+    raw = RawStore(repo_url)
+    image = raw.read(L.image_key(ids[0]))
+    raw.write(f"{L.STAGING_DIR}/backup-0123.lamina", image[:100])
+    raw.write(f"{L.IMAGES_PREFIX}.{ids[0][:-4]}aaaa.lamina.tmp-123456789abc", image)
+    raw.write(f"{L.IMAGES_PREFIX}notes.txt", b"not an image")
+    if raw.s3:
+        name = str(uuid.uuid4())
+        key = raw.prefix + L.image_key(name)
+        upload = raw.client.create_multipart_upload(Bucket=raw.bucket, Key=key)["UploadId"]
+        raw.client.upload_part(Bucket=raw.bucket, Key=key, UploadId=upload, PartNumber=1,
+                               Body=image)
+        raw.write(f"{UPLOADS_PREFIX}{name}", uploads.info_document(
+            name, 8 << 20, {"database_id": str(uuid.uuid4()), "image_id": name}))
+        assert raw.multipart_uploads() == [(L.image_key(name), upload)]
     assert _listed(repo) == (ids, None)
+    raw.delete(L.INDEX_KEY)  # a rebuild from what is under images/
+    listed, rebuilt = _listed(repo)
+    assert listed == ids and rebuilt is not None and "1 image(s)" in rebuilt
+    assert Repository.open(repo_url).verify().ok
 
 
 def _staged_bytes(staging: Path, old: set[str], *, complete: bool, whole: int = 0) -> int:
@@ -223,3 +244,78 @@ def test_prune_refuses_while_an_image_is_unreadable(repo_url: str, tmp_path: Pat
     with pytest.raises(CorruptionError, match="unreadable"):
         repo.prune(KeepPolicy(last=1))
     assert all(_Object(repo, L.image_key(i)).exists() for i in ids)
+
+
+def test_backup_killed_mid_upload_to_s3_leaves_nothing_listed(
+        s3_server: S3Server, s3_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The S3 analogue: a real ``lamina backup --repo s3://...`` process killed with
+    SIGKILL at its multipart start, at its first part, at its last part (the others
+    stored or in flight) and with every part stored but the upload not completed — each
+    request held at the proxy (it never reaches the server) while the process is killed:
+    the repository lists exactly what it listed before, every backup verifies, nothing but
+    resumable upload state (and the killed process's lease) is left, and a prune and the
+    next backup work."""
+    repo, ids = _repo_with_backups(tmp_path, 1, s3_url)
+    db = tmp_path / "db"
+    with make_db(db) as d, d.write() as txn:  # a full image of three 8 MiB parts
+        for i in range(5000):
+            txn.table("t").put(b"big%06d" % i, os.urandom(4000))
+    raw = RawStore(s3_url)
+    port = int(s3_server.endpoint.rsplit(":", 1)[1])
+    monkeypatch.setenv("LAMINA_LEASE_TTL", "3600")  # no renewal: the counted requests
+    with S3Proxy(port) as proxy:
+        command = ("backup", str(db), "--repo", s3_url, "--full", "--compress", "none",
+                   "--s3-endpoint", proxy.endpoint)
+        assert cli.run_bytes(*command, timeout=120).returncode == 0  # counted
+        parts = proxy.counts["part"]
+        assert parts >= 3, dict(proxy.counts)
+        ids = _listed(repo)[0]
+        before = set(raw.names())
+        for kind, n in (("create", 1), ("part", 1), ("part", parts), ("complete", 1)):
+            proxy.hold_at(n, (kind,))
+            proc = cli.start(*command, text=False)
+            try:
+                wait_for(proxy.held.is_set, f"the backup's {kind} request {n}", proc=proc)
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=60)
+            assert proc.returncode == -signal.SIGKILL, (kind, n)
+            assert _listed(repo) == (ids, None), (kind, n)
+            assert repo.verify().ok, (kind, n)
+            left = set(raw.names()) - before
+            assert all(k.startswith((UPLOADS_PREFIX, f"{L.LOCKS_DIR}/")) for k in left), left
+            described = {k.removeprefix(UPLOADS_PREFIX) for k in raw.names(UPLOADS_PREFIX)}
+            uploading = {k.removeprefix(L.IMAGES_PREFIX).removesuffix(L.IMAGE_SUFFIX)
+                         for k, _ in raw.multipart_uploads()}
+            assert uploading <= described, (kind, n)  # every upload resumable
+    result = repo.prune(KeepPolicy(last=100))
+    assert not result.plan.delete and _listed(repo)[0] == ids
+    assert cli.run_bytes(*command[:-2], timeout=120).returncode == 0
+    assert len(_listed(repo)[0]) == len(ids) + 1 and repo.verify().ok
+    assert not raw.names(f"{L.LOCKS_DIR}/")
+
+
+def test_an_old_upload_description_without_parts_is_tidied(repo_url: str,
+                                                            tmp_path: Path) -> None:
+    """A backup killed between writing its upload's description and starting to store
+    parts (on S3: before its multipart upload exists) leaves a description that no resume
+    can open: once older than the default lease, the next backup of that database removes
+    it (a younger one may be a backup that has not reached its VP yet: kept)."""
+    repo, _ids = _repo_with_backups(tmp_path, 1, repo_url)
+    raw = RawStore(repo_url)
+    with make_db(tmp_path / "db") as db:
+        db_id = str(db.identity.db_id)
+    where = {}
+    for age, name in ((2 * 3600, str(uuid.uuid4())), (60, str(uuid.uuid4()))):
+        doc = json.loads(uploads.info_document(name, 8 << 20, {"database_id": db_id,
+                                                                "image_id": name}))
+        doc["created_ns"] -= age * 10**9
+        key = f"{UPLOADS_PREFIX}{name}" if raw.s3 else \
+            f"{L.UPLOADS_DIR}/{name}/{uploads.INFO_FILE}"
+        raw.write(key, json.dumps(doc, sort_keys=True).encode())
+        where[age] = key
+    with make_db(tmp_path / "db") as db:
+        repo.backup(db)
+    assert not raw.exists(where[2 * 3600]) and raw.exists(where[60])
+    assert len(_listed(repo)[0]) == 2

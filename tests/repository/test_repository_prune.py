@@ -16,6 +16,9 @@ from lamina.repository import KeepPolicy, Repository
 from lamina.repository import layout as L
 from lamina.repository.index import ImageRecord, Index
 from lamina.repository.prune import plan_prune
+from support.rawstore import RawStore
+from support.s3fixtures import BUCKET
+from support.s3server import S3Server
 
 from .helpers import DAY_NS, content, make_db, vp_clock
 
@@ -144,44 +147,64 @@ def test_merge_only_when_it_frees_a_full() -> None:
 # ---------------------------------------------------------------- real images
 
 
+real_plans = st.lists(st.tuples(st.booleans(), st.integers(1, 50)), min_size=1, max_size=7)
+
+
+def _prune_real(url: str, root: Path, plan: list[tuple[bool, int]], policy: KeepPolicy,
+                data: st.DataObject) -> None:
+    """Random backups (VP times spread over days) into the repository at ``url`` and a
+    random policy: after prune every kept backup verifies (a sampled one restores exactly),
+    and only unneeded images went."""
+    repo = Repository.init(url, chain_limit=3)
+    states: dict[uuid.UUID, dict[bytes, bytes]] = {}
+    with make_db(root / "db") as db, vp_clock(T0) as clock:
+        for i, (full, hours) in enumerate(plan):
+            clock.now_ns += hours * 3600 * 10**9
+            db.put("t", b"k%d" % (i % 3), b"v%d" % i)
+            result = repo.backup(db, full=full)
+            with db.read() as txn:
+                states[result.backup_id] = dict(txn.table("t").items())
+    entries, _ = repo.list()
+    records = [e.record for e in entries]
+    keep = reference_keep(records, policy)
+    result = repo.prune(policy)
+    assert set(result.plan.keep) == keep
+    after, rebuilt = repo.list()
+    assert rebuilt is None
+    present = {e.record.backup_id for e in after}
+    assert present == result.plan.needed and keep <= present
+    assert not present & set(result.plan.done_deletes)
+    # What is stored (listed around Lamina) is exactly what the index lists.
+    assert {L.image_key(i) for i in present} == set(RawStore(url).names(L.IMAGES_PREFIX))
+    for e in after:
+        assert e.chain is not None, e.problem
+    for k in keep:
+        assert repo.verify(str(k)).ok
+    sample = data.draw(st.sampled_from(sorted(keep, key=str)))
+    repo.restore(root / "out", id=str(sample))
+    assert content(root / "out") == states[sample]
+    # Nothing left to do on a second run.
+    again = repo.prune(policy)
+    assert not again.plan.delete and not again.plan.merges
+
+
 @settings(max_examples=25, deadline=None)
-@given(plan=st.lists(st.tuples(st.booleans(), st.integers(1, 50)), min_size=1, max_size=7),
-       policy=policies, data=st.data())
+@given(plan=real_plans, policy=policies, data=st.data())
 def test_prune_real_repository(plan: list[tuple[bool, int]], policy: KeepPolicy,
                                data: st.DataObject) -> None:
-    """Random backups (VP times spread over days) and a random policy: after prune every
-    kept backup verifies (a sampled one restores exactly), and only unneeded images went."""
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        repo = Repository.init(root / "repo", chain_limit=3)
-        states: dict[uuid.UUID, dict[bytes, bytes]] = {}
-        with make_db(root / "db") as db, vp_clock(T0) as clock:
-            for i, (full, hours) in enumerate(plan):
-                clock.now_ns += hours * 3600 * 10**9
-                db.put("t", b"k%d" % (i % 3), b"v%d" % i)
-                result = repo.backup(db, full=full)
-                with db.read() as txn:
-                    states[result.backup_id] = dict(txn.table("t").items())
-        entries, _ = repo.list()
-        records = [e.record for e in entries]
-        keep = reference_keep(records, policy)
-        result = repo.prune(policy)
-        assert set(result.plan.keep) == keep
-        after, rebuilt = repo.list()
-        assert rebuilt is None
-        present = {e.record.backup_id for e in after}
-        assert present == result.plan.needed and keep <= present
-        assert not present & set(result.plan.done_deletes)
-        for e in after:
-            assert e.chain is not None, e.problem
-        for k in keep:
-            assert repo.verify(str(k)).ok
-        sample = data.draw(st.sampled_from(sorted(keep, key=str)))
-        repo.restore(root / "out", id=str(sample))
-        assert content(root / "out") == states[sample]
-        # Nothing left to do on a second run.
-        again = repo.prune(policy)
-        assert not again.plan.delete and not again.plan.merges
+        _prune_real(str(Path(tmp) / "repo"), Path(tmp), plan, policy, data)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(plan=real_plans, policy=policies, data=st.data())
+def test_prune_real_repository_on_s3(s3_server: S3Server, plan: list[tuple[bool, int]],
+                                     policy: KeepPolicy, data: st.DataObject) -> None:
+    """The same on S3 (fewer examples, derandomized: each is a few dozen requests); a
+    fresh prefix per example."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _prune_real(f"s3://{BUCKET}/prune-real-{uuid.uuid4().hex[:12]}", Path(tmp), plan,
+                    policy, data)
 
 
 def test_keep_daily_and_weekly_on_vp_time(repo_url: str, tmp_path: Path) -> None:

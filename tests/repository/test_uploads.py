@@ -1,4 +1,4 @@
-"""The resumable-upload protocol on a local repository, against a model: whatever is
+"""The resumable-upload protocol on a local repository (and on S3), against a model: whatever is
 written in whatever pieces, with whatever parts already stored (right or wrong), the
 published object is exactly the bytes written and only parts missing or wrong are stored;
 a torn part record is ignored; the pin file parser takes any bytes without a crash."""
@@ -6,23 +6,30 @@ a torn part record is ignored; the pin file parser takes any bytes without a cra
 from __future__ import annotations
 
 import random
+import uuid
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lamina.core import pins
 from lamina.errors import CorruptionError, LaminaError, NotFoundError, UsageError
 from lamina.repository import Repository
 from lamina.repository import layout as L
+from lamina.repository.repository import open_storage
+from lamina.repository.s3storage import S3Storage
+from lamina.repository.s3uploads import S3_MIN_PART_SIZE, S3Uploads
 from lamina.repository.uploads import (
     MIN_PART_SIZE,
     PART_RECORD,
     PARTS_FILE,
     LocalUploads,
     PartWriter,
+    UploadStore,
 )
+from support.s3fixtures import BUCKET
+from support.s3server import S3Server
 
 PART = MIN_PART_SIZE
 
@@ -33,24 +40,22 @@ def uploads(tmp_path_factory: pytest.TempPathFactory) -> LocalUploads:
     return LocalUploads(repo.storage)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(size=st.integers(1, 9 * PART), seed=st.integers(0, 2**32), cut=st.integers(0, 10),
-       wrong=st.sets(st.integers(1, 10), max_size=3), pieces=st.integers(1, 5000))
-def test_resumed_upload_publishes_exactly_the_bytes(uploads: LocalUploads, size: int,
-                                                    seed: int, cut: int, wrong: set[int],
-                                                    pieces: int) -> None:
-    data = random.Random(seed).randbytes(size)
-    name = f"u{seed}-{size}"
-    # A first writer stored some parts (``cut`` of them) before it died; some parts it
-    # stored hold other bytes (a model of a non-deterministic writer).
-    first = uploads.create(name, PART, {"test": True})
-    total = -(-size // PART)
+def _resume_model(uploads: UploadStore, name: str, key: str, part: int, data: bytes,
+                  cut: int, wrong: set[int], pieces: int) -> None:
+    """A first writer stored ``cut`` parts of ``data`` (those in ``wrong`` holding other
+    bytes: a model of a non-deterministic writer) before it died; a second one opens the
+    upload, writes ``data`` in ``pieces``-byte writes and completes it into ``key``: the
+    object is exactly ``data`` and only missing or wrong parts were stored."""
+    size = len(data)
+    first = uploads.create(name, part, {"test": True})
+    total = -(-size // part)
     for n in range(1, min(cut, total) + 1):
-        part = data[(n - 1) * PART: n * PART]
-        first.put_part(n, bytes(reversed(part)) if n in wrong and len(set(part)) > 1 else part)
+        chunk = data[(n - 1) * part: n * part]
+        first.put_part(n, bytes(reversed(chunk)) if n in wrong and len(set(chunk)) > 1
+                       else chunk)
     again = uploads.open(name)
     present = again.parts_present()
-    writer = PartWriter(again, present)
+    writer = PartWriter(again, present, concurrency=uploads.concurrency)
     for at in range(0, size, pieces):
         writer.write(data[at:at + pieces])
     count = writer.finish()
@@ -59,15 +64,48 @@ def test_resumed_upload_publishes_exactly_the_bytes(uploads: LocalUploads, size:
     assert stats.skipped + stats.stored == total
     assert stats.replaced == sum(
         1 for n in present if present[n].checksum != again.checksum(
-            data[(n - 1) * PART: n * PART]))
+            data[(n - 1) * part: n * part]))
     assert stats.skipped == len(present) - stats.replaced
-    key = L.image_key(f"00000000-0000-0000-0000-{seed % 10**12:012d}")
     again.complete(key, count)
+    with pytest.raises(NotFoundError):
+        uploads.open(name)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=st.integers(1, 9 * PART), seed=st.integers(0, 2**32), cut=st.integers(0, 10),
+       wrong=st.sets(st.integers(1, 10), max_size=3), pieces=st.integers(1, 5000))
+def test_resumed_upload_publishes_exactly_the_bytes(uploads: LocalUploads, size: int,
+                                                    seed: int, cut: int, wrong: set[int],
+                                                    pieces: int) -> None:
+    data = random.Random(seed).randbytes(size)
+    key = L.image_key(f"00000000-0000-0000-0000-{seed % 10**12:012d}")
+    _resume_model(uploads, f"u{seed}-{size}", key, PART, data, cut, wrong, pieces)
     target = uploads.storage.root.joinpath(*key.split("/"))
     assert target.read_bytes() == data
     target.unlink()
-    with pytest.raises(NotFoundError):
-        uploads.open(name)
+
+
+@settings(max_examples=3, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@example(size=3 * S3_MIN_PART_SIZE - 7, seed=1, cut=2, wrong={1}, pieces=1 << 20)
+@example(size=2 * S3_MIN_PART_SIZE + 10, seed=2, cut=4, wrong={2, 3}, pieces=12345)
+@given(size=st.integers(1, 3 * S3_MIN_PART_SIZE), seed=st.integers(0, 2**32),
+       cut=st.integers(0, 4), wrong=st.sets(st.integers(1, 4), max_size=2),
+       pieces=st.integers(1 << 16, 1 << 22))
+def test_resumed_s3_upload_publishes_exactly_the_bytes(s3_server: S3Server, size: int,
+                                                       seed: int, cut: int, wrong: set[int],
+                                                       pieces: int) -> None:
+    """The same on S3 (its multipart uploads; parts of S3's smallest size; a few
+    derandomized examples, each a fresh prefix)."""
+    storage = open_storage(f"s3://{BUCKET}/uploads-model-{uuid.uuid4().hex[:12]}")
+    assert isinstance(storage, S3Storage)
+    data = random.Random(seed).randbytes(size)
+    name = str(uuid.UUID(int=seed))
+    key = L.image_key(name)
+    _resume_model(S3Uploads(storage), name, key, S3_MIN_PART_SIZE, data, cut, wrong, pieces)
+    assert storage.get_bytes(key) == data
+    assert not storage.list("uploads/") and not storage.unfinished_uploads()
+    storage.delete(key)
 
 
 def test_a_torn_part_record_is_not_a_part(uploads: LocalUploads) -> None:

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lamina.errors import LaminaError, LockedError, NotFoundError
+from lamina.errors import LaminaError, LockedError, NotFoundError, StorageError
 from lamina.repository.storage import Storage
 
 LEASE_MAGIC = "LAMINA-LEASE"
@@ -214,8 +214,10 @@ class Lease:
 
     def confirm(self, operation: str) -> None:
         """Prove, now, that the lease is still held (a renewal by compare-and-swap), before
-        something is published under it. Raises LockedError (lost: taken over, or it
-        cannot be renewed), never StorageError."""
+        something is published under it. Raises LockedError (lost: taken over, or expired
+        before it could be renewed), StorageError (the store failed the renewal while the
+        lease is still unexpired: the store is failing, the lease is not lost — the
+        operation stops with the storage's error, exit 9, and publishes nothing)."""
         with self._mutex:
             if self._token is not None and not self.lost and self._expired():
                 self._lose(self._expired_reason())
@@ -229,6 +231,10 @@ class Lease:
                             self._info, self._token = info, got[1]
                             return
                     self._lose(self._taken_over())
+                except StorageError:
+                    if not self._expired():
+                        raise
+                    self._lose(self._expired_reason())
                 except LaminaError as exc:
                     self._lose(f"could not be renewed ({exc})")
             elif not self.lost:

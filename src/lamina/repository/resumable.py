@@ -205,7 +205,7 @@ def _tidy(db: Database, uploads: UploadStore, scope: str) -> None:
         if pin is None and now - info.created_ns < pins.DEFAULT_LEASE_NS:
             continue  # maybe a backup that has not reached its VP yet
         with contextlib.suppress(LaminaError):
-            uploads.open(info.name).abort()
+            uploads.remove(info.name)
 
 
 def backup(repo: Repository, db: Database, *, full: bool, codec: str,
@@ -299,7 +299,7 @@ def resume(repo: Repository, db: Database, *, progress: ProgressCallback | None,
         if done is not None and done.error is None:  # published; only the pin was left
             pinning.release(db, pin.pin_id)
             with contextlib.suppress(LaminaError):
-                uploads.open(str(extra.get("upload", pin.pin_id))).abort()
+                uploads.remove(str(extra.get("upload", pin.pin_id)))
             return Outcome(_published_result(repo, done), base, base_id, reason, rebuilt,
                            PartStats(), True)
         if base_id is not None and (base is None or base.error is not None):
@@ -347,8 +347,7 @@ def abandon(repo: Repository, db: Database) -> pins.PinRecord | None:
         return None
     _refuse_running(db, pin)
     pinning.release(db, pin.pin_id)
-    with contextlib.suppress(NotFoundError):
-        uploads_of(repo.storage).open(str(pin.resume.get("upload", pin.pin_id))).abort()
+    uploads_of(repo.storage).remove(str(pin.resume.get("upload", pin.pin_id)))
     return pin
 
 

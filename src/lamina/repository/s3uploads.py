@@ -24,7 +24,13 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lamina.core.failpoints import failpoint
-from lamina.errors import CorruptionError, NotFoundError, StorageError, UsageError
+from lamina.errors import (
+    CorruptionError,
+    LaminaError,
+    NotFoundError,
+    StorageError,
+    UsageError,
+)
 from lamina.repository import layout as L
 from lamina.repository.s3multipart import MultipartUpload, Part
 from lamina.repository.uploads import (
@@ -182,9 +188,16 @@ class S3Uploads:
         self.abort_all(name)
         self.storage.put_bytes(UPLOADS_PREFIX + name, info_document(name, part_size, info))
         key = self.key_of(name)
-        multipart = MultipartUpload.start(self.storage.client, self.storage.bucket,
-                                          self.storage.object_key(key),
-                                          self.storage.object_url(key))
+        try:
+            multipart = MultipartUpload.start(self.storage.client, self.storage.bucket,
+                                              self.storage.object_key(key),
+                                              self.storage.object_url(key))
+        except BaseException:
+            # A description without its multipart upload could never be opened (nor so
+            # aborted by a later backup's tidying): withdraw it.
+            with contextlib.suppress(LaminaError):
+                self.storage.delete(UPLOADS_PREFIX + name)
+            raise
         return S3Upload(self, name, part_size, multipart)
 
     def _info(self, name: str) -> UploadInfo:
