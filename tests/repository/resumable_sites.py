@@ -187,10 +187,28 @@ class Copy:
         assert self.site.parts(name) == parts
 
 
+def make_site(kind: Kind, root: Path, url: str | None = None, *, big: bool = False,
+              encrypted: bool = False) -> Site:
+    """A database ``root/db`` with data and one full backup already in a new repository at
+    ``url`` (default ``root/repo``), so a new backup is a layer unless asked for a full,
+    and more data since; ``big`` scales the values by the kind's scale."""
+    root.mkdir(parents=True, exist_ok=True)
+    url = str(root / "repo") if url is None else url
+    Repository.init(url, passphrase=PASSPHRASE if encrypted else None)
+    scale = kind.scale if big else 1
+    made = Site(kind, root / "db", url, encrypted, scale)
+    with lamina.open(made.db) as db:
+        populate(db, 1, scale=scale)
+        made.repo().backup(db)
+        populate(db, 2, scale=scale)
+    return made
+
+
 def pin_of(db: Path) -> pins.PinRecord:
     """The one pin of the database at ``db``."""
     [pin] = pins.load(db)
     return pin
 
 
-__all__ = ["KINDS", "PASSPHRASE", "Copy", "Kind", "Site", "content", "pin_of", "populate"]
+__all__ = ["KINDS", "PASSPHRASE", "Copy", "Kind", "Site", "content", "make_site", "pin_of",
+           "populate"]

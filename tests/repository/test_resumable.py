@@ -31,7 +31,6 @@ from lamina.errors import (
     PinExpiredError,
     StorageError,
 )
-from lamina.repository import Repository
 from lamina.repository import layout as L
 from lamina.repository.s3uploads import S3Upload
 from lamina.repository.uploads import LocalUpload
@@ -44,6 +43,7 @@ from .resumable_sites import (
     Kind,
     Site,
     content,
+    make_site,
     pin_of,
     populate,
 )
@@ -88,20 +88,10 @@ def encrypted() -> bool:
 @pytest.fixture
 def site(kind: Kind, big: bool, encrypted: bool, tmp_path: Path,
          request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Site:
-    """A database with data and one full backup already in the repository (so a new
-    backup is a layer unless asked for a full), and more data since."""
+    """A site of ``kind`` (:func:`make_site`)."""
     monkeypatch.setenv(CHEAP_KDF_ENV, "1")
-    root = tmp_path / "a"
-    root.mkdir()
-    url = str(root / "repo") if kind.name == "local" else str(request.getfixturevalue("s3_url"))
-    Repository.init(url, passphrase=PASSPHRASE if encrypted else None)
-    scale = kind.scale if big else 1
-    made = Site(kind, root / "db", url, encrypted, scale)
-    with lamina.open(made.db) as db:
-        populate(db, 1, scale=scale)
-        made.repo().backup(db)
-        populate(db, 2, scale=scale)
-    return made
+    url = None if kind.name == "local" else str(request.getfixturevalue("s3_url"))
+    return make_site(kind, tmp_path / "a", url, big=big, encrypted=encrypted)
 
 
 def start_child(site: Site, point: str, *, mode: str = "auto", lease: float = 3600.0,
@@ -225,8 +215,12 @@ def _wait_parts(site: Site, proc: subprocess.Popen[str], count: int) -> str:
     return wait_for(found, f"{count} parts stored", proc=proc, max_interval=0.002)
 
 
+#: The seeds of the seeded kills (another set: LAMINA_TEST_RESUME_SEEDS=7,8,9,10).
+SEEDS = [int(s) for s in os.environ.get("LAMINA_TEST_RESUME_SEEDS", "3,4,5,6").split(",")]
+
+
 @BIG
-@pytest.mark.parametrize("seed", [3, 4, 5, 6])
+@pytest.mark.parametrize("seed", SEEDS)
 def test_killed_backup_resumes_while_writers_go_on(site: Site, tmp_path: Path,
                                                   seed: int) -> None:
     """A seed-chosen moment: a chunk (the child stops at its failpoint; on S3 the parts
@@ -284,6 +278,46 @@ def test_killed_backup_resumes_while_writers_go_on(site: Site, tmp_path: Path,
     assert content(out) == at_vp
     with lamina.open(copy.db) as live:  # the writers' later state is untouched
         assert live.check().ok
+
+
+@BIG
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_stored_part_with_other_bytes(site: Site, tmp_path: Path, encrypted: bool) -> None:
+    """Part 1 of the copy's upload is overwritten with other bytes of its size. Plain, the
+    resume stores it again and publishes the uninterrupted image. Encrypted (local), it
+    must not seal other bytes under the recorded salt: it records a fresh one and stores
+    every part again, a valid image that restores the VP, not the same bytes. On S3 the
+    store lists a re-uploaded part number twice (SeaweedFS), so the part counts as absent
+    and is stored again: the uninterrupted image either way."""
+    at_vp = content(site.db)
+    proc = start_child(site, "backup.upload_part_stored:2")
+    try:
+        wait_stopped(proc)
+        crash = site.copy(tmp_path / "crash")
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    backup_id, uninterrupted = finish_uninterrupted(site, proc)
+    copy = crash.site
+    crash.finish(backup_id, uninterrupted)
+    salt = pin_of(copy.db).seal
+    present = copy.parts(backup_id)
+    assert len(present) >= 2
+    copy.uploads().open(backup_id).put_part(1, bytes(site.part))
+    resumed_id, parts = resume_in(copy)
+    total = site.total_parts(backup_id)
+    image = copy.image(resumed_id)
+    if encrypted and site.kind.name == "local":
+        assert parts["parts_skipped"] == 0 and parts["parts_stored"] == total
+        assert salt is not None and bytes.fromhex(salt.salt) not in image[:4096]
+        assert image != uninterrupted and len(image) == len(uninterrupted)
+    else:
+        assert image == uninterrupted
+        assert parts["parts_skipped"] == len(present) - 1
+        assert parts["parts_replaced"] == (1 if site.kind.name == "local" else 0)
+    assert copy.repo().verify(resumed_id, deep=True).ok
+    out = tmp_path / "restored"
+    copy.repo().restore(out, id=resumed_id)
+    assert content(out) == at_vp
 
 
 def _grown(db: Database, seed: int) -> int:
