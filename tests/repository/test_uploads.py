@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lamina.core import pins
+from lamina.core.crypto.masterkey import IMAGE_SALT_SIZE, KEY_ID_SIZE
 from lamina.errors import CorruptionError, LaminaError, NotFoundError, UsageError, VersionError
 from lamina.repository import Repository
 from lamina.repository import layout as L
@@ -188,6 +189,7 @@ def test_pin_file_versions_and_the_seal_field(tmp_path: Path) -> None:
             (2, _record(0, seal="ab" * 48))]:
         with pytest.raises(CorruptionError, match="pin file"):
             pins.decode(_file(version, [item]), tmp_path)
+    assert (pins.SEAL_KEY_ID_SIZE, pins.SEAL_SALT_SIZE) == (KEY_ID_SIZE, IMAGE_SALT_SIZE)
     # Never a key: stat's summary shows neither the seal nor the resume payload.
     assert {"seal", "resume"}.isdisjoint(_pin(0, SEAL).describe())
 

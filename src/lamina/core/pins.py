@@ -38,7 +38,6 @@ from typing import Any
 import xxhash
 
 from lamina.core import fileio
-from lamina.core.crypto.masterkey import IMAGE_SALT_SIZE, KEY_ID_SIZE
 from lamina.core.lockfile import LockFile
 from lamina.core.lockfile_format import PIN_ENTRIES
 from lamina.errors import CorruptionError, NotADatabaseError, VersionError, storage_error
@@ -58,6 +57,11 @@ MAX_BODY = 1 << 20
 MAX_PINS = PIN_ENTRIES
 #: Default lease of a pin: one hour.
 DEFAULT_LEASE_NS = 3600 * 10**9
+#: Sizes of a seal's master key id and image salt: ``KEY_ID_SIZE`` and ``IMAGE_SALT_SIZE``
+#: of :mod:`lamina.core.crypto.masterkey` (not imported: it loads ``cryptography``, which
+#: opening a database does not need; a test checks they agree).
+SEAL_KEY_ID_SIZE = 16
+SEAL_SALT_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class PinSeal:
     salt: str
 
     def __post_init__(self) -> None:
-        for name, size in (("key_id", KEY_ID_SIZE), ("salt", IMAGE_SALT_SIZE)):
+        for name, size in (("key_id", SEAL_KEY_ID_SIZE), ("salt", SEAL_SALT_SIZE)):
             value = getattr(self, name)
             if (not isinstance(value, str) or len(value) != 2 * size
                     or value.strip("0123456789abcdef")):
@@ -131,8 +135,8 @@ class PinRecord:
         return True
 
     def describe(self, now_ns: int | None = None) -> dict[str, Any]:
-        """JSON-ready summary (``lamina stat``): everything but the resume payload, plus
-        ``state`` (``active`` or ``expired``) and ``expires_in_s``."""
+        """JSON-ready summary (``lamina stat``): everything but the resume payload and the
+        seal, plus ``state`` (``active`` or ``expired``) and ``expires_in_s``."""
         now = time.time_ns() if now_ns is None else now_ns
         out = {k: v for k, v in asdict(self).items() if k not in ("resume", "seal")}
         out["state"] = "expired" if self.expired(now) else "active"
