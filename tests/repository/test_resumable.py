@@ -8,6 +8,7 @@ back. Sizes per kind and the copy of a stopped backup's state: ``resumable_sites
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -317,6 +318,32 @@ def test_a_stored_part_with_other_bytes(site: Site, tmp_path: Path, encrypted: b
     assert copy.repo().verify(resumed_id, deep=True).ok
     out = tmp_path / "restored"
     copy.repo().restore(out, id=resumed_id)
+    assert content(out) == at_vp
+
+
+@BIG
+@pytest.mark.parametrize("encrypted", [True])
+def test_an_encrypted_pin_without_a_seal_resumes_under_a_fresh_salt(site: Site,
+                                                                     tmp_path: Path,
+                                                                     encrypted: bool) -> None:
+    """A pin that records no salt (one written by a version-1 build) cannot reproduce its
+    stored parts: the resume records a fresh salt before sealing anything, drops the
+    stored parts and stores every part again: a valid image of the VP."""
+    at_vp = content(site.db)
+    killed(start_child(site, "backup.upload_part_stored:2", action="kill"))
+    pin = pin_of(site.db)
+    assert pin.seal is not None and len(site.parts(pin.pin_id)) >= 2
+    with lamina.open(site.db, create=False) as db:
+        pins.update(db.lockfile, db.path,
+                    lambda current: [dataclasses.replace(p, seal=None) for p in current])
+    assert pin_of(site.db).seal is None
+    backup_id, parts = resume_in(site)
+    total = site.total_parts(backup_id)
+    assert parts["parts_skipped"] == 0 and parts["parts_stored"] == total
+    assert bytes.fromhex(pin.seal.salt) not in site.image(backup_id)[:4096]
+    assert site.repo().verify(backup_id, deep=True).ok
+    out = tmp_path / "restored"
+    site.repo().restore(out, id=backup_id)
     assert content(out) == at_vp
 
 
