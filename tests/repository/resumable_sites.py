@@ -44,18 +44,22 @@ PASSPHRASE = b"resumable pw"
 
 @dataclass(frozen=True)
 class Kind:
-    """A repository kind: its part size, the value scale of a "big" site, and the range
-    of chunk numbers (1 MiB of image each) at which a seeded kill lands after some parts
-    are stored and before the last."""
+    """A repository kind: its part size, the value scale of a "big" site, the range of
+    chunk numbers (about 1 MiB of image each) at which a seeded stop lands in a big site's
+    layer (before its last part; on S3 maybe with no part stored yet: the first ones may
+    still be in flight), and the range for its full backup (9 S3 parts) that lands after
+    at least one part is stored and before the last two: a writer keeps at most 4 parts
+    in flight, so at chunk 28 (5 parts handed over) one is stored."""
 
     name: str
     part: int
     scale: int
     chunks: tuple[int, int]
+    full_chunks: tuple[int, int]
 
 
-KINDS = {"local": Kind("local", 64 * 1024, 1, (2, 6)),
-         "s3": Kind("s3", S3_MIN_PART_SIZE, 24, (8, 22))}
+KINDS = {"local": Kind("local", 64 * 1024, 1, (2, 6), (2, 4)),
+         "s3": Kind("s3", S3_MIN_PART_SIZE, 24, (8, 22), (28, 38))}
 
 
 def populate(db: Database, seed: int, n: int = 1500, scale: int = 1) -> None:
@@ -117,6 +121,14 @@ class Site:
             return self.uploads().open(name).parts_present()
         except NotFoundError:
             return {}
+
+    def most_parts(self) -> int:
+        """The most parts any unfinished upload holds now (cheap enough to poll: on S3 two
+        requests, listing the unfinished multipart uploads and one's parts)."""
+        storage = self.repo().storage
+        if isinstance(storage, S3Storage):
+            return max((len(u.parts()) for u in storage.unfinished_uploads()), default=0)
+        return max((len(self.parts(u.name)) for u in self.uploads().list()), default=0)
 
     def leftovers(self) -> list[str]:
         """What unfinished uploads left in the repository: a local ``uploads/`` entry; on

@@ -60,12 +60,16 @@ def test_the_resume_keeps_the_parts_whose_etag_is_their_md5(s3_url: str, tmp_pat
         db.put("t", b"after-the-kill", b"not in the image")  # writers go on meanwhile
         result = site.repo().backup(db, resume=True)
     assert str(result.backup_id) == pin.pin_id
-    assert result.parts["parts_skipped"] == len(listed) and result.parts["parts_replaced"] == 0
+    # A part whose request was sent whole before the kill may be stored after the listing
+    # above (the server finishes it): at most the others in flight.
+    skipped = result.parts["parts_skipped"]
+    assert len(listed) <= skipped <= len(listed) + S3Uploads.concurrency - 1
+    assert result.parts["parts_replaced"] == 0
     image = site.image(pin.pin_id)
     for number, part in listed.items():
         data = image[(number - 1) * S3_MIN_PART_SIZE:number * S3_MIN_PART_SIZE]
         assert part.checksum == hashlib.md5(data, usedforsecurity=False).hexdigest()
-    assert result.parts["parts_stored"] == site.total_parts(pin.pin_id) - len(listed)
+    assert result.parts["parts_stored"] == site.total_parts(pin.pin_id) - skipped
     assert S3Uploads(site.repo().storage).list() == []  # type: ignore[arg-type]
     assert site.leftovers() == []
     assert site.repo().verify(pin.pin_id, deep=True).ok
