@@ -1,20 +1,21 @@
-"""Resumable backups into a repository: a backup stopped or killed (SIGKILL, a real
-process) at chosen points and at seed-chosen byte offsets, then resumed, publishes the
-very image the uninterrupted backup published (the same bytes, so the same image hash);
-writers go on meanwhile without reusing the pinned pages; a pin's lease runs out; and
-``--abandon`` gives the pinned pages back."""
+"""Resumable backups into a repository, local and S3 (the local SeaweedFS server): a backup
+stopped or killed (SIGKILL, a real process) at chosen points, at seed-chosen chunks and at
+seed-chosen moments seen from outside, then resumed, publishes the very image the
+uninterrupted backup published (the same bytes, so the same image hash), plain or
+encrypted, storing only the parts that were missing; writers go on meanwhile without
+reusing the pinned pages; a pin's lease runs out; and ``--abandon`` gives the pinned pages
+back. Sizes per kind and the copy of a stopped backup's state: ``resumable_sites``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ import pytest
 import lamina
 from lamina.backup.image_reader import read_info
 from lamina.core import pins
+from lamina.core.crypto.kdf import CHEAP_KDF_ENV
 from lamina.database import Database
 from lamina.errors import (
     ChainError,
@@ -30,54 +32,77 @@ from lamina.errors import (
     PinExpiredError,
     StorageError,
 )
-from lamina.repository import Repository
 from lamina.repository import layout as L
+from lamina.repository.s3uploads import S3Upload, S3Uploads
 from lamina.repository.uploads import LocalUpload
 from support import cli
 from support.waiting import wait_for
 
-PART = 64 * 1024
+from .resumable_sites import (
+    KINDS,
+    PASSPHRASE,
+    Kind,
+    Site,
+    content,
+    make_site,
+    pin_of,
+    populate,
+)
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
-#: The child: one repository backup with small parts; prints the backup id.
+#: The child: one repository backup (or resume) with the site's parts; prints its id.
 CHILD = """
 import sys
 import lamina
 from lamina.repository import Repository
 db = lamina.open(sys.argv[1], create=False)
-repo = Repository.open(sys.argv[2])
-result = repo.backup(db, full=sys.argv[3] == "full", part_size=int(sys.argv[4]),
-                     resume_lease=float(sys.argv[5]))
+repo = Repository.open(sys.argv[2], passphrase=lambda: sys.argv[6].encode())
+result = repo.backup(db, full=sys.argv[3] == "full", resume=sys.argv[3] == "resume",
+                     part_size=int(sys.argv[4]), resume_lease=float(sys.argv[5]))
 print(result.backup_id, flush=True)
 db.close()
 """
 
-
-def populate(db: Database, seed: int, n: int = 1500) -> None:
-    """Btree keys with incompressible values (so the image has many parts) and archive
-    rows."""
-    rng = random.Random(seed)
-    if "t" not in {t.name for t in db.tables()}:
-        db.create_table("t")
-        db.create_table("ev", "archive")
-    with db.write() as txn:
-        table = txn.table("t")
-        for _ in range(n):
-            table.put(b"k%05d" % rng.randrange(4 * n), rng.randbytes(rng.randrange(100, 1500)))
-    db.append_many("ev", [rng.randbytes(rng.randrange(50, 400)) for _ in range(n // 2)])
+#: A "big" site: values scaled so that an S3 image has several 5 MiB parts.
+BIG = pytest.mark.parametrize("big", [pytest.param(True, id="big")])
 
 
-def content(path: Path) -> tuple[dict[bytes, bytes], list[bytes]]:
-    with lamina.open(path, create=False, readonly=True) as db, db.read() as txn:
-        return dict(txn.table("t").items()), [row for _i, row in db.scan("ev")]
+@pytest.fixture(params=sorted(KINDS))
+def kind(request: pytest.FixtureRequest) -> Kind:
+    """The repository kind: local, then S3."""
+    return KINDS[request.param]
 
 
-def start_child(db: Path, repo: Path, point: str, *, full: bool = False,
-                lease: float = 3600.0, action: str = "stop") -> subprocess.Popen[str]:
+@pytest.fixture
+def big() -> bool:
+    """Whether the site's values are scaled for several S3 parts (overridden by BIG)."""
+    return False
+
+
+@pytest.fixture
+def encrypted() -> bool:
+    """Whether the repository is encrypted (overridden by a test's parameter)."""
+    return False
+
+
+@pytest.fixture
+def site(kind: Kind, big: bool, encrypted: bool, tmp_path: Path,
+         request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Site:
+    """A site of ``kind`` (:func:`make_site`)."""
+    monkeypatch.setenv(CHEAP_KDF_ENV, "1")
+    url = None if kind.name == "local" else str(request.getfixturevalue("s3_url"))
+    return make_site(kind, tmp_path / "a", url, big=big, encrypted=encrypted)
+
+
+def start_child(site: Site, point: str, *, mode: str = "auto", lease: float = 3600.0,
+                action: str = "stop") -> subprocess.Popen[str]:
+    """A backup (``mode`` auto, full or resume) of ``site`` in a new process, armed at
+    ``point`` (none if empty) to ``action`` (stop or kill) itself."""
     env = {**os.environ, "LAMINA_FAILPOINT": point, "LAMINA_FAILPOINT_ACTION": action,
            "PYTHONPATH": SRC}
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(repo),
-                             "full" if full else "auto", str(PART), str(lease)],
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(site.db), site.url, mode,
+                             str(site.part), str(lease), PASSPHRASE.decode()],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -90,9 +115,8 @@ def _state(pid: int) -> str:
 
 
 def wait_stopped(proc: subprocess.Popen[str]) -> None:
-    """Wait until the child stopped itself at its failpoint (a hang guard only bounds it)."""
-    wait_for(lambda: _state(proc.pid) == "T", "the backup to stop at its failpoint",
-             proc=proc)
+    """Wait until the child is stopped (at its failpoint, or by the test's SIGSTOP)."""
+    wait_for(lambda: _state(proc.pid) == "T", "the backup to stop", proc=proc)
 
 
 def kill(proc: subprocess.Popen[str]) -> None:
@@ -101,102 +125,216 @@ def kill(proc: subprocess.Popen[str]) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def image_bytes(repo: Path, backup_id: str) -> bytes:
-    return (repo / L.image_key(backup_id)).read_bytes()
+def killed(proc: subprocess.Popen[str]) -> None:
+    """Wait for a child that kills itself at its failpoint."""
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """A database with data and one full backup already in the repository (so a new
-    backup is a layer unless asked for a full)."""
-    root = tmp_path / "a"
-    root.mkdir()
-    repo = Repository.init(root / "repo")
-    with lamina.open(root / "db") as db:
-        populate(db, 1)
-        repo.backup(db)
-        populate(db, 2)
-    yield root / "db", root / "repo"
-
-
-def resume_in(db_path: Path, repo_path: Path) -> tuple[str, dict[str, int]]:
-    with lamina.open(db_path, create=False) as db:
-        result = Repository.open(repo_path).backup(db, resume=True)
+def resume_in(site: Site) -> tuple[str, dict[str, int]]:
+    """Resume the interrupted backup of ``site`` in this process; checks that its pin
+    and every upload are gone after it."""
+    with lamina.open(site.db, create=False) as db:
+        result = site.repo().backup(db, resume=True)
         assert result.resumed
-        assert not pins.load(db_path)  # released on completion
-    assert not list((repo_path / L.UPLOADS_DIR).iterdir())
+        assert not pins.load(site.db)  # released on completion
+    assert site.leftovers() == []
     return str(result.backup_id), result.parts
 
 
-def _points(seed: int) -> list[str]:
-    """Deterministic points, and byte offsets (the N-th chunk written) chosen by ``seed``."""
-    rng = random.Random(seed)
-    return ["backup.pinned", "backup.upload_part_stored:1", "backup.upload_part_stored:5",
-            f"backup.image_chunk_written:{rng.randrange(2, 6)}", "backup.before_publish",
-            "backup.after_publish"]
-
-
-@pytest.mark.parametrize(("point", "full"), [(p, i % 2 == 0) for i, p in enumerate(_points(7))])
-def test_resume_publishes_the_uninterrupted_image(setup: tuple[Path, Path], tmp_path: Path,
-                                                  point: str, full: bool) -> None:
-    """Stopped at ``point``, the backup's files are copied as a kill would leave them; the
-    original then runs to its end (the uninterrupted image) and the copy is resumed: the
-    two images are the same bytes."""
-    db, repo = setup
-    proc = start_child(db, repo, point, full=full)
-    try:
-        wait_stopped(proc)
-        crash = tmp_path / "crash"
-        shutil.copytree(db.parent, crash, symlinks=True)
-    finally:
-        proc.send_signal(signal.SIGCONT)
-    out, err = proc.communicate(timeout=120)
+def finish_uninterrupted(site: Site, proc: subprocess.Popen[str]) -> tuple[str, bytes]:
+    """Let the stopped child run to its end; its backup id and published image."""
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     backup_id = out.strip()
-    uninterrupted = image_bytes(repo, backup_id)
-    with lamina.open(crash / "db", create=False) as copy:
-        [pin] = pins.load(copy.path)
-        assert pin.pin_id == backup_id and pin.expires_ns > time.time_ns()
-    resumed_id, parts = resume_in(crash / "db", crash / "repo")
+    return backup_id, site.image(backup_id)
+
+
+#: Where a test stops the backup: fixed points; "chunk" is a seed-chosen chunk in the
+#: kind's range (after some parts are stored).
+POINTS = ["backup.pinned", "backup.upload_part_stored:1", "backup.upload_part_stored:4",
+          "chunk", "backup.before_publish", "backup.after_publish"]
+CASES = ([(p, i % 2 == 0, False) for i, p in enumerate(POINTS)]
+         + [("backup.upload_part_stored:2", False, True), ("chunk", True, True),
+            ("backup.before_publish", False, True)])
+
+
+@BIG
+@pytest.mark.parametrize(("point", "full", "encrypted"), CASES)
+def test_resume_publishes_the_uninterrupted_image(site: Site, tmp_path: Path, point: str,
+                                                  full: bool, encrypted: bool) -> None:
+    """Stopped at ``point``, the backup's state is copied as a kill would leave it; the
+    original then runs to its end (the uninterrupted image) and the copy is resumed: the
+    two images are the same bytes, and the resume stored exactly the parts the copy did
+    not hold. Encrypted, the pin records the image's salt (never a key), so the resume
+    seals the same bytes and skips the stored parts too."""
+    if point == "chunk":
+        point = f"backup.image_chunk_written:{random.Random(7).randrange(*site.kind.chunks)}"
+    proc = start_child(site, point, mode="full" if full else "auto")
+    try:
+        wait_stopped(proc)
+        crash = site.copy(tmp_path / "crash")
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    backup_id, uninterrupted = finish_uninterrupted(site, proc)
+    copy = crash.site
+    pin = pin_of(copy.db)
+    assert pin.pin_id == backup_id and pin.expires_ns > time.time_ns()
+    if encrypted:
+        assert pin.seal is not None and bytes.fromhex(pin.seal.salt) in uninterrupted[:4096]
+        assert set(pins.PinRecord.describe(pin)) & {"seal", "resume"} == set()
+    else:
+        assert pin.seal is None
+    present = crash.parts_at_copy(backup_id)
+    crash.finish(backup_id, uninterrupted)
+    resumed_id, parts = resume_in(copy)
     assert resumed_id == backup_id
-    assert image_bytes(crash / "repo", resumed_id) == uninterrupted
-    assert parts.get("parts_replaced", 0) == 0
-    if point.startswith("backup.upload_part_stored:5") or point == "backup.before_publish":
-        assert parts["parts_skipped"] >= 5  # only the rest was stored again
-    assert Repository.open(crash / "repo").verify(resumed_id).ok
+    assert copy.image(resumed_id) == uninterrupted
+    if point == "backup.after_publish":
+        assert parts["parts_stored"] == 0
+    else:
+        total = site.total_parts(backup_id)
+        assert parts["parts_replaced"] == 0
+        assert parts["parts_skipped"] == len(present), (parts, sorted(present))
+        assert parts["parts_stored"] == total - len(present)
+        if point.startswith("backup.upload_part_stored:"):
+            assert len(present) >= int(point.rsplit(":", 1)[1])
+        if point == "backup.before_publish":
+            assert len(present) == total  # every part was stored: none again
+    assert copy.repo().verify(resumed_id).ok
 
 
-@pytest.mark.parametrize("seed", [3, 4])
-def test_killed_backup_resumes_while_writers_go_on(setup: tuple[Path, Path], tmp_path: Path,
+#: The seeds of the seeded kills (another set: LAMINA_TEST_RESUME_SEEDS=7,8,9,10).
+SEEDS = [int(s) for s in os.environ.get("LAMINA_TEST_RESUME_SEEDS", "3,4,5,6").split(",")]
+
+
+@BIG
+@pytest.mark.parametrize("seed", SEEDS)
+def test_killed_backup_resumes_while_writers_go_on(site: Site, tmp_path: Path,
                                                   seed: int) -> None:
-    """SIGKILL at a seed-chosen chunk; then a lot is written (every key rewritten several
-    times, the archive table optimized): the pinned pages are not reused, so the resumed
-    image equals a resume of an untouched copy that stores every part again, and it
-    restores exactly the state of the validity point."""
-    db, repo = setup
-    at_vp = content(db)
-    n = random.Random(seed).randrange(2, 6)
-    proc = start_child(db, repo, f"backup.image_chunk_written:{n}", action="kill")
-    proc.communicate(timeout=120)
-    assert proc.returncode == -signal.SIGKILL
-    twin = tmp_path / "twin"
-    shutil.copytree(db.parent, twin, symlinks=True)
-    shutil.rmtree(twin / "repo" / L.UPLOADS_DIR)  # the twin stores every part again
-    with lamina.open(db) as live:
+    """A full backup (the most parts) stopped at a seed-chosen moment: at a chunk (its
+    failpoint; on S3 after a part is stored, with up to 4 in flight) or, seen from
+    outside, as soon as the store lists a seed-chosen number of its parts (on S3 others
+    are in flight then). The state is copied as a kill leaves it (parts the copy does not
+    list are lost); the original runs on and publishes the uninterrupted image. In the
+    copy, a lot is written (every key rewritten several times, the archive table
+    optimized): the pinned pages are not reused. Its resume is killed with SIGKILL after
+    storing a seed-chosen number of parts (on S3 with others in flight), and resumed
+    again: that publishes the uninterrupted image, skipping every part stored before,
+    and restores exactly the state of the validity point."""
+    rng = random.Random(seed)
+    at_vp = content(site.db)
+    at_chunk = seed % 2 == 1
+    if at_chunk:
+        chunk = rng.randrange(*site.kind.full_chunks)
+        proc = start_child(site, f"backup.image_chunk_written:{chunk}", mode="full")
+    else:
+        proc = start_child(site, "", mode="full")
+        count = rng.randrange(1, 3)
+        wait_for(lambda: site.most_parts() >= count, f"{count} parts stored", proc=proc,
+                 max_interval=0.001)
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_stopped(proc)
+        crash = site.copy(tmp_path / "crash")
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    backup_id, uninterrupted = finish_uninterrupted(site, proc)
+    total = site.total_parts(backup_id)
+    copy = crash.site
+    present = crash.parts_at_copy(backup_id)
+    assert 1 <= len(present) < total - 1, (len(present), total)
+    crash.finish(backup_id, uninterrupted)
+    with lamina.open(copy.db) as live:
         for round_ in range(4):
-            populate(live, 100 + round_, n=900)
+            populate(live, 100 + round_, n=900, scale=site.scale)
         live.archive("ev").optimize()
         assert live.check().ok
-    first, parts = resume_in(db, repo)
+    m = rng.randrange(1, total - len(present))
+    killed(start_child(copy, f"backup.upload_part_stored:{m}", mode="resume", action="kill"))
+    stored = copy.parts(backup_id)
+    assert present.items() <= stored.items() and len(stored) >= len(present) + m
+    resumed_id, parts = resume_in(copy)
+    assert resumed_id == backup_id
+    # On S3 a part whose request was sent whole before the kill may be stored after it,
+    # so after the listing above: at most the parts in flight.
+    late = 0 if site.kind.name == "local" else S3Uploads.concurrency
+    assert len(stored) <= parts["parts_skipped"] <= len(stored) + late, (parts, len(stored))
+    assert parts["parts_stored"] == total - parts["parts_skipped"]
     assert parts["parts_replaced"] == 0
-    second, twin_parts = resume_in(twin / "db", twin / "repo")
-    assert first == second and twin_parts["parts_skipped"] == 0
-    assert image_bytes(repo, first) == image_bytes(twin / "repo", second)
+    assert copy.image(resumed_id) == uninterrupted
     out = tmp_path / "restored"
-    Repository.open(repo).restore(out, id=first)
+    copy.repo().restore(out, id=resumed_id)
     assert content(out) == at_vp
-    with lamina.open(db) as live:  # the writers' later state is untouched
+    with lamina.open(copy.db) as live:  # the writers' later state is untouched
         assert live.check().ok
+
+
+@BIG
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_stored_part_with_other_bytes(site: Site, tmp_path: Path, encrypted: bool) -> None:
+    """Part 1 of the copy's upload is overwritten with other bytes of its size. Plain, the
+    resume stores it again and publishes the uninterrupted image. Encrypted (local), it
+    must not seal other bytes under the recorded salt: it records a fresh one and stores
+    every part again, a valid image that restores the VP, not the same bytes. On S3 the
+    store lists a re-uploaded part number twice (SeaweedFS), so the part counts as absent
+    and is stored again: the uninterrupted image either way."""
+    at_vp = content(site.db)
+    proc = start_child(site, "backup.upload_part_stored:2")
+    try:
+        wait_stopped(proc)
+        crash = site.copy(tmp_path / "crash")
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    backup_id, uninterrupted = finish_uninterrupted(site, proc)
+    copy = crash.site
+    crash.finish(backup_id, uninterrupted)
+    salt = pin_of(copy.db).seal
+    present = copy.parts(backup_id)
+    assert len(present) >= 2
+    copy.uploads().open(backup_id).put_part(1, bytes(site.part))
+    resumed_id, parts = resume_in(copy)
+    total = site.total_parts(backup_id)
+    image = copy.image(resumed_id)
+    if encrypted and site.kind.name == "local":
+        assert parts["parts_skipped"] == 0 and parts["parts_stored"] == total
+        assert salt is not None and bytes.fromhex(salt.salt) not in image[:4096]
+        assert image != uninterrupted and len(image) == len(uninterrupted)
+    else:
+        assert image == uninterrupted
+        assert parts["parts_skipped"] == len(present) - 1
+        assert parts["parts_replaced"] == (1 if site.kind.name == "local" else 0)
+    assert copy.repo().verify(resumed_id, deep=True).ok
+    out = tmp_path / "restored"
+    copy.repo().restore(out, id=resumed_id)
+    assert content(out) == at_vp
+
+
+@BIG
+@pytest.mark.parametrize("encrypted", [True])
+def test_an_encrypted_pin_without_a_seal_resumes_under_a_fresh_salt(site: Site,
+                                                                     tmp_path: Path,
+                                                                     encrypted: bool) -> None:
+    """A pin that records no salt (one written by a version-1 build) cannot reproduce its
+    stored parts: the resume records a fresh salt before sealing anything, drops the
+    stored parts and stores every part again: a valid image of the VP."""
+    at_vp = content(site.db)
+    killed(start_child(site, "backup.upload_part_stored:2", action="kill"))
+    pin = pin_of(site.db)
+    assert pin.seal is not None and len(site.parts(pin.pin_id)) >= 2
+    with lamina.open(site.db, create=False) as db:
+        pins.update(db.lockfile, db.path,
+                    lambda current: [dataclasses.replace(p, seal=None) for p in current])
+    assert pin_of(site.db).seal is None
+    backup_id, parts = resume_in(site)
+    total = site.total_parts(backup_id)
+    assert parts["parts_skipped"] == 0 and parts["parts_stored"] == total
+    assert bytes.fromhex(pin.seal.salt) not in site.image(backup_id)[:4096]
+    assert site.repo().verify(backup_id, deep=True).ok
+    out = tmp_path / "restored"
+    site.repo().restore(out, id=backup_id)
+    assert content(out) == at_vp
 
 
 def _grown(db: Database, seed: int) -> int:
@@ -210,188 +348,186 @@ def _grown(db: Database, seed: int) -> int:
     return db.store.current_meta().total_pages - before
 
 
-def test_abandon_releases_the_pin_and_its_pages(setup: tuple[Path, Path]) -> None:
-    db_path, repo_path = setup
-    proc = start_child(db_path, repo_path, "backup.pinned", action="kill")
-    proc.communicate(timeout=120)
-    with lamina.open(db_path, create=False) as db:
-        [pin] = pins.load(db_path)
+def test_abandon_releases_the_pin_and_its_pages(site: Site) -> None:
+    killed(start_child(site, "backup.pinned", action="kill"))
+    with lamina.open(site.db, create=False) as db:
+        pin = pin_of(site.db)
         assert db.lockfile.live_pins() and db.lockfile.oldest_reader_txnid() == pin.txnid
         growth = [_grown(db, seed) for seed in range(1, 9)]
         # Pinned: once the pages freed before the VP are used up, no page freed since may
         # be reused, so every batch grows the file.
         assert growth[-1] > 0 and growth[-2] > 0, growth
-        abandoned = Repository.open(repo_path).abandon(db)
+        abandoned = site.repo().abandon(db)
         assert abandoned is not None and abandoned.pin_id == pin.pin_id
         assert not db.lockfile.live_pins() and db.lockfile.oldest_reader_txnid() is None
         # Released: the pages the pinned batches freed are reused.
         assert _grown(db, 20) == 0 and _grown(db, 21) == 0
-        assert Repository.open(repo_path).abandon(db) is None
+        assert site.repo().abandon(db) is None
         with pytest.raises(NotFoundError, match="no interrupted backup"):
-            Repository.open(repo_path).backup(db, resume=True)
-    assert not list((repo_path / L.UPLOADS_DIR).iterdir())
+            site.repo().backup(db, resume=True)
+    assert site.leftovers() == []
 
 
-def test_pin_survives_every_process_and_is_seeded_again(setup: tuple[Path, Path]) -> None:
+@BIG
+def test_pin_survives_every_process_and_is_seeded_again(site: Site) -> None:
     """The pin lives in the database, not in a process: with every process gone the lock
     file is reset by the next opener, which mirrors the pin again."""
-    db_path, repo_path = setup
-    proc = start_child(db_path, repo_path, "backup.upload_part_stored:2", action="kill")
-    proc.communicate(timeout=120)
-    [pin] = pins.load(db_path)
-    with lamina.open(db_path, create=False) as db:
+    killed(start_child(site, "backup.upload_part_stored:2", action="kill"))
+    pin = pin_of(site.db)
+    with lamina.open(site.db, create=False) as db:
         assert db.lockfile.initialized_here
         assert db.lockfile.live_pins() == [(pin.txnid, pin.expires_ns)]
         stat = db.stat()
     [shown] = stat["pins"]
     assert shown["pin_id"] == pin.pin_id and shown["state"] == "active"
-    assert shown["where"] == str(repo_path) and "resume" not in shown
+    assert shown["where"] == site.url and "resume" not in shown
+    assert len(site.parts(pin.pin_id)) >= 2
 
 
-def test_lease_expiry_releases_the_pin(setup: tuple[Path, Path]) -> None:
-    db_path, repo_path = setup
-    proc = start_child(db_path, repo_path, "backup.pinned", action="kill", lease=0.5)
-    proc.communicate(timeout=120)
-    [pin] = pins.load(db_path)
+def test_lease_expiry_releases_the_pin(site: Site) -> None:
+    killed(start_child(site, "backup.pinned", action="kill", lease=0.5))
+    pin = pin_of(site.db)
     wait_for(pin.expired, "the lease's end on the wall clock")
-    with lamina.open(db_path, create=False) as db:
+    with lamina.open(site.db, create=False) as db:
         assert not db.lockfile.live_pins() and db.lockfile.oldest_reader_txnid() is None
         assert db.stat()["pins"][0]["state"] == "expired"
         with pytest.raises(PinExpiredError, match="expired") as info:
-            Repository.open(repo_path).backup(db, resume=True)
+            site.repo().backup(db, resume=True)
         assert info.value.exit_code == 3
         # A new backup replaces the expired pin and removes its upload.
-        result = Repository.open(repo_path).backup(db)
-    assert not pins.load(db_path)
-    assert [p.name for p in (repo_path / L.UPLOADS_DIR).iterdir()] == []
-    assert Repository.open(repo_path).verify(str(result.backup_id)).ok
+        result = site.repo().backup(db, part_size=site.part)
+    assert not pins.load(site.db)
+    assert site.leftovers() == []
+    assert site.repo().verify(str(result.backup_id)).ok
 
 
-def test_cli_resume_stat_abandon_and_expiry(setup: tuple[Path, Path]) -> None:
-    db, repo = setup
-    proc = cli.start("backup", str(db), "--repo", str(repo), "--resume-lease", "30m",
+def test_cli_resume_stat_abandon_and_expiry(site: Site) -> None:
+    db, repo = str(site.db), site.url
+    proc = cli.start("backup", db, "--repo", repo, "--resume-lease", "30m",
                      env={**os.environ, "LAMINA_FAILPOINT": "backup.pinned"})
     proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL
-    shown = cli.run_ok("stat", str(db)).stdout
+    shown = cli.run_ok("stat", db).stdout
     assert "interrupted backup" in shown and "resumable until" in shown
-    [pin] = json.loads(cli.run_ok("stat", str(db), "--json").stdout)["pins"]
+    [pin] = json.loads(cli.run_ok("stat", db, "--json").stdout)["pins"]
     assert 1700 < pin["expires_in_s"] <= 1800 and pin["state"] == "active"
-    done = cli.run("backup", str(db), "--repo", str(repo), "--resume", "--json")
+    assert pin["where"] == repo
+    done = cli.run("backup", db, "--repo", repo, "--resume", "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["resumed"] and summary["backup_id"] == pin["pin_id"]
-    assert json.loads(cli.run_ok("stat", str(db), "--json").stdout)["pins"] == []
-    again = cli.run("backup", str(db), "--repo", str(repo), "--resume")
+    assert json.loads(cli.run_ok("stat", db, "--json").stdout)["pins"] == []
+    assert site.leftovers() == []
+    again = cli.run("backup", db, "--repo", repo, "--resume")
     assert again.returncode == 3 and len(again.stderr.strip().splitlines()) == 1
     assert "no interrupted backup" in again.stderr
-    nothing = cli.run_ok("backup", str(db), "--repo", str(repo), "--abandon")
+    nothing = cli.run_ok("backup", db, "--repo", repo, "--abandon")
     assert "no interrupted backup" in nothing.stdout
     # An expired pin: one line, exit 3, and a hint.
-    proc = cli.start("backup", str(db), "--repo", str(repo), "--resume-lease", "0.2s",
+    proc = cli.start("backup", db, "--repo", repo, "--resume-lease", "0.2s",
                      env={**os.environ, "LAMINA_FAILPOINT": "backup.pinned"})
     proc.communicate(timeout=120)
-    [record] = pins.load(db)
+    record = pin_of(site.db)
     wait_for(record.expired, "the lease's end on the wall clock")
-    expired = cli.run("backup", str(db), "--repo", str(repo), "--resume")
+    expired = cli.run("backup", db, "--repo", repo, "--resume")
     assert expired.returncode == 3
     line = expired.stderr.strip()
     assert len(line.splitlines()) == 1 and "expired" in line and "lamina backup DB" in line
-    gone = cli.run_ok("backup", str(db), "--repo", str(repo), "--abandon", "--json")
+    gone = cli.run_ok("backup", db, "--repo", repo, "--abandon", "--json")
     assert json.loads(gone.stdout)["abandoned"]["pin_id"] == record.pin_id
-    bad = cli.run("backup", str(db), "--repo", str(repo), "--resume-lease", "soon")
+    assert site.leftovers() == []
+    bad = cli.run("backup", db, "--repo", repo, "--resume-lease", "soon")
     assert bad.returncode == 2
 
 
-def test_resume_refused_when_the_base_was_pruned(setup: tuple[Path, Path]) -> None:
-    db, repo = setup
-    proc = start_child(db, repo, "backup.pinned", action="kill")
-    proc.communicate(timeout=120)
-    [pin] = pins.load(db)
-    base = pin.resume["base"]
+def test_resume_refused_when_the_base_was_pruned(site: Site) -> None:
+    killed(start_child(site, "backup.pinned", action="kill"))
+    base = pin_of(site.db).resume["base"]
     assert base is not None
-    (repo / L.image_key(base)).unlink()
-    with lamina.open(db, create=False) as live, \
+    site.repo().storage.delete(L.image_key(base))
+    with lamina.open(site.db, create=False) as live, \
             pytest.raises(ChainError, match="no longer in the repository"):
-        Repository.open(repo).backup(live, resume=True)
+        site.repo().backup(live, resume=True)
 
 
-def test_published_image_only_releases_the_pin(setup: tuple[Path, Path]) -> None:
+def test_published_image_only_releases_the_pin(site: Site) -> None:
     """Killed after publishing, before releasing: resuming just releases the pin."""
-    db, repo = setup
-    proc = start_child(db, repo, "backup.after_publish", action="kill")
-    proc.communicate(timeout=120)
-    [pin] = pins.load(db)
-    before = image_bytes(repo, pin.pin_id)
-    backup_id, parts = resume_in(db, repo)
+    killed(start_child(site, "backup.after_publish", action="kill"))
+    pin = pin_of(site.db)
+    before = site.image(pin.pin_id)
+    backup_id, parts = resume_in(site)
     assert backup_id == pin.pin_id and parts["parts_stored"] == 0
-    assert image_bytes(repo, backup_id) == before
-    assert str(read_info(repo / L.image_key(backup_id)).header.image_id) == pin.pin_id
+    assert site.image(backup_id) == before
+    key = L.image_key(backup_id)
+    assert str(read_info(site.repo().storage.image(key)).header.image_id) == pin.pin_id
 
 
-def test_a_failed_backup_keeps_its_pin_and_resumes(setup: tuple[Path, Path],
+@BIG
+def test_a_failed_backup_keeps_its_pin_and_resumes(site: Site,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """An exception mid-upload (a lost connection, a full disk) is an interruption too."""
-    db_path, repo_path = setup
-    at_vp = content(db_path)
-    real = LocalUpload.put_part
+    """An exception mid-upload (a lost connection, a full disk) is an interruption too;
+    the parts stored before it (on S3 also those in flight beside the failing one) are
+    skipped by the resume."""
+    at_vp = content(site.db)
+    cls = LocalUpload if site.kind.name == "local" else S3Upload
+    real = cls.put_part
     calls = []
 
-    def flaky(self: LocalUpload, number: int, data: bytes) -> object:
+    def flaky(self: LocalUpload | S3Upload, number: int, data: bytes) -> object:
         calls.append(number)
         if len(calls) == 3:
             raise StorageError("connection lost (test)")
-        return real(self, number, data)
+        return real(self, number, data)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(LocalUpload, "put_part", flaky)
-    with lamina.open(db_path, create=False) as db:
+    monkeypatch.setattr(cls, "put_part", flaky)
+    with lamina.open(site.db, create=False) as db:
         with pytest.raises(StorageError, match="connection lost"):
-            Repository.open(repo_path).backup(db, part_size=PART)
+            site.repo().backup(db, part_size=site.part)
         monkeypatch.undo()
-        [pin] = pins.load(db_path)
-        result = Repository.open(repo_path).backup(db, resume=True)
+        pin = pin_of(site.db)
+        stored = site.parts(pin.pin_id)
+        assert len(stored) >= 2 and 3 not in stored
+        result = site.repo().backup(db, resume=True)
     assert str(result.backup_id) == pin.pin_id
-    assert result.parts["parts_skipped"] == 2 and result.parts["parts_replaced"] == 0
-    out = repo_path.parent / "restored"
-    Repository.open(repo_path).restore(out, id=pin.pin_id)
+    assert result.parts["parts_skipped"] == len(stored) and result.parts["parts_replaced"] == 0
+    out = site.db.parent / "restored"
+    site.repo().restore(out, id=pin.pin_id)
     assert content(out) == at_vp
 
 
-def test_resume_and_abandon_refuse_while_the_backup_runs(setup: tuple[Path, Path]) -> None:
-    db_path, repo_path = setup
-    proc = start_child(db_path, repo_path, "backup.upload_part_stored:2")
+@BIG
+def test_resume_and_abandon_refuse_while_the_backup_runs(site: Site) -> None:
+    proc = start_child(site, "backup.upload_part_stored:2")
     try:
         wait_stopped(proc)
-        with lamina.open(db_path, create=False) as db:
-            repo = Repository.open(repo_path)
+        with lamina.open(site.db, create=False) as db:
+            repo = site.repo()
             with pytest.raises(LockedError, match=f"process {proc.pid}"):
                 repo.backup(db, resume=True)
             with pytest.raises(LockedError, match="still running"):
                 repo.abandon(db)
     finally:
         kill(proc)
-    resume_in(db_path, repo_path)
+    resume_in(site)
 
 
-def test_a_running_backup_keeps_its_pin_alive(setup: tuple[Path, Path]) -> None:
+def test_a_running_backup_keeps_its_pin_alive(site: Site) -> None:
     """The lease is renewed as parts are stored, once a quarter of it has passed."""
     from lamina.online.pinning import keep_alive
-    db_path, repo_path = setup
-    proc = start_child(db_path, repo_path, "backup.pinned", action="kill", lease=30)
-    proc.communicate(timeout=120)
-    [pin] = pins.load(db_path)
+    killed(start_child(site, "backup.pinned", action="kill", lease=30))
+    pin = pin_of(site.db)
     lease_ns = 200_000_000
-    with lamina.open(db_path, create=False) as db:
+    with lamina.open(site.db, create=False) as db:
         renew = keep_alive(db, pin.pin_id, lease_ns)
         renew()  # too early: unchanged
-        assert pins.load(db_path)[0].expires_ns == pin.expires_ns
+        assert pins.load(site.db)[0].expires_ns == pin.expires_ns
         start = time.monotonic_ns()
         wait_for(lambda: time.monotonic_ns() - start >= lease_ns // 4,
                  "a quarter of the lease to pass")
         renew()
-        [renewed] = pins.load(db_path)
+        [renewed] = pins.load(site.db)
         assert renewed.pin_id == pin.pin_id and renewed.expires_ns != pin.expires_ns
         assert renewed.expires_ns > time.time_ns()
         assert db.lockfile.live_pins() == [(renewed.txnid, renewed.expires_ns)]
         keep_alive(db, "no-such-pin", 1)()  # a pin that is not there: left alone
-        assert pins.load(db_path) == [renewed]
+        assert pins.load(site.db) == [renewed]

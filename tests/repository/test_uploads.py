@@ -1,20 +1,27 @@
 """The resumable-upload protocol on a local repository (and on S3), against a model: whatever is
 written in whatever pieces, with whatever parts already stored (right or wrong), the
 published object is exactly the bytes written and only parts missing or wrong are stored;
-a torn part record is ignored; the pin file parser takes any bytes without a crash."""
+a torn part record is ignored; a strict writer stores no part that differs; the pin file
+parser takes any bytes without a crash, and its ``seal`` field (version 2) agrees with a
+model."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+import xxhash
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lamina.core import pins
-from lamina.errors import CorruptionError, LaminaError, NotFoundError, UsageError
+from lamina.core.crypto.masterkey import IMAGE_SALT_SIZE, KEY_ID_SIZE
+from lamina.errors import CorruptionError, LaminaError, NotFoundError, UsageError, VersionError
 from lamina.repository import Repository
 from lamina.repository import layout as L
 from lamina.repository.repository import open_storage
@@ -108,6 +115,21 @@ def test_resumed_s3_upload_publishes_exactly_the_bytes(s3_server: S3Server, size
     storage.delete(key)
 
 
+def test_a_strict_writer_stores_no_part_that_differs(uploads: LocalUploads) -> None:
+    """Strict (a sealed image resumed under its recorded salt), a part regenerated with
+    other bytes than those stored is not stored: the writer stops, naming it."""
+    up = uploads.create("strict", PART, {})
+    up.put_part(1, b"a" * PART)
+    up.put_part(2, b"b" * PART)
+    writer = PartWriter(uploads.open("strict"), up.parts_present(), strict=True)
+    writer.write(b"a" * PART)
+    with pytest.raises(CorruptionError, match="part 2 regenerated with other bytes"):
+        writer.write(b"c" * PART)
+    assert writer.diverged == 2 and writer.stats.skipped == 1 and writer.stats.stored == 0
+    assert up.parts_present()[2].checksum == up.checksum(b"b" * PART)
+    up.abort()
+
+
 def test_a_torn_part_record_is_not_a_part(uploads: LocalUploads) -> None:
     up = uploads.create("torn", PART, {})
     up.put_part(1, b"a" * PART)
@@ -143,14 +165,34 @@ def test_bad_requests(uploads: LocalUploads) -> None:
     up.abort()
 
 
-def _pin(i: int) -> pins.PinRecord:
+def _pin(i: int, seal: pins.PinSeal | None = None) -> pins.PinRecord:
     return pins.PinRecord(pin_id=f"p{i}", scope=f"s{i}", txnid=i + 1, vp_seq=i, vp_wall_ns=i,
                           created_ns=i, expires_ns=2**62, pid=1, host="h", where="w",
-                          resume={"k": [i]})
+                          resume={"k": [i]}, seal=seal)
+
+
+SEAL = pins.PinSeal("ab" * 16, "cd" * 32)
+
+
+def _file(version: int, records: list[dict[str, Any]]) -> bytes:
+    """A pin file of ``version`` whose body holds ``records`` (checksum right)."""
+    body = json.dumps({"pins": records}, sort_keys=True, separators=(",", ":")).encode()
+    return pins.HEADER.pack(pins.MAGIC, version, len(body), xxhash.xxh3_64_intdigest(body)) + body
+
+
+def _record(i: int, **fields: Any) -> dict[str, Any]:
+    """The JSON of ``_pin(i)`` with ``fields`` changed (a value ``...`` removes the field)."""
+    item = dataclasses.asdict(_pin(i))
+    for name, value in fields.items():
+        if value is ...:
+            del item[name]
+        else:
+            item[name] = value
+    return item
 
 
 def test_pin_file_round_trip_and_damage(tmp_path: Path) -> None:
-    records = [_pin(i) for i in range(3)]
+    records = [_pin(0), _pin(1, SEAL), _pin(2)]
     raw = pins.encode(records)
     assert pins.decode(raw, tmp_path) == records
     for at in (0, 9, 13, 20, len(raw) - 2):
@@ -162,11 +204,80 @@ def test_pin_file_round_trip_and_damage(tmp_path: Path) -> None:
         pins.decode(raw[:-1], tmp_path)
 
 
+def test_pin_file_versions_and_the_seal_field(tmp_path: Path) -> None:
+    """Version 2 (this build) requires each record's ``seal`` (null or key id and salt);
+    version 1 files are read (no seal), a newer one is refused, version 0 is damage."""
+    assert pins.encode([_pin(0)])[8:12] == (2).to_bytes(4, "little")
+    [old] = pins.decode(_file(1, [_record(0, seal=...)]), tmp_path)
+    assert old == _pin(0) and old.seal is None
+    sealed = {"key_id": SEAL.key_id, "salt": SEAL.salt}
+    assert pins.decode(_file(2, [_record(0, seal=sealed)]), tmp_path) == [_pin(0, SEAL)]
+    assert SEAL.raw() == (b"\xab" * 16, b"\xcd" * 32)
+    with pytest.raises(VersionError, match="version 3"):
+        pins.decode(_file(3, [_record(0)]), tmp_path)
+    for version, item in [
+            (0, _record(0, seal=...)),
+            (1, _record(0)),  # a version 1 record has no seal field
+            (2, _record(0, seal=...)),  # a version 2 record must have one
+            (2, _record(0, seal={"key_id": SEAL.key_id})),
+            (2, _record(0, seal={**sealed, "key": "00" * 32})),  # nothing but these two
+            (2, _record(0, seal={**sealed, "salt": SEAL.salt[:-2]})),
+            (2, _record(0, seal={**sealed, "salt": SEAL.salt.upper()})),
+            (2, _record(0, seal={**sealed, "key_id": 5})),
+            (2, _record(0, seal="ab" * 48))]:
+        with pytest.raises(CorruptionError, match="pin file"):
+            pins.decode(_file(version, [item]), tmp_path)
+    assert (pins.SEAL_KEY_ID_SIZE, pins.SEAL_SALT_SIZE) == (KEY_ID_SIZE, IMAGE_SALT_SIZE)
+    # Never a key: stat's summary shows neither the seal nor the resume payload.
+    assert {"seal", "resume"}.isdisjoint(_pin(0, SEAL).describe())
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300) | st.builds(lambda b, n: pins.encode([_pin(n)])[:len(b)] + b,
+@given(st.binary(max_size=300) | st.builds(lambda b, n: pins.encode([_pin(n, SEAL)])[:len(b)] + b,
                                             st.binary(max_size=40), st.integers(0, 5)))
 def test_pin_file_parser_takes_any_bytes(raw: bytes) -> None:
     try:
         pins.decode(raw, Path("BACKUP_PINS"))
     except LaminaError:
         pass
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=70),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
+_HEX = st.text("0123456789abcdefABCDEF", min_size=30, max_size=66)
+
+
+def _seal_model(value: Any) -> pins.PinSeal | str | None:
+    """What decode makes of a version 2 ``seal`` value: None, a seal, or "damaged"."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or sorted(value) != ["key_id", "salt"]:
+        return "damaged"
+    key_id, salt = value["key_id"], value["salt"]
+    lower = set("0123456789abcdef")
+    if (isinstance(key_id, str) and isinstance(salt, str) and len(key_id) == 32
+            and len(salt) == 64 and set(key_id + salt) <= lower):
+        return pins.PinSeal(key_id, salt)
+    return "damaged"
+
+
+@settings(max_examples=300, deadline=None)
+@given(version=st.integers(1, 2), present=st.booleans(),
+       seal=_JSON | st.fixed_dictionaries({"key_id": _HEX, "salt": _HEX}))
+def test_pin_file_seal_field_against_a_model(version: int, present: bool, seal: Any) -> None:
+    """Records past the checksum, with any ``seal`` value (or none): decode agrees with a
+    model of the field (version 1: none allowed; version 2: required, null or exactly a
+    32-hex key id and a 64-hex salt, lowercase) and raises nothing but CorruptionError."""
+    raw = _file(version, [_record(0, seal=seal if present else ...)])
+    expected: pins.PinSeal | str | None
+    if version == 1:
+        expected = "damaged" if present else None
+    else:
+        expected = _seal_model(seal) if present else "damaged"
+    try:
+        [got] = pins.decode(raw, Path("BACKUP_PINS"))
+    except CorruptionError:
+        assert expected == "damaged"
+    else:
+        assert got.seal == expected

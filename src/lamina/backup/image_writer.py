@@ -196,13 +196,17 @@ class ImageWriter:
     Sealing: when ``keyring`` (default: the current one,
     :func:`lamina.core.crypto.keyring.current`) has a seal spec, the image is sealed
     (encrypted and authenticated; :mod:`lamina.backup.sealing`) and :attr:`header` carries
-    the sealed flag.
+    the sealed flag. ``reseal`` (key id, salt) is what :attr:`seal_facts` reported for an
+    interrupted writer of this image: a sealed image is then sealed with that salt (so the
+    same plaintext gives the same bytes; UsageError if the keyring seals under another
+    key); it is ignored for an image that is not sealed.
     """
 
     def __init__(self, target: ImageTarget, header: image_format.ImageHeader,
                  catalog: image_format.ImageCatalog, *,
                  codec: image_format.Codec = image_format.Codec.ZSTD, level: int | None = None,
-                 overwrite: bool = False, keyring: Keyring | None = None) -> None:
+                 overwrite: bool = False, keyring: Keyring | None = None,
+                 reseal: tuple[bytes, bytes] | None = None) -> None:
         try:
             image_format.check_catalog(catalog)
         except CorruptionError as exc:
@@ -214,7 +218,14 @@ class ImageWriter:
         if ring is not None and ring.seal is not None:
             header = dataclasses.replace(
                 header, flags=header.flags | image_format.HEADER_FLAG_SEALED)
-            self._sealer = ImageSealer(ring.seal, header.image_id)
+            salt = None
+            if reseal is not None:
+                key_id, salt = reseal
+                if key_id != ring.seal.master.key_id:
+                    raise UsageError(f"the interrupted backup was sealed under key "
+                                     f"{key_id.hex()[:8]}, the keys now seal under "
+                                     f"{ring.seal.master.key_id.hex()[:8]}")
+            self._sealer = ImageSealer(ring.seal, header.image_id, salt)
         elif header.sealed:
             raise UsageError("a sealed image needs a key to seal it with")
         self.header = header
@@ -252,6 +263,14 @@ class ImageWriter:
         except BaseException:
             self.abort()
             raise
+
+    @property
+    def seal_facts(self) -> tuple[bytes, bytes] | None:
+        """(master key id, salt) of a sealed image, None for a plain one: what a resume
+        passes back as ``reseal``. Not secret (both are in the image's crypto block)."""
+        if self._sealer is None:
+            return None
+        return self._sealer.block.key_id, self._sealer.block.salt
 
     def _write(self, data: bytes) -> None:
         self._sink.write(data)

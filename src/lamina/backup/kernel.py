@@ -103,6 +103,11 @@ class ResumePoint:
     driver_facts: tuple[dict[str, Any], ...]
     #: The drivers' names (backup engine names), in catalog order.
     drivers: tuple[str, ...] = ()
+    #: A sealed image's (master key id, salt) (:attr:`ImageWriter.seal_facts
+    #: <lamina.backup.image_writer.ImageWriter.seal_facts>`), None for a plain one. Not
+    #: part of :meth:`to_json`: the caller records it beside the point (a durable pin's
+    #: ``seal``) and puts it back before resuming.
+    seal: tuple[bytes, bytes] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (stored in a durable pin)."""
@@ -595,7 +600,8 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
     the VP durable there (an exception from it fails the backup). ``resume`` (a point an
     earlier run reported, whose snapshot the caller kept) writes that very image again:
     the same header, VP and driver output, hence the same bytes for the same groups, codec,
-    level and buffer size; UsageError if the point was written by another Lamina version.
+    level and buffer size (sealed: and the point's ``seal`` salt); UsageError if the point
+    was written by another Lamina version or sealed under another key.
     """
     started = time.perf_counter_ns()
     codec = parse_codec(codec)
@@ -624,7 +630,7 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
         flags=image_format.HEADER_FLAG_LAYER if base is not None else 0,
         incarnation=database_incarnation)
     writer = ImageWriter(target, header, catalog, codec=codec, level=level,
-                         overwrite=overwrite)
+                         overwrite=overwrite, reseal=None if resume is None else resume.seal)
     run.writer = writer
     try:
         run.begin_all()
@@ -636,7 +642,7 @@ def run_backup(groups: Sequence[DriverGroup], target: ImageTarget, *,
             if on_vp is not None and facts is not None:
                 on_vp(ResumePoint(header.image_id, header.created_ns, header.lamina_version,
                                   vp_seq, vp_wall_ns, held_ns, facts,
-                                  tuple(s.name for s in run.states)))
+                                  tuple(s.name for s in run.states), writer.seal_facts))
         else:
             run.replay_point(resume)
             vp_seq, vp_wall_ns = resume.vp_seq, resume.vp_wall_ns

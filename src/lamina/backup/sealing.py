@@ -2,7 +2,8 @@
 sealed image (crypto primitives: :mod:`lamina.core.crypto`; byte layout: docs/format.md,
 "Encrypted images").
 
-* :class:`ImageSealer` (writer): picks a fresh salt, derives the image's keys, encrypts each
+* :class:`ImageSealer` (writer): picks a fresh salt (or takes the one an interrupted backup
+  recorded, so its resume writes the same bytes), derives the image's keys, encrypts each
   chunk payload with its index in the image as nonce, and computes the manifest MAC and the
   whole-image Poly1305.
 * :class:`ImageOpener` (reader): finds the master key (known, or unwrapped from the image's
@@ -25,7 +26,7 @@ from lamina.backup import image_format
 from lamina.core.crypto import keyring as keyrings
 from lamina.core.crypto.masterkey import IMAGE_SALT_SIZE, image_keys
 from lamina.core.crypto.sealing import ChunkCipher, ImageMac, NoMac, chunk_ad, manifest_mac
-from lamina.errors import AuthenticationError
+from lamina.errors import AuthenticationError, UsageError
 
 
 def sealing_keyring(keyring: keyrings.Keyring | None) -> keyrings.Keyring | None:
@@ -34,12 +35,21 @@ def sealing_keyring(keyring: keyrings.Keyring | None) -> keyrings.Keyring | None
 
 
 class ImageSealer:
-    """Seals one image under ``spec`` (see the module doc)."""
+    """Seals one image under ``spec`` (see the module doc), with ``salt`` (default: a fresh
+    random one). A given salt must be the one an interrupted writer of this very image
+    drew (a resume): the same key, salt and nonces then seal the same plaintext into the
+    same bytes; sealing other plaintext under them would reuse nonces (the resume guards
+    against it, :mod:`lamina.repository.resumable`). Raises UsageError (a salt of a wrong
+    size)."""
 
-    def __init__(self, spec: keyrings.SealSpec, image_id: uuid.UUID) -> None:
+    def __init__(self, spec: keyrings.SealSpec, image_id: uuid.UUID,
+                 salt: bytes | None = None) -> None:
+        if salt is not None and len(salt) != IMAGE_SALT_SIZE:
+            raise UsageError(f"an image salt has {IMAGE_SALT_SIZE} bytes, not {len(salt)}")
         self.image_id = image_id
-        self.block = image_format.SealBlock(spec.master.key_id,
-                                            secrets.token_bytes(IMAGE_SALT_SIZE), spec.wrapped)
+        self.block = image_format.SealBlock(
+            spec.master.key_id, secrets.token_bytes(IMAGE_SALT_SIZE) if salt is None else salt,
+            spec.wrapped)
         self._keys = image_keys(spec.master, self.block.salt, image_id)
         self._cipher = ChunkCipher(self._keys)
         self._metadata: list[bytes] = []

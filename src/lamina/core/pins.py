@@ -14,6 +14,8 @@ back, whether or not anyone removes its record.
 File format: a 24-byte header, magic ``LAMPINS\\0`` (8), version u32, body length u32,
 xxh3_64 of the body u64; then the body, canonical JSON ``{"pins": [record...]}`` (see
 :class:`PinRecord`). Read in the order magic, version, length bound, checksum, fields.
+Version 2 added each record's ``seal`` (:class:`PinSeal`); version 1 files are still read
+(their pins have no seal).
 The file is replaced atomically (write, fsync, rename) under the lock file's ``pins_lock``.
 
 Concurrency: :func:`update` serializes every change across processes (``pins_lock``);
@@ -44,7 +46,9 @@ log = logging.getLogger("lamina.pins")
 
 FILE_NAME = "BACKUP_PINS"
 MAGIC = b"LAMPINS\x00"
-VERSION = 1
+VERSION = 2
+#: The oldest version read (1: no ``seal`` field).
+MIN_VERSION = 1
 #: magic[8], version u32, body length u32, xxh3_64(body) u64.
 HEADER = struct.Struct("<8sIIQ")
 #: Largest body accepted (a sane bound before parsing): 8 pins of a few KiB each.
@@ -53,6 +57,38 @@ MAX_BODY = 1 << 20
 MAX_PINS = PIN_ENTRIES
 #: Default lease of a pin: one hour.
 DEFAULT_LEASE_NS = 3600 * 10**9
+#: Sizes of a seal's master key id and image salt: ``KEY_ID_SIZE`` and ``IMAGE_SALT_SIZE``
+#: of :mod:`lamina.core.crypto.masterkey` (not imported: it loads ``cryptography``, which
+#: opening a database does not need; a test checks they agree).
+SEAL_KEY_ID_SIZE = 16
+SEAL_SALT_SIZE = 32
+
+
+@dataclass(frozen=True)
+class PinSeal:
+    """How the image of an interrupted backup into an encrypted repository was sealed: the
+    master key's id and the image's salt (its HKDF salt), lowercase hex. Both are written
+    in the image's crypto block anyway; no key is ever recorded. A resume seals with the
+    same salt, so it writes the same bytes and skips the parts already stored."""
+
+    key_id: str
+    salt: str
+
+    def __post_init__(self) -> None:
+        for name, size in (("key_id", SEAL_KEY_ID_SIZE), ("salt", SEAL_SALT_SIZE)):
+            value = getattr(self, name)
+            if (not isinstance(value, str) or len(value) != 2 * size
+                    or value.strip("0123456789abcdef")):
+                raise ValueError(f"seal {name} is not {size} bytes of lowercase hex")
+
+    @classmethod
+    def of(cls, key_id: bytes, salt: bytes) -> PinSeal:
+        """From the raw bytes. Raises ValueError (wrong sizes)."""
+        return cls(key_id.hex(), salt.hex())
+
+    def raw(self) -> tuple[bytes, bytes]:
+        """(key id, salt) as bytes."""
+        return bytes.fromhex(self.key_id), bytes.fromhex(self.salt)
 
 
 @dataclass(frozen=True)
@@ -65,7 +101,8 @@ class PinRecord:
     ``created_ns`` and ``expires_ns`` the lease (wall clock, ns since the epoch); ``pid``
     and ``host`` the process that took it (for messages and liveness only); ``where`` a
     human description of the target (a repository URL); ``resume`` what the backup layer
-    needs to redo the image byte for byte (opaque here).
+    needs to redo the image byte for byte (opaque here); ``seal`` how its image is sealed
+    (None: not encrypted, or a version-1 record).
     """
 
     pin_id: str
@@ -79,6 +116,7 @@ class PinRecord:
     host: str
     where: str = ""
     resume: dict[str, Any] = field(default_factory=dict)
+    seal: PinSeal | None = None
 
     def expired(self, now_ns: int | None = None) -> bool:
         """True once the lease is over (at ``now_ns``, default the wall clock)."""
@@ -97,10 +135,10 @@ class PinRecord:
         return True
 
     def describe(self, now_ns: int | None = None) -> dict[str, Any]:
-        """JSON-ready summary (``lamina stat``): everything but the resume payload, plus
-        ``state`` (``active`` or ``expired``) and ``expires_in_s``."""
+        """JSON-ready summary (``lamina stat``): everything but the resume payload and the
+        seal, plus ``state`` (``active`` or ``expired``) and ``expires_in_s``."""
         now = time.time_ns() if now_ns is None else now_ns
-        out = {k: v for k, v in asdict(self).items() if k != "resume"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("resume", "seal")}
         out["state"] = "expired" if self.expired(now) else "active"
         out["expires_in_s"] = max(0.0, (self.expires_ns - now) / 1e9)
         return out
@@ -123,6 +161,21 @@ _FIELDS = {"pin_id": str, "scope": str, "txnid": int, "vp_seq": int, "vp_wall_ns
            "resume": dict}
 
 
+def _seal(item: dict[str, Any], version: int) -> PinSeal | None:
+    """A record's ``seal``: required in version 2 (null or exactly ``key_id`` and
+    ``salt``), absent in version 1. Raises ValueError, KeyError."""
+    if version < 2:
+        if "seal" in item:
+            raise ValueError("a version 1 pin has no seal field")
+        return None
+    value = item["seal"]
+    if value is None:
+        return None
+    if not isinstance(value, dict) or sorted(value) != ["key_id", "salt"]:
+        raise ValueError("field seal is not null or {key_id, salt}")
+    return PinSeal(value["key_id"], value["salt"])
+
+
 def decode(raw: bytes, path: Path) -> list[PinRecord]:
     """The pins in the file bytes ``raw``: magic, then version, then the declared length
     (bounded), then the checksum, then the fields. Raises NotADatabaseError, VersionError,
@@ -133,6 +186,8 @@ def decode(raw: bytes, path: Path) -> list[PinRecord]:
     if version > VERSION:
         raise VersionError(f"{path} is pin file version {version}; this build reads up "
                            f"to {VERSION}")
+    if version < MIN_VERSION:
+        raise CorruptionError(f"pin file version {version} does not exist", path=path)
     if length > MAX_BODY or HEADER.size + length != len(raw):
         raise CorruptionError(f"pin file body of {length} bytes does not match the file "
                               f"({len(raw) - HEADER.size} bytes)", path=path)
@@ -152,7 +207,7 @@ def decode(raw: bytes, path: Path) -> list[PinRecord]:
                 if not isinstance(value, kind) or isinstance(value, bool):
                     raise ValueError(f"field {name} is not {kind.__name__}")
                 kwargs[name] = value
-            out.append(PinRecord(**kwargs))
+            out.append(PinRecord(**kwargs, seal=_seal(item, version)))
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise CorruptionError(f"pin file: {exc}", path=path) from None
     return out
@@ -253,5 +308,5 @@ def extend(pin: PinRecord, lease_ns: int, now_ns: int | None = None) -> PinRecor
     return replace(pin, expires_ns=now + lease_ns)
 
 
-__all__ = ["DEFAULT_LEASE_NS", "FILE_NAME", "MAX_PINS", "PinRecord", "add", "decode",
+__all__ = ["DEFAULT_LEASE_NS", "FILE_NAME", "MAX_PINS", "PinRecord", "PinSeal", "add", "decode",
            "encode", "extend", "load", "path_of", "remove", "seed", "update"]

@@ -5,8 +5,9 @@ and the resume of such a backup to the very same image.
 (while its drivers still hold their snapshots), records a durable pin
 (:mod:`lamina.core.pins`) holding everything the image's bytes depend on: the kernel's
 :class:`~lamina.backup.kernel.ResumePoint` (image id, header time, VP, each driver's pin
-facts), the driver plan, codec, level and buffer size, and whatever the caller adds (a
-repository records its upload and base). The pin outlives the process; it is released by
+facts), the driver plan, codec, level and buffer size, a sealed image's key id and salt
+(the pin's ``seal``; never a key), and whatever the caller adds (a repository records its
+upload and base). The pin outlives the process; it is released by
 the caller once the image is published (:func:`release`), by its lease's end, or on
 request. :func:`resume_backup` writes that image again from the pinned snapshot.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import secrets
 import socket
 import time
 import uuid
@@ -31,6 +33,8 @@ from lamina.backup.image_reader import ImageLocation
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, ResumePoint
 from lamina.core import pins
 from lamina.core.catalog import ENGINE_BTREE
+from lamina.core.crypto import keyring as keyrings
+from lamina.core.crypto.masterkey import IMAGE_SALT_SIZE
 from lamina.core.failpoints import failpoint
 from lamina.database import Database
 from lamina.engines.btree import format as btree_format
@@ -85,7 +89,8 @@ def pinned_backup(db: Database, target: ImageTarget, request: PinRequest, *,
             pin_id=str(point.image_id), scope=request.scope, txnid=_btree_txnid(db, point),
             vp_seq=point.vp_seq, vp_wall_ns=point.vp_wall_ns, created_ns=now,
             expires_ns=now + request.lease_ns, pid=os.getpid(), host=socket.gethostname(),
-            where=request.where, resume=payload)
+            where=request.where, resume=payload,
+            seal=None if point.seal is None else pins.PinSeal.of(*point.seal))
         pins.add(db.lockfile, db.path, record)
         failpoint("backup.pinned")
 
@@ -168,9 +173,48 @@ def resume_backup(db: Database, target: ImageTarget, pin: pins.PinRecord, *,
         tables = sorted(t[0] for group in plan for t in group[1])
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CorruptionError(f"pin record: {exc}", where=where) from None
+    if pin.seal is not None:
+        point = replace(point, seal=pin.seal.raw())
     return backup(db, target, tables=tables, codec=codec, level=level, buf_size=buf_size,
                   base=base, progress=progress, cancel=cancel, resume=point,
                   expect_plan=plan)
+
+
+def reseal(db: Database, pin: pins.PinRecord, *, fresh: bool = False) -> pins.PinRecord:
+    """``pin`` with the seal its resume must use, recorded durably before any part is
+    sealed with it: unchanged if the current keyring (:func:`lamina.core.crypto.keyring.
+    current`) seals under the key the pin names (and not ``fresh``); else a fresh random
+    salt under the current key (a pin without a seal, another key, or ``fresh``: the
+    stored parts were found to differ, so their salt must not seal anything again), or no
+    seal for a keyring that does not seal. Raises NotFoundError (the pin was released or
+    replaced meanwhile), LockedError, StorageError."""
+    ring = keyrings.current()
+    spec = None if ring is None else ring.seal
+    if spec is None:
+        wanted = None
+    elif (not fresh and pin.seal is not None
+          and pin.seal.key_id == spec.master.key_id.hex()):
+        return pin
+    else:
+        wanted = pins.PinSeal.of(spec.master.key_id, secrets.token_bytes(IMAGE_SALT_SIZE))
+    if wanted == pin.seal:
+        return pin
+    changed: pins.PinRecord | None = None
+
+    def change(current: list[pins.PinRecord]) -> list[pins.PinRecord]:
+        nonlocal changed
+        out = []
+        for p in current:
+            if p.pin_id == pin.pin_id:
+                p = changed = replace(p, seal=wanted)
+            out.append(p)
+        return out
+
+    pins.update(db.lockfile, db.path, change)
+    if changed is None:
+        raise NotFoundError(f"the interrupted backup {pin.pin_id} was abandoned or replaced "
+                            "meanwhile")
+    return changed
 
 
 def keep_alive(db: Database, pin_id: str, lease_ns: int) -> Callable[[], None]:
@@ -203,4 +247,4 @@ def release(db: Database, pin_id: str) -> bool:
 
 
 __all__ = ["PinRequest", "find_pin", "keep_alive", "pinned_backup", "release", "renew",
-           "resume_backup"]
+           "reseal", "resume_backup"]

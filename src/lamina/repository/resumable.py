@@ -6,9 +6,13 @@ the database (:mod:`lamina.online.pinning`) the moment it exists. Killed, discon
 failing after that, the backup leaves both behind:
 
 * :func:`resume` renews the pin's lease, re-attaches to the pinned VP, regenerates the
-  image from it (the same header, VP and driver output: the same bytes), skips every part
-  the upload already holds with the same checksum, stores the rest and publishes the image
-  that the uninterrupted backup would have published — the same image hash;
+  image from it (the same header, VP and driver output — sealed: under the salt the pin
+  records — so the same bytes), skips every part the upload already holds with the same
+  checksum, stores the rest and publishes the image that the uninterrupted backup would
+  have published — the same image hash. A sealed image whose stored part regenerates
+  differently (never seen; it would mean the regeneration is not deterministic) is not
+  patched under the same key and nonces: a fresh salt is recorded and every part stored
+  again (a valid image, not the same bytes);
 * :func:`abandon` releases the pin (writers reuse its pages again) and removes the upload;
 * the lease's end releases the pin by itself (``--resume`` then fails with
   PinExpiredError and a hint); the upload of an expired or replaced pin is removed by the
@@ -307,31 +311,47 @@ def resume(repo: Repository, db: Database, *, progress: ProgressCallback | None,
                              f"{pin.pin_id} is no longer in the repository; {RESUME_HINT}")
         name = str(extra.get("upload", pin.pin_id))
         part_size = int(extra.get("part_size", DEFAULT_PART_SIZE))
+        info = {"database_id": str(db.identity.db_id), "image_id": pin.pin_id}
+        resealed = pinning.reseal(db, pin)
         found: Upload | None
         try:
             found = uploads.open(name)
         except (NotFoundError, CorruptionError):  # gone or damaged: upload it all again
             found = None
-        info = {"database_id": str(db.identity.db_id), "image_id": pin.pin_id}
-        if found is None or found.part_size != part_size:
-            upload: Upload = uploads.create(name, part_size,
-                                            {**info, LEASE_FIELD: _mirror_until(lease_ns)})
+        mirrored = {**info, LEASE_FIELD: _mirror_until(lease_ns)}
+        if found is None or found.part_size != part_size or resealed.seal != pin.seal:
+            # (A new salt: the stored parts were sealed under another one, useless now.)
+            upload: Upload = uploads.create(name, part_size, mirrored)
             present = {}
         else:
-            uploads.set_info(name, {**info, LEASE_FIELD: _mirror_until(lease_ns)})
+            uploads.set_info(name, mirrored)
             upload, present = found, found.parts_present()
-        writer = PartWriter(upload, present,
-                            on_part=_keep_alive(db, uploads, name, info, lease_ns,
-                                                pin.pin_id),
-                            concurrency=uploads.concurrency)
+        pin = resealed
         base_path = None if base is None else repo.storage.image(base.key)
-        try:
-            result = pinning.resume_backup(db, writer, pin, base=base_path,
-                                           progress=progress,
-                                           cancel=held.cancel_token(cancel))
-            rebuilt = _publish(repo, upload, writer, image_id, rebuilt, held)
-        finally:
-            writer.close()
+        while True:
+            # Sealed under the recorded salt, a part that regenerates other bytes than
+            # those stored must not be stored (that would reuse the key's nonces on other
+            # plaintext): record a fresh salt, then store every part again.
+            writer = PartWriter(upload, present,
+                                on_part=_keep_alive(db, uploads, name, info, lease_ns,
+                                                    pin.pin_id),
+                                concurrency=uploads.concurrency,
+                                strict=pin.seal is not None and bool(present))
+            try:
+                result = pinning.resume_backup(db, writer, pin, base=base_path,
+                                               progress=progress,
+                                               cancel=held.cancel_token(cancel))
+                rebuilt = _publish(repo, upload, writer, image_id, rebuilt, held)
+                break
+            except CorruptionError:
+                if writer.diverged is None:
+                    raise
+                writer.close()
+                pin = pinning.reseal(db, pin, fresh=True)  # durable before any new part
+                upload.abort()
+                upload, present = uploads.create(name, part_size, mirrored), {}
+            finally:
+                writer.close()
         with contextlib.suppress(LaminaError):
             pinning.release(db, pin.pin_id)
     return Outcome(result, base, base_id, reason, rebuilt, writer.stats, True)
