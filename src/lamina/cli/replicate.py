@@ -73,7 +73,7 @@ def _text_line(event: dict[str, Any]) -> str:
 @click.option("--retain", default="7d", show_default=True,
               help="Keep points this long (and what they stand on).")
 @click.option("--fine-window", default="10m", show_default=True,
-              help="Keep every point this long; older ones only as level anchors.")
+              help="Keep every point this long; older ones only as level points.")
 @click.option("--levels", default=_DEFAULT_LEVELS, show_default=True,
               help="Level buckets, finest first, each a multiple of the one before, "
                    "BUCKET[:KEEP]; closed buckets' last points are compacted in the "
