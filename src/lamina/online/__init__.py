@@ -13,6 +13,7 @@ write ``from lamina import online; online.backup(db, "img")``. The modules:
 * :mod:`~lamina.online.verifying` — verifying an image without restoring it;
 * :mod:`~lamina.online.chain` — chains of a full image and its layers: order, restore,
   verify, combine;
+* :mod:`~lamina.online.segment` — merging a segment of a chain into one layer on its base;
 * :mod:`~lamina.online.facts` — the typed VP facts of an image's drivers;
 * :mod:`~lamina.online.sink` — the logical restore sink (tables rebuilt through engines).
 
@@ -40,6 +41,7 @@ from lamina.online.plan import (
     restore_engines,
 )
 from lamina.online.restoring import RestoreSummary, restore
+from lamina.online.segment import combine_segment, prove_layer
 from lamina.online.take import ImageTarget, backup, describe
 from lamina.online.verifying import verify
 
@@ -57,6 +59,7 @@ __all__ = [
     "backup_engines",
     "choose_drivers",
     "combine_chain",
+    "combine_segment",
     "describe",
     "layer_base",
     "layer_groups",
@@ -64,6 +67,7 @@ __all__ = [
     "order_chain",
     "parse_driver_choice",
     "plan_groups",
+    "prove_layer",
     "restore",
     "restore_chain",
     "restore_engines",

@@ -39,7 +39,7 @@ from typing import Any
 
 from lamina import online
 from lamina.backup import image_format as F
-from lamina.backup.image_reader import ImageLocation
+from lamina.backup.image_reader import ImageInfo, ImageLocation, read_info
 from lamina.backup.kernel import BackupResult, CancelToken, ProgressCallback, is_cancelled
 from lamina.core import fileio, pins
 from lamina.core.crypto import keyring as keyrings
@@ -237,6 +237,24 @@ def _combine(paths: list[ImageLocation], out: Path, backup_id: uuid.UUID,
     info = chain.combine_chain(paths, out, image_id=backup_id, cancel=cancel)
     chain.verify_chain([out], cancel=cancel)
     return info.header.image_id, info.vp.commit_seq, info.manifest.kind == F.ImageKind.FULL
+
+
+def _stands_for(info: ImageInfo, old: ImageInfo, base: ImageRecord, staged: Path) -> None:
+    """CorruptionError unless the merged layer ``info`` stands for the layer ``old`` it
+    replaces, on ``base``: a layer with its image id, database, incarnation, VP (seq, time)
+    and root hash, on ``base``'s image and VP."""
+    def identity(i: ImageInfo) -> tuple[object, ...]:
+        return (i.header.image_id, i.header.database_id, i.header.incarnation,
+                i.manifest.kind, i.vp.commit_seq, i.vp.wall_ns, i.manifest.root_hash.hex(),
+                i.header.sealed)
+
+    got = (*identity(info), info.manifest.base_image_id, info.manifest.base_vp_seq)
+    want = (*identity(old), base.image_id, base.vp_seq)
+    if got != want:
+        raise CorruptionError(f"merged layer of backup {old.header.image_id} does not stand "
+                              f"for it: (image id, database, incarnation, kind, VP seq, VP "
+                              f"time, root hash, sealed, base, base VP) {got}, expected "
+                              f"{want}", path=staged)
 
 
 class Repository:
@@ -647,6 +665,69 @@ class Repository:
                 target.publish(record, staged)
                 loaded = load_index(self.storage, save=False)
                 save_index(self.storage, loaded.index)
+            return loaded.index.records[record.backup_id]
+
+    def merge_layers(self, backup_id: str | uuid.UUID, onto: str | uuid.UUID, *,
+                     cancel: CancelToken = None) -> ImageRecord:
+        """Rewrite the layer ``backup_id`` in place as ONE layer on ``onto``, a strict
+        ancestor in its chain (a full or a layer): same key, backup id, image id and VP, so
+        layers built on it still link; its base becomes ``onto``. The images strictly
+        between stay (other points may need them; retention deletes them later). Returns
+        the new record (the record as it is when ``onto`` is already its base).
+
+        Streams the segment (the images after ``onto`` up to the layer) from the
+        repository into one layer (:func:`lamina.online.segment.combine_segment`: it
+        proves every page it keeps against the Merkle tree under the layer's root hash and
+        every archive block), then proves the staged result on its own before the atomic
+        put, in O(its size) (:func:`lamina.online.segment.prove_layer`: the image whole,
+        each stream against its facts, and its btree walk reaching exactly its own pages;
+        its identity: same image id, VP, root hash, base ``onto``); the next restore of
+        the chain proves the root hash and the whole checker. The index follows (the
+        record's base changes). Holds the repository lock exclusively; sealed like every
+        image of an encrypted repository.
+
+        Crash-safe: the image is replaced by one atomic put, so a kill at any moment
+        leaves the old layer or the new one (both restore the same point); a staged file
+        left behind is removed by the next prune. Raises NotFoundError (unknown backup),
+        ChainError (``backup_id`` is a full, or ``onto`` is not a strict ancestor of it),
+        UnsupportedError ("at end" layers in the segment), CorruptionError & co.,
+        CancelledError, LockedError, StorageError; on any error the layer stays as it
+        was."""
+        with self.exclusive("merge", cancel=cancel):
+            index, _ = self._load()
+            record = index.find(str(backup_id))
+            base = index.find(str(onto))
+            if not record.is_layer:
+                raise ChainError(f"backup {record.backup_id} is a full image: only a layer "
+                                 "can be merged onto an ancestor")
+            images = index.chain(record)
+            ancestors = [r.backup_id for r in images[:-1]]
+            if base.backup_id not in ancestors:
+                raise ChainError(f"backup {base.backup_id} is not an ancestor of layer "
+                                 f"{record.backup_id} (its chain: "
+                                 f"{' '.join(str(i) for i in ancestors)})")
+            segment = images[ancestors.index(base.backup_id) + 1:]
+            if len(segment) == 1:
+                return record
+            target = _Target(self.storage)
+            staged = target.staging_path()
+            paths = self._paths(segment)
+            try:
+                last = read_info(paths[-1])
+                online.combine_segment(paths, staged,
+                                       image_id=record.image_id, cancel=cancel)
+                online.prove_layer(staged, cancel=cancel,
+                                   on_read=lambda info: _stands_for(info, last, base, staged))
+            except BaseException:
+                target.discard(staged)
+                raise
+            try:
+                with self.locks.index():
+                    target.publish(record, staged)
+                    loaded = load_index(self.storage, save=False)
+                    save_index(self.storage, loaded.index)
+            finally:
+                target.discard(staged)
             return loaded.index.records[record.backup_id]
 
     def replicator(self, db: Database, **options: Any) -> Any:
