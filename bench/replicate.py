@@ -370,7 +370,7 @@ def main() -> None:
         print(f"| {name} | {r['images']} | {r['bytes'] / 1e6:.1f} | {r['seconds']:.2f} | "
               f"{r['seconds'] / full_s:.2f} |")
     print()
-    print("per layer point, from the database | raw KB read | KB sent |")
+    print("| per layer point, from the database | raw KB read | KB sent |")
     print("| --- | --- | --- |")
     for name, key in (("before (coarse levels from the database)", "before"),
                       ("after (every point on the newest; compaction)", "after")):

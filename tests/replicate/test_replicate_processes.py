@@ -112,6 +112,7 @@ def _restore_newest(repo: Repository, out: Path, restored: list[tuple[Path, int]
     proves its root hash and the checker; the writer's state is checked at the end."""
     points, _ = list_points(repo)
     if points:
+        out.mkdir(exist_ok=True)
         dest = out / f"beside-{len(restored)}"
         result = repo.restore(dest, id=str(points[-1].backup_id))
         restored.append((dest, result.summary.vp.commit_seq))
