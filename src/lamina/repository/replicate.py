@@ -97,9 +97,9 @@ class ReplicationStatus:
     ``lag_seconds``: how long the oldest commit not in any point has waited (0 when every
     commit is in a point); ``lag_commits``: commits not in a point yet. ``bytes_sent``: image
     bytes of the points taken, ``bytes_read``: the raw stream bytes those read from the
-    database. ``compactions``:
-    points rewritten onto their anchors by level compaction, ``merged_bytes`` the bytes
-    those rewrites stored; ``retention_runs``, ``points_deleted``: retention's work.
+    database. ``compactions``: points rewritten onto their anchors by level compaction,
+    ``merged_bytes`` the bytes those rewrites stored; ``retention_runs``,
+    ``points_deleted``: retention's work.
     """
 
     pid: int
