@@ -115,9 +115,9 @@ def test_compaction_left_by_a_killed_replicator_is_done_on_restart(repo_url: str
     assert repo.verify().ok
 
 
-def test_an_idle_database_costs_one_counter_read(tmp_path: Path) -> None:
-    Repository.init(tmp_path / "repo")
-    repo = CountingRepository.open(tmp_path / "repo")
+def test_an_idle_database_costs_one_counter_read(repo_url: str, tmp_path: Path) -> None:
+    Repository.init(repo_url)
+    repo = CountingRepository.open(repo_url)
     with workload_db(tmp_path) as wl:
         rep = Replicator(wl.db, repo, ReplicateOptions(compact_every=3600))
         assert rep.step()
@@ -132,10 +132,10 @@ def test_an_idle_database_costs_one_counter_read(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("full_from", ["repository", "database"])
-def test_a_due_full(tmp_path: Path, full_from: str) -> None:
+def test_a_due_full(repo_url: str, tmp_path: Path, full_from: str) -> None:
     """On schedule: merged in the repository into a synthetic full standing for the new
     point (same id), or read from the database; later points build on it."""
-    repo = Repository.init(tmp_path / "repo")
+    repo = Repository.init(repo_url)
     policy = LevelPolicy(levels_ns=(10 * S, 60 * S), level_keep_ns=(None, None),
                          full_every_ns=100 * S, full_fraction=0)
     with vp_clock(T0) as clock, workload_db(tmp_path) as wl:
@@ -162,8 +162,9 @@ def test_a_due_full(tmp_path: Path, full_from: str) -> None:
     prove_every_point(repo, wl.log_path, tmp_path / "out")
 
 
-def test_a_full_when_the_layers_outgrow_a_fraction_of_it(tmp_path: Path) -> None:
-    repo = Repository.init(tmp_path / "repo")
+def test_a_full_when_the_layers_outgrow_a_fraction_of_it(repo_url: str,
+                                                         tmp_path: Path) -> None:
+    repo = Repository.init(repo_url)
     policy = LevelPolicy(full_every_ns=0, full_fraction=0.5)
     with vp_clock(T0) as clock, workload_db(tmp_path) as wl:
         rep = Replicator(wl.db, repo, ReplicateOptions(policy=policy),
@@ -233,8 +234,8 @@ def test_a_failing_repository_is_retried_with_backoff(tmp_path: Path) -> None:
     prove_every_point(Repository.open(tmp_path / "repo"), wl.log_path, tmp_path / "out")
 
 
-def test_status_file_and_metrics_over_http(tmp_path: Path) -> None:
-    repo = Repository.init(tmp_path / "repo")
+def test_status_file_and_metrics_over_http(repo_url: str, tmp_path: Path) -> None:
+    repo = Repository.init(repo_url)
     metrics = ReplicationMetrics()
     host, port = metrics.serve("127.0.0.1", 0)
     try:
@@ -265,8 +266,8 @@ def test_status_file_and_metrics_over_http(tmp_path: Path) -> None:
     assert status["bytes_sent"] == rep.status.bytes_sent
 
 
-def test_database_replicate_and_point_at(tmp_path: Path) -> None:
-    repo = Repository.init(tmp_path / "repo")
+def test_database_replicate_and_point_at(repo_url: str, tmp_path: Path) -> None:
+    repo = Repository.init(repo_url)
     with vp_clock(T0) as clock, lamina.open(tmp_path / "db") as db:
         db.create_table("t")
         rep = db.replicate(repo, interval=0.5, clock=lambda: clock.now_ns)
@@ -282,8 +283,8 @@ def test_database_replicate_and_point_at(tmp_path: Path) -> None:
     assert point_at(repo, T0 + 20 * S).vp_seq == seqs[1]  # at the VP itself: that point
 
 
-def test_forget_never_breaks_a_chain(tmp_path: Path) -> None:
-    repo = Repository.init(tmp_path / "repo")
+def test_forget_never_breaks_a_chain(repo_url: str, tmp_path: Path) -> None:
+    repo = Repository.init(repo_url)
     with lamina.open(tmp_path / "db") as db:
         db.create_table("t")
         full = repo.backup(db)
