@@ -6,7 +6,11 @@ misordered and unsupported segments are refused with nothing published."""
 from __future__ import annotations
 
 import copy
+import itertools
+import struct
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,10 @@ import lamina
 from incremental.incremental_helpers import State, flip_byte, state_at, state_of
 from lamina import online
 from lamina.backup.image_reader import read_info
-from lamina.errors import ChainError, CorruptionError, UnsupportedError
+from lamina.engines.btree import format as btree_format
+from lamina.engines.btree.page import checksum
+from lamina.engines.btree.segment import walk_newer
+from lamina.errors import CancelledError, ChainError, CorruptionError, UnsupportedError
 from lamina.online.segment import combine_segment, prove_layer
 
 BTREE = ("b1", "b2")
@@ -165,18 +172,76 @@ def test_truncated_segment_is_refused(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_a_missing_page_is_refused_by_the_walk(tmp_path: Path) -> None:
-    """A segment that lacks its first layer: the walk from Ln's root needs pages that only
-    L1 holds (the stream headers still link L2 to L1, so only the walk can tell)."""
-    images = _history(tmp_path, [("put", "b1", [(bytes([k]), b"v" * 30) for k in range(90)]),
-                                 ("layer",), ("put", "b2", [(b"z", b"z")])])
+def _walk_fixture(tmp_path: Path) -> tuple[Path, Any, int, dict[int, bytes]]:
+    """A database with small and overflow values in two tables, changed after a first
+    commit: its data file, last meta, the txnid of that first state, and every page."""
+    with lamina.open(tmp_path / "w", page_size=1024, sync=False) as db:
+        db.create_table("b1")
+        db.create_table("b2")
+        db.put("b1", b"old", b"x" * 10)
+        base = db.store.current_meta().txnid
+        with db.write() as txn:
+            for k in range(80):
+                txn.table("b1").put(b"k%03d" % k, b"v" * 40)
+            txn.table("b2").put(b"big", bytes(range(256)) * 10)  # an overflow chain
+        meta = db.store.current_meta()
+    path = tmp_path / "w" / btree_format.DATA_FILE_NAME
+    raw = path.read_bytes()
+    pages = {p: raw[p * 1024:(p + 1) * 1024] for p in range(meta.total_pages)}
+    return path, meta, base, pages
+
+
+def test_walk_equals_the_database_layer_walk(tmp_path: Path) -> None:
+    _path, meta, base, pages = _walk_fixture(tmp_path)
+    walked = sorted(p for p, _ in walk_newer(pages.get, meta, base, "test"))
+    with lamina.open(tmp_path / "w", create=False, readonly=True) as db:
+        txn = db.store.read_pinned(meta)
+        try:
+            expected = sorted(p for p, _ in txn.walk_changed_pages(base))
+        finally:
+            txn.close()
+    assert walked == expected and len(walked) > 5
+
+
+def _recheck(page: bytes, offset: int) -> bytes:
+    """``page`` with one byte inverted at ``offset`` and a valid checksum again."""
+    b = bytearray(page)
+    b[offset] ^= 0xFF
+    b[:8] = struct.pack("<Q", checksum(bytes(b)))
+    return bytes(b)
+
+
+def test_walk_refuses_a_missing_page_and_a_merkle_mismatch(tmp_path: Path) -> None:
+    _path, meta, base, pages = _walk_fixture(tmp_path)
+    walked = [p for p, _ in walk_newer(pages.get, meta, base, "test")]
+    kinds: dict[int, int] = {p: pages[p][20] for p in walked}
+    victim = next(p for p in walked if kinds[p] == btree_format.PAGE_LEAF)
+    missing = {p: v for p, v in pages.items() if p != victim}
+    with pytest.raises(CorruptionError, match="in none of the images read"):
+        list(walk_newer(missing.get, meta, base, "test"))
+    forged = {**pages, victim: _recheck(pages[victim], 1000)}  # valid checksum, other bytes
+    with pytest.raises(CorruptionError, match="Merkle mismatch"):
+        list(walk_newer(forged.get, meta, base, "test"))
+    overflow = next(p for p in walked if kinds[p] == btree_format.PAGE_OVERFLOW)
+    forged = {**pages, overflow: _recheck(pages[overflow], 100)}
+    with pytest.raises(CorruptionError, match="overflow value"):
+        list(walk_newer(forged.get, meta, base, "test"))
+
+
+def test_cancelled_merge_publishes_nothing(tmp_path: Path) -> None:
+    images = _history(tmp_path, [("put", "b1", [(b"k", b"v" * 100)]), ("layer",)])
     paths = [p for p, _ in images]
-    with pytest.raises(ChainError):
-        combine_segment([paths[2], paths[3]], tmp_path / "m",  # L2 L3: fine, a segment
-                        image_id=read_info(paths[3]).header.image_id).path.unlink()
-        combine_segment([paths[1], paths[3]], tmp_path / "m2",  # a gap: refused
-                        image_id=read_info(paths[3]).header.image_id)
-    assert not (tmp_path / "m2").exists()
+    out = tmp_path / "m"
+    for after in (0, 1, 3):  # while reading, at the walk, while writing
+        calls = itertools.count()
+
+        def stop(calls: Iterator[int] = calls, after: int = after) -> bool:
+            return next(calls) >= after
+
+        with pytest.raises(CancelledError):
+            combine_segment(paths[1:], out, image_id=uuid.uuid4(), cancel=stop)
+        assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_wrong_order_full_images_and_at_end_are_refused(tmp_path: Path) -> None:

@@ -31,6 +31,8 @@ NAMES: dict[str, str] = {
     "catalog.after_files_created": "create-table: engine files made, catalog not committed",
     "catalog.after_commit_before_unlink": "drop-table: catalog committed, files not removed",
     "repository.prune_step": "prune: after each merge publish and each delete (use name:N)",
+    "repository.merge_staged": "merge_layers: merged layer staged and proven, not published",
+    "repository.merge_published": "merge_layers: merged layer published, index not saved",
     "restore.publish_staged": "restore publish: proven, identity staged, nothing renamed",
     "restore.publish_parked": "restore --force: old DEST renamed aside, new not in place",
     "restore.publish_renamed": "restore publish: new DEST in place, identity still pending",

@@ -176,6 +176,7 @@ class _Read:
 
     meta: btree_format.Meta
     data_path: Path
+    assembler: PageAssembler
     present: set[int]
     spans: dict[str, TableSpan]
     pgnos: list[int]
@@ -234,7 +235,7 @@ def _read_segment(infos: list[ImageInfo], work: Path, progress: ProgressCallback
         if is_cancelled(cancel):
             raise CancelledError("cancelled")
         assembler = pages[0]
-        assembler.finish()
+        assembler.flush()  # the pages are read back from the page cache: no sync needed
         for span in spans.values():
             span.finish()
         _check_archive(final, facts[-1], spans)
@@ -246,7 +247,7 @@ def _read_segment(infos: list[ImageInfo], work: Path, progress: ProgressCallback
         for span in spans.values():
             span.abort()
         raise
-    return _Read(assembler.meta, data_path, present, spans, pgnos, done)
+    return _Read(assembler.meta, data_path, assembler, present, spans, pgnos, done)
 
 
 def _feeds(info: ImageInfo, last: bool, facts: BtreeVpFacts, expect_base: int,
@@ -394,7 +395,8 @@ def combine_segment(paths: Sequence[ImagePath], out: str | os.PathLike[str], *,
     order): the layer a database would have produced on L1's base at Ln's VP, with image
     id ``image_id`` (module doc: what it holds and why the segment suffices). Reads only
     the segment's images, once each, newest first, into a temporary directory next to
-    ``out`` (removed afterwards; at most the segment's pages and archive tails on disk).
+    ``out`` (removed afterwards; at most the segment's pages and archive tails on disk;
+    memory: a set of the segment's page numbers and the walk's stack, never page data).
 
     Restoring the chain with the merged layer in place of L1..Ln equals restoring the
     original chain; layers taken on Ln link to the merged layer when ``image_id`` is Ln's
@@ -430,6 +432,11 @@ def combine_segment(paths: Sequence[ImagePath], out: str | os.PathLike[str], *,
             pages = _LayerPages(read, base_txnid)
             with ImageWriter(target, header, final.catalog,
                              codec=parse_codec(codec)) as writer:
+                if writer.header.sealed != final.header.sealed:
+                    state = "is" if final.header.sealed else "is not"
+                    raise ChainError(f"the segment {state} encrypted and the merged layer "
+                                     "would not be: the current keyring decides (encrypted "
+                                     "and unencrypted images never mix in one chain)")
                 vp_facts: list[dict[str, Any]] = []
                 for di, entry in enumerate(final.catalog.drivers):
                     if is_cancelled(cancel):
@@ -471,7 +478,8 @@ def _archive_facts(facts: ImageFacts, spans: dict[str, TableSpan]) -> ArchiveVpF
 
 
 def _release(read: _Read) -> None:
-    """Close the spools (the temporary directory removes the files)."""
+    """Close and remove the work files (the page file, the spools)."""
+    read.assembler.abort()
     for span in read.spans.values():
         span.abort()
 

@@ -67,7 +67,8 @@ class ImageRecord:
     size: int
     mtime_ns: int
     error: str | None = None
-    #: A synthetic full made by ``prune`` from a chain (standing for this backup).
+    #: An image made from several: a synthetic full made by ``prune`` from a chain, or a
+    #: layer merged by ``merge_layers`` (standing for this backup).
     synthetic: bool = False
     #: The source database's incarnation (which history of the database it belongs to).
     incarnation: uuid.UUID = F.ZERO_UUID

@@ -2,13 +2,15 @@
 that knows their chains.
 
 :class:`Repository` is the Python API behind ``lamina repo init``, ``backup --repo``,
-``list``, ``restore --repo``, ``verify --repo`` and ``prune``. Layout and formats:
-:mod:`lamina.repository.layout` and docs/format.md ("Repository").
+``list``, ``restore --repo``, ``verify --repo`` and ``prune``, and behind the
+replicator's merges (:meth:`Repository.merge_to_full`, :meth:`Repository.merge_layers`).
+Layout and formats: :mod:`lamina.repository.layout` and docs/format.md ("Repository").
 
 Concurrency: any number of processes and threads may use one repository. ``backup``,
-``restore``, ``verify`` and ``list`` share the repository lock, ``prune`` holds it alone,
-and each waits at most ``lock_timeout`` seconds (then LockedError). A backup publishes its
-image and the index entry together under the index lock, so readers see both or neither.
+``restore``, ``verify`` and ``list`` share the repository lock, ``prune`` and the merges
+hold it alone, and each waits at most ``lock_timeout`` seconds (then LockedError). A backup
+publishes its image and the index entry together under the index lock, so readers see both
+or neither.
 
 Encryption (``init(passphrase=...)``): every image is sealed under the repository's master
 key (:mod:`lamina.backup.sealing`), whose key files live under ``keys/``
@@ -46,6 +48,7 @@ from lamina.core.crypto import keyring as keyrings
 from lamina.core.crypto.keyfile import KeyFile
 from lamina.core.crypto.keyring import Keyring, PassphraseSource, SealSpec
 from lamina.core.crypto.masterkey import MasterKey
+from lamina.core.failpoints import failpoint
 from lamina.database import Database
 from lamina.errors import (
     AlreadyExistsError,
@@ -69,6 +72,7 @@ from lamina.repository.index import (
     Index,
     chain_size,
     load_index,
+    record_from_image,
     save_index,
 )
 from lamina.repository.keys import RepoKeys
@@ -721,14 +725,19 @@ class Repository:
             except BaseException:
                 target.discard(staged)
                 raise
+            failpoint("repository.merge_staged")
             try:
                 with self.locks.index():
                     target.publish(record, staged)
-                    loaded = load_index(self.storage, save=False)
-                    save_index(self.storage, loaded.index)
+                    failpoint("repository.merge_published")
+                    # The record is read from the new image whatever its size and stamp
+                    # (an object store's stamp has one-second steps).
+                    fresh = record_from_image(self.storage, self.storage.stat(record.key))
+                    merged = load_index(self.storage, save=False).index.with_record(fresh)
+                    save_index(self.storage, merged)
             finally:
                 target.discard(staged)
-            return loaded.index.records[record.backup_id]
+            return merged.records[record.backup_id]
 
     def replicator(self, db: Database, **options: Any) -> Any:
         """A :class:`~lamina.repository.replicate.Replicator` of ``db`` into this

@@ -3,9 +3,10 @@
 Stored in the image manifest as JSON (docs/format.md, "Btree native backup stream"), with
 exactly these keys: ``txnid``, ``commit_seq``, ``root_hash`` (hex), ``page_size``,
 ``total_pages``, ``pages_sent``, ``pages_hash`` (hex); a layer adds ``base_txnid``; an image
-made by ``combine_chain`` adds ``combined_from`` (the ids of the images it was combined
-from); an "at end" image adds ``initial`` (:class:`BtreeInitialFacts`: the snapshot S0 sent
-before the VP, see docs/format.md, "At-end streams"). Read back by the restore driver (to
+made by ``combine_chain`` or ``combine_segment`` adds ``combined_from`` (the ids of the
+images it was combined from); an "at end" image adds ``initial``
+(:class:`BtreeInitialFacts`: the snapshot S0 sent before the VP, see docs/format.md,
+"At-end streams"). Read back by the restore driver (to
 prove what it rebuilt), by a layer's backup driver (its base image's facts) and by the chain
 glue.
 """
