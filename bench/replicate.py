@@ -9,11 +9,20 @@
    event line) minus the commit's end time: p50, p99, max. Writer: p50, p99, max commit
    latency with and without the replicator. ``--repeat`` runs of each, alternating (the
    disk is shared: medians of the runs are reported).
-2. **Restoring a point** after ``--points`` 1-second points compressed in time (the VP
-   clock is simulated, a few random commits between points), replicated with the default
-   levels (10 s, 1 min, 1 h): the newest point and a few older ones are restored, against one
-   full image of the same state and against a linear chain (each layer on the previous
-   point, no levels). Images read, bytes read, seconds, ratio to the full.
+2. **Restoring a point** after ``--points`` points compressed in time (the VP clock is
+   simulated, a few random commits between points; one second between points, and one
+   step in ten jumps 16 minutes, so that ``--points 900`` spans about a day and every level
+   rolls over), replicated with the default levels (10 s, 1 min, 1 h) and level compaction
+   in the repository: the newest point, the point with the longest chain and a few random
+   ones are restored, against one full image of the same state and against a linear chain
+   (each layer on the previous point, never compacted). Images read, bytes read, seconds,
+   ratio to the full.
+3. **What a point costs the database** in the same run: the raw bytes each point read from
+   the database and the image bytes it sent, with level compaction (every point a layer
+   on the newest) and with the design before it (the previous replicator, kept here as
+   :func:`skip_list_base`: the coarse levels taken from the database on their anchors,
+   so that a point re-sends up to one finest bucket of changes), and what compaction
+   stored in the repository instead.
 
 Writes ``bench/results/replicate.json`` and prints tables.
 
@@ -43,7 +52,8 @@ from unittest import mock
 import lamina
 from lamina.backup import kernel
 from lamina.repository import Repository
-from lamina.repository.levels import LevelPolicy
+from lamina.repository.index import ImageRecord, Index
+from lamina.repository.levels import LevelPolicy, full_due, order
 from lamina.repository.points import list_points
 from lamina.repository.replicate import ReplicateOptions, Replicator
 from lamina.repository.timespec import parse_at
@@ -187,38 +197,95 @@ def restore_cost(repo: Repository, backup_id: str, dest: Path) -> dict[str, Any]
             "chain": len(chain)}
 
 
+def skip_list_base(index: Index, now_ns: int, policy: LevelPolicy) -> ImageRecord | None:
+    """The base the replicator chose before level compaction (for comparison only): from
+    the newest full, coarsest level first, descend into the newest point built directly on
+    the current anchor while it lies in the same bucket as ``now_ns``; the point is taken on
+    the last anchor reached (None: no full yet)."""
+    fulls = [r for r in index.records.values() if r.error is None and not r.is_layer]
+    anchor = max(fulls, key=order, default=None)
+    if anchor is None:
+        return None
+    kids = index.children()
+    for bucket in reversed(policy.levels_ns):
+        newest = max(kids.get(anchor.backup_id, []), key=order, default=None)
+        if newest is None or newest.vp_wall_ns // bucket != now_ns // bucket:
+            return anchor
+        anchor = newest
+    return anchor
+
+
 def restore_bench(work: Path, size_mb: int, points: int, seed: int) -> dict[str, Any]:
-    """Part 2 (see the module doc)."""
+    """Parts 2 and 3 (see the module doc)."""
     db_path = work / "rdb"
     build(db_path, size_mb)
     rng = random.Random(seed)
     levelled = Repository.init(work / "levelled")
     linear = Repository.init(work / "linear", chain_limit=10**6)
+    before = Repository.init(work / "before", chain_limit=10**6)
     full_repo = Repository.init(work / "full")
     policy = LevelPolicy()  # 10 s, 1 min, 1 h; fine window 10 min; a full a day or at 50 %
+    cost = {"before": {"read": 0, "sent": 0, "layers": 0},
+            "after": {"read": 0, "sent": 0, "layers": 0}}
     started = time.perf_counter()
+    compact_s = 0.0
     with compressed_time(1_800_000_000 * S) as clock, \
             lamina.open(db_path, sync=False) as db:
         rep = Replicator(db, levelled, ReplicateOptions(policy=policy),
                          clock=lambda: clock.now)
+        real_compact = rep._compact
+
+        def timed_compact() -> None:
+            nonlocal compact_s
+            t = time.perf_counter()
+            real_compact()
+            compact_s += time.perf_counter() - t
+
+        rep._compact = timed_compact  # type: ignore[method-assign]
         log = db.archive("log")
+        first = True
         for i in range(points):
             for _ in range(rng.randint(1, 20)):
                 with db.write() as txn:
                     txn.table("kv").put(b"key%012d" % rng.randrange(200_000),
                                         rng.randbytes(100))
                 log.append(b"row %d" % i)
-            clock.now += S
+            clock.now += S if rng.random() >= 0.1 else 16 * 60 * S
+            read, sent, layers = (rep.status.bytes_read, rep.status.bytes_sent,
+                                  rep.status.layers_sent)
             rep.step()
+            if rep.status.layers_sent > layers:  # a layer (fulls are not compared)
+                cost["after"]["read"] += rep.status.bytes_read - read
+                cost["after"]["sent"] += rep.status.bytes_sent - sent
+                cost["after"]["layers"] += 1
             linear.backup(db)
+            entries, _ = before.list()
+            index = Index([e.record for e in entries])
+            base = skip_list_base(index, clock.now, policy)
+            result = before.backup(db, full=base is None,
+                                   base=None if base is None else str(base.backup_id))
+            if base is not None and full_due(index, base, clock.now, policy) is not None:
+                before.merge_to_full(str(result.backup_id))  # as it did: in the repository
+            if not first:
+                cost["before"]["read"] += result.result.raw_bytes
+                cost["before"]["sent"] += result.result.size
+                cost["before"]["layers"] += 1
+            first = False
         replicate_s = time.perf_counter() - started
         full_repo.backup(db, full=True)
     found, _ = list_points(levelled)
     newest = found[-1]
-    sample = [newest, *rng.sample(found[:-1], min(4, len(found) - 1))]
+    longest = max(found, key=lambda p: (p.images, p.vp_seq))
+    sample = [newest, longest, *rng.sample(found[:-1], min(4, len(found) - 1))]
+    simulated = found[-1].vp_wall_ns - found[0].vp_wall_ns
     out: dict[str, Any] = {"points_taken": points, "points_kept": len(found),
+                           "simulated_hours": simulated / 3600 / S,
                            "max_images": max(p.images for p in found),
-                           "replicate_seconds": replicate_s,
+                           "replicate_seconds": replicate_s, "compact_seconds": compact_s,
+                           "compactions": rep.status.compactions,
+                           "merged_bytes": rep.status.merged_bytes,
+                           "fulls_merged": rep.status.fulls_merged,
+                           "cost": cost,
                            "levelled": [restore_cost(levelled, str(p.backup_id),
                                                      work / "r") | {"vp_seq": p.vp_seq}
                                         for p in sample]}
@@ -286,17 +353,33 @@ def main() -> None:
           f"p50 {beside['rpo_p50_s']:.2f} s, p99 {beside['rpo_p99_s']:.2f} s, "
           f"max {beside['rpo_max_s']:.2f} s; {beside['bytes_sent'] / 1e6:.1f} MB sent")
     print()
-    print(f"restore after {restore['points_taken']} points ({restore['points_kept']} kept, "
-          f"at most {restore['max_images']} images per point):")
+    print(f"restore after {restore['points_taken']} points over "
+          f"{restore['simulated_hours']:.1f} simulated hours ({restore['points_kept']} kept, "
+          f"at most {restore['max_images']} images per point; {restore['compactions']} "
+          f"compaction merges stored {restore['merged_bytes'] / 1e6:.1f} MB in "
+          f"{restore['compact_seconds']:.1f} s, {restore['fulls_merged']} fulls merged):")
     print("| restore | images | MB read | seconds | x full |")
     print("| --- | --- | --- | --- | --- |")
     full_s = restore["full"]["seconds"]
     rows = [("one full image", restore["full"])]
-    rows += [(f"point seq {r['vp_seq']}", r) for r in restore["levelled"]]
+    names = ["newest point", "longest chain"] + ["random point"] * 4
+    rows += [(f"{n} (seq {r['vp_seq']})", r) for n, r in zip(names, restore["levelled"],
+                                                                strict=False)]
     rows += [("linear chain (no levels), newest", restore["linear"])]
     for name, r in rows:
         print(f"| {name} | {r['images']} | {r['bytes'] / 1e6:.1f} | {r['seconds']:.2f} | "
               f"{r['seconds'] / full_s:.2f} |")
+    print()
+    print("| per layer point, from the database | raw KB read | KB sent |")
+    print("| --- | --- | --- |")
+    for name, key in (("before (coarse levels from the database)", "before"),
+                      ("after (every point on the newest; compaction)", "after")):
+        c = restore["cost"][key]
+        n = max(c["layers"], 1)
+        print(f"| {name} | {c['read'] / n / 1e3:.1f} | {c['sent'] / n / 1e3:.1f} |")
+    n = max(restore["cost"]["after"]["layers"], 1)
+    print(f"compaction stored {restore['merged_bytes'] / n / 1e3:.1f} KB per point in the "
+          "repository (read from it, never from the database)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"alone": alone, "replicate": beside, "restore": restore,
                                     "args": {k: str(v) for k, v in vars(args).items()}},

@@ -12,11 +12,13 @@ import lamina
 from lamina import workload
 from lamina.database import Database
 from lamina.repository import Repository
+from lamina.repository.index import Index
+from lamina.repository.levels import LevelPolicy, plan_compaction, point_levels, points_of
 from lamina.repository.points import list_points
 from repository.helpers import vp_clock
 
 S = 10**9
-__all__ = ["S", "Workload", "prove_every_point", "vp_clock"]
+__all__ = ["S", "Workload", "check_compacted", "index_of", "prove_every_point", "vp_clock"]
 
 
 class Workload:
@@ -70,3 +72,30 @@ def prove_every_point(repo: Repository, log: Path, out: Path, *,
             summary = workload.verify(restored, log, p.vp_seq)
         assert summary["at_seq"] == p.vp_seq
     return len(chosen)
+
+
+def index_of(repo: Repository) -> Index:
+    """The repository's index, read through its public ``list``."""
+    entries, _ = repo.list()
+    return Index([e.record for e in entries])
+
+
+def check_compacted(repo: Repository, policy: LevelPolicy) -> dict[int, int]:
+    """Assert the repository is compacted (nothing left to plan) and every point's chain is
+    within its level's bound (``k - i + 2`` images for level i >= 1, ``m + k + 2`` for
+    level 0 with ``m`` points before it in its finest bucket); returns the longest chain
+    per level."""
+    index = index_of(repo)
+    assert plan_compaction(index, lambda r: True, policy) == []
+    points = points_of(index, lambda r: True)
+    levels = point_levels(points, policy)
+    fine = policy.levels_ns[0]
+    longest: dict[int, int] = {}
+    for i, r in enumerate(points):
+        level = levels[r.backup_id]
+        chain = len(index.chain(r))
+        before = sum(1 for p in points[:i] if p.vp_wall_ns // fine == r.vp_wall_ns // fine)
+        bound = 1 if not r.is_layer else policy.chain_bound(level, before)
+        assert chain <= bound, (r.backup_id, level, chain, bound)
+        longest[level] = max(longest.get(level, 0), chain)
+    return longest

@@ -20,7 +20,7 @@ _DEFAULT_LEVELS = "10s:1h,1m:1d,1h"
 
 
 def _levels(text: str, retain_ns: int) -> tuple[tuple[int, ...], tuple[int | None, ...]]:
-    """``BUCKET[:KEEP],...`` finest first (KEEP: how long that level's anchors stay; default
+    """``BUCKET[:KEEP],...`` finest first (KEEP: how long that level's points stay; default
     the whole retention)."""
     from lamina.repository.timespec import parse_duration
 
@@ -40,6 +40,9 @@ def _text_line(event: dict[str, Any]) -> str:
         return (f"{event['time']}  point {event['id']}  {what}  seq {event['vp_seq']}  "
                 f"{event['bytes']} bytes" + (f"  ({event['reason']})"
                                              if event.get("reason") else ""))
+    if kind == "compact":
+        return (f"{event['time']}  compacted {event['id']} onto {event['onto'][:8]}  "
+                f"seq {event['vp_seq']}  {event['bytes']} bytes")
     if kind == "merge":
         return f"{event['time']}  merged {event['id']} into a full ({event['reason']})"
     if kind == "retention":
@@ -70,10 +73,11 @@ def _text_line(event: dict[str, Any]) -> str:
 @click.option("--retain", default="7d", show_default=True,
               help="Keep points this long (and what they stand on).")
 @click.option("--fine-window", default="10m", show_default=True,
-              help="Keep every point this long; older ones only as level anchors.")
+              help="Keep every point this long; older ones only as level points.")
 @click.option("--levels", default=_DEFAULT_LEVELS, show_default=True,
-              help="Level buckets, finest first, each BUCKET[:KEEP]; a point's restore "
-                   "reads at most 2 + levels images.")
+              help="Level buckets, finest first, each a multiple of the one before, "
+                   "BUCKET[:KEEP]; closed buckets' last points are compacted in the "
+                   "repository (a level-i point reads at most levels - i + 2 images).")
 @click.option("--compact-every", default="10s", show_default=True,
               help="How often retention runs.")
 @click.option("--max-backoff", default="60s", show_default=True,

@@ -1,28 +1,38 @@
 """Continuous replication: a point (a layer) in the repository whenever the database
-committed since the last one, fulls on schedule, levels and retention as
-:mod:`lamina.repository.levels` describes; what ``lamina replicate`` runs.
+committed since the last one, level compaction in the repository, fulls on schedule,
+retention, as :mod:`lamina.repository.levels` describes; what ``lamina replicate`` runs.
 
 One :meth:`Replicator.step` (the loop calls it every ``interval``):
 
 1. read the database's commit seq (shared memory, no I/O); equal to the newest point's VP
-   seq: nothing to do (an idle database costs nothing but this read);
-2. otherwise take a point: a layer on the base the levels choose
-   (:meth:`Repository.backup(base=...) <lamina.repository.repository.Repository.backup>`),
-   or a full when one is due. With ``full_from="repository"`` (the default) the due full
-   is made in the repository: the new point is taken as a layer, then merged with its
-   chain into a synthetic full under its own id
+   seq and nothing left to compact: nothing to do (an idle database costs nothing but
+   this read);
+2. otherwise take a point first (the RPO never waits for compaction): a layer on the
+   newest point (:meth:`Repository.backup(base=...)
+   <lamina.repository.repository.Repository.backup>`), or a full from the database when
+   there is none (or when one is due and ``full_from="database"``), and publish it;
+3. compact what closed: every point that became the last of a closed bucket is rewritten
+   in place as a layer on its anchor
+   (:func:`~lamina.repository.levels.plan_compaction`,
+   :meth:`~lamina.repository.repository.Repository.merge_layers`, under the repository's
+   exclusive lock: a restore meanwhile waits, it never sees a half-replaced image), oldest
+   first, within about one ``interval`` of work per step (the rest in the next steps);
+4. a due full with ``full_from="repository"`` (the default): the new point is merged with
+   its chain into a synthetic full under its own id
    (:meth:`~lamina.repository.repository.Repository.merge_to_full`), streamed from the
    repository back to it, so the database is never read whole again;
-3. retention (at most every ``compact_every``): delete what
+5. retention (at most every ``compact_every``): delete what
    :func:`~lamina.repository.levels.plan_retention` does not keep
    (:meth:`~lamina.repository.repository.Repository.forget`, which refuses to break a
    chain).
 
 Only the Repository's public API is used, so this runs on any storage the repository runs
-on. Crash safety comes from the repository: an image is published whole or not at all, the
-index is derived from the images, and the state (newest point, bases) is read back from the
-repository, so a replicator killed at any moment and started again takes no duplicate
-point (the newest point's VP seq equals the commit seq) and loses none.
+on. Crash safety comes from the repository: an image is published or replaced whole or not
+at all, the index is derived from the images, and every decision (newest point, what to
+compact onto what) is read back from the repository, so a replicator killed at any moment
+and started again takes no duplicate point (the newest point's VP seq equals the commit
+seq), loses none, and compacts what the killed one left uncompacted (its first step plans
+compaction whatever the commit seq).
 
 Failures (a LaminaError from a step) are counted, logged and retried with exponential
 backoff (``interval`` doubling up to ``max_backoff``): the lag grows visibly in the status
@@ -52,7 +62,7 @@ from lamina.repository.levels import (
     LevelPolicy,
     choose_base,
     full_due,
-    order,
+    plan_compaction,
     plan_retention,
 )
 from lamina.repository.timespec import iso_ns
@@ -85,7 +95,11 @@ class ReplicationStatus:
     """What a replicator has done (the status file's JSON; times in ns since the epoch).
 
     ``lag_seconds``: how long the oldest commit not in any point has waited (0 when every
-    commit is in a point); ``lag_commits``: commits not in a point yet.
+    commit is in a point); ``lag_commits``: commits not in a point yet. ``bytes_sent``: image
+    bytes of the points taken, ``bytes_read``: the raw stream bytes those read from the
+    database. ``compactions``: points rewritten onto their anchors by level compaction,
+    ``merged_bytes`` the bytes those rewrites stored; ``retention_runs``,
+    ``points_deleted``: retention's work.
     """
 
     pid: int
@@ -106,11 +120,14 @@ class ReplicationStatus:
     fulls_sent: int = 0
     fulls_merged: int = 0
     bytes_sent: int = 0
+    bytes_read: int = 0
     errors: int = 0
     consecutive_errors: int = 0
     last_error: str | None = None
     retry_in_seconds: float | None = None
     compactions: int = 0
+    merged_bytes: int = 0
+    retention_runs: int = 0
     points_deleted: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -154,6 +171,10 @@ class ReplicaRepository(Protocol):
         """Replace a layer by a synthetic full of its chain."""
         ...
 
+    def merge_layers(self, backup_id: str, onto: str, *, cancel: Any = None) -> ImageRecord:
+        """Rewrite a layer in place as a layer on ``onto``, an image of its chain."""
+        ...
+
     def forget(self, backup_ids: Any) -> builtins.list[Any]:
         """Delete backups nothing else needs."""
         ...
@@ -164,7 +185,8 @@ class Replicator:
 
     ``clock`` gives wall time in ns (injected by tests; the VP times come from the database
     side and are compared with it). ``on_event`` receives one dict per event (``event``:
-    ``start``, ``point``, ``full``, ``merge``, ``retention``, ``error``, ``stop``).
+    ``start``, ``point``, ``full``, ``compact``, ``merge``, ``retention``, ``error``,
+    ``stop``).
     ``metrics`` (a :class:`~lamina.repository.replication_metrics.ReplicationMetrics`)
     is updated after every step.
     """
@@ -184,8 +206,11 @@ class Replicator:
         self.metrics = metrics
         self._stop = threading.Event()
         self._pending_since: int | None = None
-        self._last_compaction: int | None = None
+        self._last_retention: int | None = None
         self._known_vp_seq: int | None = None
+        #: Compaction may be left to do (at start, after a failure or a partial pass): the
+        #: next step reads the repository even if the database is idle.
+        self._compaction_pending = True
         now = clock()
         self.status = ReplicationStatus(os.getpid(), str(db.path), repo.storage.url,
                                         started_ns=now, updated_ns=now)
@@ -200,11 +225,12 @@ class Replicator:
         entries, _ = self.repo.list()
         return Index([e.record for e in entries])
 
+    def _current(self, record: ImageRecord) -> bool:
+        """A point of this database's current history (not beyond its commit seq)."""
+        return self._usable(record) and record.vp_seq <= self.db.lockfile.commit_seq()
+
     def _newest_point(self, index: Index) -> ImageRecord | None:
-        current = self.db.lockfile.commit_seq()
-        mine = [r for r in index.records.values() if r.error is None and self._usable(r)
-                and r.vp_seq <= current and index.chain_or_none(r) is not None]
-        return max(mine, key=order, default=None)
+        return choose_base(index, self._current)
 
     def _emit(self, event: str, **fields: Any) -> None:
         if self.on_event is not None:
@@ -225,37 +251,45 @@ class Replicator:
 
     # ---------------------------------------------------------------- one step
     def step(self) -> bool:
-        """Take a point if the database committed since the newest one, then run retention
-        when due. Returns True if a point was taken. Raises LaminaError (the caller retries)
-        and CancelledError (:meth:`stop` during a backup: nothing was published).
+        """Take a point if the database committed since the newest one, then compact what
+        closed, then run retention when due. Returns True if a point was taken. Raises
+        LaminaError (the caller retries) and CancelledError (:meth:`stop` during a backup
+        or a merge: nothing of it was published).
 
-        While the database is idle a step reads its commit seq and nothing else (the newest
-        point's seq is remembered; the repository is read again after a failure), except
-        the retention pass every ``compact_every``, which reads the index."""
+        While the database is idle and nothing is left to compact, a step reads its commit
+        seq and nothing else (the newest point's seq is remembered; the repository is read
+        again after a failure), except the retention pass every ``compact_every``, which
+        reads the index."""
         now = self.clock()
         seq = self.db.lockfile.commit_seq()
         self.status.commit_seq = seq
         took = False
-        if self._known_vp_seq is None or seq != self._known_vp_seq:
+        if self._known_vp_seq is None or seq != self._known_vp_seq \
+                or self._compaction_pending:
             try:
                 index = self._index()
                 newest = self._newest_point(index)
                 if newest is not None:
                     self._note_point(newest)
+                due: str | None = None
                 if newest is None or newest.vp_seq < seq:
                     if self._pending_since is None:
                         self._pending_since = now
                     self.status.state = "replicating"
-                    self._take(index, now)
+                    due = self._take(index, newest, now)
                     took = True
                 else:
                     self._known_vp_seq = newest.vp_seq
                     self._pending_since = None
+                self._compact()
+                if due is not None:  # merged in the repository: the database is not read
+                    self._merge_to_full(due)
             except BaseException:
                 self._known_vp_seq = None
+                self._compaction_pending = True
                 raise
         self.status.state = "idle"
-        self._maybe_compact(now)
+        self._maybe_retain(now)
         self._publish_status()
         return took
 
@@ -266,28 +300,53 @@ class Replicator:
         s.last_vp_time = iso_ns(record.vp_wall_ns)
         s.last_point_id = str(record.backup_id)
 
-    def _take(self, index: Index, now: int) -> None:
+    def _take(self, index: Index, base: ImageRecord | None, now: int) -> str | None:
+        """Take and publish a point on ``base`` (the newest point); returns why a full is
+        due when it is to be merged in the repository after compaction (else None)."""
         policy = self.options.policy
-        base = choose_base(index, self._usable, now, policy)
         due = full_due(index, base, now, policy)
         if due is not None and (base is None or self.options.full_from == "database"):
             result = self.repo.backup(self.db, full=True, codec=self.options.codec,
                                       cancel=self._stop)
             self._after_backup(result, "full", due)
-            return
+            return None
         assert base is not None
         result = self.repo.backup(self.db, base=str(base.backup_id), codec=self.options.codec,
                                   cancel=self._stop)
         self._after_backup(result, "point", None)
-        if due is not None:  # merged in the repository: the database is not read again
-            self.repo.merge_to_full(str(result.backup_id), cancel=self._stop)
-            self.status.fulls_merged += 1
-            self._emit("merge", id=str(result.backup_id), reason=due)
+        return due
+
+    def _merge_to_full(self, due: str) -> None:
+        point = str(self.status.last_point_id)
+        self.repo.merge_to_full(point, cancel=self._stop)
+        self.status.fulls_merged += 1
+        self._emit("merge", id=point, reason=due)
+
+    def _compact(self) -> None:
+        """Rewrite the points that closed onto their anchors (oldest first), for about one
+        interval of work; what is left is done by the next steps (the repository says
+        what it is: nothing is remembered but that some is left)."""
+        self._compaction_pending = True
+        plan = plan_compaction(self._index(), self._current, self.options.policy)
+        started = time.monotonic()
+        for backup_id, onto in plan:
+            if self._stop.is_set():
+                return
+            if time.monotonic() - started >= self.options.interval \
+                    and self.db.lockfile.commit_seq() != self._known_vp_seq:
+                return  # the next point first: the RPO does not wait for compaction
+            record = self.repo.merge_layers(str(backup_id), str(onto), cancel=self._stop)
+            self.status.compactions += 1
+            self.status.merged_bytes += record.size
+            self._emit("compact", id=str(backup_id), onto=str(onto), vp_seq=record.vp_seq,
+                       bytes=record.size)
+        self._compaction_pending = False
 
     def _after_backup(self, result: Any, event: str, why: str | None) -> None:
         s = self.status
         s.points += 1
         s.bytes_sent += result.result.size
+        s.bytes_read += result.result.raw_bytes
         if result.kind == "full":
             s.fulls_sent += 1
         else:
@@ -306,16 +365,14 @@ class Replicator:
                    vp_seq=vp.commit_seq, vp_time=iso_ns(vp.wall_ns), bytes=result.result.size,
                    **({} if why is None else {"reason": why}))
 
-    def _maybe_compact(self, now: int) -> None:
+    def _maybe_retain(self, now: int) -> None:
         every = int(self.options.compact_every * 1e9)
-        if self._last_compaction is not None and now - self._last_compaction < every:
+        if self._last_retention is not None and now - self._last_retention < every:
             return
-        self._last_compaction = now
+        self._last_retention = now
         index = self._index()
         plan = plan_retention(index, self.db.identity.db_id, now, self.options.policy)
-        self.status.compactions += 1
-        if self.metrics is not None:
-            self.metrics.compaction()
+        self.status.retention_runs += 1
         if plan.refused is not None or not plan.delete:
             return
         deleted = self.repo.forget(plan.delete)

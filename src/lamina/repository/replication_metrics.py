@@ -5,7 +5,9 @@ Metrics (all prefixed ``lamina_replicate_``): ``last_vp_age_seconds`` (now minus
 point's VP time, computed at each scrape), ``lag_seconds`` and ``lag_commits`` (see
 :class:`~lamina.repository.replicate.ReplicationStatus`), ``last_vp_seq``, and the
 counters ``layers_total``, ``fulls_total``, ``bytes_total``, ``errors_total``,
-``compactions_total``, ``points_deleted_total``. Each :class:`ReplicationMetrics` has its
+``compactions_total`` (layers rewritten onto their anchors by level compaction),
+``merged_bytes_total`` (bytes those rewrites stored), ``retention_runs_total``,
+``points_deleted_total``. Each :class:`ReplicationMetrics` has its
 own registry (several replicators in one process do not clash).
 
 Concurrency: the HTTP server runs in a daemon thread; updates are thread-safe
@@ -60,11 +62,16 @@ class ReplicationMetrics:
         self.fulls = prom.Counter(PREFIX + "fulls", "Full images sent", registry=r)
         self.bytes = prom.Counter(PREFIX + "bytes", "Image bytes sent", registry=r)
         self.errors = prom.Counter(PREFIX + "errors", "Failed steps (retried)", registry=r)
-        self.compactions = prom.Counter(PREFIX + "compactions", "Retention/compaction runs",
-                                        registry=r)
+        self.compactions = prom.Counter(PREFIX + "compactions",
+                                        "Points rewritten by level compaction", registry=r)
+        self.merged_bytes = prom.Counter(PREFIX + "merged_bytes",
+                                         "Image bytes stored by level compaction", registry=r)
+        self.retention_runs = prom.Counter(PREFIX + "retention_runs", "Retention passes",
+                                           registry=r)
         self.points_deleted = prom.Counter(PREFIX + "points_deleted",
                                            "Points deleted by retention", registry=r)
-        self._seen = {"layers": 0, "fulls": 0, "bytes": 0, "deleted": 0}
+        self._seen = {"layers": 0, "fulls": 0, "bytes": 0, "deleted": 0, "compactions": 0,
+                      "merged": 0, "retention": 0}
         self.server: Any = None
         self.address: tuple[str, int] | None = None
 
@@ -83,7 +90,11 @@ class ReplicationMetrics:
         for name, counter, value in (("layers", self.layers, status.layers_sent),
                                      ("fulls", self.fulls, status.fulls_sent),
                                      ("bytes", self.bytes, status.bytes_sent),
-                                     ("deleted", self.points_deleted, status.points_deleted)):
+                                     ("deleted", self.points_deleted, status.points_deleted),
+                                     ("compactions", self.compactions, status.compactions),
+                                     ("merged", self.merged_bytes, status.merged_bytes),
+                                     ("retention", self.retention_runs,
+                                      status.retention_runs)):
             if value > self._seen[name]:
                 counter.inc(value - self._seen[name])
                 self._seen[name] = value
@@ -91,10 +102,6 @@ class ReplicationMetrics:
     def error(self) -> None:
         """Count a failed step."""
         self.errors.inc()
-
-    def compaction(self) -> None:
-        """Count a retention/compaction run."""
-        self.compactions.inc()
 
     def serve(self, host: str, port: int) -> tuple[str, int]:
         """Serve ``/metrics`` on ``host:port`` in a daemon thread; returns the address
