@@ -64,6 +64,17 @@ def client(endpoint: str, *, secret: str = SECRET_KEY, attempts: int = 3) -> Any
                                       connect_timeout=2, read_timeout=30))
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel kills the server when the test process that
+    started it dies (a suite killed outright must not leave servers running; Linux only,
+    elsewhere the fixture's stop() is all there is)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class S3Server:
     """One ``weed mini`` (see the module doc)."""
 
@@ -94,7 +105,8 @@ class S3Server:
                "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         cwd=self.data_dir, start_new_session=True)
+                                         cwd=self.data_dir, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
