@@ -6,6 +6,7 @@ still restores."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -295,3 +296,99 @@ def _images_env(url: str, env: dict[str, str]) -> list[str]:
     proc = cli.run("list", "--repo", url, "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     return [L.image_key(b["id"]) for b in json.loads(proc.stdout)["backups"]]
+
+
+def _stop(proc: subprocess.Popen[str]) -> bool:
+    """Stop ``proc`` where it is (SIGSTOP; the caller continues it): the moment a test
+    waited for cannot pass while the test acts on it."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    return True
+
+
+def _written(pid: int) -> int:
+    """Bytes process ``pid`` has written so far (``wchar``: a restore's pages, as it
+    downloads them; its start-up writes next to nothing)."""
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+
+
+@pytest.mark.slow
+def test_server_killed_mid_restore_and_mid_prune(tmp_path: Path) -> None:
+    """A server of its own, killed (SIGKILL) while a restore is downloading, then while a
+    prune streams a synthetic full back into the store (each held with SIGSTOP at that
+    moment, continued once the server is dead): both end with exit 9 in one line;
+    the restore leaves no destination, the prune leaves the layer it was replacing as it
+    was; after a restart every backup restores and a new prune finishes the merge."""
+    server = S3Server(tmp_path / "weed")
+    server.start()
+    try:
+        env = {**os.environ, **server.env(), "AWS_MAX_ATTEMPTS": "2"}
+        s3 = client(server.endpoint)
+        s3.create_bucket(Bucket="killed")
+        url = "s3://killed/repo"
+        db = tmp_path / "db"
+        _big_db(db, 24)
+        assert cli.run("repo", "init", url, env=env).returncode == 0
+        full = cli.run("backup", str(db), "--repo", url, "--compress", "none", env=env)
+        assert full.returncode == 0, full.stderr
+        with make_db(db) as d, d.write() as txn:
+            for i in range(0, 6144, 3):
+                txn.table("t").put(b"k%08d" % i, os.urandom(4000))
+        layer = cli.run("backup", str(db), "--repo", url, "--compress", "none", env=env)
+        assert layer.returncode == 0, layer.stderr
+        expected = content(db)
+        before = {k: s3.head_object(Bucket="killed", Key=f"repo/{k}")["ETag"]
+                  for k in _images_env(url, env)}
+
+        # 1. mid-restore: killed once the restore has written 4 MiB of the 24 it restores
+        out = tmp_path / "out"
+        proc = cli.start("restore", "--repo", url, "--to", str(out), env=env)
+        wait_for(lambda: _written(proc.pid) > 4 << 20 and _stop(proc),
+                 "the restore to write 4 MiB", proc=proc, max_interval=0.005)
+        server.kill()
+        os.kill(proc.pid, signal.SIGCONT)
+        _out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 9, err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("lamina: "), err
+        assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+        # 2. mid-prune: killed once the synthetic full's upload has a part on the server
+        server.start()
+        wait_for(lambda: _readable(s3, "killed", f"repo/{L.CONFIG_KEY}"),
+                 "the restarted server to serve the repository's objects")
+        proc = cli.start("prune", "--repo", url, "--keep-last", "1", env=env)
+
+        def part_stored() -> bool:
+            for upload in s3.list_multipart_uploads(Bucket="killed").get("Uploads", []):
+                if s3.list_parts(Bucket="killed", Key=upload["Key"],
+                                 UploadId=upload["UploadId"]).get("Parts"):
+                    return _stop(proc)
+            return False
+
+        wait_for(part_stored, "the prune's merge to store a part", proc=proc)
+        server.kill()
+        os.kill(proc.pid, signal.SIGCONT)
+        _out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 9, err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("lamina: "), err
+
+        server.start()
+        wait_for(lambda: _readable(s3, "killed", f"repo/{L.CONFIG_KEY}"),
+                 "the restarted server to serve the repository's objects")
+        after = {k: s3.head_object(Bucket="killed", Key=f"repo/{k}")["ETag"]
+                 for k in _images_env(url, env)}
+        assert after == before  # nothing half-published: both images as they were
+        for i, backup in enumerate((full, layer)):
+            got = cli.run("restore", "--repo", url, "--id", backup.stdout.strip(), "--to",
+                          str(tmp_path / f"r{i}"), env=env)
+            assert got.returncode == 0, got.stderr
+        assert content(tmp_path / "r1") == expected
+        again = cli.run("prune", "--repo", url, "--keep-last", "1", env=env)
+        assert again.returncode == 0, again.stderr
+        assert _images_env(url, env) == [L.image_key(layer.stdout.strip())]
+        assert not s3.list_multipart_uploads(Bucket="killed").get("Uploads")
+        final = cli.run("restore", "--repo", url, "--to", str(tmp_path / "last"), env=env)
+        assert final.returncode == 0, final.stderr
+        assert content(tmp_path / "last") == expected
+    finally:
+        server.stop()
