@@ -1,0 +1,139 @@
+"""What a prune's (and a backup's) removal of dead writers' uploads must never remove: an
+upload that is not the repository's (another application's in the same bucket, a sibling
+repository's), an upload a backup starts while the removal lists, and the live resumable
+upload of another copy of the same database. Local and S3 (a real SeaweedFS server)."""
+
+from __future__ import annotations
+
+import builtins
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lamina
+from lamina.repository import KeepPolicy, Repository
+from lamina.repository.resumable import LEASE_FIELD
+from lamina.repository.s3client import S3Location
+from lamina.repository.s3multipart import MultipartUpload
+from lamina.repository.s3storage import S3Storage
+from lamina.repository.s3uploads import S3_MIN_PART_SIZE, S3Uploads
+from lamina.repository.stale import remove_stale_uploads
+from lamina.repository.storage import LocalStorage, ObjectStat
+from lamina.repository.upload_store import uploads_of
+from lamina.repository.uploads import info_document
+from support.s3fixtures import BUCKET
+from support.s3server import S3Server, client
+
+HOUR_NS = 3600 * 10**9
+
+
+def _small_repo(tmp_path: Path, url: str) -> tuple[Path, Repository]:
+    db_path = tmp_path / "db"
+    with lamina.open(db_path) as db:
+        db.create_table("t")
+        with db.write() as txn:
+            txn.table("t").put(b"k", b"v")
+        repo = Repository.init(url)
+        repo.backup(db)
+    return db_path, repo
+
+
+def _pending_keys(s3: Any, bucket: str) -> set[str]:
+    return {str(u["Key"]) for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
+
+
+def test_prune_of_a_bucket_root_repository_leaves_other_applications_uploads(
+        tmp_path: Path, s3_server: S3Server) -> None:
+    """A repository at a bucket's root shares the bucket's multipart uploads with whatever
+    else writes there: a prune aborts only those of keys the repository writes."""
+    bucket = f"lamina-root-{uuid.uuid4().hex[:8]}"
+    s3 = client(s3_server.endpoint)
+    _db, repo = _small_repo(tmp_path, f"s3://{bucket}")
+    foreign = ["videos/holiday.mp4", "images-of-cats/1.jpg", "images/not-a-backup.bin"]
+    for key in foreign:
+        s3.create_multipart_upload(Bucket=bucket, Key=key)
+    repo.prune(KeepPolicy(last=5))
+    assert _pending_keys(s3, bucket) == set(foreign)
+
+
+def test_prune_leaves_a_sibling_repositorys_uploads(tmp_path: Path, s3_url: str,
+                                                    s3_server: S3Server) -> None:
+    """``s3://b/repo`` is not ``s3://b/repo2``: the sibling's merge in progress stays."""
+    s3 = client(s3_server.endpoint)
+    _db, repo = _small_repo(tmp_path, s3_url)
+    prefix = S3Location.parse(s3_url).prefix
+    sibling = f"{prefix}2/images/{uuid.uuid4()}.lamina"
+    s3.create_multipart_upload(Bucket=BUCKET, Key=sibling)
+    ours = f"{prefix}/images/{uuid.uuid4()}.lamina"  # a dead merge's: garbage
+    s3.create_multipart_upload(Bucket=BUCKET, Key=ours)
+    removed = repo.prune(KeepPolicy(last=5)).stale_uploads_removed
+    assert [u.name for u in removed] == [f"s3://{BUCKET}/{ours}"]
+    assert sibling in _pending_keys(s3, BUCKET) and ours not in _pending_keys(s3, BUCKET)
+
+
+class _BackupStartsBetweenListings(S3Storage):
+    """An S3 storage on which a backup starts its upload (description, then multipart
+    upload, as :meth:`S3Uploads.create` does) right between the two listings a stale-upload
+    removal makes — the moment a prune that stalled past its lease would meet it."""
+
+    def __init__(self, location: S3Location, name: str) -> None:
+        super().__init__(location)
+        self.name = name
+        self.listings = 0
+
+    def _between(self) -> None:
+        self.listings += 1
+        if self.listings == 2:
+            lease = {LEASE_FIELD: time.time_ns() + HOUR_NS}
+            S3Uploads(self).create(self.name, S3_MIN_PART_SIZE, lease)
+
+    def list(self, prefix: str = "") -> builtins.list[ObjectStat]:
+        self._between()
+        return super().list(prefix)
+
+    def unfinished_uploads(self) -> builtins.list[MultipartUpload]:
+        self._between()
+        return super().unfinished_uploads()
+
+
+def test_an_upload_started_while_the_removal_lists_is_kept(tmp_path: Path,
+                                                           s3_url: str) -> None:
+    _small_repo(tmp_path, s3_url)
+    name = str(uuid.uuid4())
+    storage = _BackupStartsBetweenListings(S3Location.parse(s3_url), name)
+    removed = remove_stale_uploads(storage)
+    assert storage.listings == 2
+    assert removed == []
+    upload = S3Uploads(storage).open(name)  # still resumable: its multipart upload lives
+    assert upload.parts_present() == {}
+
+
+def _describe_old_live_upload(repo: Repository, db_id: str) -> str:
+    """An upload of a backup of another copy of the database ``db_id`` (its pin lives in
+    that copy): started two hours ago, its lease (mirrored) lasting another hour."""
+    uploads = uploads_of(repo.storage)
+    name = str(uuid.uuid4())
+    info = {"database_id": db_id, "image_id": name, LEASE_FIELD: time.time_ns() + HOUR_NS}
+    uploads.create(name, S3_MIN_PART_SIZE, info)
+    doc = info_document(name, S3_MIN_PART_SIZE, info, time.time_ns() - 2 * HOUR_NS)
+    storage = repo.storage
+    if isinstance(storage, LocalStorage):
+        (storage.root / "uploads" / name / "UPLOAD").write_bytes(doc)
+    else:
+        storage.put_bytes(f"uploads/{name}", doc)
+    return name
+
+
+def test_a_backup_keeps_the_live_upload_of_another_copy_of_its_database(
+        tmp_path: Path, repo_url: str) -> None:
+    """A copy of a database (same database id) backs up into the same repository; its
+    backup was interrupted two hours ago under a long ``--resume-lease``. A backup of the
+    original must not remove that upload while the lease lasts (the pin is in the copy,
+    which the original cannot see: the mirrored lease is all it knows)."""
+    db_path, repo = _small_repo(tmp_path, repo_url)
+    with lamina.open(db_path, create=False) as db:
+        name = _describe_old_live_upload(repo, str(db.identity.db_id))
+        repo.backup(db)
+    assert [u.name for u in uploads_of(repo.storage).list()] == [name]
+    uploads_of(repo.storage).open(name)
