@@ -24,6 +24,10 @@ from lamina.repository.upload_store import uploads_of
 from lamina.repository.uploads import info_document
 from support.s3fixtures import BUCKET
 from support.s3server import S3Server, client
+from support.waiting import GUARD_SECONDS
+
+from .test_lease_loss import _continue, _stalled
+from .test_store_stream import leftovers
 
 HOUR_NS = 3600 * 10**9
 
@@ -137,3 +141,39 @@ def test_a_backup_keeps_the_live_upload_of_another_copy_of_its_database(
         repo.backup(db)
     assert [u.name for u in uploads_of(repo.storage).list()] == [name]
     uploads_of(repo.storage).open(name)
+
+
+def _merge_in_progress(repo: Repository) -> str:
+    """What a merge of a prune holding the lock leaves while it streams: an unfinished
+    multipart upload of an image key (S3), a dot-temporary beside the images (local)."""
+    storage = repo.storage
+    key = f"images/{uuid.uuid4()}.lamina"
+    if isinstance(storage, S3Storage):
+        s3 = storage.client
+        s3.create_multipart_upload(Bucket=storage.bucket, Key=storage.object_key(key))
+        return storage.object_url(key)
+    assert isinstance(storage, LocalStorage)
+    temp = storage.root / "images" / f".{key.split('/')[1]}.tmp-0123456789ab"
+    temp.write_bytes(b"half a merged image")
+    return str(temp)
+
+
+def test_a_prune_stalled_past_its_lease_removes_no_live_writers_upload(
+        tmp_path: Path, repo_url: str) -> None:
+    """A prune stopped (SIGSTOP) after planning, its 3 s lease expired; another prune
+    takes the lock and streams a merge. The stalled prune, continued, stops with its lost
+    lease (exit 8) before removing anything: the new holder's merge upload lives on."""
+    _db, repo = _small_repo(tmp_path, repo_url)
+    stalled = _stalled("prune", "--repo", repo_url, "--keep-last", "5",
+                       point="repository.prune_planned")
+    try:
+        with Repository.open(repo_url, lock_timeout=GUARD_SECONDS).exclusive("prune"):
+            live = _merge_in_progress(repo)
+            code, err = _continue(stalled)
+            assert leftovers(repo) == [live]
+    finally:
+        if stalled.returncode is None:
+            stalled.kill()
+            stalled.wait()
+    assert code == 8, err
+    assert len(err.strip().splitlines()) == 1 and "lease" in err, err
