@@ -6,13 +6,17 @@ upload of another copy of the same database. Local and S3 (a real SeaweedFS serv
 from __future__ import annotations
 
 import builtins
+import random
 import time
+import tracemalloc
 import uuid
 from pathlib import Path
 from typing import Any
 
 import lamina
 from lamina.repository import KeepPolicy, Repository
+from lamina.repository.lease import Lease, read_lease
+from lamina.repository.lock import EXCLUSIVE_KEY
 from lamina.repository.resumable import LEASE_FIELD
 from lamina.repository.s3client import S3Location
 from lamina.repository.s3multipart import MultipartUpload
@@ -177,3 +181,28 @@ def test_a_prune_stalled_past_its_lease_removes_no_live_writers_upload(
             stalled.wait()
     assert code == 8, err
     assert len(err.strip().splitlines()) == 1 and "lease" in err, err
+
+
+def test_an_oversized_lease_object_is_never_read_whole(tmp_path: Path, repo_url: str) -> None:
+    """32 MiB of garbage where the exclusive lease goes: a lock taker reads at most a
+    lease's bound of it (not the whole object into memory), treats it as stale and takes
+    it over by compare-and-swap."""
+    _db, repo = _small_repo(tmp_path, repo_url)
+    junk = random.Random(7).randbytes(32 << 20)
+    repo.storage.put_bytes(EXCLUSIVE_KEY, junk)
+    tracemalloc.start()
+    try:
+        found = read_lease(repo.storage, EXCLUSIVE_KEY)
+        lease = Lease(repo.storage, EXCLUSIVE_KEY, "prune", ttl=30.0)
+        assert lease.try_acquire()  # unparseable: stale, taken over
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    try:
+        assert found is not None and found[0] is None
+        assert peak < 8 << 20, f"{peak} bytes allocated to read a lease"
+        got = read_lease(repo.storage, EXCLUSIVE_KEY)
+        assert got is not None and got[0] is not None and got[0].owner == lease.owner
+    finally:
+        lease.release()
+    assert not repo.storage.exists(EXCLUSIVE_KEY)

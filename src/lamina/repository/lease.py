@@ -157,7 +157,7 @@ def read_lease(storage: Storage, key: str) -> tuple[LeaseInfo | None, str] | Non
     """The lease at ``key`` and its version token; None when there is none. A lease that
     does not parse is returned as (None, token): stale. Raises StorageError."""
     try:
-        data, token = storage.read_versioned(key)
+        data, token = storage.read_versioned(key, limit=MAX_LEASE_SIZE)
     except NotFoundError:
         return None
     return LeaseInfo.decode(data), token
