@@ -221,7 +221,29 @@ class LocalUpload:
         return xxhash.xxh3_128_hexdigest(data)
 
     def parts_present(self) -> dict[int, PartInfo]:
-        """See :meth:`Upload.parts_present`; records that fail their check end the log."""
+        """See :meth:`Upload.parts_present`; records that fail their check end the log,
+        and a part whose bytes in ``data`` no longer match its record (damaged after it
+        was stored) is absent (a resume stores it again). Reads every recorded part."""
+        records = self._records()
+        if not records:
+            return records
+        path = self.directory / DATA_FILE
+        found: dict[int, PartInfo] = {}
+        try:
+            with open(path, "rb") as f:
+                for number, part in sorted(records.items()):
+                    f.seek((number - 1) * self.part_size)
+                    data = f.read(part.size)
+                    if len(data) == part.size and self.checksum(data) == part.checksum:
+                        found[number] = part
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise storage_error(exc, "read", path) from exc
+        return found
+
+    def _records(self) -> dict[int, PartInfo]:
+        """The parts the log records (their bytes unread)."""
         path = self.directory / PARTS_FILE
         try:
             raw = path.read_bytes()
@@ -275,7 +297,7 @@ class LocalUpload:
 
     def complete(self, key: str, count: int) -> None:
         """See :meth:`Upload.complete`."""
-        present = self.parts_present()
+        present = self._records()  # this writer's parts, or ones a resume checked
         total = 0
         for number in range(1, count + 1):
             part = present.get(number)
