@@ -6,6 +6,8 @@ upload of another copy of the same database. Local and S3 (a real SeaweedFS serv
 from __future__ import annotations
 
 import builtins
+import json
+import os
 import random
 import time
 import tracemalloc
@@ -15,6 +17,7 @@ from typing import Any
 
 import lamina
 from lamina.repository import KeepPolicy, Repository
+from lamina.repository import lease as lease_module
 from lamina.repository.lease import Lease, read_lease
 from lamina.repository.lock import EXCLUSIVE_KEY
 from lamina.repository.resumable import LEASE_FIELD
@@ -23,7 +26,7 @@ from lamina.repository.s3multipart import MultipartUpload
 from lamina.repository.s3storage import S3Storage
 from lamina.repository.s3uploads import S3_MIN_PART_SIZE, S3Uploads
 from lamina.repository.stale import remove_stale_uploads
-from lamina.repository.storage import LocalStorage, ObjectStat
+from lamina.repository.storage import LocalStorage, ObjectStat, Storage
 from lamina.repository.upload_store import uploads_of
 from lamina.repository.uploads import info_document
 from support.s3fixtures import BUCKET
@@ -206,3 +209,30 @@ def test_an_oversized_lease_object_is_never_read_whole(tmp_path: Path, repo_url:
     finally:
         lease.release()
     assert not repo.storage.exists(EXCLUSIVE_KEY)
+
+
+def _crafted(storage: Storage, **fields: object) -> None:
+    """A lease object at ``locks/exclusive`` as this host's processes write them, with
+    ``fields`` changed."""
+    now = time.time_ns()
+    doc: dict[str, object] = {"magic": "LAMINA-LEASE", "version": 1, "owner": "f" * 32,
+                              "host": lease_module._HOST, "boot": lease_module._BOOT,
+                              "pid": os.getpid(), "pid_started": None, "operation": "prune",
+                              "acquired_ns": now, "expires_ns": now + 30 * 10**9}
+    doc.update(fields)
+    storage.put_bytes(EXCLUSIVE_KEY, json.dumps(doc).encode())
+
+
+def test_crafted_lease_objects_neither_crash_nor_lock_forever(tmp_path: Path,
+                                                             repo_url: str) -> None:
+    """A pid no process has (huge: no C long; 0 and -1 would name process groups, alive
+    forever), an expiry in a far year: garbage, so stale, taken over at once."""
+    _db, repo = _small_repo(tmp_path, repo_url)
+    far = time.time_ns() + 500 * 365 * 24 * HOUR_NS
+    for fields in ({"pid": 2**70}, {"pid": 0}, {"pid": -1},
+                   {"host": "elsewhere", "boot": "b", "expires_ns": far}):
+        _crafted(repo.storage, **fields)
+        lease = Lease(repo.storage, EXCLUSIVE_KEY, "prune", ttl=30.0)
+        assert lease.try_acquire(), fields
+        lease.release()
+    assert repo.prune(KeepPolicy(last=5)).plan.delete == []
