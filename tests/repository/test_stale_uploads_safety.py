@@ -236,3 +236,25 @@ def test_crafted_lease_objects_neither_crash_nor_lock_forever(tmp_path: Path,
         assert lease.try_acquire(), fields
         lease.release()
     assert repo.prune(KeepPolicy(last=5)).plan.delete == []
+
+
+def test_prune_never_empties_a_directory_the_staging_link_points_to(tmp_path: Path) -> None:
+    """A user linked a local repository's staging directory (``tmp``) elsewhere (a bigger
+    disk): a prune clears the repository's own leftovers, never the files of the linked
+    directory, which are not the repository's."""
+    _db, repo = _small_repo(tmp_path, str(tmp_path / "repo"))
+    scratch = tmp_path / "scratch"
+    (scratch / "project").mkdir(parents=True)
+    (scratch / "precious.txt").write_bytes(b"not the repository's")
+    (scratch / "project" / "notes.txt").write_bytes(b"nor this")
+    staging = tmp_path / "repo" / "tmp"
+    if staging.exists():
+        staging.rmdir()
+    staging.symlink_to(scratch, target_is_directory=True)
+    repo.prune(KeepPolicy(last=5))
+    assert (scratch / "precious.txt").read_bytes() == b"not the repository's"
+    assert (scratch / "project" / "notes.txt").read_bytes() == b"nor this"
+    (scratch / f"merge-{uuid.uuid4().hex}.lamina").write_bytes(b"a dead merge's")
+    removed = repo.prune(KeepPolicy(last=5)).stale_files_removed
+    assert removed == 1 and sorted(p.name for p in scratch.iterdir()) == \
+        ["precious.txt", "project"]

@@ -212,6 +212,10 @@ def check_key(key: str) -> list[str]:
     return parts
 
 
+#: How the names of what writers stage in a storage's staging directory begin (a merge's
+#: output and its working directory, a streamed chain combination's working directory).
+STAGED_NAME_PREFIXES = ("merge-", ".merge-", ".combine-")
+
 #: The local file serializing compare-and-swap operations of one LocalStorage.
 CAS_LOCK = ".cas.lock"
 
@@ -579,7 +583,11 @@ class LocalStorage:
         removed: builtins.list[str] = []
         staging = self.root / self._staging
         if staging.is_dir():
-            for child in (staging / name for name in fileio.listdir(staging)):
+            # A staging directory linked elsewhere (a bigger disk) is not the repository's
+            # own: only what lamina's writers name there is removed, never others' files.
+            linked = staging.is_symlink()
+            for child in (staging / name for name in fileio.listdir(staging)
+                          if not linked or name.startswith(STAGED_NAME_PREFIXES)):
                 if child.is_dir() and not child.is_symlink():
                     fileio.rmtree(child, ignore_errors=True)
                 else:
