@@ -258,3 +258,22 @@ def test_prune_never_empties_a_directory_the_staging_link_points_to(tmp_path: Pa
     removed = repo.prune(KeepPolicy(last=5)).stale_files_removed
     assert removed == 1 and sorted(p.name for p in scratch.iterdir()) == \
         ["precious.txt", "project"]
+
+
+def test_prune_never_removes_foreign_files_of_a_linked_uploads_directory(
+        tmp_path: Path) -> None:
+    """The same for ``uploads/`` linked to another directory: what is not an upload's
+    (named by an image id) is not the repository's."""
+    _db, repo = _small_repo(tmp_path, str(tmp_path / "repo"))
+    big = tmp_path / "big"
+    (big / "photos").mkdir(parents=True)
+    (big / "todo.txt").write_bytes(b"mine")
+    uploads = tmp_path / "repo" / "uploads"
+    if uploads.exists():
+        uploads.rmdir()
+    uploads.symlink_to(big, target_is_directory=True)
+    dead = str(uuid.uuid4())
+    (big / dead).mkdir()  # a backup killed before it described its upload
+    removed = repo.prune(KeepPolicy(last=5)).stale_uploads_removed
+    assert [u.name for u in removed] == [dead]
+    assert sorted(p.name for p in big.iterdir()) == ["photos", "todo.txt"]

@@ -30,6 +30,7 @@ import os
 import re
 import struct
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -83,6 +84,13 @@ class UploadInfo:
     part_size: int
     created_ns: int
     info: dict[str, Any]
+
+
+def _is_image_id(name: str) -> bool:
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
 
 
 def check_name(name: str) -> str:
@@ -368,13 +376,17 @@ class LocalUploads:
         return [info for _, info in self.entries() if info is not None]
 
     def entries(self) -> builtins.list[tuple[str, UploadInfo | None]]:
-        """See :meth:`UploadStore.entries`."""
+        """See :meth:`UploadStore.entries`. A directory linked elsewhere in place of
+        ``uploads/`` is not the repository's own: only entries named as uploads are (an
+        image id), never the linked directory's other files."""
         try:
             names = sorted(fileio.listdir(self.root))
         except StorageError:
             if not self.root.exists():
                 return []
             raise
+        if self.root.is_symlink():
+            names = [n for n in names if _is_image_id(n)]
         out: builtins.list[tuple[str, UploadInfo | None]] = []
         for name in names:
             try:
