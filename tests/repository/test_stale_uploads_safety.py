@@ -277,3 +277,14 @@ def test_prune_never_removes_foreign_files_of_a_linked_uploads_directory(
     removed = repo.prune(KeepPolicy(last=5)).stale_uploads_removed
     assert [u.name for u in removed] == [dead]
     assert sorted(p.name for p in big.iterdir()) == ["photos", "todo.txt"]
+
+
+def test_a_description_stating_a_nonsense_lease_end_is_removed_in_one_report(
+        tmp_path: Path, repo_url: str) -> None:
+    _db, repo = _small_repo(tmp_path, repo_url)
+    uploads = uploads_of(repo.storage)
+    name = str(uuid.uuid4())
+    uploads.create(name, S3_MIN_PART_SIZE, {LEASE_FIELD: -10**30})
+    [gone] = repo.prune(KeepPolicy(last=5)).stale_uploads_removed
+    assert gone.name == name and "no representable time" in gone.reason
+    assert uploads.entries() == []

@@ -55,7 +55,11 @@ class StaleUpload:
 
 
 def _iso(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).isoformat(timespec="seconds")
+    """``ns`` (a wall-clock time a description states, maybe nonsense) as an ISO time."""
+    try:
+        return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return f"{ns} ns since the epoch (no representable time)"
 
 
 def _s3(storage: Storage) -> S3Storage | None:
@@ -90,7 +94,7 @@ def remove_stale_uploads(storage: Storage, now_ns: int | None = None) -> list[St
     """Remove the resumable uploads whose mirrored lease ended before ``now_ns`` (default:
     now) or whose description is damaged, and (S3) every unfinished multipart upload of a
     key this repository writes (:func:`_repository_key`: never another application's in
-    the same bucket) that no remaining resumable upload owns. Returns what was removed.
+    the same bucket) that no resumable upload owns. Returns what was removed.
     Only under the exclusive repository lock (module doc); even so, an upload a backup
     starts meanwhile (a prune that stalled past its lease) is kept: the multipart uploads
     are listed before the descriptions, and a backup writes its description before its
@@ -100,12 +104,12 @@ def remove_stale_uploads(storage: Storage, now_ns: int | None = None) -> list[St
     pending = [] if s3 is None else s3.unfinished_uploads()
     uploads = uploads_of(storage)
     removed: list[StaleUpload] = []
-    live: set[str] = set()
+    described: set[str] = set()  # kept (live), or removed whole with its multipart upload
     for name, info in uploads.entries():
+        described.add(name)
         if info is not None:
             until = lease_until(info)
             if until > now:
-                live.add(name)
                 continue
             reason = f"its backup's lease ended at {_iso(until)}"
         else:
@@ -117,7 +121,7 @@ def remove_stale_uploads(storage: Storage, now_ns: int | None = None) -> list[St
     from lamina.repository.s3uploads import image_key_of
 
     owned: set[str] = set()
-    for name in live:
+    for name in described:
         try:
             owned.add(s3.object_key(image_key_of(name)))
         except UsageError:
