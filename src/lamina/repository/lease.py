@@ -17,7 +17,8 @@ held, by a renewal, right before anything is published under it.
 
 A lease is *stale* when its expiry has passed, when its holder's process is gone (same
 host, pid not alive, or alive with another start time — pid reuse), or when it cannot be
-parsed (a leftover of an older format). A stale lease is taken over by a compare-and-swap
+parsed (a leftover of an older format, garbage: no process id, an expiry beyond twice
+:data:`MAX_TTL` from now). A stale lease is taken over by a compare-and-swap
 on the version read: two waiters that both see it stale cannot both win (the second
 swap finds a new version). A waiter keeps trying, with a growing back-off, until its
 timeout (LockedError naming the holder). No one waits forever after a holder is killed:
