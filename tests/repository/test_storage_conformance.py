@@ -173,6 +173,20 @@ def test_compare_and_swap(storage: Storage) -> None:
         storage.read_versioned("cas")
 
 
+def test_a_bounded_versioned_read_has_the_whole_objects_token(storage: Storage) -> None:
+    big = os.urandom(100_000)
+    storage.put_bytes("cas", big)
+    head, token = storage.read_versioned("cas", limit=10)
+    assert head == big[:11]
+    assert token == storage.read_versioned("cas")[1]
+    assert storage.replace_if("cas", token, b"small")
+    storage.put_bytes("empty", b"")
+    assert storage.read_versioned("empty", limit=10)[0] == b""
+    assert storage.delete_if("empty", storage.read_versioned("empty", limit=10)[1])
+    with pytest.raises(NotFoundError):
+        storage.read_versioned("gone", limit=10)
+
+
 def test_an_object_is_visible_only_when_complete(storage: Storage) -> None:
     storage.put_bytes("pub/old", b"old")
     writer = storage.writer("pub/new")

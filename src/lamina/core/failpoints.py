@@ -30,6 +30,7 @@ NAMES: dict[str, str] = {
     "archive.optimize_mid_publish": "optimize: data file renamed, meta not yet rolled forward",
     "catalog.after_files_created": "create-table: engine files made, catalog not committed",
     "catalog.after_commit_before_unlink": "drop-table: catalog committed, files not removed",
+    "repository.prune_planned": "prune: plan made, nothing of dead writers removed yet",
     "repository.prune_step": "prune: after each merge publish and each delete (use name:N)",
     "repository.merge_staged": "merge_layers: merged layer staged and proven, not published",
     "repository.merge_published": "merge_layers: merged layer published, index not saved",

@@ -17,7 +17,8 @@ held, by a renewal, right before anything is published under it.
 
 A lease is *stale* when its expiry has passed, when its holder's process is gone (same
 host, pid not alive, or alive with another start time — pid reuse), or when it cannot be
-parsed (a leftover of an older format). A stale lease is taken over by a compare-and-swap
+parsed (a leftover of an older format, garbage: no process id, an expiry beyond twice
+:data:`MAX_TTL` from now). A stale lease is taken over by a compare-and-swap
 on the version read: two waiters that both see it stale cannot both win (the second
 swap finds a new version). A waiter keeps trying, with a growing back-off, until its
 timeout (LockedError naming the holder). No one waits forever after a holder is killed:
@@ -50,13 +51,20 @@ LEASE_VERSION = 1
 DEFAULT_TTL = 30.0
 #: Largest lease object read (a sane bound before parsing).
 MAX_LEASE_SIZE = 4096
+#: Longest lease lifetime, seconds (``LAMINA_LEASE_TTL`` is capped to it): a lease
+#: expiring more than twice this beyond the reader's clock is garbage (stale), not a
+#: holder that locks the repository until some far year.
+MAX_TTL = 24 * 3600.0
+#: Process ids a lease may name (Linux's pid_max is at most 2**22).
+MAX_PID = 2**31 - 1
 
 
 def default_ttl() -> float:
-    """``LAMINA_LEASE_TTL`` seconds if set (at least 0.5), else :data:`DEFAULT_TTL`."""
+    """``LAMINA_LEASE_TTL`` seconds if set (0.5..:data:`MAX_TTL`), else
+    :data:`DEFAULT_TTL`."""
     raw = os.environ.get("LAMINA_LEASE_TTL", "")
     try:
-        return max(0.5, float(raw)) if raw else DEFAULT_TTL
+        return min(MAX_TTL, max(0.5, float(raw))) if raw else DEFAULT_TTL
     except ValueError:
         return DEFAULT_TTL
 
@@ -124,15 +132,19 @@ class LeaseInfo:
                     or obj.get("version") != LEASE_VERSION:
                 return None
             started = obj.get("pid_started")
-            return cls(str(obj["owner"]), str(obj["host"]), str(obj.get("boot", "")),
+            info = cls(str(obj["owner"]), str(obj["host"]), str(obj.get("boot", "")),
                        int(obj["pid"]), None if started is None else int(started),
                        str(obj["operation"]), int(obj["acquired_ns"]), int(obj["expires_ns"]))
         except (UnicodeDecodeError, ValueError, KeyError, TypeError):
             return None
+        if not 0 < info.pid <= MAX_PID:
+            return None  # no process (0, -1 would name groups, a huge one no C long)
+        return info
 
     def stale(self, now_ns: int) -> bool:
-        """True when expired, or when its holder is a dead process of this host."""
-        if now_ns > self.expires_ns:
+        """True when expired (or expiring more than twice :data:`MAX_TTL` after ``now_ns``:
+        no holder writes that), or when its holder is a dead process of this host."""
+        if now_ns > self.expires_ns or self.expires_ns - now_ns > int(2 * MAX_TTL * 1e9):
             return True
         if self.host != _HOST or not self.boot or not _BOOT:
             return False  # another machine (or pid namespace): only the expiry tells
@@ -157,7 +169,7 @@ def read_lease(storage: Storage, key: str) -> tuple[LeaseInfo | None, str] | Non
     """The lease at ``key`` and its version token; None when there is none. A lease that
     does not parse is returned as (None, token): stale. Raises StorageError."""
     try:
-        data, token = storage.read_versioned(key)
+        data, token = storage.read_versioned(key, limit=MAX_LEASE_SIZE)
     except NotFoundError:
         return None
     return LeaseInfo.decode(data), token
@@ -172,7 +184,7 @@ class Lease:
         self.storage = storage
         self.key = key
         self.operation = operation
-        self.ttl = default_ttl() if ttl is None else ttl
+        self.ttl = default_ttl() if ttl is None else min(ttl, MAX_TTL)
         self.owner = uuid.uuid4().hex
         self._token: str | None = None
         self._info: LeaseInfo | None = None

@@ -858,8 +858,12 @@ class Repository:
             result = PruneResult(plan, index, dry_run, rebuilt)
             if dry_run:
                 return result
-            # Exclusive lock: no backup is writing, so every staged file is a dead one's.
+            failpoint("repository.prune_planned")
+            # Exclusive lock: no backup is writing, so every staged file is a dead one's —
+            # if the lock is still ours (a prune that stalled past its lease removes
+            # nothing: the writers it would meet are live ones of the lease's new holder).
             # Not under locks/: a waiter creates its lease while we hold the lock.
+            lease.confirm("prune")
             result.stale_files_removed = len(self.storage.remove_stale_temps(
                 keep=(L.LOCKS_DIR,)))
             # ... and every unfinished upload is a dead writer's, but for the resumable

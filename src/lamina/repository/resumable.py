@@ -191,8 +191,9 @@ def _idle(pin: pins.PinRecord) -> bool:
 def _tidy(db: Database, uploads: UploadStore, scope: str) -> None:
     """Remove uploads of ``db`` that no pin will resume: the upload of this scope's pin
     (the new backup replaces it) unless a backup still writes it, uploads of expired or
-    replaced pins, and uploads without a pin older than the default lease (a backup killed
-    before its VP). Best effort (a failure leaves an upload for the next backup)."""
+    replaced pins, and uploads without a pin here whose mirrored lease (:func:`lease_until`)
+    ended (a backup killed before its VP, or one of a copy of this database). Best effort
+    (a failure leaves an upload for the next backup)."""
     now = time.time_ns()
     try:
         recorded = {p.pin_id: p for p in pins.load(db.path)}
@@ -206,8 +207,10 @@ def _tidy(db: Database, uploads: UploadStore, scope: str) -> None:
         if pin is not None and not pin.expired(now) and not (pin.scope == scope
                                                                 and _idle(pin)):
             continue
-        if pin is None and now - info.created_ns < pins.DEFAULT_LEASE_NS:
-            continue  # maybe a backup that has not reached its VP yet
+        if pin is None and lease_until(info) > now:
+            # A backup that has not reached its VP yet, or one of another copy of this
+            # database (its pin is in that copy): its mirrored lease is all we know.
+            continue
         with contextlib.suppress(LaminaError):
             uploads.remove(info.name)
 

@@ -269,8 +269,14 @@ class S3Storage:
             return self._body(key)[0]
         return self._body(key, Range=f"bytes=0-{limit}")[0]
 
-    def read_versioned(self, key: str) -> tuple[bytes, str]:
-        """The ETag is the token. See :meth:`Storage.read_versioned`."""
+    def read_versioned(self, key: str, limit: int | None = None) -> tuple[bytes, str]:
+        """The ETag (of the whole object, even for a ranged GET) is the token. See
+        :meth:`Storage.read_versioned`."""
+        if limit is not None:
+            data, etag = self._body(key, Range=f"bytes=0-{limit}")
+            if etag:
+                return data, etag
+            # An empty object has no byte 0 (416, no ETag): read it whole (it is empty).
         return self._body(key)
 
     def get_range(self, key: str, offset: int, length: int, *, etag: str | None = None

@@ -127,8 +127,9 @@ class Storage(Protocol):
         Raises StorageError."""
         ...
 
-    def read_versioned(self, key: str) -> tuple[bytes, str]:
-        """The object and a version token that changes whenever it is replaced. Raises
+    def read_versioned(self, key: str, limit: int | None = None) -> tuple[bytes, str]:
+        """The object (at most ``limit`` + 1 bytes of it, as :meth:`get_bytes`) and a
+        version token of the whole object that changes whenever it is replaced. Raises
         NotFoundError, StorageError."""
         ...
 
@@ -210,6 +211,10 @@ def check_key(key: str) -> list[str]:
         raise UsageError(f"invalid storage key {key!r}")
     return parts
 
+
+#: How the names of what writers stage in a storage's staging directory begin (a merge's
+#: output and its working directory, a streamed chain combination's working directory).
+STAGED_NAME_PREFIXES = ("merge-", ".merge-", ".combine-")
 
 #: The local file serializing compare-and-swap operations of one LocalStorage.
 CAS_LOCK = ".cas.lock"
@@ -416,14 +421,24 @@ class LocalStorage:
         fileio.fsync_dir(path.parent)
         return True
 
-    @staticmethod
-    def _token(data: bytes) -> str:
-        return f"{xxhash.xxh3_128_hexdigest(data)}-{len(data)}"
+    def _read_token(self, key: str, limit: int | None) -> tuple[bytes, str]:
+        """At most ``limit`` + 1 bytes of the object and the token of all of it (the rest
+        is hashed as it is read, never held)."""
+        with self.open(key) as f:
+            try:
+                data = f.read() if limit is None else f.read(limit + 1)
+                digest = xxhash.xxh3_128(data)
+                size = len(data)
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+            except OSError as exc:
+                raise storage_error(exc, "read", self._path(key)) from exc
+        return data, f"{digest.hexdigest()}-{size}"
 
-    def read_versioned(self, key: str) -> tuple[bytes, str]:
-        """The token is a hash of the content. See :meth:`Storage.read_versioned`."""
-        data = self.get_bytes(key)
-        return data, self._token(data)
+    def read_versioned(self, key: str, limit: int | None = None) -> tuple[bytes, str]:
+        """The token is a hash of the whole content. See :meth:`Storage.read_versioned`."""
+        return self._read_token(key, limit)
 
     @contextlib.contextmanager
     def _cas(self) -> Iterator[None]:
@@ -441,7 +456,7 @@ class LocalStorage:
 
     def _version(self, key: str) -> str | None:
         try:
-            return self._token(self.get_bytes(key))
+            return self._read_token(key, 0)[1]
         except NotFoundError:
             return None
 
@@ -568,7 +583,11 @@ class LocalStorage:
         removed: builtins.list[str] = []
         staging = self.root / self._staging
         if staging.is_dir():
-            for child in (staging / name for name in fileio.listdir(staging)):
+            # A staging directory linked elsewhere (a bigger disk) is not the repository's
+            # own: only what lamina's writers name there is removed, never others' files.
+            linked = staging.is_symlink()
+            for child in (staging / name for name in fileio.listdir(staging)
+                          if not linked or name.startswith(STAGED_NAME_PREFIXES)):
                 if child.is_dir() and not child.is_symlink():
                     fileio.rmtree(child, ignore_errors=True)
                 else:

@@ -30,6 +30,7 @@ import os
 import re
 import struct
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -83,6 +84,13 @@ class UploadInfo:
     part_size: int
     created_ns: int
     info: dict[str, Any]
+
+
+def _is_image_id(name: str) -> bool:
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
 
 
 def check_name(name: str) -> str:
@@ -221,7 +229,29 @@ class LocalUpload:
         return xxhash.xxh3_128_hexdigest(data)
 
     def parts_present(self) -> dict[int, PartInfo]:
-        """See :meth:`Upload.parts_present`; records that fail their check end the log."""
+        """See :meth:`Upload.parts_present`; records that fail their check end the log,
+        and a part whose bytes in ``data`` no longer match its record (damaged after it
+        was stored) is absent (a resume stores it again). Reads every recorded part."""
+        records = self._records()
+        if not records:
+            return records
+        path = self.directory / DATA_FILE
+        found: dict[int, PartInfo] = {}
+        try:
+            with open(path, "rb") as f:
+                for number, part in sorted(records.items()):
+                    f.seek((number - 1) * self.part_size)
+                    data = f.read(part.size)
+                    if len(data) == part.size and self.checksum(data) == part.checksum:
+                        found[number] = part
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise storage_error(exc, "read", path) from exc
+        return found
+
+    def _records(self) -> dict[int, PartInfo]:
+        """The parts the log records (their bytes unread)."""
         path = self.directory / PARTS_FILE
         try:
             raw = path.read_bytes()
@@ -275,7 +305,7 @@ class LocalUpload:
 
     def complete(self, key: str, count: int) -> None:
         """See :meth:`Upload.complete`."""
-        present = self.parts_present()
+        present = self._records()  # this writer's parts, or ones a resume checked
         total = 0
         for number in range(1, count + 1):
             part = present.get(number)
@@ -346,13 +376,17 @@ class LocalUploads:
         return [info for _, info in self.entries() if info is not None]
 
     def entries(self) -> builtins.list[tuple[str, UploadInfo | None]]:
-        """See :meth:`UploadStore.entries`."""
+        """See :meth:`UploadStore.entries`. A directory linked elsewhere in place of
+        ``uploads/`` is not the repository's own: only entries named as uploads are (an
+        image id), never the linked directory's other files."""
         try:
             names = sorted(fileio.listdir(self.root))
         except StorageError:
             if not self.root.exists():
                 return []
             raise
+        if self.root.is_symlink():
+            names = [n for n in names if _is_image_id(n)]
         out: builtins.list[tuple[str, UploadInfo | None]] = []
         for name in names:
             try:
