@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lamina.database import Database
-from lamina.errors import CancelledError, LaminaError, UsageError
+from lamina.errors import CancelledError, LaminaError, UnsupportedError, UsageError
 from lamina.repository.index import ImageRecord, Index
 from lamina.repository.levels import (
     LevelPolicy,
@@ -335,11 +335,22 @@ class Replicator:
             if time.monotonic() - started >= self.options.interval \
                     and self.db.lockfile.commit_seq() != self._known_vp_seq:
                 return  # the next point first: the RPO does not wait for compaction
-            record = self.repo.merge_layers(str(backup_id), str(onto), cancel=self._stop)
+            try:
+                record = self.repo.merge_layers(str(backup_id), str(onto), cancel=self._stop)
+            except UnsupportedError:
+                # The segment holds a layer merge_layers cannot read (a backup taken by
+                # hand with --vp end): the point becomes a synthetic full of its chain
+                # instead, so no chain from it on holds that layer again and compaction
+                # goes on (else every step would fail on it and back off forever).
+                record = self.repo.merge_to_full(str(backup_id), cancel=self._stop)
+                self.status.fulls_merged += 1
+                self._emit("merge", id=str(backup_id),
+                           reason="its segment holds a layer that cannot be merged")
+            else:
+                self._emit("compact", id=str(backup_id), onto=str(onto),
+                           vp_seq=record.vp_seq, bytes=record.size)
             self.status.compactions += 1
             self.status.merged_bytes += record.size
-            self._emit("compact", id=str(backup_id), onto=str(onto), vp_seq=record.vp_seq,
-                       bytes=record.size)
         self._compaction_pending = False
 
     def _after_backup(self, result: Any, event: str, why: str | None) -> None:
