@@ -4,13 +4,23 @@ merged layers."""
 
 from __future__ import annotations
 
+import json
+import random
+import signal
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+import lamina
 from lamina.repository import Repository
 from lamina.repository.levels import LevelPolicy
+from lamina.repository.points import list_points
 from lamina.repository.replicate import ReplicateOptions, Replicator
+from support import cli
 
-from .helpers import S, check_compacted, index_of, prove_every_point, vp_clock, workload_db
+from .helpers import S, check_compacted, prove_every_point, vp_clock, workload_db
+from .test_replicate_processes import GUARD, _replicator, wait_for_status
 
 T0 = 1_800_000_000 * S
 POLICY = LevelPolicy(levels_ns=(10 * S, 60 * S), level_keep_ns=(300 * S, None),
@@ -36,4 +46,129 @@ def test_an_at_end_backup_by_hand_does_not_stop_compaction(tmp_path: Path) -> No
             rep.step()  # must not raise forever
         check_compacted(repo, POLICY)
     prove_every_point(repo, wl.log_path, tmp_path / "out", limit=8)
+    assert repo.verify().ok
+
+
+
+def test_a_second_replicator_of_one_database_into_one_repository_is_refused(
+        tmp_path: Path) -> None:
+    """Two replicators of one database into one repository took points at the same VP on
+    the same base (duplicate points, forked chains): the second is refused at once (exit 8,
+    one line naming the first), the first goes on; once the first is killed with SIGKILL a
+    new one starts (the kernel released the lock); another repository is not locked."""
+    db, log = tmp_path / "db", tmp_path / "wl.log"
+    repo_url, other = str(tmp_path / "repo"), str(tmp_path / "other")
+    cli.run_ok("repo", "init", repo_url)
+    cli.run_ok("repo", "init", other)
+    cli.run_ok("workload", str(db), "--steps", "20", "--log", str(log))
+    first = _replicator(db, repo_url, tmp_path / "s1.json")
+    procs = [first]
+    try:
+        wait_for_status(first, tmp_path / "s1.json", lambda s: s["points"] >= 1)
+        second = cli.run("replicate", str(db), "--repo", repo_url, "--interval", "100ms",
+                         "--json")
+        assert second.returncode == 8, second.stderr
+        error = json.loads(second.stderr)
+        assert error["error"] == "LockedError" and f"process {first.pid}" in error["message"]
+        assert len(second.stderr.strip().splitlines()) == 1
+        elsewhere = _replicator(db, other, tmp_path / "s3.json")
+        procs.append(elsewhere)
+        wait_for_status(elsewhere, tmp_path / "s3.json", lambda s: s["points"] >= 1)
+        assert first.poll() is None
+        first.kill()
+        first.communicate(timeout=GUARD)
+        third = _replicator(db, repo_url, tmp_path / "s2.json")
+        procs.append(third)
+        cli.run_ok("workload", str(db), "--steps", "5", "--log", str(tmp_path / "more.log"))
+        wait_for_status(third, tmp_path / "s2.json", lambda s: s["points"] >= 1
+                        and s["last_vp_seq"] == s["commit_seq"] and s["state"] == "idle")
+        for proc in procs[1:]:
+            proc.send_signal(signal.SIGTERM)
+            _o, err = proc.communicate(timeout=GUARD)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    listed = json.loads(cli.run_ok("list", "--repo", repo_url, "--points",
+                                   "--json").stdout)["points"]
+    seqs = [p["vp_seq"] for p in listed]
+    assert len(set(seqs)) == len(seqs) and seqs == sorted(seqs)
+    assert cli.run("verify", "--repo", repo_url).returncode == 0
+
+
+def _snapshot(db: lamina.Database) -> dict[str, tuple[str, list[tuple[Any, bytes]]]]:
+    """Every table's engine and contents (btree items, archive rows)."""
+    out: dict[str, tuple[str, list[tuple[Any, bytes]]]] = {}
+    for t in db.tables():
+        if t.engine == "btree":
+            with db.read() as r:
+                out[t.name] = ("btree", list(r.table(t.name).items()))
+        else:
+            out[t.name] = ("archive", list(db.scan(t.name)))
+    return out
+
+
+def _ddl_round(db: lamina.Database, rng: random.Random, n: int) -> None:
+    """One round of changes: puts (some overflow values), deletes, appends, and now and
+    then a table dropped, recreated (under the same name, maybe the other engine),
+    an archive optimized."""
+    names = {t.name: t.engine for t in db.tables()}
+    op = rng.choice(["data", "data", "data", "drop", "recreate", "optimize", "create"])
+    if op == "drop" and names:
+        db.drop_table(rng.choice(sorted(names)))
+    elif op == "recreate" and names:
+        name = rng.choice(sorted(names))
+        db.drop_table(name)
+        db.create_table(name, rng.choice(["btree", "archive"]))
+    elif op == "optimize" and any(e == "archive" for e in names.values()):
+        db.archive(rng.choice(sorted(k for k, e in names.items() if e == "archive"))
+                   ).optimize()
+    elif op == "create" or not names:
+        db.create_table(f"t{n}", rng.choice(["btree", "archive"]))
+    for name, engine in {t.name: t.engine for t in db.tables()}.items():
+        for _ in range(rng.randint(0, 4)):
+            if engine == "btree":
+                key = f"k{rng.randint(0, 40)}".encode()
+                if rng.random() < 0.2:
+                    db.delete(name, key)
+                else:
+                    size = rng.choice([8, 100, 9000])  # 9000: an overflow value
+                    db.put(name, key, rng.randbytes(size))
+            else:
+                db.append_many(name, [rng.randbytes(rng.choice([5, 300]))
+                                      for _ in range(rng.randint(1, 30))])
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_tables_dropped_recreated_optimized_mid_replication(tmp_path: Path,
+                                                            encrypted: bool) -> None:
+    """DDL between points (drop, recreate under the same name with either engine, create,
+    archive optimize), overflow values, deletes, on a plain and on an encrypted repository:
+    after compaction merged segments across those changes, every point restores to exactly
+    the database's state at its VP."""
+    pw = b"attack" if encrypted else None
+    repo = Repository.init(tmp_path / "repo", passphrase=pw)
+    if encrypted:
+        repo = Repository.open(tmp_path / "repo", passphrase=lambda: b"attack")
+    rng = random.Random(1414)
+    states: dict[int, dict[str, Any]] = {}
+    with vp_clock(T0) as clock, lamina.open(tmp_path / "db") as db:
+        rep = Replicator(db, repo, ReplicateOptions(policy=POLICY, compact_every=0),
+                         clock=lambda: clock.now_ns)
+        for n in range(60):
+            _ddl_round(db, rng, n)
+            clock.now_ns += rng.choice([1, 2, 3, 5]) * S
+            rep.step()
+            states[db.lockfile.commit_seq()] = _snapshot(db)
+        assert rep.status.compactions > 5
+        check_compacted(repo, POLICY)
+    points, _ = list_points(repo)
+    assert len(points) > 10
+    for i, p in enumerate(points):
+        dest = tmp_path / f"r{i}"
+        repo.restore(dest, id=str(p.backup_id))
+        with lamina.open(dest, create=False, readonly=True) as restored:
+            assert _snapshot(restored) == states[p.vp_seq], (i, p.vp_seq)
     assert repo.verify().ok

@@ -65,6 +65,7 @@ from lamina.repository.levels import (
     plan_compaction,
     plan_retention,
 )
+from lamina.repository.replicate_lock import replicator_lock
 from lamina.repository.timespec import iso_ns
 
 #: Where a due full is made: merged in the repository, or read from the database.
@@ -156,6 +157,11 @@ class ReplicaRepository(Protocol):
     @property
     def storage(self) -> Any:
         """The repository's storage (its ``url`` names it in the status)."""
+        ...
+
+    @property
+    def config(self) -> Any:
+        """The repository's config (its ``repository_id`` names the replicator lock)."""
         ...
 
     def list(self) -> tuple[builtins.list[Any], str | None]:
@@ -404,8 +410,14 @@ class Replicator:
     def run(self, *, wait: Callable[[float], bool] | None = None) -> None:
         """Step every ``interval`` until :meth:`stop`; failures are retried with backoff
         (see the module doc). ``wait(seconds)`` returns True to end the loop (default: the
-        stop event's wait). Returns normally after a stop; raises only what is not a
-        LaminaError (a bug)."""
+        stop event's wait). Holds the replicator lock of this database and repository
+        while it runs (:mod:`lamina.repository.replicate_lock`): LockedError at once when
+        another replicator of them runs. Returns normally after a stop; raises nothing else
+        that is a LaminaError (a failing step is retried)."""
+        with replicator_lock(self.db.path, self.repo.config.repository_id):
+            self._run(wait)
+
+    def _run(self, wait: Callable[[float], bool] | None) -> None:
         waiter = wait or self._stop.wait
         self._emit("start", database=str(self.db.path), repository=self.repo.storage.url,
                    interval=self.options.interval)
