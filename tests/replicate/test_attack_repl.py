@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 import lamina
+from lamina import workload
 from lamina.repository import Repository
 from lamina.repository.levels import LevelPolicy
 from lamina.repository.points import list_points
 from lamina.repository.replicate import ReplicateOptions, Replicator
 from support import cli
 
-from .helpers import S, check_compacted, prove_every_point, vp_clock, workload_db
+from .helpers import S, check_compacted, index_of, prove_every_point, vp_clock, workload_db
 from .test_replicate_processes import GUARD, _replicator, wait_for_status
 
 T0 = 1_800_000_000 * S
@@ -172,3 +173,50 @@ def test_tables_dropped_recreated_optimized_mid_replication(tmp_path: Path,
         with lamina.open(dest, create=False, readonly=True) as restored:
             assert _snapshot(restored) == states[p.vp_seq], (i, p.vp_seq)
     assert repo.verify().ok
+
+
+def test_a_damaged_image_in_the_chain_does_not_poison_every_later_point(
+        tmp_path: Path) -> None:
+    """A layer of the newest chain damaged in the repository (one byte of a chunk): every
+    step failed (backing off to a minute between points) and every later point was a layer
+    on the damaged chain, so none of them restored. Now the merge that meets the damage is
+    reported, the loop goes on at its interval, the next point is a full from the
+    database, and every point from it on restores exactly; the damaged image is kept."""
+    repo = Repository.init(tmp_path / "repo")
+    events: list[dict[str, Any]] = []
+    with vp_clock(T0) as clock, workload_db(tmp_path) as wl:
+        rep = Replicator(wl.db, repo, ReplicateOptions(policy=POLICY, compact_every=0),
+                         clock=lambda: clock.now_ns, on_event=events.append)
+        for _ in range(12):
+            wl.commit(3)
+            clock.now_ns += 2 * S
+            rep.step()
+        index = index_of(repo)
+        newest = max(index.records.values(), key=lambda r: r.vp_seq)
+        victim = index.chain(newest)[1]
+        path = tmp_path / "repo" / "images" / f"{victim.backup_id}.lamina"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        damaged_at = wl.db.lockfile.commit_seq()
+        for _ in range(30):
+            wl.commit(3)
+            clock.now_ns += 2 * S
+            assert rep.step()  # no step fails: the RPO does not back off
+        assert rep.status.errors >= 1 and "CorruptionError" in str(rep.status.last_error)
+        assert any(e["event"] == "error" for e in events)
+        heal = [e for e in events if e["event"] == "full" and e["vp_seq"] > damaged_at]
+        assert heal and "damaged" in heal[0]["reason"]
+        index = index_of(repo)
+        assert victim.backup_id in index.records  # kept for repair
+        newest = max(index.records.values(), key=lambda r: r.vp_seq)
+        assert victim.backup_id not in {r.backup_id for r in index.chain(newest)}
+        assert len(index.chain(newest)) <= POLICY.chain_bound(0, 4)
+    points, _ = list_points(repo)
+    after = [p for p in points if p.vp_seq >= heal[0]["vp_seq"]]
+    assert len(after) >= 10
+    for i, p in enumerate(after):
+        dest = tmp_path / f"r{i}"
+        repo.restore(dest, id=str(p.backup_id))
+        with lamina.open(dest, create=False, readonly=True) as restored:
+            assert workload.verify(restored, wl.log_path, p.vp_seq)["at_seq"] == p.vp_seq

@@ -50,13 +50,20 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from lamina.database import Database
-from lamina.errors import CancelledError, LaminaError, UnsupportedError, UsageError
+from lamina.errors import (
+    CancelledError,
+    DataError,
+    LaminaError,
+    UnsupportedError,
+    UsageError,
+)
 from lamina.repository.index import ImageRecord, Index
 from lamina.repository.levels import (
     LevelPolicy,
@@ -217,6 +224,12 @@ class Replicator:
         #: Compaction may be left to do (at start, after a failure or a partial pass): the
         #: next step reads the repository even if the database is idle.
         self._compaction_pending = True
+        #: Merges that failed on damaged data in the repository (not retried by this
+        #: process), and why the next point must be a full from the database (None: it
+        #: need not): a chain with a damaged image restores nothing, so no point is built
+        #: on it again.
+        self._damaged: set[tuple[uuid.UUID, uuid.UUID]] = set()
+        self._heal: str | None = None
         now = clock()
         self.status = ReplicationStatus(os.getpid(), str(db.path), repo.storage.url,
                                         started_ns=now, updated_ns=now)
@@ -289,7 +302,10 @@ class Replicator:
                     self._pending_since = None
                 self._compact()
                 if due is not None:  # merged in the repository: the database is not read
-                    self._merge_to_full(due)
+                    try:
+                        self._merge_to_full(due)
+                    except DataError as exc:
+                        self._damage(exc, "merging the chain into a full")
             except BaseException:
                 self._known_vp_seq = None
                 self._compaction_pending = True
@@ -310,11 +326,13 @@ class Replicator:
         """Take and publish a point on ``base`` (the newest point); returns why a full is
         due when it is to be merged in the repository after compaction (else None)."""
         policy = self.options.policy
-        due = full_due(index, base, now, policy)
-        if due is not None and (base is None or self.options.full_from == "database"):
+        due = full_due(index, base, now, policy) if self._heal is None else self._heal
+        if due is not None and (base is None or self.options.full_from == "database"
+                                or self._heal is not None):
             result = self.repo.backup(self.db, full=True, codec=self.options.codec,
                                       cancel=self._stop)
             self._after_backup(result, "full", due)
+            self._heal = None
             return None
         assert base is not None
         result = self.repo.backup(self.db, base=str(base.backup_id), codec=self.options.codec,
@@ -336,28 +354,53 @@ class Replicator:
         plan = plan_compaction(self._index(), self._current, self.options.policy)
         started = time.monotonic()
         for backup_id, onto in plan:
+            if (backup_id, onto) in self._damaged:
+                continue
             if self._stop.is_set():
                 return
             if time.monotonic() - started >= self.options.interval \
                     and self.db.lockfile.commit_seq() != self._known_vp_seq:
                 return  # the next point first: the RPO does not wait for compaction
             try:
-                record = self.repo.merge_layers(str(backup_id), str(onto), cancel=self._stop)
-            except UnsupportedError:
-                # The segment holds a layer merge_layers cannot read (a backup taken by
-                # hand with --vp end): the point becomes a synthetic full of its chain
-                # instead, so no chain from it on holds that layer again and compaction
-                # goes on (else every step would fail on it and back off forever).
-                record = self.repo.merge_to_full(str(backup_id), cancel=self._stop)
-                self.status.fulls_merged += 1
-                self._emit("merge", id=str(backup_id),
-                           reason="its segment holds a layer that cannot be merged")
-            else:
-                self._emit("compact", id=str(backup_id), onto=str(onto),
-                           vp_seq=record.vp_seq, bytes=record.size)
-            self.status.compactions += 1
-            self.status.merged_bytes += record.size
+                self._merge_one(backup_id, onto)
+            except DataError as exc:
+                self._damaged.add((backup_id, onto))
+                self._damage(exc, f"compacting {backup_id} onto {onto}")
         self._compaction_pending = False
+
+    def _merge_one(self, backup_id: uuid.UUID, onto: uuid.UUID) -> None:
+        """One compaction rewrite. Raises what merge_layers and merge_to_full raise."""
+        try:
+            record = self.repo.merge_layers(str(backup_id), str(onto), cancel=self._stop)
+        except UnsupportedError:
+            # The segment holds a layer merge_layers cannot read (a backup taken by hand
+            # with --vp end): the point becomes a synthetic full of its chain instead, so
+            # no chain from it on holds that layer again and compaction goes on (else
+            # every step would fail on it and back off forever).
+            record = self.repo.merge_to_full(str(backup_id), cancel=self._stop)
+            self.status.fulls_merged += 1
+            self._emit("merge", id=str(backup_id),
+                       reason="its segment holds a layer that cannot be merged")
+        else:
+            self._emit("compact", id=str(backup_id), onto=str(onto), vp_seq=record.vp_seq,
+                       bytes=record.size)
+        self.status.compactions += 1
+        self.status.merged_bytes += record.size
+
+    def _damage(self, exc: DataError, doing: str) -> None:
+        """A merge found damaged data in the repository (a corrupt image of a chain):
+        counted and reported like a failed step, but the loop goes on at its interval (the
+        RPO does not back off) and the next point is a full from the database, so that
+        new points restore whatever the damaged chain does; the damaged images stay for
+        repair (retention deletes no image of a chain that does not resolve)."""
+        s = self.status
+        s.errors += 1
+        s.last_error = f"{type(exc).__name__}: {exc}"
+        if self.metrics is not None:
+            self.metrics.error()
+        self._heal = f"damaged data in the repository while {doing}"
+        self._emit("error", error=type(exc).__name__, message=f"{doing}: {exc}",
+                   exit=exc.exit_code, retry_in_seconds=None)
 
     def _after_backup(self, result: Any, event: str, why: str | None) -> None:
         s = self.status
