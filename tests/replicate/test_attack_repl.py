@@ -46,7 +46,8 @@ def test_an_at_end_backup_by_hand_does_not_stop_compaction(tmp_path: Path) -> No
             clock.now_ns += 2 * S
             rep.step()  # must not raise forever
         check_compacted(repo, POLICY)
-    prove_every_point(repo, wl.log_path, tmp_path / "out", limit=8)
+    assert rep.status.fulls_merged >= 1  # the at-end layer's point became a full
+    prove_every_point(repo, wl.log_path, tmp_path / "out")
     assert repo.verify().ok
 
 
@@ -220,3 +221,35 @@ def test_a_damaged_image_in_the_chain_does_not_poison_every_later_point(
         repo.restore(dest, id=str(p.backup_id))
         with lamina.open(dest, create=False, readonly=True) as restored:
             assert workload.verify(restored, wl.log_path, p.vp_seq)["at_seq"] == p.vp_seq
+
+
+def test_a_merged_layer_merged_again_onto_a_coarser_anchor(repo_url: str,
+                                                           tmp_path: Path) -> None:
+    """A layer merged onto an ancestor, then merged again onto an older one (what a
+    promotion by retention does), then an uncompacted layer on it merged across it: every
+    step restores the same point, exactly."""
+    repo = Repository.init(repo_url)
+    ids = []
+    with workload_db(tmp_path) as wl:
+        ids.append(str(repo.backup(wl.db, full=True).backup_id))
+        for _ in range(6):
+            wl.commit(4)
+            ids.append(str(repo.backup(wl.db, base=ids[-1]).backup_id))
+        seqs = {i: index_of(repo).find(i).vp_seq for i in ids}
+
+        def proven(point: str, name: str, images: int) -> None:
+            result = repo.restore(tmp_path / name, id=point)
+            assert len(result.chain) == images
+            with lamina.open(tmp_path / name, create=False, readonly=True) as restored:
+                assert workload.verify(restored, wl.log_path, seqs[point])["at_seq"] \
+                    == seqs[point]
+
+        repo.merge_layers(ids[4], ids[2])  # F 1 2 [3 4] 5 6
+        proven(ids[4], "a", 4)
+        repo.merge_layers(ids[4], ids[0])  # again, across its own merged layer: F [1 2 4]
+        proven(ids[4], "b", 2)
+        proven(ids[6], "c", 4)
+        repo.merge_layers(ids[6], ids[0])  # across 4 (merged twice) and 5: F [4 5 6]
+        proven(ids[6], "d", 2)
+        proven(ids[5], "e", 3)  # F 4 5
+    assert repo.verify().ok

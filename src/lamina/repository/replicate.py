@@ -391,8 +391,9 @@ class Replicator:
         """A merge found damaged data in the repository (a corrupt image of a chain):
         counted and reported like a failed step, but the loop goes on at its interval (the
         RPO does not back off) and the next point is a full from the database, so that
-        new points restore whatever the damaged chain does; the damaged images stay for
-        repair (retention deletes no image of a chain that does not resolve)."""
+        new points restore whatever the damaged chain does. The damaged image is left as
+        it is: retention, which sees the index (not the chunks), deletes it once no kept
+        point's window holds it, like any other image."""
         s = self.status
         s.errors += 1
         s.last_error = f"{type(exc).__name__}: {exc}"
