@@ -253,3 +253,66 @@ def test_a_merged_layer_merged_again_onto_a_coarser_anchor(repo_url: str,
         proven(ids[6], "d", 2)
         proven(ids[5], "e", 3)  # F 4 5
     assert repo.verify().ok
+
+
+@pytest.mark.parametrize("seed", [3, 14])
+def test_wall_clock_jumps_back_and_forth(tmp_path: Path, seed: int) -> None:
+    """VP times that step back (up to two minutes) and forward (up to an hour) between
+    points, with retention on: every step succeeds, compaction ends with nothing left to
+    plan (it does not ping-pong), every point restores exactly and the repository
+    verifies."""
+    from lamina.repository.levels import plan_compaction
+
+    repo = Repository.init(tmp_path / "repo")
+    rng = random.Random(seed)
+    with vp_clock(T0) as clock, workload_db(tmp_path) as wl:
+        rep = Replicator(wl.db, repo, ReplicateOptions(policy=POLICY, compact_every=0),
+                         clock=lambda: clock.now_ns)
+        for _ in range(60):
+            wl.commit(rng.choice([1, 2, 3]))
+            jump = rng.choice([1, 2, 3, 5, 5, -7, -30, -120, 65, 3600])
+            clock.now_ns += jump * S
+            rep.step()
+        rep.step()
+        assert plan_compaction(index_of(repo), lambda r: True, POLICY) == []
+        assert rep.status.errors == 0
+    points, _ = list_points(repo)
+    for i, p in enumerate(points):
+        repo.restore(tmp_path / f"r{i}", id=str(p.backup_id))
+        with lamina.open(tmp_path / f"r{i}", create=False, readonly=True) as restored:
+            assert workload.verify(restored, wl.log_path, p.vp_seq)["at_seq"] == p.vp_seq
+    assert repo.verify().ok
+
+
+class RacedRepository(Repository):
+    """A repository where, just before the first compaction merge, another process made
+    the point a synthetic full (what a concurrent ``lamina prune`` may do)."""
+
+    raced = 0
+
+    def merge_layers(self, backup_id, onto, *, cancel=None):  # type: ignore[no-untyped-def]
+        if not RacedRepository.raced:
+            RacedRepository.raced += 1
+            self.merge_to_full(str(backup_id))
+        return super().merge_layers(backup_id, onto, cancel=cancel)
+
+
+def test_a_point_changed_under_the_plan_is_not_taken_for_damage(tmp_path: Path) -> None:
+    """The plan is made from an index read before the merge's lock: a point made a full
+    meanwhile fails its merge (ChainError) without any damage: no error, no full taken from
+    the database, compaction goes on."""
+    Repository.init(tmp_path / "repo")
+    repo = RacedRepository.open(tmp_path / "repo")
+    events: list[dict[str, Any]] = []
+    with vp_clock(T0) as clock, workload_db(tmp_path) as wl:
+        rep = Replicator(wl.db, repo, ReplicateOptions(policy=POLICY, compact_every=0),
+                         clock=lambda: clock.now_ns, on_event=events.append)
+        for _ in range(30):
+            wl.commit(2)
+            clock.now_ns += 2 * S
+            rep.step()
+        assert RacedRepository.raced == 1
+        assert rep.status.errors == 0, rep.status.last_error
+        assert len([e for e in events if e["event"] == "full"]) == 1  # the first only
+        check_compacted(repo, POLICY)
+    prove_every_point(repo, wl.log_path, tmp_path / "out", limit=6)

@@ -364,6 +364,13 @@ class Replicator:
             try:
                 self._merge_one(backup_id, onto)
             except DataError as exc:
+                # The plan came from an index read before the merge's lock: if the
+                # repository changed meanwhile (a prune made the point a full, deleted its
+                # anchor), the merge is no longer planned and nothing is damaged; the
+                # next step plans again.
+                if (backup_id, onto) not in plan_compaction(self._index(), self._current,
+                                                            self.options.policy):
+                    return
                 self._damaged.add((backup_id, onto))
                 self._damage(exc, f"compacting {backup_id} onto {onto}")
         self._compaction_pending = False
