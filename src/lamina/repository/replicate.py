@@ -368,11 +368,16 @@ class Replicator:
                 # repository changed meanwhile (a prune made the point a full, deleted its
                 # anchor), the merge is no longer planned and nothing is damaged; the
                 # next step plans again.
-                if (backup_id, onto) not in plan_compaction(self._index(), self._current,
+                index = self._index()
+                if (backup_id, onto) not in plan_compaction(index, self._current,
                                                             self.options.policy):
                     return
                 self._damaged.add((backup_id, onto))
-                self._damage(exc, f"compacting {backup_id} onto {onto}")
+                # A full is taken only if new points would build on the damage.
+                newest = self._newest_point(index)
+                on_it = newest is not None and backup_id in {
+                    r.backup_id for r in index.chain_or_none(newest) or []}
+                self._damage(exc, f"compacting {backup_id} onto {onto}", heal=on_it)
         self._compaction_pending = False
 
     def _merge_one(self, backup_id: uuid.UUID, onto: uuid.UUID) -> None:
@@ -394,11 +399,12 @@ class Replicator:
         self.status.compactions += 1
         self.status.merged_bytes += record.size
 
-    def _damage(self, exc: DataError, doing: str) -> None:
+    def _damage(self, exc: DataError, doing: str, *, heal: bool = True) -> None:
         """A merge found damaged data in the repository (a corrupt image of a chain):
         counted and reported like a failed step, but the loop goes on at its interval (the
-        RPO does not back off) and the next point is a full from the database, so that
-        new points restore whatever the damaged chain does. The damaged image is left as
+        RPO does not back off) and, with ``heal`` (the damage is in the newest point's
+        chain), the next point is a full from the database, so that new points restore
+        whatever the damaged chain does. The damaged image is left as
         it is: retention, which sees the index (not the chunks), deletes it once no kept
         point's window holds it, like any other image."""
         s = self.status
@@ -406,7 +412,8 @@ class Replicator:
         s.last_error = f"{type(exc).__name__}: {exc}"
         if self.metrics is not None:
             self.metrics.error()
-        self._heal = f"damaged data in the repository while {doing}"
+        if heal:
+            self._heal = f"damaged data in the repository while {doing}"
         self._emit("error", error=type(exc).__name__, message=f"{doing}: {exc}",
                    exit=exc.exit_code, retry_in_seconds=None)
 
