@@ -373,3 +373,49 @@ def test_hand_made_backups_prune_and_restore_beside_a_running_replicator(
     assert cli.run("verify", "--repo", repo_url).returncode == 0
     repo = Repository.open(repo_url)
     prove_every_point(repo, log, tmp_path / "proved")
+
+
+def test_a_restored_copy_replicated_into_the_same_repository(tmp_path: Path) -> None:
+    """A point restored into a second database (same database id, its own incarnation)
+    replicated into the same repository while the original stays idle: retention used to
+    pool both histories, so the original's newest point was deleted once older than its
+    window (the newest of the pool was the copy's). Each history keeps its newest point;
+    both restore exactly."""
+    from lamina.repository.levels import plan_retention
+
+    from .helpers import Workload
+
+    repo = Repository.init(tmp_path / "repo")
+    with vp_clock(T0) as clock, workload_db(tmp_path) as wl:
+        rep = Replicator(wl.db, repo, ReplicateOptions(policy=POLICY, compact_every=0),
+                         clock=lambda: clock.now_ns)
+        for _ in range(20):
+            wl.commit(2)
+            clock.now_ns += 2 * S
+            rep.step()
+        newest = str(rep.status.last_point_id)
+        points, _ = list_points(repo)
+        middle = points[len(points) // 2]
+        repo.restore(tmp_path / "copy", id=str(middle.backup_id))
+        with lamina.open(tmp_path / "copy", create=False) as copy:
+            assert copy.identity.db_id == wl.db.identity.db_id
+            copy_wl = Workload(copy, tmp_path / "copy.log")
+            copy_wl.steps = 10**6  # its own keys: the copy's log is not checked
+            rep2 = Replicator(copy, repo, ReplicateOptions(policy=POLICY, compact_every=0),
+                              clock=lambda: clock.now_ns)
+            for _ in range(40):
+                copy_wl.commit(1)
+                clock.now_ns += 100 * S  # past every window (retain: 1 h) in the end
+                rep2.step()
+                rep.step()
+            copy_wl.close()
+            assert rep.status.errors == 0 and rep2.status.errors == 0
+            index = index_of(repo)
+            assert newest in {str(i) for i in index.records}
+            plan = plan_retention(index, wl.db.identity.db_id, clock.now_ns, POLICY)
+            assert str(rep2.status.last_point_id) in {str(i) for i in plan.keep}
+        repo.restore(tmp_path / "latest", id=newest)
+        with lamina.open(tmp_path / "latest", create=False, readonly=True) as restored:
+            seq = wl.db.lockfile.commit_seq()
+            assert workload.verify(restored, wl.log_path, seq)["at_seq"] == seq
+    assert repo.verify().ok
