@@ -36,9 +36,15 @@ compaction whatever the commit seq).
 
 Failures (a LaminaError from a step) are counted, logged and retried with exponential
 backoff (``interval`` doubling up to ``max_backoff``): the lag grows visibly in the status
-instead of the process dying. Status and events: :class:`ReplicationStatus`, written
-atomically to ``status_file`` after every step, and an ``on_event`` callback (the CLI's
-log lines). Not thread-safe: one thread runs a replicator; :meth:`stop` may be called from
+instead of the process dying. Damaged data met by a merge (a corrupt image in a chain) is
+not a failed step: it is reported, that merge is not tried again by this process, and when
+the damage is in the newest point's chain the next point is a full from the database (no
+new point is built on a chain that does not restore). A layer no merge can read (an "at
+end" backup taken by hand into the repository) makes its point a synthetic full instead.
+:meth:`run` holds the replicator lock of the database and repository
+(:mod:`lamina.repository.replicate_lock`): a second replicator of them is refused. Status
+and events: :class:`ReplicationStatus`, written atomically to ``status_file`` after every
+step, and an ``on_event`` callback (the CLI's log lines). Not thread-safe: one thread runs a replicator; :meth:`stop` may be called from
 any thread or a signal handler.
 """
 
