@@ -419,3 +419,40 @@ def test_a_restored_copy_replicated_into_the_same_repository(tmp_path: Path) -> 
             seq = wl.db.lockfile.commit_seq()
             assert workload.verify(restored, wl.log_path, seq)["at_seq"] == seq
     assert repo.verify().ok
+
+
+def test_a_damaged_full_is_healed_when_the_next_full_is_merged(tmp_path: Path) -> None:
+    """The full every chain stands on damaged: compaction never reads it (a segment starts
+    above its anchor), but the due full merged in the repository does; that merge failing
+    makes the next point a full from the database, and the points from it on restore."""
+    policy = LevelPolicy(levels_ns=POLICY.levels_ns, level_keep_ns=POLICY.level_keep_ns,
+                         fine_window_ns=POLICY.fine_window_ns, retain_ns=POLICY.retain_ns,
+                         full_every_ns=40 * S, full_fraction=0)
+    repo = Repository.init(tmp_path / "repo")
+    events: list[dict[str, Any]] = []
+    with vp_clock(T0) as clock, workload_db(tmp_path) as wl:
+        rep = Replicator(wl.db, repo, ReplicateOptions(policy=policy, compact_every=3600),
+                         clock=lambda: clock.now_ns, on_event=events.append)
+        wl.commit(3)
+        clock.now_ns += 2 * S
+        rep.step()
+        full = index_of(repo).find(str(rep.status.last_point_id))
+        assert full.kind == "full"
+        path = tmp_path / "repo" / "images" / f"{full.backup_id}.lamina"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        for _ in range(30):
+            wl.commit(2)
+            clock.now_ns += 2 * S
+            assert rep.step()
+        assert any(e["event"] == "error" and "into a full" in e["message"] for e in events)
+        heal = [e for e in events if e["event"] == "full" and "damaged" in e["reason"]]
+        assert len(heal) == 1
+    points, _ = list_points(repo)
+    after = [p for p in points if p.vp_seq >= heal[0]["vp_seq"]]
+    assert len(after) >= 3
+    for i, p in enumerate(after):
+        repo.restore(tmp_path / f"r{i}", id=str(p.backup_id))
+        with lamina.open(tmp_path / f"r{i}", create=False, readonly=True) as restored:
+            assert workload.verify(restored, wl.log_path, p.vp_seq)["at_seq"] == p.vp_seq

@@ -44,8 +44,8 @@ end" backup taken by hand into the repository) makes its point a synthetic full 
 :meth:`run` holds the replicator lock of the database and repository
 (:mod:`lamina.repository.replicate_lock`): a second replicator of them is refused. Status
 and events: :class:`ReplicationStatus`, written atomically to ``status_file`` after every
-step, and an ``on_event`` callback (the CLI's log lines). Not thread-safe: one thread runs a replicator; :meth:`stop` may be called from
-any thread or a signal handler.
+step, and an ``on_event`` callback (the CLI's log lines). Not thread-safe: one thread
+runs a replicator; :meth:`stop` may be called from any thread or a signal handler.
 """
 
 from __future__ import annotations
