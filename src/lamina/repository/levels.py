@@ -43,7 +43,9 @@ when the layers of the chain the next point would extend add up to more than
 
 **Retention.** A point is kept while it is younger than the window of its level (level 0:
 ``fine_window``; level *i*: ``level_keep[i]``, default ``retain``; fulls: ``retain``); the
-newest point of the database is always kept; and so is every image a kept point's chain
+newest point of the database is always kept (levels and the newest point are those of each
+incarnation: a restored copy replicated into the same repository is a history of its own);
+and so is every image a kept point's chain
 needs (an anchor outlives its window while a kept point stands on it). Compacted, the level-0
 points of a closed finest bucket are needed only by each other, so they go when their
 window ends. Only images whose chain resolves are ever deleted, and nothing is deleted while
@@ -232,7 +234,8 @@ class RetentionPlan:
 
 def plan_retention(index: Index, database_id: uuid.UUID, now_ns: int,
                    policy: LevelPolicy) -> RetentionPlan:
-    """The retention plan of ``database_id``'s points at ``now_ns`` (see the module doc).
+    """The retention plan of ``database_id``'s points at ``now_ns`` (see the module doc),
+    per incarnation (each history of the database keeps its own newest point and levels).
     Other databases' images are never touched."""
     plan = RetentionPlan()
     mine = [r for r in index.records.values() if r.database_id == database_id]
@@ -242,11 +245,20 @@ def plan_retention(index: Index, database_id: uuid.UUID, now_ns: int,
     chains: dict[uuid.UUID, list[ImageRecord] | None] = {
         r.backup_id: index.chain_or_none(r) for r in mine}
     restorable = sorted((r for r in mine if chains[r.backup_id] is not None), key=order)
-    levels = point_levels(restorable, policy)
-    newest = restorable[-1] if restorable else None
+    # Each incarnation (the database, a restored copy of it replicated into the same
+    # repository) is its own line of points: its levels and its newest point are its own,
+    # never decided by the points of another history interleaved with it.
+    lines: dict[uuid.UUID, list[ImageRecord]] = {}
+    for r in restorable:
+        lines.setdefault(r.incarnation, []).append(r)
+    levels: dict[uuid.UUID, int] = {}
+    newest: set[uuid.UUID] = set()
+    for line in lines.values():
+        levels.update(point_levels(line, policy))
+        newest.add(line[-1].backup_id)
     for r in restorable:
         window = policy.window(levels[r.backup_id]) if r.is_layer else policy.retain_ns
-        if r is newest or now_ns - r.vp_wall_ns <= window:
+        if r.backup_id in newest or now_ns - r.vp_wall_ns <= window:
             plan.keep.add(r.backup_id)
     for r in mine:
         chain = chains[r.backup_id]

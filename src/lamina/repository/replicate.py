@@ -36,10 +36,16 @@ compaction whatever the commit seq).
 
 Failures (a LaminaError from a step) are counted, logged and retried with exponential
 backoff (``interval`` doubling up to ``max_backoff``): the lag grows visibly in the status
-instead of the process dying. Status and events: :class:`ReplicationStatus`, written
-atomically to ``status_file`` after every step, and an ``on_event`` callback (the CLI's
-log lines). Not thread-safe: one thread runs a replicator; :meth:`stop` may be called from
-any thread or a signal handler.
+instead of the process dying. Damaged data met by a merge (a corrupt image in a chain) is
+not a failed step: it is reported, that merge is not tried again by this process, and when
+the damage is in the newest point's chain the next point is a full from the database (no
+new point is built on a chain that does not restore). A layer no merge can read (an "at
+end" backup taken by hand into the repository) makes its point a synthetic full instead.
+:meth:`run` holds the replicator lock of the database and repository
+(:mod:`lamina.repository.replicate_lock`): a second replicator of them is refused. Status
+and events: :class:`ReplicationStatus`, written atomically to ``status_file`` after every
+step, and an ``on_event`` callback (the CLI's log lines). Not thread-safe: one thread
+runs a replicator; :meth:`stop` may be called from any thread or a signal handler.
 """
 
 from __future__ import annotations
@@ -50,13 +56,20 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from lamina.database import Database
-from lamina.errors import CancelledError, LaminaError, UsageError
+from lamina.errors import (
+    CancelledError,
+    DataError,
+    LaminaError,
+    UnsupportedError,
+    UsageError,
+)
 from lamina.repository.index import ImageRecord, Index
 from lamina.repository.levels import (
     LevelPolicy,
@@ -65,6 +78,7 @@ from lamina.repository.levels import (
     plan_compaction,
     plan_retention,
 )
+from lamina.repository.replicate_lock import replicator_lock
 from lamina.repository.timespec import iso_ns
 
 #: Where a due full is made: merged in the repository, or read from the database.
@@ -158,6 +172,11 @@ class ReplicaRepository(Protocol):
         """The repository's storage (its ``url`` names it in the status)."""
         ...
 
+    @property
+    def config(self) -> Any:
+        """The repository's config (its ``repository_id`` names the replicator lock)."""
+        ...
+
     def list(self) -> tuple[builtins.list[Any], str | None]:
         """Every backup entry, and why the index was rebuilt."""
         ...
@@ -211,6 +230,12 @@ class Replicator:
         #: Compaction may be left to do (at start, after a failure or a partial pass): the
         #: next step reads the repository even if the database is idle.
         self._compaction_pending = True
+        #: Merges that failed on damaged data in the repository (not retried by this
+        #: process), and why the next point must be a full from the database (None: it
+        #: need not): a chain with a damaged image restores nothing, so no point is built
+        #: on it again.
+        self._damaged: set[tuple[uuid.UUID, uuid.UUID]] = set()
+        self._heal: str | None = None
         now = clock()
         self.status = ReplicationStatus(os.getpid(), str(db.path), repo.storage.url,
                                         started_ns=now, updated_ns=now)
@@ -283,7 +308,10 @@ class Replicator:
                     self._pending_since = None
                 self._compact()
                 if due is not None:  # merged in the repository: the database is not read
-                    self._merge_to_full(due)
+                    try:
+                        self._merge_to_full(due)
+                    except DataError as exc:
+                        self._damage(exc, "merging the chain into a full")
             except BaseException:
                 self._known_vp_seq = None
                 self._compaction_pending = True
@@ -304,11 +332,13 @@ class Replicator:
         """Take and publish a point on ``base`` (the newest point); returns why a full is
         due when it is to be merged in the repository after compaction (else None)."""
         policy = self.options.policy
-        due = full_due(index, base, now, policy)
-        if due is not None and (base is None or self.options.full_from == "database"):
+        due = full_due(index, base, now, policy) if self._heal is None else self._heal
+        if due is not None and (base is None or self.options.full_from == "database"
+                                or self._heal is not None):
             result = self.repo.backup(self.db, full=True, codec=self.options.codec,
                                       cancel=self._stop)
             self._after_backup(result, "full", due)
+            self._heal = None
             return None
         assert base is not None
         result = self.repo.backup(self.db, base=str(base.backup_id), codec=self.options.codec,
@@ -330,17 +360,68 @@ class Replicator:
         plan = plan_compaction(self._index(), self._current, self.options.policy)
         started = time.monotonic()
         for backup_id, onto in plan:
+            if (backup_id, onto) in self._damaged:
+                continue
             if self._stop.is_set():
                 return
             if time.monotonic() - started >= self.options.interval \
                     and self.db.lockfile.commit_seq() != self._known_vp_seq:
                 return  # the next point first: the RPO does not wait for compaction
+            try:
+                self._merge_one(backup_id, onto)
+            except DataError as exc:
+                # The plan came from an index read before the merge's lock: if the
+                # repository changed meanwhile (a prune made the point a full, deleted its
+                # anchor), the merge is no longer planned and nothing is damaged; the
+                # next step plans again.
+                index = self._index()
+                if (backup_id, onto) not in plan_compaction(index, self._current,
+                                                            self.options.policy):
+                    return
+                self._damaged.add((backup_id, onto))
+                # A full is taken only if new points would build on the damage.
+                newest = self._newest_point(index)
+                on_it = newest is not None and backup_id in {
+                    r.backup_id for r in index.chain_or_none(newest) or []}
+                self._damage(exc, f"compacting {backup_id} onto {onto}", heal=on_it)
+        self._compaction_pending = False
+
+    def _merge_one(self, backup_id: uuid.UUID, onto: uuid.UUID) -> None:
+        """One compaction rewrite. Raises what merge_layers and merge_to_full raise."""
+        try:
             record = self.repo.merge_layers(str(backup_id), str(onto), cancel=self._stop)
-            self.status.compactions += 1
-            self.status.merged_bytes += record.size
+        except UnsupportedError:
+            # The segment holds a layer merge_layers cannot read (a backup taken by hand
+            # with --vp end): the point becomes a synthetic full of its chain instead, so
+            # no chain from it on holds that layer again and compaction goes on (else
+            # every step would fail on it and back off forever).
+            record = self.repo.merge_to_full(str(backup_id), cancel=self._stop)
+            self.status.fulls_merged += 1
+            self._emit("merge", id=str(backup_id),
+                       reason="its segment holds a layer that cannot be merged")
+        else:
             self._emit("compact", id=str(backup_id), onto=str(onto), vp_seq=record.vp_seq,
                        bytes=record.size)
-        self._compaction_pending = False
+        self.status.compactions += 1
+        self.status.merged_bytes += record.size
+
+    def _damage(self, exc: DataError, doing: str, *, heal: bool = True) -> None:
+        """A merge found damaged data in the repository (a corrupt image of a chain):
+        counted and reported like a failed step, but the loop goes on at its interval (the
+        RPO does not back off) and, with ``heal`` (the damage is in the newest point's
+        chain), the next point is a full from the database, so that new points restore
+        whatever the damaged chain does. The damaged image is left as
+        it is: retention, which sees the index (not the chunks), deletes it once no kept
+        point's window holds it, like any other image."""
+        s = self.status
+        s.errors += 1
+        s.last_error = f"{type(exc).__name__}: {exc}"
+        if self.metrics is not None:
+            self.metrics.error()
+        if heal:
+            self._heal = f"damaged data in the repository while {doing}"
+        self._emit("error", error=type(exc).__name__, message=f"{doing}: {exc}",
+                   exit=exc.exit_code, retry_in_seconds=None)
 
     def _after_backup(self, result: Any, event: str, why: str | None) -> None:
         s = self.status
@@ -393,8 +474,14 @@ class Replicator:
     def run(self, *, wait: Callable[[float], bool] | None = None) -> None:
         """Step every ``interval`` until :meth:`stop`; failures are retried with backoff
         (see the module doc). ``wait(seconds)`` returns True to end the loop (default: the
-        stop event's wait). Returns normally after a stop; raises only what is not a
-        LaminaError (a bug)."""
+        stop event's wait). Holds the replicator lock of this database and repository
+        while it runs (:mod:`lamina.repository.replicate_lock`): LockedError at once when
+        another replicator of them runs. Returns normally after a stop; raises nothing else
+        that is a LaminaError (a failing step is retried)."""
+        with replicator_lock(self.db.path, self.repo.config.repository_id):
+            self._run(wait)
+
+    def _run(self, wait: Callable[[float], bool] | None) -> None:
         waiter = wait or self._stop.wait
         self._emit("start", database=str(self.db.path), repository=self.repo.storage.url,
                    interval=self.options.interval)
