@@ -20,6 +20,7 @@ image.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import shutil
@@ -127,7 +128,13 @@ class Site:
         requests, listing the unfinished multipart uploads and one's parts)."""
         storage = self.repo().storage
         if isinstance(storage, S3Storage):
-            return max((len(u.parts()) for u in storage.unfinished_uploads()), default=0)
+            counts = [0]
+            for upload in storage.unfinished_uploads():
+                # (an upload listed a moment ago may be gone: the backup's start-up tidying
+                # aborts an older one of the same database)
+                with contextlib.suppress(NotFoundError):
+                    counts.append(len(upload.parts()))
+            return max(counts)
         return max((len(self.parts(u.name)) for u in self.uploads().list()), default=0)
 
     def leftovers(self) -> list[str]:

@@ -27,8 +27,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from lamina.errors import LaminaError, StorageError
-from lamina.repository.s3client import translate
+from lamina.errors import LaminaError, NotFoundError, StorageError
+from lamina.repository.s3client import error_code, translate
 
 #: The smallest part S3 accepts (all but the last part).
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -104,7 +104,8 @@ class MultipartUpload:
         return sorted(found, key=lambda u: (u.initiated_ns, u.upload_id))
 
     def parts(self) -> list[Part]:
-        """The parts stored so far, by number."""
+        """The parts stored so far, by number. Raises NotFoundError when the upload is
+        gone (completed or aborted, e.g. by another process since it was listed)."""
         found: list[Part] = []
         try:
             pages = self.client.get_paginator("list_parts").paginate(
@@ -113,6 +114,9 @@ class MultipartUpload:
                 for p in page.get("Parts", []):
                     found.append(Part(int(p["PartNumber"]), str(p["ETag"]), int(p["Size"])))
         except Exception as exc:
+            if error_code(exc) == "NoSuchUpload":
+                raise NotFoundError(f"the upload of {self.where} no longer exists (completed "
+                                    "or aborted)") from exc
             raise translate(exc, "list the parts of the upload of", self.where) from exc
         return sorted(found, key=lambda p: p.number)
 
