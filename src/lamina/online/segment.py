@@ -88,7 +88,7 @@ from lamina.errors import (
     UnsupportedError,
     UsageError,
 )
-from lamina.online.chain import ImagePath, _btree, _check_link, _facts, _label
+from lamina.online.chain import ImagePath, _btree, _check_link, _chunked, _facts, _label
 from lamina.online.facts import ImageFacts
 from lamina.online.plan import CHAIN_DRIVERS
 from lamina.online.root import image_root_inputs, prove_root_hash
@@ -332,21 +332,6 @@ def _walk(path: Path, meta: btree_format.Meta, present: set[int], since: int,
 
 
 # ====================================================================== writing
-def _chunked(writer: ImageWriter, stream: int, pieces: Iterable[bytes],
-             cancel: CancelToken) -> None:
-    """Write ``pieces`` as chunks of :data:`_CHUNK` bytes on ``stream``; the final one is
-    last."""
-    buf = bytearray()
-    for piece in pieces:
-        buf += piece
-        while len(buf) > _CHUNK:
-            if is_cancelled(cancel):
-                raise CancelledError("cancelled")
-            writer.write_chunk(stream, bytes(buf[:_CHUNK]), False)
-            del buf[:_CHUNK]
-    writer.write_chunk(stream, bytes(buf), True)
-
-
 class _LayerPages:
     """The merged btree layer stream: header, the walked pages in page order (read back
     from the assembled file), trailer; ``pages_sent``/``pages_hash`` once iterated."""
@@ -442,7 +427,8 @@ def combine_segment(paths: Sequence[ImagePath], out: str | os.PathLike[str], *,
                     if is_cancelled(cancel):
                         raise CancelledError("cancelled")
                     if entry.name == ENGINE_BTREE:
-                        _chunked(writer, entry.common_stream, pages.pieces(), cancel)
+                        _chunked(writer, entry.common_stream, pages.pieces(), _CHUNK,
+                                 cancel)
                         vp_facts.append(dataclasses.replace(
                             btree, base_txnid=base_txnid, pages_sent=pages.pages_sent,
                             pages_hash=pages.pages_hash,
@@ -451,7 +437,7 @@ def combine_segment(paths: Sequence[ImagePath], out: str | os.PathLike[str], *,
                         for t in final.catalog.tables_of(di):
                             span = read.spans[t.name]
                             _chunked(writer, t.stream, span.pieces(final.vp.commit_seq),
-                                     cancel)
+                                     _CHUNK, cancel)
                         vp_facts.append(_archive_facts(facts, read.spans).to_json())
                 root = final.manifest.root_hash
                 prove_root_hash(root, image_root_inputs(final.catalog, vp_facts,

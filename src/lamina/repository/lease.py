@@ -234,14 +234,9 @@ class Lease:
             if self._token is not None and not self.lost and self._expired():
                 self._lose(self._expired_reason())
             if self._token is not None and not self.lost:
-                info = self._new_info()
                 try:
-                    if self.storage.replace_if(self.key, self._token, info.encode()):
-                        got = read_lease(self.storage, self.key)
-                        if got is not None and got[0] is not None and \
-                                got[0].owner == self.owner:
-                            self._info, self._token = info, got[1]
-                            return
+                    if self._renew_once():
+                        return
                     self._lose(self._taken_over())
                 except StorageError:
                     if not self._expired():
@@ -252,6 +247,19 @@ class Lease:
             elif not self.lost:
                 self._lose("is not held")
         raise self.lost_error(operation)
+
+    def _renew_once(self) -> bool:
+        """One renewal by compare-and-swap (the caller holds the mutex): True when the
+        lease is ours again, with a later expiry; False when it was taken over. Raises
+        LaminaError (the store failed: nothing known)."""
+        assert self._token is not None
+        info = self._new_info()
+        if self.storage.replace_if(self.key, self._token, info.encode()):
+            got = read_lease(self.storage, self.key)
+            if got is not None and got[0] is not None and got[0].owner == self.owner:
+                self._info, self._token = info, got[1]
+                return True
+        return False
 
     def _expired(self) -> bool:
         return self._info is not None and time.time_ns() >= self._info.expires_ns
@@ -340,14 +348,9 @@ class Lease:
                 if self._expired():  # others may have taken it, or ignored it, meanwhile
                     self._lose(self._expired_reason())
                     return
-                info = self._new_info()
                 try:
-                    if self.storage.replace_if(self.key, self._token, info.encode()):
-                        got = read_lease(self.storage, self.key)
-                        if got is not None and got[0] is not None and \
-                                got[0].owner == self.owner:
-                            self._info, self._token = info, got[1]
-                            continue
+                    if self._renew_once():
+                        continue
                     self._lose(self._taken_over())
                     return
                 except LaminaError as exc:
