@@ -20,7 +20,6 @@ image.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import random
 import shutil
@@ -122,20 +121,6 @@ class Site:
             return self.uploads().open(name).parts_present()
         except NotFoundError:
             return {}
-
-    def most_parts(self) -> int:
-        """The most parts any unfinished upload holds now (cheap enough to poll: on S3 two
-        requests, listing the unfinished multipart uploads and one's parts)."""
-        storage = self.repo().storage
-        if isinstance(storage, S3Storage):
-            counts = [0]
-            for upload in storage.unfinished_uploads():
-                # (an upload listed a moment ago may be gone: the backup's start-up tidying
-                # aborts an older one of the same database)
-                with contextlib.suppress(NotFoundError):
-                    counts.append(len(upload.parts()))
-            return max(counts)
-        return max((len(self.parts(u.name)) for u in self.uploads().list()), default=0)
 
     def leftovers(self) -> list[str]:
         """What unfinished uploads left in the repository: a local ``uploads/`` entry; on
